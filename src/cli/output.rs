@@ -1,0 +1,106 @@
+//! Output in virsh's shapes: tables, `Key: value` info blocks, or JSON with `--json`.
+
+use std::io::IsTerminal;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Out {
+    pub json: bool,
+    pub quiet: bool,
+}
+
+impl Out {
+    /// A confirmation line (`Pool x started`); suppressed by `-q` and `--json`.
+    pub fn done(&self, msg: impl AsRef<str>) {
+        if !self.quiet && !self.json {
+            println!("{}", msg.as_ref());
+        }
+    }
+
+    pub fn json<T: Serialize>(&self, v: &T) -> anyhow::Result<()> {
+        println!("{}", serde_json::to_string_pretty(v)?);
+        Ok(())
+    }
+
+    /// A progress reporter: an indicatif bar on a terminal, nothing otherwise.
+    pub fn progress(&self, what: &str) -> impl FnMut(u64, u64) {
+        let bar = (!self.quiet && std::io::stderr().is_terminal()).then(|| {
+            let b = ProgressBar::new(0).with_message(what.to_string());
+            b.set_style(
+                ProgressStyle::with_template(
+                    "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+            );
+            b
+        });
+        move |done, total| {
+            if let Some(b) = &bar {
+                b.set_length(total);
+                b.set_position(done);
+                if done >= total {
+                    b.finish_and_clear();
+                }
+            }
+        }
+    }
+}
+
+/// A virsh-style table: a leading space, columns separated by three spaces, a dashed rule.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut s = String::from(" ");
+        for (i, (c, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<w$}   "));
+            }
+        }
+        s.trim_end().to_string() + "\n"
+    };
+    let mut out = line(headers.to_vec());
+    out.push_str(
+        &"-".repeat(widths.iter().sum::<usize>() + 3 * widths.len().saturating_sub(1) + 2),
+    );
+    out.push('\n');
+    for r in rows {
+        out.push_str(&line(r.iter().map(String::as_str).collect()));
+    }
+    out.push('\n');
+    out
+}
+
+/// `Key:   value` lines, values aligned as virsh does.
+pub fn info_block(rows: &[(&str, String)]) -> String {
+    rows.iter()
+        .map(|(k, v)| format!("{:<16}{v}\n", format!("{k}:")))
+        .collect()
+}
+
+pub fn yes_no(b: bool) -> String {
+    if b { "yes" } else { "no" }.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_looks_like_virsh() {
+        let t = table(
+            &["Name", "State", "Autostart"],
+            &[vec!["default".into(), "active".into(), "yes".into()]],
+        );
+        assert_eq!(t, " Name      State    Autostart\n------------------------------\n default   active   yes\n\n");
+    }
+}

@@ -1,0 +1,225 @@
+//! pool-* commands.
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+use serde::Serialize;
+
+use super::output::{info_block, table, yes_no};
+use super::Ctx;
+use crate::size::human;
+use crate::storage::pool::{self, fs_usage, FsUsage};
+use crate::storage::{PoolDef, PoolState};
+
+#[derive(Debug, Subcommand)]
+pub enum PoolCmd {
+    /// Define a directory pool: pool-define-as NAME dir --target PATH.
+    PoolDefineAs {
+        name: String,
+        /// Pool type; kvmctl has directory pools.
+        #[arg(value_name = "TYPE")]
+        kind: String,
+        #[arg(long)]
+        target: PathBuf,
+    },
+    /// Create the pool's target directory.
+    PoolBuild { pool: String },
+    /// Start (activate) a pool.
+    PoolStart { pool: String },
+    /// Stop (deactivate) a pool; its files stay.
+    PoolDestroy { pool: String },
+    /// Remove an inactive pool's definition; its files stay.
+    PoolUndefine { pool: String },
+    /// Start the pool automatically at boot (kvmctl up).
+    PoolAutostart {
+        pool: String,
+        #[arg(long)]
+        disable: bool,
+    },
+    /// List pools (active ones unless --all).
+    PoolList(PoolListArgs),
+    /// Show a pool's state and space.
+    PoolInfo { pool: String },
+    /// Re-read a pool's directory.
+    PoolRefresh { pool: String },
+}
+
+#[derive(Debug, Args)]
+pub struct PoolListArgs {
+    /// Include inactive pools.
+    #[arg(long)]
+    all: bool,
+    /// Only inactive pools.
+    #[arg(long, conflicts_with = "all")]
+    inactive: bool,
+    /// Persistent, capacity, allocation and available columns.
+    #[arg(long)]
+    details: bool,
+    /// Names only.
+    #[arg(long)]
+    name: bool,
+}
+
+#[derive(Serialize)]
+struct PoolView {
+    name: String,
+    uuid: String,
+    #[serde(rename = "type")]
+    kind: String,
+    target: PathBuf,
+    state: PoolState,
+    autostart: bool,
+    persistent: bool,
+    #[serde(flatten)]
+    usage: Option<FsUsage>,
+}
+
+fn view(ctx: &Ctx, def: PoolDef) -> PoolView {
+    let state = pool::state(&ctx.store, &def);
+    let usage = if state == PoolState::Active {
+        fs_usage(&def.target)
+    } else {
+        None
+    };
+    PoolView {
+        name: def.name,
+        uuid: def.uuid.to_string(),
+        kind: def.kind,
+        target: def.target,
+        state,
+        autostart: def.autostart,
+        persistent: true,
+        usage,
+    }
+}
+
+pub fn run(cmd: PoolCmd, ctx: &Ctx) -> anyhow::Result<()> {
+    let store = &ctx.store;
+    let out = &ctx.out;
+    match cmd {
+        PoolCmd::PoolDefineAs { name, kind, target } => {
+            pool::define_as(store, &name, &kind, &target)?;
+            out.done(format!("Pool {name} defined"));
+        }
+        PoolCmd::PoolBuild { pool } => {
+            let def = pool::build(store, &pool)?;
+            out.done(format!("Pool {pool} built ({})", def.target.display()));
+        }
+        PoolCmd::PoolStart { pool } => {
+            pool::start(store, &pool)?;
+            out.done(format!("Pool {pool} started"));
+        }
+        PoolCmd::PoolDestroy { pool } => {
+            pool::destroy(store, &pool)?;
+            out.done(format!("Pool {pool} destroyed"));
+        }
+        PoolCmd::PoolUndefine { pool } => {
+            pool::undefine(store, &pool)?;
+            out.done(format!("Pool {pool} has been undefined"));
+        }
+        PoolCmd::PoolAutostart { pool, disable } => {
+            pool::set_autostart(store, &pool, !disable)?;
+            out.done(if disable {
+                format!("Pool {pool} unmarked as autostarted")
+            } else {
+                format!("Pool {pool} marked as autostarted")
+            });
+        }
+        PoolCmd::PoolList(a) => list(ctx, a)?,
+        PoolCmd::PoolInfo { pool } => {
+            let v = view(ctx, pool::load(store, &pool)?);
+            if out.json {
+                return out.json(&v);
+            }
+            let u = v.usage.unwrap_or_default();
+            let mut rows = vec![
+                ("Name", v.name.clone()),
+                ("UUID", v.uuid.clone()),
+                ("Type", v.kind.clone()),
+                ("Target", v.target.display().to_string()),
+                (
+                    "State",
+                    if v.state == PoolState::Active {
+                        "running".into()
+                    } else {
+                        v.state.as_str().into()
+                    },
+                ),
+                ("Persistent", yes_no(v.persistent)),
+                ("Autostart", yes_no(v.autostart)),
+            ];
+            if v.usage.is_some() {
+                rows.push(("Capacity", human(u.capacity)));
+                rows.push(("Allocation", human(u.allocation)));
+                rows.push(("Available", human(u.available)));
+            }
+            print!("{}", info_block(&rows));
+        }
+        PoolCmd::PoolRefresh { pool } => {
+            let n = crate::storage::volume::list(store, &pool)?.len();
+            out.done(format!("Pool {pool} refreshed ({n} volumes)"));
+        }
+    }
+    Ok(())
+}
+
+fn list(ctx: &Ctx, a: PoolListArgs) -> anyhow::Result<()> {
+    let mut views = Vec::new();
+    for entry in pool::list(&ctx.store)? {
+        match entry {
+            Ok(def) => views.push(view(ctx, def)),
+            Err((name, e)) => eprintln!("warning: pool '{name}': {e}"),
+        }
+    }
+    views.retain(|v| {
+        let active = v.state != PoolState::Inactive;
+        if a.inactive {
+            !active
+        } else {
+            a.all || active
+        }
+    });
+    if ctx.out.json {
+        return ctx.out.json(&views);
+    }
+    if a.name {
+        views.iter().for_each(|v| println!("{}", v.name));
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = views
+        .iter()
+        .map(|v| {
+            let mut r = vec![v.name.clone(), v.state.as_str().into(), yes_no(v.autostart)];
+            if a.details {
+                let u = v.usage;
+                let sz = |f: fn(&FsUsage) -> u64| {
+                    u.as_ref()
+                        .map(|u| human(f(u)))
+                        .unwrap_or_else(|| "-".into())
+                };
+                r.extend([
+                    yes_no(v.persistent),
+                    sz(|u| u.capacity),
+                    sz(|u| u.allocation),
+                    sz(|u| u.available),
+                ]);
+            }
+            r
+        })
+        .collect();
+    let headers: &[&str] = if a.details {
+        &[
+            "Name",
+            "State",
+            "Autostart",
+            "Persistent",
+            "Capacity",
+            "Allocation",
+            "Available",
+        ]
+    } else {
+        &["Name", "State", "Autostart"]
+    };
+    print!("{}", table(headers, &rows));
+    Ok(())
+}

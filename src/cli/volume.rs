@@ -1,0 +1,298 @@
+//! vol-* commands.
+
+use std::path::PathBuf;
+
+use clap::Subcommand;
+use serde::Serialize;
+
+use super::output::{info_block, table};
+use super::Ctx;
+use crate::size::{human, parse_size};
+use crate::storage::volume::{self, CreateOpts, VolRef};
+use crate::storage::Format;
+
+fn capacity(s: &str) -> Result<u64, String> {
+    parse_size(s).map_err(|e| e.to_string())
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VolCmd {
+    /// Create a volume: vol-create-as POOL NAME CAPACITY (10G, 512MiB, 1GB...).
+    VolCreateAs {
+        pool: String,
+        name: String,
+        #[arg(value_parser = capacity, allow_hyphen_values = true)]
+        capacity: u64,
+        #[arg(long, default_value = "raw")]
+        format: Format,
+        /// Make a qcow2 overlay on this volume (name in POOL, or a path).
+        #[arg(long)]
+        backing_vol: Option<String>,
+        #[arg(long)]
+        backing_vol_format: Option<Format>,
+        /// Allocate all qcow2 metadata up front (qemu's preallocation=metadata).
+        #[arg(long)]
+        prealloc_metadata: bool,
+    },
+    /// List a pool's volumes.
+    VolList {
+        #[arg(required_unless_present = "pool_opt")]
+        pool: Option<String>,
+        #[arg(long = "pool", conflicts_with = "pool")]
+        pool_opt: Option<String>,
+        /// Type, capacity and allocation columns.
+        #[arg(long)]
+        details: bool,
+    },
+    /// Show a volume's type, capacity, allocation and backing file.
+    VolInfo {
+        vol: String,
+        #[arg(long)]
+        pool: Option<String>,
+    },
+    /// Print a volume's path.
+    VolPath {
+        vol: String,
+        #[arg(long)]
+        pool: Option<String>,
+    },
+    /// Delete a volume (refused while a VM or an overlay uses it, unless --force).
+    VolDelete {
+        vol: String,
+        #[arg(long)]
+        pool: Option<String>,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Change a volume's capacity (shrinking needs --shrink).
+    VolResize {
+        vol: String,
+        #[arg(value_parser = capacity, allow_hyphen_values = true)]
+        capacity: u64,
+        #[arg(long)]
+        pool: Option<String>,
+        /// CAPACITY is added to the current size.
+        #[arg(long)]
+        delta: bool,
+        #[arg(long)]
+        shrink: bool,
+    },
+    /// Replace a volume's content with a file's bytes.
+    VolUpload {
+        vol: String,
+        file: PathBuf,
+        #[arg(long)]
+        pool: Option<String>,
+    },
+    /// Copy a volume's bytes into a file.
+    VolDownload {
+        vol: String,
+        file: PathBuf,
+        #[arg(long)]
+        pool: Option<String>,
+    },
+    /// Clone a volume: a sparse full copy, or with --linked a qcow2 overlay (constant time).
+    VolClone {
+        vol: String,
+        newname: String,
+        #[arg(long)]
+        pool: Option<String>,
+        /// Pool for the clone (default: the source's pool).
+        #[arg(long)]
+        newpool: Option<String>,
+        #[arg(long)]
+        linked: bool,
+    },
+    /// Bring an existing image (raw or qcow2) into a pool, converting with --format.
+    VolImport {
+        file: PathBuf,
+        #[arg(long)]
+        pool: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        format: Option<Format>,
+    },
+}
+
+pub fn run(cmd: VolCmd, ctx: &Ctx) -> anyhow::Result<()> {
+    let store = &ctx.store;
+    let out = &ctx.out;
+    match cmd {
+        VolCmd::VolCreateAs {
+            pool,
+            name,
+            capacity,
+            format,
+            backing_vol,
+            backing_vol_format,
+            prealloc_metadata,
+        } => {
+            let opts = CreateOpts {
+                capacity,
+                format,
+                backing_vol,
+                backing_format: backing_vol_format,
+                prealloc_metadata,
+            };
+            volume::create_as(store, &pool, &name, &opts)?;
+            out.done(format!("Vol {name} created"));
+        }
+        VolCmd::VolList {
+            pool,
+            pool_opt,
+            details,
+        } => list(ctx, &pool.or(pool_opt).unwrap_or_default(), details)?,
+        VolCmd::VolInfo { vol, pool } => {
+            let v = volume::resolve(store, pool.as_deref(), &vol)?;
+            let info = volume::info(&v)?;
+            if out.json {
+                #[derive(Serialize)]
+                struct J<'a> {
+                    #[serde(flatten)]
+                    vol: &'a VolRef,
+                    #[serde(flatten)]
+                    info: &'a crate::storage::image::ImageInfo,
+                }
+                return out.json(&J {
+                    vol: &v,
+                    info: &info,
+                });
+            }
+            let mut rows = vec![
+                ("Name", v.name.clone()),
+                ("Path", v.path.display().to_string()),
+                ("Type", "file".to_string()),
+                ("Format", info.format.to_string()),
+                ("Capacity", human(info.capacity)),
+                ("Allocation", human(info.allocation)),
+            ];
+            if let Some(b) = &info.backing_file {
+                rows.push((
+                    "Backing file",
+                    format!("{b} ({})", info.backing_format.as_deref().unwrap_or("?")),
+                ));
+            }
+            if let Some(p) = &info.problem {
+                rows.push(("Problem", p.clone()));
+            }
+            print!("{}", info_block(&rows));
+        }
+        VolCmd::VolPath { vol, pool } => println!(
+            "{}",
+            volume::resolve(store, pool.as_deref(), &vol)?
+                .path
+                .display()
+        ),
+        VolCmd::VolDelete { vol, pool, force } => {
+            let v = volume::resolve(store, pool.as_deref(), &vol)?;
+            volume::delete(store, &v, force)?;
+            out.done(format!("Vol {vol} deleted"));
+        }
+        VolCmd::VolResize {
+            vol,
+            capacity,
+            pool,
+            delta,
+            shrink,
+        } => {
+            let v = volume::resolve(store, pool.as_deref(), &vol)?;
+            let new = volume::resize(&v, capacity, delta, shrink)?;
+            out.done(format!(
+                "Size of volume '{}' successfully changed to {}",
+                v.name,
+                human(new)
+            ));
+        }
+        VolCmd::VolUpload { vol, file, pool } => {
+            let v = volume::resolve(store, pool.as_deref(), &vol)?;
+            let n = volume::upload(&v, &file, &mut out.progress("upload"))?;
+            out.done(format!("Uploaded {} into {}", human(n), v.name));
+        }
+        VolCmd::VolDownload { vol, file, pool } => {
+            let v = volume::resolve(store, pool.as_deref(), &vol)?;
+            let n = volume::download(&v, &file, &mut out.progress("download"))?;
+            out.done(format!("Downloaded {} to {}", human(n), file.display()));
+        }
+        VolCmd::VolClone {
+            vol,
+            newname,
+            pool,
+            newpool,
+            linked,
+        } => {
+            let v = volume::resolve(store, pool.as_deref(), &vol)?;
+            let target = newpool.or(v.pool.clone()).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "volume {} is not in a pool; name the pool for the clone with --newpool",
+                    v.path.display()
+                )
+            })?;
+            volume::clone(
+                store,
+                &v,
+                &target,
+                &newname,
+                linked,
+                &mut out.progress("clone"),
+            )?;
+            out.done(format!("Vol {newname} cloned from {}", v.name));
+        }
+        VolCmd::VolImport {
+            file,
+            pool,
+            name,
+            format,
+        } => {
+            let v = volume::import(
+                store,
+                &file,
+                &pool,
+                name.as_deref(),
+                format,
+                &mut out.progress("import"),
+            )?;
+            out.done(format!("Vol {} imported into pool {pool}", v.name));
+        }
+    }
+    Ok(())
+}
+
+fn list(ctx: &Ctx, pool: &str, details: bool) -> anyhow::Result<()> {
+    let vols = volume::list(&ctx.store, pool)?;
+    if ctx.out.json {
+        return ctx.out.json(&vols);
+    }
+    let rows: Vec<Vec<String>> = vols
+        .iter()
+        .map(|v| {
+            let mut r = vec![v.name.clone(), v.path.display().to_string()];
+            if details {
+                match (&v.info, &v.error) {
+                    (Some(i), _) => {
+                        let kind = match &i.problem {
+                            Some(p) => format!("{} (damaged: {p})", i.format),
+                            None => i.format.to_string(),
+                        };
+                        r.extend([kind, human(i.capacity), human(i.allocation)]);
+                    }
+                    (None, e) => r.extend([
+                        format!("unreadable: {}", e.as_deref().unwrap_or("?")),
+                        "-".into(),
+                        "-".into(),
+                    ]),
+                }
+            } else if let Some(p) = v.info.as_ref().and_then(|i| i.problem.as_ref()) {
+                r[1] = format!("{}   (damaged: {p})", r[1]);
+            }
+            r
+        })
+        .collect();
+    let headers: &[&str] = if details {
+        &["Name", "Path", "Type", "Capacity", "Allocation"]
+    } else {
+        &["Name", "Path"]
+    };
+    print!("{}", table(headers, &rows));
+    Ok(())
+}

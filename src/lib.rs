@@ -1,0 +1,12 @@
+//! kvmctl: virsh, virt-install and virt-clone in one daemonless binary.
+//!
+//! The library behind the `kvmctl` binary; integration tests drive both.
+
+pub mod cli;
+pub mod domain;
+pub mod names;
+pub mod paths;
+pub mod process;
+pub mod size;
+pub mod state;
+pub mod storage;

@@ -1,0 +1,9 @@
+//! The state store: atomic writes, per-object locks, TOML definitions.
+
+mod atomic;
+mod lock;
+mod store;
+
+pub use atomic::{atomic_write, fsync_dir, TempFile};
+pub use lock::{conflicting_lock, try_lock_exclusive, ObjectLock};
+pub use store::{Store, StoreError};

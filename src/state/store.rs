@@ -1,0 +1,271 @@
+//! TOML definitions under `<root>/<kind>s/<name>.toml`, one lock per object.
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use thiserror::Error;
+
+use super::atomic::{atomic_write, TempFile};
+use super::lock::ObjectLock;
+use crate::names::{self, NameError};
+use crate::paths::{Kind, Paths};
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Name(#[from] NameError),
+    #[error("{kind} '{name}' already exists")]
+    AlreadyExists { kind: &'static str, name: String },
+    #[error("{kind} '{name}' not found")]
+    NotFound { kind: &'static str, name: String },
+    #[error("cannot access {path}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("definition {path} is not valid")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("cannot serialize {kind} '{name}'")]
+    Serialize {
+        kind: &'static str,
+        name: String,
+        source: toml::ser::Error,
+    },
+}
+
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The state store of one root.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pub paths: Paths,
+}
+
+impl Store {
+    /// Open (and create if needed) the directory layout under the roots.
+    pub fn open(paths: Paths) -> Result<Store, StoreError> {
+        for dir in [
+            paths.root.clone(),
+            paths.defs_dir(Kind::Pool),
+            paths.defs_dir(Kind::Network),
+            paths.defs_dir(Kind::Domain),
+            paths.locks_dir(),
+            paths.run.clone(),
+            paths.run_dir(Kind::Pool),
+        ] {
+            fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        }
+        Ok(Store { paths })
+    }
+
+    /// Take the object's lock (blocking); the name is validated first.
+    pub fn lock(&self, kind: Kind, name: &str) -> Result<ObjectLock, StoreError> {
+        names::validate(kind.noun(), name)?;
+        let p = self.paths.lock_file(kind, name);
+        ObjectLock::acquire(&p).map_err(io_err(&p))
+    }
+
+    pub fn exists(&self, kind: Kind, name: &str) -> bool {
+        names::validate(kind.noun(), name).is_ok() && self.paths.def_file(kind, name).exists()
+    }
+
+    /// Load a definition, `NotFound` if it is not defined.
+    pub fn load<T: DeserializeOwned>(&self, kind: Kind, name: &str) -> Result<T, StoreError> {
+        names::validate(kind.noun(), name)?;
+        let path = self.paths.def_file(kind, name);
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StoreError::NotFound {
+                    kind: kind.noun(),
+                    name: name.to_string(),
+                })
+            }
+            Err(e) => return Err(io_err(&path)(e)),
+        };
+        toml::from_str(&text).map_err(|source| StoreError::Parse { path, source })
+    }
+
+    /// Names of every defined object of `kind`, sorted.
+    pub fn list(&self, kind: Kind) -> Result<Vec<String>, StoreError> {
+        let dir = self.paths.defs_dir(kind);
+        let mut names = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(io_err(&dir))? {
+            let entry = entry.map_err(io_err(&dir))?;
+            let file = entry.file_name();
+            let Some(name) = file.to_str().and_then(|f| f.strip_suffix(".toml")) else {
+                continue;
+            };
+            if names::validate(kind.noun(), name).is_ok() {
+                names.push(name.to_string());
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    /// Replace a definition atomically. The caller holds the object's lock.
+    pub fn save<T: Serialize>(&self, kind: Kind, name: &str, def: &T) -> Result<(), StoreError> {
+        names::validate(kind.noun(), name)?;
+        let text = self.render(kind, name, def)?;
+        let path = self.paths.def_file(kind, name);
+        atomic_write(&path, text.as_bytes()).map_err(io_err(&path))
+    }
+
+    /// Create a new definition; exactly one of many concurrent creators of a name wins.
+    pub fn create<T: Serialize>(&self, kind: Kind, name: &str, def: &T) -> Result<(), StoreError> {
+        names::validate(kind.noun(), name)?;
+        let text = self.render(kind, name, def)?;
+        let path = self.paths.def_file(kind, name);
+        let mut tmp = TempFile::new_beside(&path, 0o644).map_err(io_err(&path))?;
+        tmp.file()
+            .write_all(text.as_bytes())
+            .map_err(io_err(&path))?;
+        match tmp.commit_new(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(StoreError::AlreadyExists {
+                kind: kind.noun(),
+                name: name.to_string(),
+            }),
+            Err(e) => Err(io_err(&path)(e)),
+        }
+    }
+
+    /// Remove a definition. The caller holds the object's lock.
+    pub fn remove(&self, kind: Kind, name: &str) -> Result<(), StoreError> {
+        names::validate(kind.noun(), name)?;
+        let path = self.paths.def_file(kind, name);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(StoreError::NotFound {
+                kind: kind.noun(),
+                name: name.to_string(),
+            }),
+            Err(e) => Err(io_err(&path)(e)),
+        }
+    }
+
+    fn render<T: Serialize>(&self, kind: Kind, name: &str, def: &T) -> Result<String, StoreError> {
+        toml::to_string_pretty(def).map_err(|source| StoreError::Serialize {
+            kind: kind.noun(),
+            name: name.to_string(),
+            source,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+    use std::sync::{Arc, Barrier};
+
+    #[derive(Debug, Serialize, Deserialize, PartialEq)]
+    struct Def {
+        name: String,
+        n: u32,
+    }
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths {
+            root: dir.path().join("root"),
+            run: dir.path().join("run"),
+        };
+        (dir, Store::open(paths).unwrap())
+    }
+
+    #[test]
+    fn create_load_save_remove_round_trip() {
+        let (_d, s) = store();
+        let def = Def {
+            name: "a".into(),
+            n: 1,
+        };
+        s.create(Kind::Pool, "a", &def).unwrap();
+        assert_eq!(s.load::<Def>(Kind::Pool, "a").unwrap(), def);
+        s.save(
+            Kind::Pool,
+            "a",
+            &Def {
+                name: "a".into(),
+                n: 2,
+            },
+        )
+        .unwrap();
+        assert_eq!(s.load::<Def>(Kind::Pool, "a").unwrap().n, 2);
+        assert_eq!(s.list(Kind::Pool).unwrap(), vec!["a"]);
+        s.remove(Kind::Pool, "a").unwrap();
+        assert!(matches!(
+            s.load::<Def>(Kind::Pool, "a"),
+            Err(StoreError::NotFound { .. })
+        ));
+    }
+
+    #[test]
+    fn concurrent_creates_of_one_name_have_exactly_one_winner() {
+        let (_d, s) = store();
+        let barrier = Arc::new(Barrier::new(20));
+        let handles: Vec<_> = (0..20)
+            .map(|i| {
+                let (s, b) = (s.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    b.wait();
+                    s.create(
+                        Kind::Domain,
+                        "x",
+                        &Def {
+                            name: "x".into(),
+                            n: i,
+                        },
+                    )
+                })
+            })
+            .collect();
+        let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1);
+        for r in results.iter().filter(|r| r.is_err()) {
+            assert!(matches!(r, Err(StoreError::AlreadyExists { .. })), "{r:?}");
+        }
+        let dir = s.paths.defs_dir(Kind::Domain);
+        assert_eq!(
+            fs::read_dir(dir).unwrap().count(),
+            1,
+            "no temp files left behind"
+        );
+    }
+
+    #[test]
+    fn bad_names_never_reach_a_path() {
+        let (_d, s) = store();
+        let def = Def {
+            name: "x".into(),
+            n: 0,
+        };
+        for bad in ["../escape", "a/b", "", ".x", "a\nb"] {
+            assert!(
+                matches!(s.create(Kind::Pool, bad, &def), Err(StoreError::Name(_))),
+                "{bad:?}"
+            );
+            assert!(matches!(s.lock(Kind::Pool, bad), Err(StoreError::Name(_))));
+        }
+        assert!(!s.paths.root.join("escape.toml").exists());
+    }
+
+    #[test]
+    fn corrupt_definition_is_reported_with_its_path() {
+        let (_d, s) = store();
+        fs::write(s.paths.def_file(Kind::Pool, "bad"), "name = [").unwrap();
+        let e = s.load::<Def>(Kind::Pool, "bad").unwrap_err();
+        assert!(matches!(e, StoreError::Parse { .. }));
+        assert!(e.to_string().contains("bad.toml"));
+    }
+}

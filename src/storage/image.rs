@@ -1,0 +1,291 @@
+//! Disk image files: format detection, inspection, qemu's locks, and reading a whole
+//! backing chain as one guest-visible disk.
+
+use std::fmt;
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use super::qcow2::{self, Mapping, Qcow2Error, Qcow2Reader};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    Qcow2,
+    Raw,
+}
+
+impl fmt::Display for Format {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Format::Qcow2 => "qcow2",
+            Format::Raw => "raw",
+        })
+    }
+}
+
+impl FromStr for Format {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "qcow2" => Ok(Format::Qcow2),
+            "raw" | "iso" | "img" => Ok(Format::Raw),
+            other => Err(format!(
+                "unknown volume format '{other}' (use qcow2 or raw)"
+            )),
+        }
+    }
+}
+
+/// Detect a file's format from its content (qcow2 magic, else raw).
+pub fn detect(path: &Path) -> io::Result<Format> {
+    Ok(if qcow2::is_qcow2(path)? {
+        Format::Qcow2
+    } else {
+        Format::Raw
+    })
+}
+
+/// What `vol-info`/`vol-list --details` show; `problem` marks a damaged image.
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageInfo {
+    pub format: Format,
+    pub capacity: u64,
+    pub allocation: u64,
+    pub physical: u64,
+    pub backing_file: Option<String>,
+    pub backing_format: Option<String>,
+    pub problem: Option<String>,
+}
+
+/// Inspect an image; never fails on a damaged image (the damage goes into `problem`).
+pub fn inspect(path: &Path) -> io::Result<ImageInfo> {
+    let meta = std::fs::metadata(path)?;
+    let mut info = ImageInfo {
+        format: Format::Raw,
+        capacity: meta.len(),
+        allocation: meta.blocks() * 512,
+        physical: meta.len(),
+        backing_file: None,
+        backing_format: None,
+        problem: None,
+    };
+    if !meta.is_file() {
+        info.problem = Some("not a regular file".into());
+        return Ok(info);
+    }
+    if detect(path)? == Format::Qcow2 {
+        info.format = Format::Qcow2;
+        match qcow2::read_header(path) {
+            Ok(h) => {
+                info.capacity = h.size;
+                info.backing_file = h.backing_file.clone();
+                info.backing_format = h.backing_format.clone();
+                if h.is_dirty() {
+                    info.problem = Some(
+                        "dirty: was not closed cleanly (qemu-img check -r all repairs it)".into(),
+                    );
+                }
+            }
+            Err(Qcow2Error::Io { source, .. }) => return Err(source),
+            Err(e) => {
+                info.capacity = 0;
+                info.problem = Some(strip_path(&e.to_string(), path));
+            }
+        }
+    }
+    Ok(info)
+}
+
+fn strip_path(msg: &str, path: &Path) -> String {
+    msg.strip_prefix(&format!("{}: ", path.display()))
+        .unwrap_or(msg)
+        .to_string()
+}
+
+/// How a running qemu holds an image, read from the locks qemu places on it
+/// (byte 100 + permission bit: 100 = consistent read, 101 = write).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InUse {
+    Reading,
+    Writing,
+}
+
+pub fn qemu_lock_holder(path: &Path) -> io::Result<Option<InUse>> {
+    let f = File::open(path)?;
+    if crate::state::conflicting_lock(&f, libc::F_WRLCK, 101, 1)? {
+        return Ok(Some(InUse::Writing));
+    }
+    if crate::state::conflicting_lock(&f, libc::F_WRLCK, 100, 1)? {
+        return Ok(Some(InUse::Reading));
+    }
+    Ok(None)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChainError {
+    #[error(transparent)]
+    Qcow2(#[from] Qcow2Error),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{path}: backing chain is deeper than {max} images (loop?)")]
+    TooDeep { path: PathBuf, max: usize },
+    #[error("{path}: backing file '{backing}' not found")]
+    MissingBacking { path: PathBuf, backing: String },
+}
+
+enum Layer {
+    Qcow2(Qcow2Reader),
+    Raw { file: File, len: u64 },
+}
+
+/// A disk as the guest sees it: an image and its backing chain, top first.
+pub struct Chain {
+    layers: Vec<Layer>,
+    pub size: u64,
+}
+
+const MAX_CHAIN: usize = 16;
+
+impl Chain {
+    pub fn open(path: &Path) -> Result<Chain, ChainError> {
+        let mut layers = Vec::new();
+        let mut next = Some((path.to_path_buf(), None::<Format>));
+        while let Some((p, fmt)) = next.take() {
+            if layers.len() == MAX_CHAIN {
+                return Err(ChainError::TooDeep {
+                    path: path.into(),
+                    max: MAX_CHAIN,
+                });
+            }
+            let ioe = |source| ChainError::Io {
+                path: p.clone(),
+                source,
+            };
+            let fmt = match fmt {
+                Some(f) => f,
+                None => detect(&p).map_err(ioe)?,
+            };
+            match fmt {
+                Format::Qcow2 => {
+                    let r = Qcow2Reader::open(&p)?;
+                    if let Some(b) = &r.header.backing_file {
+                        let bp = qcow2::resolve_backing(&p, b);
+                        if !bp.exists() {
+                            return Err(ChainError::MissingBacking {
+                                path: p.clone(),
+                                backing: b.clone(),
+                            });
+                        }
+                        let bf = r
+                            .header
+                            .backing_format
+                            .as_deref()
+                            .and_then(|f| f.parse().ok());
+                        next = Some((bp, bf));
+                    }
+                    layers.push(Layer::Qcow2(r));
+                }
+                Format::Raw => {
+                    let file = File::open(&p).map_err(ioe)?;
+                    let len = file.metadata().map_err(ioe)?.len();
+                    layers.push(Layer::Raw { file, len });
+                }
+            }
+        }
+        let size = match &layers[0] {
+            Layer::Qcow2(r) => r.header.size,
+            Layer::Raw { len, .. } => *len,
+        };
+        Ok(Chain { layers, size })
+    }
+
+    /// Read guest bytes at `off` into `buf`; returns whether any of it came from allocated
+    /// data (false: the whole range is a hole and reads as zeros).
+    pub fn read(&mut self, off: u64, buf: &mut [u8]) -> Result<bool, ChainError> {
+        read_layer(&mut self.layers, off, buf)
+    }
+}
+
+fn read_layer(layers: &mut [Layer], off: u64, buf: &mut [u8]) -> Result<bool, ChainError> {
+    let Some((layer, rest)) = layers.split_first_mut() else {
+        buf.fill(0);
+        return Ok(false);
+    };
+    match layer {
+        Layer::Raw { file, len } => {
+            let avail = len.saturating_sub(off).min(buf.len() as u64) as usize;
+            buf[avail..].fill(0);
+            if avail == 0 || is_hole(file, off, avail as u64) {
+                buf[..avail].fill(0);
+                return Ok(false);
+            }
+            file.read_exact_at(&mut buf[..avail], off)
+                .map_err(|source| ChainError::Io {
+                    path: "raw".into(),
+                    source,
+                })?;
+            Ok(true)
+        }
+        Layer::Qcow2(r) => {
+            let cs = r.header.cluster_size();
+            let size = r.header.size;
+            let mut any = false;
+            let mut pos = 0usize;
+            while pos < buf.len() {
+                let g = off + pos as u64;
+                let piece = ((cs - g % cs) as usize).min(buf.len() - pos);
+                if g >= size {
+                    buf[pos..].fill(0);
+                    break;
+                }
+                match r.map(g / cs)? {
+                    Mapping::Data(h) => {
+                        // Coalesce clusters that are contiguous on the host into one read.
+                        let mut run = piece;
+                        let mut expect = h + g % cs + piece as u64;
+                        while pos + run < buf.len() {
+                            let g2 = off + (pos + run) as u64;
+                            if g2 >= size || r.map(g2 / cs)? != Mapping::Data(expect) {
+                                break;
+                            }
+                            let p2 = (cs as usize).min(buf.len() - pos - run);
+                            run += p2;
+                            expect += p2 as u64;
+                        }
+                        r.read_host(&mut buf[pos..pos + run], h + g % cs)?;
+                        any = true;
+                        pos += run;
+                        continue;
+                    }
+                    Mapping::Zero => buf[pos..pos + piece].fill(0),
+                    Mapping::Unallocated => any |= read_layer(rest, g, &mut buf[pos..pos + piece])?,
+                }
+                pos += piece;
+            }
+            Ok(any)
+        }
+    }
+}
+
+/// Is `off..off+len` of a file entirely a hole? (SEEK_DATA; false when unsure.)
+fn is_hole(file: &File, off: u64, len: u64) -> bool {
+    // SAFETY: lseek on a valid fd has no memory effects.
+    let next = unsafe { libc::lseek(file.as_raw_fd(), off as libc::off_t, libc::SEEK_DATA) };
+    if next < 0 {
+        return io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO);
+    }
+    next as u64 >= off + len
+}
+
+/// True if every byte of `buf` is zero.
+pub fn is_zero(buf: &[u8]) -> bool {
+    // SAFETY: u128 has no invalid bit patterns; align_to splits off unaligned ends.
+    let (head, body, tail) = unsafe { buf.align_to::<u128>() };
+    head.iter().all(|b| *b == 0) && body.iter().all(|w| *w == 0) && tail.iter().all(|b| *b == 0)
+}

@@ -1,0 +1,590 @@
+//! qcow2 images in Rust: a header/mapping reader and a streaming writer.
+//!
+//! Why our own instead of qcow2-rs (see DESIGN.md): qcow2-rs has no create API, no backing-file
+//! setter, panics on file-open errors and its futures are not Send. What kvmctl needs is small:
+//! create (empty, with backing, with metadata preallocation), map which clusters hold data, read
+//! them through a backing chain, and write a new image front to back. The writer appends data
+//! clusters in guest order and lays out L2 tables and refcounts at the end, so a copy is one
+//! sequential pass and the result holds only what the source had allocated.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+pub const MAGIC: u32 = 0x5146_49fb;
+pub const DEFAULT_CLUSTER_BITS: u32 = 16;
+const EXT_END: u32 = 0;
+const EXT_BACKING_FORMAT: u32 = 0xe279_2aca;
+const OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
+const L2_COMPRESSED: u64 = 1 << 62;
+const L2_ZERO: u64 = 1;
+const COPIED: u64 = 1 << 63;
+const INCOMPAT_CORRUPT: u64 = 1 << 1;
+const INCOMPAT_EXTERNAL_DATA: u64 = 1 << 2;
+const INCOMPAT_EXTENDED_L2: u64 = 1 << 4;
+/// Largest image we create: qemu's own limit for qcow2 is 2^63, but L1 must stay sane.
+pub const MAX_SIZE: u64 = 1 << 56;
+
+#[derive(Debug, Error)]
+pub enum Qcow2Error {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{path}: not a qcow2 image (bad magic)")]
+    NotQcow2 { path: PathBuf },
+    #[error("{path}: corrupt qcow2 image: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("{path}: unsupported qcow2 feature: {what}")]
+    Unsupported { path: PathBuf, what: String },
+    #[error("size {0} is too large for a qcow2 image")]
+    TooLarge(u64),
+}
+
+/// The parts of a qcow2 header kvmctl uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    pub version: u32,
+    pub cluster_bits: u32,
+    pub size: u64,
+    pub l1_size: u32,
+    pub l1_table_offset: u64,
+    pub refcount_table_offset: u64,
+    pub refcount_table_clusters: u32,
+    pub nb_snapshots: u32,
+    pub incompatible_features: u64,
+    pub crypt_method: u32,
+    pub backing_file: Option<String>,
+    pub backing_format: Option<String>,
+}
+
+impl Header {
+    pub fn cluster_size(&self) -> u64 {
+        1 << self.cluster_bits
+    }
+    pub fn is_dirty(&self) -> bool {
+        self.incompatible_features & 1 != 0
+    }
+}
+
+fn be32(b: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes(b[at..at + 4].try_into().unwrap())
+}
+fn be64(b: &[u8], at: usize) -> u64 {
+    u64::from_be_bytes(b[at..at + 8].try_into().unwrap())
+}
+
+/// Does the file start with the qcow2 magic?
+pub fn is_qcow2(path: &Path) -> io::Result<bool> {
+    let f = File::open(path)?;
+    let mut m = [0u8; 4];
+    match f.read_exact_at(&mut m, 0) {
+        Ok(()) => Ok(u32::from_be_bytes(m) == MAGIC),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Parse and sanity-check the header against the file's length (catches truncation).
+pub fn read_header(path: &Path) -> Result<Header, Qcow2Error> {
+    let ioe = |source| Qcow2Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let corrupt = |reason: String| Qcow2Error::Corrupt {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let file = File::open(path).map_err(ioe)?;
+    let file_len = file.metadata().map_err(ioe)?.len();
+    let mut buf = vec![0u8; 4096.min(file_len as usize)];
+    file.read_exact_at(&mut buf, 0).map_err(ioe)?;
+    if buf.len() < 72 {
+        return Err(if buf.len() >= 4 && be32(&buf, 0) == MAGIC {
+            corrupt(format!(
+                "file is {file_len} bytes, shorter than a qcow2 header"
+            ))
+        } else {
+            Qcow2Error::NotQcow2 {
+                path: path.to_path_buf(),
+            }
+        });
+    }
+    if be32(&buf, 0) != MAGIC {
+        return Err(Qcow2Error::NotQcow2 {
+            path: path.to_path_buf(),
+        });
+    }
+    let version = be32(&buf, 4);
+    if version != 2 && version != 3 {
+        return Err(Qcow2Error::Unsupported {
+            path: path.to_path_buf(),
+            what: format!("version {version}"),
+        });
+    }
+    let mut h = Header {
+        version,
+        cluster_bits: be32(&buf, 20),
+        size: be64(&buf, 24),
+        crypt_method: be32(&buf, 32),
+        l1_size: be32(&buf, 36),
+        l1_table_offset: be64(&buf, 40),
+        refcount_table_offset: be64(&buf, 48),
+        refcount_table_clusters: be32(&buf, 56),
+        nb_snapshots: be32(&buf, 60),
+        incompatible_features: 0,
+        backing_file: None,
+        backing_format: None,
+    };
+    if !(9..=21).contains(&h.cluster_bits) {
+        return Err(corrupt(format!(
+            "cluster_bits {} out of range",
+            h.cluster_bits
+        )));
+    }
+    let cs = h.cluster_size();
+    let mut header_len = 72usize;
+    if version == 3 {
+        if buf.len() < 104 {
+            return Err(corrupt("v3 header truncated".into()));
+        }
+        h.incompatible_features = be64(&buf, 72);
+        header_len = be32(&buf, 100) as usize;
+        if !(104..=buf.len()).contains(&header_len) {
+            return Err(corrupt(format!("header length {header_len} invalid")));
+        }
+    }
+    if h.incompatible_features & INCOMPAT_CORRUPT != 0 {
+        return Err(corrupt("image is marked corrupt by qemu".into()));
+    }
+    for (bit, what) in [
+        (INCOMPAT_EXTERNAL_DATA, "external data file"),
+        (INCOMPAT_EXTENDED_L2, "extended L2 entries"),
+    ] {
+        if h.incompatible_features & bit != 0 {
+            return Err(Qcow2Error::Unsupported {
+                path: path.to_path_buf(),
+                what: what.into(),
+            });
+        }
+    }
+    // Header extensions (v3 only; v2 images may carry them too right after 72 bytes).
+    let mut at = header_len;
+    while at + 8 <= buf.len() {
+        let (ty, len) = (be32(&buf, at), be32(&buf, at + 4) as usize);
+        if ty == EXT_END {
+            break;
+        }
+        let data = buf
+            .get(at + 8..at + 8 + len)
+            .ok_or_else(|| corrupt("header extension overruns the first 4 KiB".into()))?;
+        if ty == EXT_BACKING_FORMAT {
+            h.backing_format = Some(String::from_utf8_lossy(data).into_owned());
+        }
+        at += 8 + len.div_ceil(8) * 8;
+    }
+    let bf_off = be64(&buf, 8);
+    let bf_len = be32(&buf, 16) as usize;
+    if bf_off != 0 && bf_len != 0 {
+        let mut name = vec![0u8; bf_len];
+        file.read_exact_at(&mut name, bf_off)
+            .map_err(|_| corrupt("backing file name lies beyond the end of the file".into()))?;
+        h.backing_file = Some(String::from_utf8_lossy(&name).into_owned());
+    }
+    let l1_end = h.l1_table_offset + h.l1_size as u64 * 8;
+    let needed_l1 = h.size.div_ceil(cs * (cs / 8));
+    if (h.l1_size as u64) < needed_l1 {
+        return Err(corrupt(format!(
+            "L1 table has {} entries, {} needed for the virtual size",
+            h.l1_size, needed_l1
+        )));
+    }
+    if h.l1_size > 0 && l1_end > file_len {
+        return Err(corrupt(format!(
+            "truncated: L1 table ends at {l1_end}, file is {file_len} bytes"
+        )));
+    }
+    let rt_end = h.refcount_table_offset + h.refcount_table_clusters as u64 * cs;
+    if rt_end > file_len {
+        return Err(corrupt(format!(
+            "truncated: refcount table ends at {rt_end}, file is {file_len} bytes"
+        )));
+    }
+    Ok(h)
+}
+
+/// Where a guest cluster's data lives in one image of a chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mapping {
+    /// Data at this host offset.
+    Data(u64),
+    /// Reads as zeros (v3 zero flag).
+    Zero,
+    /// Not in this image: look in the backing file.
+    Unallocated,
+}
+
+/// An open qcow2 image: header, L1 table, and a cache of the L2 tables read so far.
+#[derive(Debug)]
+pub struct Qcow2Reader {
+    pub path: PathBuf,
+    pub header: Header,
+    file: File,
+    l1: Vec<u64>,
+    l2_cache: BTreeMap<u32, Vec<u64>>,
+}
+
+impl Qcow2Reader {
+    pub fn open(path: &Path) -> Result<Qcow2Reader, Qcow2Error> {
+        let header = read_header(path)?;
+        if header.crypt_method != 0 {
+            return Err(Qcow2Error::Unsupported {
+                path: path.into(),
+                what: "encryption".into(),
+            });
+        }
+        let ioe = |source| Qcow2Error::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = File::open(path).map_err(ioe)?;
+        let mut raw = vec![0u8; header.l1_size as usize * 8];
+        file.read_exact_at(&mut raw, header.l1_table_offset)
+            .map_err(ioe)?;
+        let l1 = raw
+            .chunks_exact(8)
+            .map(|c| u64::from_be_bytes(c.try_into().unwrap()))
+            .collect();
+        Ok(Qcow2Reader {
+            path: path.to_path_buf(),
+            header,
+            file,
+            l1,
+            l2_cache: BTreeMap::new(),
+        })
+    }
+
+    fn corrupt(&self, reason: String) -> Qcow2Error {
+        Qcow2Error::Corrupt {
+            path: self.path.clone(),
+            reason,
+        }
+    }
+
+    /// Map one guest cluster (in this image's cluster size).
+    pub fn map(&mut self, cluster: u64) -> Result<Mapping, Qcow2Error> {
+        let cs = self.header.cluster_size();
+        let per_l2 = cs / 8;
+        let l1_idx = (cluster / per_l2) as u32;
+        let l1e = *self.l1.get(l1_idx as usize).unwrap_or(&0);
+        let l2_off = l1e & OFFSET_MASK;
+        if l2_off == 0 {
+            return Ok(Mapping::Unallocated);
+        }
+        if !self.l2_cache.contains_key(&l1_idx) {
+            let mut raw = vec![0u8; cs as usize];
+            self.file.read_exact_at(&mut raw, l2_off).map_err(|_| {
+                self.corrupt(format!(
+                    "L2 table at offset {l2_off} lies beyond the end of the file"
+                ))
+            })?;
+            let t = raw
+                .chunks_exact(8)
+                .map(|c| u64::from_be_bytes(c.try_into().unwrap()))
+                .collect();
+            if self.l2_cache.len() > 256 {
+                self.l2_cache.clear();
+            }
+            self.l2_cache.insert(l1_idx, t);
+        }
+        let e = self.l2_cache[&l1_idx][(cluster % per_l2) as usize];
+        if e & L2_COMPRESSED != 0 {
+            return Err(Qcow2Error::Unsupported {
+                path: self.path.clone(),
+                what: "compressed clusters (convert with qemu-img first)".into(),
+            });
+        }
+        if e & L2_ZERO != 0 && self.header.version == 3 {
+            return Ok(Mapping::Zero);
+        }
+        match e & OFFSET_MASK {
+            0 => Ok(Mapping::Unallocated),
+            off => Ok(Mapping::Data(off)),
+        }
+    }
+
+    pub fn read_host(&self, buf: &mut [u8], host_off: u64) -> Result<(), Qcow2Error> {
+        self.file
+            .read_exact_at(buf, host_off)
+            .map_err(|source| Qcow2Error::Io {
+                path: self.path.clone(),
+                source,
+            })
+    }
+}
+
+/// Resolve a backing file name as qemu does: relative to the directory of the image naming it.
+pub fn resolve_backing(image: &Path, backing: &str) -> PathBuf {
+    let b = Path::new(backing);
+    if b.is_absolute() {
+        b.to_path_buf()
+    } else {
+        image.parent().unwrap_or(Path::new(".")).join(b)
+    }
+}
+
+/// What a new image refers to as its backing file.
+#[derive(Debug, Clone)]
+pub struct Backing {
+    pub file: String,
+    pub format: String,
+}
+
+/// A qcow2 image written front to back: data clusters are appended in the order given,
+/// metadata (L2 tables, refcounts, L1, header) is written by `finish`.
+pub struct Qcow2Writer<'f> {
+    file: &'f File,
+    cluster_bits: u32,
+    size: u64,
+    backing: Option<Backing>,
+    l1_offset: u64,
+    l1_entries: u64,
+    l2: BTreeMap<u64, Vec<u64>>,
+    next_free: u64,
+}
+
+impl<'f> Qcow2Writer<'f> {
+    pub fn new(file: &'f File, size: u64, backing: Option<Backing>) -> Result<Self, Qcow2Error> {
+        if size > MAX_SIZE {
+            return Err(Qcow2Error::TooLarge(size));
+        }
+        let cluster_bits = DEFAULT_CLUSTER_BITS;
+        let cs = 1u64 << cluster_bits;
+        let l1_entries = size.div_ceil(cs * (cs / 8));
+        let l1_clusters = (l1_entries * 8).div_ceil(cs).max(1);
+        Ok(Qcow2Writer {
+            file,
+            cluster_bits,
+            size,
+            backing,
+            l1_offset: cs,
+            l1_entries,
+            l2: BTreeMap::new(),
+            next_free: cs + l1_clusters * cs,
+        })
+    }
+
+    pub fn cluster_size(&self) -> u64 {
+        1 << self.cluster_bits
+    }
+
+    fn l2_entry(&mut self, guest_cluster: u64) -> &mut u64 {
+        let per_l2 = self.cluster_size() / 8;
+        let table = self
+            .l2
+            .entry(guest_cluster / per_l2)
+            .or_insert_with(|| vec![0; per_l2 as usize]);
+        &mut table[(guest_cluster % per_l2) as usize]
+    }
+
+    /// Append `data` (a whole number of clusters, except possibly at the image end) as the
+    /// contents of guest clusters starting at `first_cluster`.
+    pub fn write_clusters(&mut self, first_cluster: u64, data: &[u8]) -> io::Result<()> {
+        let cs = self.cluster_size();
+        let host = self.next_free;
+        self.file.write_all_at(data, host)?;
+        let n = (data.len() as u64).div_ceil(cs);
+        for i in 0..n {
+            *self.l2_entry(first_cluster + i) = (host + i * cs) | COPIED;
+        }
+        self.next_free += n * cs;
+        Ok(())
+    }
+
+    /// Mark guest clusters as reading zeros (only meaningful over a backing file).
+    pub fn zero_clusters(&mut self, first_cluster: u64, count: u64) {
+        for c in first_cluster..first_cluster + count {
+            *self.l2_entry(c) = L2_ZERO;
+        }
+    }
+
+    /// Allocate every cluster (qemu's `preallocation=metadata`): L2 tables and data clusters
+    /// are all mapped; the data stays a hole in the file and reads as zeros.
+    pub fn preallocate_metadata(&mut self) {
+        let cs = self.cluster_size();
+        for c in 0..self.size.div_ceil(cs) {
+            let host = self.next_free;
+            *self.l2_entry(c) = host | COPIED;
+            self.next_free += cs;
+        }
+    }
+
+    /// Write L2 tables, refcounts, L1 and header; returns the file length.
+    pub fn finish(mut self) -> io::Result<u64> {
+        let cs = self.cluster_size();
+        let data_end = self.next_free;
+        // L2 tables, appended in one write.
+        let mut l1 = vec![0u64; self.l1_entries as usize];
+        let mut l2_bytes = Vec::with_capacity(self.l2.len() * cs as usize);
+        for (i, (idx, table)) in self.l2.iter().enumerate() {
+            l1[*idx as usize] = (data_end + i as u64 * cs) | COPIED;
+            l2_bytes.extend(table.iter().flat_map(|e| e.to_be_bytes()));
+        }
+        self.file.write_all_at(&l2_bytes, data_end)?;
+        self.next_free = data_end + l2_bytes.len() as u64;
+        // Refcounts (16-bit): every cluster up to the end, including the refcount clusters.
+        let per_block = cs * 8 / 16;
+        let used = self.next_free / cs;
+        let (mut blocks, mut table_clusters) = (1u64, 1u64);
+        loop {
+            let total = used + blocks + table_clusters;
+            let b = total.div_ceil(per_block);
+            let t = (b * 8).div_ceil(cs);
+            if b == blocks && t == table_clusters {
+                break;
+            }
+            (blocks, table_clusters) = (b, t);
+        }
+        let rt_offset = self.next_free;
+        let rb_offset = rt_offset + table_clusters * cs;
+        let total = used + blocks + table_clusters;
+        let mut table = vec![0u8; (table_clusters * cs) as usize];
+        for b in 0..blocks {
+            table[(b * 8) as usize..(b * 8 + 8) as usize]
+                .copy_from_slice(&(rb_offset + b * cs).to_be_bytes());
+        }
+        let mut rblocks = vec![0u8; (blocks * cs) as usize];
+        for c in 0..total {
+            rblocks[(c * 2) as usize..(c * 2 + 2) as usize].copy_from_slice(&1u16.to_be_bytes());
+        }
+        table.extend_from_slice(&rblocks);
+        self.file.write_all_at(&table, rt_offset)?;
+        let end = rt_offset + table.len() as u64;
+        let l1_bytes: Vec<u8> = l1.iter().flat_map(|e| e.to_be_bytes()).collect();
+        self.file.write_all_at(&l1_bytes, self.l1_offset)?;
+        let header = self.header_cluster(rt_offset, table_clusters);
+        self.file.write_all_at(&header, 0)?;
+        // Preallocated data beyond the metadata? Never: data clusters precede L2 tables. But a
+        // preallocated image must still cover every mapped cluster, which it does by `end`.
+        self.file.set_len(end)?;
+        Ok(end)
+    }
+
+    fn header_cluster(&self, rt_offset: u64, rt_clusters: u64) -> Vec<u8> {
+        let mut h = vec![0u8; 112];
+        let put32 =
+            |h: &mut Vec<u8>, at: usize, v: u32| h[at..at + 4].copy_from_slice(&v.to_be_bytes());
+        let put64 =
+            |h: &mut Vec<u8>, at: usize, v: u64| h[at..at + 8].copy_from_slice(&v.to_be_bytes());
+        put32(&mut h, 0, MAGIC);
+        put32(&mut h, 4, 3);
+        put32(&mut h, 20, self.cluster_bits);
+        put64(&mut h, 24, self.size);
+        put32(&mut h, 36, self.l1_entries as u32);
+        put64(&mut h, 40, self.l1_offset);
+        put64(&mut h, 48, rt_offset);
+        put32(&mut h, 56, rt_clusters as u32);
+        put32(&mut h, 96, 4); // refcount_order: 16-bit refcounts
+        put32(&mut h, 100, 112); // header_length, with the compression type byte (zlib)
+        if let Some(b) = &self.backing {
+            let fmt = b.format.as_bytes();
+            h.extend_from_slice(&EXT_BACKING_FORMAT.to_be_bytes());
+            h.extend_from_slice(&(fmt.len() as u32).to_be_bytes());
+            h.extend_from_slice(fmt);
+            h.resize(h.len().div_ceil(8) * 8, 0);
+        }
+        h.extend_from_slice(&[0u8; 8]); // end of extensions
+        if let Some(b) = &self.backing {
+            let off = h.len() as u64;
+            h.extend_from_slice(b.file.as_bytes());
+            put64(&mut h, 8, off);
+            put32(&mut h, 16, b.file.len() as u32);
+        }
+        h
+    }
+}
+
+/// Is the backing-file name short enough to fit in the header cluster?
+pub fn backing_name_fits(name: &str) -> bool {
+    name.len() <= 1023
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_image_header_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.qcow2");
+        let f = File::create(&p).unwrap();
+        Qcow2Writer::new(&f, 10 << 30, None)
+            .unwrap()
+            .finish()
+            .unwrap();
+        let h = read_header(&p).unwrap();
+        assert_eq!(
+            (h.version, h.size, h.cluster_bits, h.l1_size),
+            (3, 10 << 30, 16, 20)
+        );
+        assert_eq!(h.backing_file, None);
+    }
+
+    #[test]
+    fn data_written_is_mapped_and_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("d.qcow2");
+        let f = File::create(&p).unwrap();
+        let mut w = Qcow2Writer::new(&f, 1 << 30, None).unwrap();
+        let cs = w.cluster_size();
+        let data = vec![0xabu8; 2 * cs as usize];
+        w.write_clusters(9000, &data).unwrap();
+        w.finish().unwrap();
+        let mut r = Qcow2Reader::open(&p).unwrap();
+        assert_eq!(r.map(0).unwrap(), Mapping::Unallocated);
+        let Mapping::Data(off) = r.map(9001).unwrap() else {
+            panic!("not mapped")
+        };
+        let mut buf = vec![0u8; cs as usize];
+        r.read_host(&mut buf, off).unwrap();
+        assert!(buf.iter().all(|b| *b == 0xab));
+    }
+
+    #[test]
+    fn backing_file_and_format_are_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("o.qcow2");
+        let f = File::create(&p).unwrap();
+        let b = Backing {
+            file: "/pool/base.qcow2".into(),
+            format: "qcow2".into(),
+        };
+        Qcow2Writer::new(&f, 1 << 40, Some(b))
+            .unwrap()
+            .finish()
+            .unwrap();
+        let h = read_header(&p).unwrap();
+        assert_eq!(h.backing_file.as_deref(), Some("/pool/base.qcow2"));
+        assert_eq!(h.backing_format.as_deref(), Some("qcow2"));
+        assert_eq!(h.l1_size, 2048);
+    }
+
+    #[test]
+    fn truncated_and_foreign_files_are_told_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t.qcow2");
+        let f = File::create(&p).unwrap();
+        Qcow2Writer::new(&f, 1 << 30, None)
+            .unwrap()
+            .finish()
+            .unwrap();
+        f.set_len(100_000).unwrap();
+        assert!(matches!(read_header(&p), Err(Qcow2Error::Corrupt { .. })));
+        f.set_len(50).unwrap();
+        assert!(matches!(read_header(&p), Err(Qcow2Error::Corrupt { .. })));
+        std::fs::write(&p, vec![0u8; 8192]).unwrap();
+        assert!(matches!(read_header(&p), Err(Qcow2Error::NotQcow2 { .. })));
+    }
+}

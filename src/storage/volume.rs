@@ -1,0 +1,477 @@
+//! Volumes: image files inside a pool's target directory, addressed by name or by path.
+
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use super::copy::{copy_bytes, copy_image};
+use super::error::{io_at, StorageError};
+use super::image::{self, Format, ImageInfo, InUse};
+use super::pool::{self, PoolDef, PoolState};
+use super::qcow2::{self, Backing, Qcow2Writer};
+use crate::state::TempFile;
+use crate::{domain, names, process, size, state::Store};
+
+/// A volume found by name in a pool, or by path.
+#[derive(Debug, Clone, Serialize)]
+pub struct VolRef {
+    pub pool: Option<String>,
+    pub name: String,
+    pub path: PathBuf,
+}
+
+/// Progress callback: `(done, total)` bytes.
+pub type Progress<'a> = &'a mut dyn FnMut(u64, u64);
+
+fn active_pools(store: &Store) -> Result<Vec<PoolDef>, StorageError> {
+    Ok(pool::list(store)?
+        .into_iter()
+        .flatten()
+        .filter(|p| pool::state(store, p) == PoolState::Active)
+        .collect())
+}
+
+/// Which active pool (if any) holds the file at `path`.
+fn pool_of(store: &Store, path: &Path) -> Option<String> {
+    let dir = path.parent()?;
+    let dir = fs::canonicalize(dir).ok()?;
+    active_pools(store)
+        .ok()?
+        .into_iter()
+        .find(|p| fs::canonicalize(&p.target).ok().as_deref() == Some(dir.as_path()))
+        .map(|p| p.name)
+}
+
+/// Find a volume: a path (anything with a '/'), or a name in `pool` (or in the one active pool
+/// that has it).
+pub fn resolve(store: &Store, pool_name: Option<&str>, vol: &str) -> Result<VolRef, StorageError> {
+    if vol.contains('/') {
+        let path = fs::canonicalize(vol).map_err(io_at(vol))?;
+        if !path.is_file() {
+            return Err(StorageError::Invalid(format!(
+                "volume {} is not a regular file",
+                path.display()
+            )));
+        }
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        return Ok(VolRef {
+            pool: pool_of(store, &path),
+            name,
+            path,
+        });
+    }
+    names::validate("volume", vol)?;
+    if let Some(p) = pool_name {
+        let def = pool::active(store, p)?;
+        let path = def.target.join(vol);
+        if !path.is_file() {
+            return Err(StorageError::VolumeNotFound {
+                pool: p.into(),
+                name: vol.into(),
+            });
+        }
+        return Ok(VolRef {
+            pool: Some(p.into()),
+            name: vol.into(),
+            path,
+        });
+    }
+    let found: Vec<PoolDef> = active_pools(store)?
+        .into_iter()
+        .filter(|p| p.target.join(vol).is_file())
+        .collect();
+    match found.as_slice() {
+        [] => Err(StorageError::VolumeNowhere(vol.into())),
+        [p] => Ok(VolRef {
+            pool: Some(p.name.clone()),
+            name: vol.into(),
+            path: p.target.join(vol),
+        }),
+        many => Err(StorageError::VolumeAmbiguous {
+            name: vol.into(),
+            pools: many
+                .iter()
+                .map(|p| p.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        }),
+    }
+}
+
+/// One row of `vol-list`: the inspection result, or why it failed.
+#[derive(Debug, Serialize)]
+pub struct VolEntry {
+    pub name: String,
+    pub path: PathBuf,
+    #[serde(flatten)]
+    pub info: Option<ImageInfo>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+pub fn list(store: &Store, pool_name: &str) -> Result<Vec<VolEntry>, StorageError> {
+    let def = pool::active(store, pool_name)?;
+    let mut out = Vec::new();
+    for entry in fs::read_dir(&def.target).map_err(io_at(&def.target))? {
+        let entry = entry.map_err(io_at(&def.target))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        // Hidden files are kvmctl's own temp files (or not volumes at all).
+        if name.starts_with('.') || !entry.file_type().map(|t| t.is_file()).unwrap_or(false) {
+            continue;
+        }
+        let path = entry.path();
+        let (info, error) = match image::inspect(&path) {
+            Ok(i) => (Some(i), None),
+            Err(e) => (None, Some(e.to_string())),
+        };
+        out.push(VolEntry {
+            name,
+            path,
+            info,
+            error,
+        });
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+pub fn info(vref: &VolRef) -> Result<ImageInfo, StorageError> {
+    image::inspect(&vref.path).map_err(io_at(&vref.path))
+}
+
+/// Refuse when a running qemu holds the image in a way that conflicts with `need`.
+fn check_not_in_use(
+    path: &Path,
+    writing_only: bool,
+    hint: &'static str,
+) -> Result<(), StorageError> {
+    match image::qemu_lock_holder(path).map_err(io_at(path))? {
+        Some(InUse::Writing) => Err(StorageError::InUse {
+            path: path.into(),
+            how: "open for writing",
+            hint,
+        }),
+        Some(InUse::Reading) if !writing_only => Err(StorageError::InUse {
+            path: path.into(),
+            how: "open for reading",
+            hint,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// A new volume file being written: committed into place only when complete.
+struct NewVolume {
+    pool: String,
+    name: String,
+    dest: PathBuf,
+    tmp: TempFile,
+}
+
+impl NewVolume {
+    fn begin(store: &Store, pool_name: &str, name: &str) -> Result<NewVolume, StorageError> {
+        names::validate("volume", name)?;
+        let def = pool::active(store, pool_name)?;
+        let dest = def.target.join(name);
+        if dest.exists() {
+            return Err(StorageError::VolumeExists {
+                pool: pool_name.into(),
+                name: name.into(),
+            });
+        }
+        let tmp = TempFile::new_beside(&dest, 0o600).map_err(io_at(&dest))?;
+        Ok(NewVolume {
+            pool: pool_name.into(),
+            name: name.into(),
+            dest,
+            tmp,
+        })
+    }
+
+    fn file(&mut self) -> &File {
+        self.tmp.file()
+    }
+
+    fn commit(self) -> Result<VolRef, StorageError> {
+        let NewVolume {
+            pool,
+            name,
+            dest,
+            tmp,
+        } = self;
+        match tmp.commit_new(&dest) {
+            Ok(()) => Ok(VolRef {
+                pool: Some(pool),
+                name,
+                path: dest,
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                Err(StorageError::VolumeExists { pool, name })
+            }
+            Err(e) => Err(io_at(&dest)(e)),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct CreateOpts {
+    pub capacity: u64,
+    pub format: Format,
+    pub backing_vol: Option<String>,
+    pub backing_format: Option<Format>,
+    pub prealloc_metadata: bool,
+}
+
+pub fn create_as(
+    store: &Store,
+    pool_name: &str,
+    name: &str,
+    opts: &CreateOpts,
+) -> Result<VolRef, StorageError> {
+    if opts.format == Format::Raw && (opts.backing_vol.is_some() || opts.prealloc_metadata) {
+        return Err(StorageError::Invalid(format!(
+            "volume '{name}': --backing-vol and --prealloc-metadata need --format qcow2"
+        )));
+    }
+    let backing = match &opts.backing_vol {
+        None => None,
+        Some(b) => Some(backing_for(store, pool_name, b, opts.backing_format)?),
+    };
+    let mut nv = NewVolume::begin(store, pool_name, name)?;
+    let dest = nv.dest.clone();
+    match opts.format {
+        Format::Raw => nv.file().set_len(opts.capacity).map_err(io_at(&dest))?,
+        Format::Qcow2 => {
+            let mut w = Qcow2Writer::new(nv.file(), opts.capacity, backing)?;
+            if opts.prealloc_metadata {
+                w.preallocate_metadata();
+            }
+            w.finish().map_err(io_at(&dest))?;
+        }
+    }
+    nv.commit()
+}
+
+/// The backing reference for an overlay on volume `vol`: absolute path and its format.
+fn backing_for(
+    store: &Store,
+    pool_name: &str,
+    vol: &str,
+    fmt: Option<Format>,
+) -> Result<Backing, StorageError> {
+    let b = resolve(store, Some(pool_name), vol).or_else(|_| resolve(store, None, vol))?;
+    check_not_in_use(
+        &b.path,
+        true,
+        "a backing file must not change under its overlays; shut the VM off first",
+    )?;
+    let detected = image::detect(&b.path).map_err(io_at(&b.path))?;
+    if detected == Format::Qcow2 {
+        qcow2::read_header(&b.path)?;
+    }
+    let file = b.path.to_string_lossy().into_owned();
+    if !qcow2::backing_name_fits(&file) {
+        return Err(StorageError::Invalid(format!(
+            "backing path {file} is too long"
+        )));
+    }
+    Ok(Backing {
+        file,
+        format: fmt.unwrap_or(detected).to_string(),
+    })
+}
+
+/// Volumes in active pools whose backing file is `path`.
+fn overlays_of(store: &Store, path: &Path) -> Vec<String> {
+    let mut deps = Vec::new();
+    for p in active_pools(store).unwrap_or_default() {
+        for v in list(store, &p.name).unwrap_or_default() {
+            if let Some(b) = v.info.as_ref().and_then(|i| i.backing_file.as_ref()) {
+                let bp = qcow2::resolve_backing(&v.path, b);
+                if fs::canonicalize(&bp).ok().as_deref() == Some(path) {
+                    deps.push(format!("volume {}/{}", p.name, v.name));
+                }
+            }
+        }
+    }
+    deps
+}
+
+pub fn delete(store: &Store, vref: &VolRef, force: bool) -> Result<(), StorageError> {
+    check_not_in_use(&vref.path, false, "stop the VM first")?;
+    if !force {
+        let canon = fs::canonicalize(&vref.path).map_err(io_at(&vref.path))?;
+        let mut users: Vec<String> = domain::domains_using(store, &canon)
+            .into_iter()
+            .map(|d| format!("domain '{d}'"))
+            .collect();
+        users.extend(overlays_of(store, &canon));
+        if !users.is_empty() {
+            return Err(StorageError::UsedBy {
+                path: vref.path.clone(),
+                users: users.join(", "),
+            });
+        }
+    }
+    fs::remove_file(&vref.path).map_err(io_at(&vref.path))?;
+    if let Some(dir) = vref.path.parent() {
+        crate::state::fsync_dir(dir).map_err(io_at(dir))?;
+    }
+    Ok(())
+}
+
+/// `vol-resize`: `capacity` is absolute, or added to the current size with `delta`.
+pub fn resize(
+    vref: &VolRef,
+    capacity: u64,
+    delta: bool,
+    shrink: bool,
+) -> Result<u64, StorageError> {
+    let info = info(vref)?;
+    if let Some(p) = info.problem {
+        return Err(StorageError::Invalid(format!(
+            "volume {}: {p}",
+            vref.path.display()
+        )));
+    }
+    let new = if delta {
+        info.capacity
+            .checked_add(capacity)
+            .ok_or(size::SizeError::Overflow(capacity.to_string()))?
+    } else {
+        capacity
+    };
+    if new == 0 {
+        return Err(StorageError::ZeroCapacity {
+            path: vref.path.clone(),
+        });
+    }
+    if new < info.capacity && !shrink {
+        return Err(StorageError::ShrinkRefused {
+            path: vref.path.clone(),
+            new: size::human(new),
+            old: size::human(info.capacity),
+        });
+    }
+    check_not_in_use(
+        &vref.path,
+        false,
+        "resize a running VM's disk with its block_resize, or shut it off first",
+    )?;
+    match info.format {
+        Format::Raw => {
+            let f = fs::OpenOptions::new()
+                .write(true)
+                .open(&vref.path)
+                .map_err(io_at(&vref.path))?;
+            f.set_len(new).map_err(io_at(&vref.path))?;
+            f.sync_all().map_err(io_at(&vref.path))?;
+        }
+        Format::Qcow2 => {
+            // qemu-img: growing may relocate the L1 table and shrinking must free clusters and
+            // fix refcounts; qcow2-rs (and our writer) cannot rewrite an image in place.
+            let mut args = vec!["resize".to_string(), "-f".into(), "qcow2".into()];
+            if new < info.capacity {
+                args.push("--shrink".into());
+            }
+            args.push(vref.path.to_string_lossy().into_owned());
+            args.push(new.to_string());
+            process::run("qemu-img", &args, None)?;
+        }
+    }
+    Ok(new)
+}
+
+/// `vol-clone`: a full, sparse copy in the source's format, or a qcow2 overlay (`linked`).
+pub fn clone(
+    store: &Store,
+    src: &VolRef,
+    pool_name: &str,
+    new_name: &str,
+    linked: bool,
+    progress: Progress,
+) -> Result<VolRef, StorageError> {
+    check_not_in_use(
+        &src.path,
+        true,
+        "shut the VM off (or pause it) before cloning its disk",
+    )?;
+    let src_info = info(src)?;
+    if let Some(p) = &src_info.problem {
+        return Err(StorageError::Invalid(format!(
+            "volume {}: {p}",
+            src.path.display()
+        )));
+    }
+    let mut nv = NewVolume::begin(store, pool_name, new_name)?;
+    let dest = nv.dest.clone();
+    if linked {
+        let backing = Backing {
+            file: src.path.to_string_lossy().into_owned(),
+            format: src_info.format.to_string(),
+        };
+        Qcow2Writer::new(nv.file(), src_info.capacity, Some(backing))?
+            .finish()
+            .map_err(io_at(&dest))?;
+    } else {
+        let out = nv.file().try_clone().map_err(io_at(&dest))?;
+        copy_image(&src.path, &out, &dest, src_info.format, progress)?;
+    }
+    nv.file().sync_all().map_err(io_at(&dest))?;
+    nv.commit()
+}
+
+/// `vol-import`: bring an image into a pool, converting to `format` if given.
+pub fn import(
+    store: &Store,
+    file: &Path,
+    pool_name: &str,
+    name: Option<&str>,
+    format: Option<Format>,
+    progress: Progress,
+) -> Result<VolRef, StorageError> {
+    let meta = fs::metadata(file).map_err(io_at(file))?;
+    if !meta.is_file() {
+        return Err(StorageError::Invalid(format!(
+            "{} is not a regular file",
+            file.display()
+        )));
+    }
+    let name = match name {
+        Some(n) => n.to_string(),
+        None => file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+    };
+    let src_fmt = image::detect(file).map_err(io_at(file))?;
+    let mut nv = NewVolume::begin(store, pool_name, &name)?;
+    let dest = nv.dest.clone();
+    let out = nv.file().try_clone().map_err(io_at(&dest))?;
+    copy_image(file, &out, &dest, format.unwrap_or(src_fmt), progress)?;
+    out.sync_all().map_err(io_at(&dest))?;
+    nv.commit()
+}
+
+/// `vol-upload`: replace the volume's content with a file's bytes, atomically.
+pub fn upload(vref: &VolRef, file: &Path, progress: Progress) -> Result<u64, StorageError> {
+    check_not_in_use(&vref.path, false, "stop the VM first")?;
+    let src = File::open(file).map_err(io_at(file))?;
+    let mut tmp = TempFile::new_beside(&vref.path, 0o600).map_err(io_at(&vref.path))?;
+    let n = copy_bytes(&src, tmp.file(), &vref.path, progress)?;
+    tmp.commit(&vref.path).map_err(io_at(&vref.path))?;
+    Ok(n)
+}
+
+/// `vol-download`: the volume's bytes into `file` (written beside it, then renamed).
+pub fn download(vref: &VolRef, file: &Path, progress: Progress) -> Result<u64, StorageError> {
+    let src = File::open(&vref.path).map_err(io_at(&vref.path))?;
+    let mut tmp = TempFile::new_beside(file, 0o644).map_err(io_at(file))?;
+    let n = copy_bytes(&src, tmp.file(), file, progress)?;
+    tmp.commit(file).map_err(io_at(file))?;
+    Ok(n)
+}

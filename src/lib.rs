@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod domain;
 pub mod names;
+pub mod network;
 pub mod paths;
 pub mod process;
 pub mod size;

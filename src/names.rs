@@ -11,19 +11,11 @@ pub enum NameError {
     #[error("{kind} name is empty")]
     Empty { kind: &'static str },
     #[error("{kind} name '{name}' is too long ({len} bytes, at most {MAX_NAME_LEN})")]
-    TooLong {
-        kind: &'static str,
-        name: String,
-        len: usize,
-    },
+    TooLong { kind: &'static str, name: String, len: usize },
     #[error("{kind} name '{name}' must start with a letter or digit")]
     BadStart { kind: &'static str, name: String },
     #[error("{kind} name '{name}' contains {what}; allowed: letters, digits, '_', '.', '+', '-'")]
-    BadChar {
-        kind: &'static str,
-        name: String,
-        what: String,
-    },
+    BadChar { kind: &'static str, name: String, what: String },
 }
 
 /// Validate `name` as the name of an object of `kind` ("pool", "volume", "network", "domain").
@@ -31,22 +23,12 @@ pub fn validate(kind: &'static str, name: &str) -> Result<(), NameError> {
     let printable = || name.escape_debug().to_string();
     let first = name.chars().next().ok_or(NameError::Empty { kind })?;
     if name.len() > MAX_NAME_LEN {
-        return Err(NameError::TooLong {
-            kind,
-            name: printable(),
-            len: name.len(),
-        });
+        return Err(NameError::TooLong { kind, name: printable(), len: name.len() });
     }
     if !first.is_ascii_alphanumeric() {
-        return Err(NameError::BadStart {
-            kind,
-            name: printable(),
-        });
+        return Err(NameError::BadStart { kind, name: printable() });
     }
-    if let Some(bad) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || "_.+-".contains(*c)))
-    {
+    if let Some(bad) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || "_.+-".contains(*c))) {
         let what = match bad {
             '/' => "'/'".to_string(),
             '\0' => "a NUL byte".to_string(),
@@ -54,11 +36,7 @@ pub fn validate(kind: &'static str, name: &str) -> Result<(), NameError> {
             c if c.is_control() => format!("control character {:?}", c),
             c => format!("'{c}'"),
         };
-        return Err(NameError::BadChar {
-            kind,
-            name: printable(),
-            what,
-        });
+        return Err(NameError::BadChar { kind, name: printable(), what });
     }
     Ok(())
 }
@@ -69,14 +47,7 @@ mod tests {
 
     #[test]
     fn accepts_virsh_style_names() {
-        for n in [
-            "default",
-            "vm1",
-            "ubuntu-16.04.qcow2",
-            "a+b_c",
-            "192.168.160.0",
-            "A",
-        ] {
+        for n in ["default", "vm1", "ubuntu-16.04.qcow2", "a+b_c", "192.168.160.0", "A"] {
             validate("volume", n).unwrap();
         }
         validate("pool", &"x".repeat(64)).unwrap();
@@ -85,46 +56,16 @@ mod tests {
     #[test]
     fn refuses_paths_and_control_characters() {
         assert!(matches!(validate("pool", ""), Err(NameError::Empty { .. })));
-        assert!(matches!(
-            validate("pool", ".."),
-            Err(NameError::BadStart { .. })
-        ));
-        assert!(matches!(
-            validate("pool", ".hidden"),
-            Err(NameError::BadStart { .. })
-        ));
-        assert!(matches!(
-            validate("pool", "-rf"),
-            Err(NameError::BadStart { .. })
-        ));
-        assert!(matches!(
-            validate("pool", "a/b"),
-            Err(NameError::BadChar { .. })
-        ));
-        assert!(matches!(
-            validate("pool", "a/../b"),
-            Err(NameError::BadChar { .. })
-        ));
-        assert!(matches!(
-            validate("pool", "a\0b"),
-            Err(NameError::BadChar { .. })
-        ));
-        assert!(matches!(
-            validate("pool", "a\nb"),
-            Err(NameError::BadChar { .. })
-        ));
-        assert!(matches!(
-            validate("pool", "a b"),
-            Err(NameError::BadChar { .. })
-        ));
-        assert!(matches!(
-            validate("pool", "é"),
-            Err(NameError::BadStart { .. })
-        ));
-        assert!(matches!(
-            validate("pool", &"x".repeat(65)),
-            Err(NameError::TooLong { len: 65, .. })
-        ));
+        assert!(matches!(validate("pool", ".."), Err(NameError::BadStart { .. })));
+        assert!(matches!(validate("pool", ".hidden"), Err(NameError::BadStart { .. })));
+        assert!(matches!(validate("pool", "-rf"), Err(NameError::BadStart { .. })));
+        assert!(matches!(validate("pool", "a/b"), Err(NameError::BadChar { .. })));
+        assert!(matches!(validate("pool", "a/../b"), Err(NameError::BadChar { .. })));
+        assert!(matches!(validate("pool", "a\0b"), Err(NameError::BadChar { .. })));
+        assert!(matches!(validate("pool", "a\nb"), Err(NameError::BadChar { .. })));
+        assert!(matches!(validate("pool", "a b"), Err(NameError::BadChar { .. })));
+        assert!(matches!(validate("pool", "é"), Err(NameError::BadStart { .. })));
+        assert!(matches!(validate("pool", &"x".repeat(65)), Err(NameError::TooLong { len: 65, .. })));
     }
 
     #[test]

@@ -44,24 +44,14 @@ impl Paths {
             return Paths { root, run };
         }
         if nix::unistd::geteuid().is_root() {
-            return Paths {
-                root: "/var/lib/kvmctl".into(),
-                run: "/run/kvmctl".into(),
-            };
+            return Paths { root: "/var/lib/kvmctl".into(), run: "/run/kvmctl".into() };
         }
-        let home = std::env::var_os("HOME")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| "/tmp".into());
-        let data = std::env::var_os("XDG_DATA_HOME")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| home.join(".local/share"));
+        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| "/tmp".into());
+        let data = std::env::var_os("XDG_DATA_HOME").map(PathBuf::from).unwrap_or_else(|| home.join(".local/share"));
         let run = std::env::var_os("XDG_RUNTIME_DIR")
             .map(|d| PathBuf::from(d).join("kvmctl"))
             .unwrap_or_else(|| data.join("kvmctl/run"));
-        Paths {
-            root: data.join("kvmctl"),
-            run,
-        }
+        Paths { root: data.join("kvmctl"), run }
     }
 
     pub fn defs_dir(&self, kind: Kind) -> PathBuf {
@@ -101,8 +91,6 @@ fn absolute(p: &Path) -> PathBuf {
     if p.is_absolute() {
         p.to_path_buf()
     } else {
-        std::env::current_dir()
-            .map(|d| d.join(p))
-            .unwrap_or_else(|_| p.to_path_buf())
+        std::env::current_dir().map(|d| d.join(p)).unwrap_or_else(|_| p.to_path_buf())
     }
 }

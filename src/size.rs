@@ -13,9 +13,7 @@ pub enum SizeError {
     Negative(String),
     #[error("size '{input}' has no number before the unit")]
     NoNumber { input: String },
-    #[error(
-        "size '{input}' has unknown unit '{unit}' (use b, K/KiB, M/MiB, G/GiB, T/TiB, KB/MB/GB/TB)"
-    )]
+    #[error("size '{input}' has unknown unit '{unit}' (use b, K/KiB, M/MiB, G/GiB, T/TiB, KB/MB/GB/TB)")]
     BadUnit { input: String, unit: String },
     #[error("size '{0}' is too large")]
     Overflow(String),
@@ -34,14 +32,10 @@ pub fn parse_size_with_default(input: &str, default_unit: u64) -> Result<u64, Si
     if s.starts_with('-') {
         return Err(SizeError::Negative(input.to_string()));
     }
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     if num.is_empty() || num == "." || num.matches('.').count() > 1 {
-        return Err(SizeError::NoNumber {
-            input: input.to_string(),
-        });
+        return Err(SizeError::NoNumber { input: input.to_string() });
     }
     let mult: u64 = match unit.trim() {
         "" => default_unit,
@@ -58,35 +52,17 @@ pub fn parse_size_with_default(input: &str, default_unit: u64) -> Result<u64, Si
         "TB" => 1_000_000_000_000,
         "PB" => 1_000_000_000_000_000,
         "EB" => 1_000_000_000_000_000_000,
-        other => {
-            return Err(SizeError::BadUnit {
-                input: input.to_string(),
-                unit: other.to_string(),
-            })
-        }
+        other => return Err(SizeError::BadUnit { input: input.to_string(), unit: other.to_string() }),
     };
     let overflow = || SizeError::Overflow(input.to_string());
     match num.split_once('.') {
-        None => num
-            .parse::<u64>()
-            .map_err(|_| overflow())?
-            .checked_mul(mult)
-            .ok_or_else(overflow),
+        None => num.parse::<u64>().map_err(|_| overflow())?.checked_mul(mult).ok_or_else(overflow),
         Some((int, frac)) => {
             // Exact decimal arithmetic: int*mult + frac*mult/10^len, rounded down to a byte.
-            let int: u128 = if int.is_empty() {
-                0
-            } else {
-                int.parse().map_err(|_| overflow())?
-            };
+            let int: u128 = if int.is_empty() { 0 } else { int.parse().map_err(|_| overflow())? };
             let frac_digits = frac.len().min(18) as u32;
-            let frac_val: u128 = if frac_digits == 0 {
-                0
-            } else {
-                frac[..frac_digits as usize]
-                    .parse()
-                    .map_err(|_| overflow())?
-            };
+            let frac_val: u128 =
+                if frac_digits == 0 { 0 } else { frac[..frac_digits as usize].parse().map_err(|_| overflow())? };
             let total = int * mult as u128 + frac_val * mult as u128 / 10u128.pow(frac_digits);
             u64::try_from(total).map_err(|_| overflow())
         }
@@ -140,15 +116,9 @@ mod tests {
         assert_eq!(parse_size("-1G"), Err(SizeError::Negative("-1G".into())));
         assert!(matches!(parse_size("10X"), Err(SizeError::BadUnit { unit, .. }) if unit == "X"));
         assert!(matches!(parse_size("G"), Err(SizeError::NoNumber { .. })));
-        assert!(matches!(
-            parse_size("1.2.3G"),
-            Err(SizeError::NoNumber { .. })
-        ));
+        assert!(matches!(parse_size("1.2.3G"), Err(SizeError::NoNumber { .. })));
         assert!(matches!(parse_size("1 0G"), Err(SizeError::BadUnit { .. })));
-        assert_eq!(
-            parse_size("99999999999E"),
-            Err(SizeError::Overflow("99999999999E".into()))
-        );
+        assert_eq!(parse_size("99999999999E"), Err(SizeError::Overflow("99999999999E".into())));
         assert_eq!(parse_size("16E"), Err(SizeError::Overflow("16E".into())));
     }
 

@@ -61,23 +61,13 @@ pub fn init_tracing(verbose: u8, quiet: bool) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("KVMCTL_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .without_time()
-        .try_init();
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).without_time().try_init();
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let store = Store::open(Paths::resolve(cli.root))?;
     crate::storage::pool::ensure_defaults(&store)?;
-    let ctx = Ctx {
-        store,
-        out: Out {
-            json: cli.json,
-            quiet: cli.quiet,
-        },
-    };
+    let ctx = Ctx { store, out: Out { json: cli.json, quiet: cli.quiet } };
     match cli.command {
         Command::Pool(c) => pool::run(c, &ctx),
         Command::Volume(c) => volume::run(c, &ctx),

@@ -29,11 +29,9 @@ impl Out {
         let bar = (!self.quiet && std::io::stderr().is_terminal()).then(|| {
             let b = ProgressBar::new(0).with_message(what.to_string());
             b.set_style(
-                ProgressStyle::with_template(
-                    "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-                )
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
+                ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
+                    .progress_chars("=> "),
             );
             b
         });
@@ -69,9 +67,7 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
         s.trim_end().to_string() + "\n"
     };
     let mut out = line(headers.to_vec());
-    out.push_str(
-        &"-".repeat(widths.iter().sum::<usize>() + 3 * widths.len().saturating_sub(1) + 2),
-    );
+    out.push_str(&"-".repeat(widths.iter().sum::<usize>() + 3 * widths.len().saturating_sub(1) + 2));
     out.push('\n');
     for r in rows {
         out.push_str(&line(r.iter().map(String::as_str).collect()));
@@ -82,9 +78,7 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
 
 /// `Key:   value` lines, values aligned as virsh does.
 pub fn info_block(rows: &[(&str, String)]) -> String {
-    rows.iter()
-        .map(|(k, v)| format!("{:<16}{v}\n", format!("{k}:")))
-        .collect()
+    rows.iter().map(|(k, v)| format!("{:<16}{v}\n", format!("{k}:"))).collect()
 }
 
 pub fn yes_no(b: bool) -> String {
@@ -97,10 +91,7 @@ mod tests {
 
     #[test]
     fn table_looks_like_virsh() {
-        let t = table(
-            &["Name", "State", "Autostart"],
-            &[vec!["default".into(), "active".into(), "yes".into()]],
-        );
+        let t = table(&["Name", "State", "Autostart"], &[vec!["default".into(), "active".into(), "yes".into()]]);
         assert_eq!(t, " Name      State    Autostart\n------------------------------\n default   active   yes\n\n");
     }
 }

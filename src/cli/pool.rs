@@ -76,11 +76,7 @@ struct PoolView {
 
 fn view(ctx: &Ctx, def: PoolDef) -> PoolView {
     let state = pool::state(&ctx.store, &def);
-    let usage = if state == PoolState::Active {
-        fs_usage(&def.target)
-    } else {
-        None
-    };
+    let usage = if state == PoolState::Active { fs_usage(&def.target) } else { None };
     PoolView {
         name: def.name,
         uuid: def.uuid.to_string(),
@@ -137,14 +133,7 @@ pub fn run(cmd: PoolCmd, ctx: &Ctx) -> anyhow::Result<()> {
                 ("UUID", v.uuid.clone()),
                 ("Type", v.kind.clone()),
                 ("Target", v.target.display().to_string()),
-                (
-                    "State",
-                    if v.state == PoolState::Active {
-                        "running".into()
-                    } else {
-                        v.state.as_str().into()
-                    },
-                ),
+                ("State", if v.state == PoolState::Active { "running".into() } else { v.state.as_str().into() }),
                 ("Persistent", yes_no(v.persistent)),
                 ("Autostart", yes_no(v.autostart)),
             ];
@@ -192,31 +181,14 @@ fn list(ctx: &Ctx, a: PoolListArgs) -> anyhow::Result<()> {
             let mut r = vec![v.name.clone(), v.state.as_str().into(), yes_no(v.autostart)];
             if a.details {
                 let u = v.usage;
-                let sz = |f: fn(&FsUsage) -> u64| {
-                    u.as_ref()
-                        .map(|u| human(f(u)))
-                        .unwrap_or_else(|| "-".into())
-                };
-                r.extend([
-                    yes_no(v.persistent),
-                    sz(|u| u.capacity),
-                    sz(|u| u.allocation),
-                    sz(|u| u.available),
-                ]);
+                let sz = |f: fn(&FsUsage) -> u64| u.as_ref().map(|u| human(f(u))).unwrap_or_else(|| "-".into());
+                r.extend([yes_no(v.persistent), sz(|u| u.capacity), sz(|u| u.allocation), sz(|u| u.available)]);
             }
             r
         })
         .collect();
     let headers: &[&str] = if a.details {
-        &[
-            "Name",
-            "State",
-            "Autostart",
-            "Persistent",
-            "Capacity",
-            "Allocation",
-            "Available",
-        ]
+        &["Name", "State", "Autostart", "Persistent", "Capacity", "Allocation", "Available"]
     } else {
         &["Name", "State", "Autostart"]
     };

@@ -119,30 +119,13 @@ pub fn run(cmd: VolCmd, ctx: &Ctx) -> anyhow::Result<()> {
     let store = &ctx.store;
     let out = &ctx.out;
     match cmd {
-        VolCmd::VolCreateAs {
-            pool,
-            name,
-            capacity,
-            format,
-            backing_vol,
-            backing_vol_format,
-            prealloc_metadata,
-        } => {
-            let opts = CreateOpts {
-                capacity,
-                format,
-                backing_vol,
-                backing_format: backing_vol_format,
-                prealloc_metadata,
-            };
+        VolCmd::VolCreateAs { pool, name, capacity, format, backing_vol, backing_vol_format, prealloc_metadata } => {
+            let opts =
+                CreateOpts { capacity, format, backing_vol, backing_format: backing_vol_format, prealloc_metadata };
             volume::create_as(store, &pool, &name, &opts)?;
             out.done(format!("Vol {name} created"));
         }
-        VolCmd::VolList {
-            pool,
-            pool_opt,
-            details,
-        } => list(ctx, &pool.or(pool_opt).unwrap_or_default(), details)?,
+        VolCmd::VolList { pool, pool_opt, details } => list(ctx, &pool.or(pool_opt).unwrap_or_default(), details)?,
         VolCmd::VolInfo { vol, pool } => {
             let v = volume::resolve(store, pool.as_deref(), &vol)?;
             let info = volume::info(&v)?;
@@ -154,10 +137,7 @@ pub fn run(cmd: VolCmd, ctx: &Ctx) -> anyhow::Result<()> {
                     #[serde(flatten)]
                     info: &'a crate::storage::image::ImageInfo,
                 }
-                return out.json(&J {
-                    vol: &v,
-                    info: &info,
-                });
+                return out.json(&J { vol: &v, info: &info });
             }
             let mut rows = vec![
                 ("Name", v.name.clone()),
@@ -168,41 +148,23 @@ pub fn run(cmd: VolCmd, ctx: &Ctx) -> anyhow::Result<()> {
                 ("Allocation", human(info.allocation)),
             ];
             if let Some(b) = &info.backing_file {
-                rows.push((
-                    "Backing file",
-                    format!("{b} ({})", info.backing_format.as_deref().unwrap_or("?")),
-                ));
+                rows.push(("Backing file", format!("{b} ({})", info.backing_format.as_deref().unwrap_or("?"))));
             }
             if let Some(p) = &info.problem {
                 rows.push(("Problem", p.clone()));
             }
             print!("{}", info_block(&rows));
         }
-        VolCmd::VolPath { vol, pool } => println!(
-            "{}",
-            volume::resolve(store, pool.as_deref(), &vol)?
-                .path
-                .display()
-        ),
+        VolCmd::VolPath { vol, pool } => println!("{}", volume::resolve(store, pool.as_deref(), &vol)?.path.display()),
         VolCmd::VolDelete { vol, pool, force } => {
             let v = volume::resolve(store, pool.as_deref(), &vol)?;
             volume::delete(store, &v, force)?;
             out.done(format!("Vol {vol} deleted"));
         }
-        VolCmd::VolResize {
-            vol,
-            capacity,
-            pool,
-            delta,
-            shrink,
-        } => {
+        VolCmd::VolResize { vol, capacity, pool, delta, shrink } => {
             let v = volume::resolve(store, pool.as_deref(), &vol)?;
             let new = volume::resize(&v, capacity, delta, shrink)?;
-            out.done(format!(
-                "Size of volume '{}' successfully changed to {}",
-                v.name,
-                human(new)
-            ));
+            out.done(format!("Size of volume '{}' successfully changed to {}", v.name, human(new)));
         }
         VolCmd::VolUpload { vol, file, pool } => {
             let v = volume::resolve(store, pool.as_deref(), &vol)?;
@@ -214,13 +176,7 @@ pub fn run(cmd: VolCmd, ctx: &Ctx) -> anyhow::Result<()> {
             let n = volume::download(&v, &file, &mut out.progress("download"))?;
             out.done(format!("Downloaded {} to {}", human(n), file.display()));
         }
-        VolCmd::VolClone {
-            vol,
-            newname,
-            pool,
-            newpool,
-            linked,
-        } => {
+        VolCmd::VolClone { vol, newname, pool, newpool, linked } => {
             let v = volume::resolve(store, pool.as_deref(), &vol)?;
             let target = newpool.or(v.pool.clone()).ok_or_else(|| {
                 anyhow::anyhow!(
@@ -228,30 +184,11 @@ pub fn run(cmd: VolCmd, ctx: &Ctx) -> anyhow::Result<()> {
                     v.path.display()
                 )
             })?;
-            volume::clone(
-                store,
-                &v,
-                &target,
-                &newname,
-                linked,
-                &mut out.progress("clone"),
-            )?;
+            volume::clone(store, &v, &target, &newname, linked, &mut out.progress("clone"))?;
             out.done(format!("Vol {newname} cloned from {}", v.name));
         }
-        VolCmd::VolImport {
-            file,
-            pool,
-            name,
-            format,
-        } => {
-            let v = volume::import(
-                store,
-                &file,
-                &pool,
-                name.as_deref(),
-                format,
-                &mut out.progress("import"),
-            )?;
+        VolCmd::VolImport { file, pool, name, format } => {
+            let v = volume::import(store, &file, &pool, name.as_deref(), format, &mut out.progress("import"))?;
             out.done(format!("Vol {} imported into pool {pool}", v.name));
         }
     }
@@ -276,11 +213,9 @@ fn list(ctx: &Ctx, pool: &str, details: bool) -> anyhow::Result<()> {
                         };
                         r.extend([kind, human(i.capacity), human(i.allocation)]);
                     }
-                    (None, e) => r.extend([
-                        format!("unreadable: {}", e.as_deref().unwrap_or("?")),
-                        "-".into(),
-                        "-".into(),
-                    ]),
+                    (None, e) => {
+                        r.extend([format!("unreadable: {}", e.as_deref().unwrap_or("?")), "-".into(), "-".into()])
+                    }
                 }
             } else if let Some(p) = v.info.as_ref().and_then(|i| i.problem.as_ref()) {
                 r[1] = format!("{}   (damaged: {p})", r[1]);
@@ -288,11 +223,8 @@ fn list(ctx: &Ctx, pool: &str, details: bool) -> anyhow::Result<()> {
             r
         })
         .collect();
-    let headers: &[&str] = if details {
-        &["Name", "Path", "Type", "Capacity", "Allocation"]
-    } else {
-        &["Name", "Path"]
-    };
+    let headers: &[&str] =
+        if details { &["Name", "Path", "Type", "Capacity", "Allocation"] } else { &["Name", "Path"] };
     print!("{}", table(headers, &rows));
     Ok(())
 }

@@ -16,11 +16,7 @@ pub fn disk_users(store: &Store) -> Vec<(String, PathBuf)> {
         let Ok(def) = store.load::<toml::Table>(Kind::Domain, &name) else {
             continue;
         };
-        let disks = def
-            .get("disks")
-            .and_then(|d| d.as_array())
-            .cloned()
-            .unwrap_or_default();
+        let disks = def.get("disks").and_then(|d| d.as_array()).cloned().unwrap_or_default();
         for d in disks {
             if let Some(p) = d.get("path").and_then(|p| p.as_str()) {
                 users.push((name.clone(), PathBuf::from(p)));
@@ -34,11 +30,8 @@ pub fn disk_users(store: &Store) -> Vec<(String, PathBuf)> {
 pub fn domains_using(store: &Store, path: &Path) -> Vec<String> {
     let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
     let want = canon(path);
-    let mut names: Vec<String> = disk_users(store)
-        .into_iter()
-        .filter(|(_, p)| canon(p) == want)
-        .map(|(n, _)| n)
-        .collect();
+    let mut names: Vec<String> =
+        disk_users(store).into_iter().filter(|(_, p)| canon(p) == want).map(|(n, _)| n).collect();
     names.dedup();
     names
 }

@@ -28,26 +28,12 @@ impl TempFile {
         use std::sync::atomic::{AtomicU32, Ordering};
         static SEQ: AtomicU32 = AtomicU32::new(0);
         let dir = dest.parent().unwrap_or(Path::new("."));
-        let base = dest
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let base = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         loop {
             let n = SEQ.fetch_add(1, Ordering::Relaxed);
             let path = dir.join(format!(".{base}.tmp-{}-{n}", std::process::id()));
-            match OpenOptions::new()
-                .write(true)
-                .read(true)
-                .create_new(true)
-                .mode(mode)
-                .open(&path)
-            {
-                Ok(file) => {
-                    return Ok(TempFile {
-                        path,
-                        file: Some(file),
-                    })
-                }
+            match OpenOptions::new().write(true).read(true).create_new(true).mode(mode).open(&path) {
+                Ok(file) => return Ok(TempFile { path, file: Some(file) }),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
                 Err(e) => return Err(e),
             }
@@ -122,10 +108,7 @@ mod tests {
         fs::write(&p, b"old").unwrap();
         let mut t = TempFile::new_beside(&p, 0o600).unwrap();
         t.file().write_all(b"new").unwrap();
-        assert_eq!(
-            t.commit_new(&p).unwrap_err().kind(),
-            io::ErrorKind::AlreadyExists
-        );
+        assert_eq!(t.commit_new(&p).unwrap_err().kind(), io::ErrorKind::AlreadyExists);
         assert_eq!(fs::read(&p).unwrap(), b"old");
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
     }

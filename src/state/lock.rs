@@ -33,13 +33,7 @@ pub fn try_lock_exclusive(path: &Path) -> io::Result<Option<ObjectLock>> {
 }
 
 fn open_lock_file(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(path)
+    OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(path)
 }
 
 fn ofd_lock(file: &File, kind: libc::c_int, wait: bool) -> io::Result<()> {
@@ -47,11 +41,7 @@ fn ofd_lock(file: &File, kind: libc::c_int, wait: bool) -> io::Result<()> {
     let mut fl: libc::flock = unsafe { std::mem::zeroed() };
     fl.l_type = kind as libc::c_short;
     fl.l_whence = libc::SEEK_SET as libc::c_short;
-    let cmd = if wait {
-        libc::F_OFD_SETLKW
-    } else {
-        libc::F_OFD_SETLK
-    };
+    let cmd = if wait { libc::F_OFD_SETLKW } else { libc::F_OFD_SETLK };
     loop {
         // SAFETY: fd is open for the call's duration and fl is a valid flock struct.
         let r = unsafe { libc::fcntl(file.as_raw_fd(), cmd, &mut fl) };

@@ -24,23 +24,13 @@ pub enum StoreError {
     #[error("cannot access {path}")]
     Io { path: PathBuf, source: io::Error },
     #[error("definition {path} is not valid")]
-    Parse {
-        path: PathBuf,
-        source: toml::de::Error,
-    },
+    Parse { path: PathBuf, source: toml::de::Error },
     #[error("cannot serialize {kind} '{name}'")]
-    Serialize {
-        kind: &'static str,
-        name: String,
-        source: toml::ser::Error,
-    },
+    Serialize { kind: &'static str, name: String, source: toml::ser::Error },
 }
 
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
-    move |source| StoreError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| StoreError::Io { path: path.to_path_buf(), source }
 }
 
 /// The state store of one root.
@@ -84,10 +74,7 @@ impl Store {
         let text = match fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(StoreError::NotFound {
-                    kind: kind.noun(),
-                    name: name.to_string(),
-                })
+                return Err(StoreError::NotFound { kind: kind.noun(), name: name.to_string() })
             }
             Err(e) => return Err(io_err(&path)(e)),
         };
@@ -126,15 +113,12 @@ impl Store {
         let text = self.render(kind, name, def)?;
         let path = self.paths.def_file(kind, name);
         let mut tmp = TempFile::new_beside(&path, 0o644).map_err(io_err(&path))?;
-        tmp.file()
-            .write_all(text.as_bytes())
-            .map_err(io_err(&path))?;
+        tmp.file().write_all(text.as_bytes()).map_err(io_err(&path))?;
         match tmp.commit_new(&path) {
             Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(StoreError::AlreadyExists {
-                kind: kind.noun(),
-                name: name.to_string(),
-            }),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                Err(StoreError::AlreadyExists { kind: kind.noun(), name: name.to_string() })
+            }
             Err(e) => Err(io_err(&path)(e)),
         }
     }
@@ -145,10 +129,9 @@ impl Store {
         let path = self.paths.def_file(kind, name);
         match fs::remove_file(&path) {
             Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(StoreError::NotFound {
-                kind: kind.noun(),
-                name: name.to_string(),
-            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                Err(StoreError::NotFound { kind: kind.noun(), name: name.to_string() })
+            }
             Err(e) => Err(io_err(&path)(e)),
         }
     }
@@ -176,38 +159,21 @@ mod tests {
 
     fn store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
-        let paths = Paths {
-            root: dir.path().join("root"),
-            run: dir.path().join("run"),
-        };
+        let paths = Paths { root: dir.path().join("root"), run: dir.path().join("run") };
         (dir, Store::open(paths).unwrap())
     }
 
     #[test]
     fn create_load_save_remove_round_trip() {
         let (_d, s) = store();
-        let def = Def {
-            name: "a".into(),
-            n: 1,
-        };
+        let def = Def { name: "a".into(), n: 1 };
         s.create(Kind::Pool, "a", &def).unwrap();
         assert_eq!(s.load::<Def>(Kind::Pool, "a").unwrap(), def);
-        s.save(
-            Kind::Pool,
-            "a",
-            &Def {
-                name: "a".into(),
-                n: 2,
-            },
-        )
-        .unwrap();
+        s.save(Kind::Pool, "a", &Def { name: "a".into(), n: 2 }).unwrap();
         assert_eq!(s.load::<Def>(Kind::Pool, "a").unwrap().n, 2);
         assert_eq!(s.list(Kind::Pool).unwrap(), vec!["a"]);
         s.remove(Kind::Pool, "a").unwrap();
-        assert!(matches!(
-            s.load::<Def>(Kind::Pool, "a"),
-            Err(StoreError::NotFound { .. })
-        ));
+        assert!(matches!(s.load::<Def>(Kind::Pool, "a"), Err(StoreError::NotFound { .. })));
     }
 
     #[test]
@@ -219,14 +185,7 @@ mod tests {
                 let (s, b) = (s.clone(), barrier.clone());
                 std::thread::spawn(move || {
                     b.wait();
-                    s.create(
-                        Kind::Domain,
-                        "x",
-                        &Def {
-                            name: "x".into(),
-                            n: i,
-                        },
-                    )
+                    s.create(Kind::Domain, "x", &Def { name: "x".into(), n: i })
                 })
             })
             .collect();
@@ -236,25 +195,15 @@ mod tests {
             assert!(matches!(r, Err(StoreError::AlreadyExists { .. })), "{r:?}");
         }
         let dir = s.paths.defs_dir(Kind::Domain);
-        assert_eq!(
-            fs::read_dir(dir).unwrap().count(),
-            1,
-            "no temp files left behind"
-        );
+        assert_eq!(fs::read_dir(dir).unwrap().count(), 1, "no temp files left behind");
     }
 
     #[test]
     fn bad_names_never_reach_a_path() {
         let (_d, s) = store();
-        let def = Def {
-            name: "x".into(),
-            n: 0,
-        };
+        let def = Def { name: "x".into(), n: 0 };
         for bad in ["../escape", "a/b", "", ".x", "a\nb"] {
-            assert!(
-                matches!(s.create(Kind::Pool, bad, &def), Err(StoreError::Name(_))),
-                "{bad:?}"
-            );
+            assert!(matches!(s.create(Kind::Pool, bad, &def), Err(StoreError::Name(_))), "{bad:?}");
             assert!(matches!(s.lock(Kind::Pool, bad), Err(StoreError::Name(_))));
         }
         assert!(!s.paths.root.join("escape.toml").exists());

@@ -18,10 +18,7 @@ pub enum CopyError {
     #[error(transparent)]
     Qcow2(#[from] Qcow2Error),
     #[error("writing {path}: {source}")]
-    Write {
-        path: String,
-        source: std::io::Error,
-    },
+    Write { path: String, source: std::io::Error },
 }
 
 /// Copy `src` into `out` (an empty file) as `format`; `progress(done, total)` is called
@@ -35,10 +32,7 @@ pub fn copy_image(
 ) -> Result<u64, CopyError> {
     let mut chain = Chain::open(src)?;
     let size = chain.size;
-    let werr = |source| CopyError::Write {
-        path: out_path.display().to_string(),
-        source,
-    };
+    let werr = |source| CopyError::Write { path: out_path.display().to_string(), source };
     let mut writer = match format {
         Format::Qcow2 => Some(Qcow2Writer::new(out, size, None)?),
         Format::Raw => None,
@@ -60,13 +54,8 @@ pub fn copy_image(
                 if end > start {
                     let g = off + start as u64;
                     match writer.as_mut() {
-                        Some(w) => w
-                            .write_clusters(g / OUT_CLUSTER as u64, &chunk[start..end])
-                            .map_err(werr)?,
-                        None => {
-                            std::os::unix::fs::FileExt::write_all_at(out, &chunk[start..end], g)
-                                .map_err(werr)?
-                        }
+                        Some(w) => w.write_clusters(g / OUT_CLUSTER as u64, &chunk[start..end]).map_err(werr)?,
+                        None => std::os::unix::fs::FileExt::write_all_at(out, &chunk[start..end], g).map_err(werr)?,
                     }
                 }
                 i += OUT_CLUSTER;
@@ -93,10 +82,7 @@ pub fn copy_bytes(
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<u64, CopyError> {
     use std::os::unix::fs::FileExt;
-    let werr = |source| CopyError::Write {
-        path: out_path.display().to_string(),
-        source,
-    };
+    let werr = |source| CopyError::Write { path: out_path.display().to_string(), source };
     let len = src.metadata().map_err(werr)?.len();
     let mut buf = vec![0u8; CHUNK];
     let mut off = 0u64;
@@ -105,8 +91,7 @@ pub fn copy_bytes(
         src.read_exact_at(&mut buf[..n], off).map_err(werr)?;
         for (i, block) in buf[..n].chunks(OUT_CLUSTER).enumerate() {
             if !is_zero(block) {
-                out.write_all_at(block, off + (i * OUT_CLUSTER) as u64)
-                    .map_err(werr)?;
+                out.write_all_at(block, off + (i * OUT_CLUSTER) as u64).map_err(werr)?;
             }
         }
         off += n as u64;

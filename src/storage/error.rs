@@ -27,28 +27,17 @@ pub enum StorageError {
     #[error(transparent)]
     Process(#[from] ProcessError),
     #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("pool type '{0}' is not supported (kvmctl has directory pools: 'dir')")]
     PoolType(String),
     #[error("pool '{pool}': target {path} is already the target of pool '{other}'")]
-    TargetTaken {
-        pool: String,
-        path: PathBuf,
-        other: String,
-    },
+    TargetTaken { pool: String, path: PathBuf, other: String },
     #[error("pool '{0}' is already active")]
     PoolActive(String),
     #[error("pool '{0}' is not active (start it with: kvmctl pool-start {0})")]
     PoolInactive(String),
     #[error("pool '{pool}': target {path} {reason}")]
-    PoolTarget {
-        pool: String,
-        path: PathBuf,
-        reason: String,
-    },
+    PoolTarget { pool: String, path: PathBuf, reason: String },
     #[error("pool '{0}' is active; run pool-destroy first")]
     UndefineActive(String),
     #[error("volume '{name}' not found in pool '{pool}'")]
@@ -60,19 +49,11 @@ pub enum StorageError {
     #[error("volume '{name}' already exists in pool '{pool}'")]
     VolumeExists { pool: String, name: String },
     #[error("volume {path} is in use by a running qemu ({how}); {hint}")]
-    InUse {
-        path: PathBuf,
-        how: &'static str,
-        hint: &'static str,
-    },
+    InUse { path: PathBuf, how: &'static str, hint: &'static str },
     #[error("volume {path} is used by {users}; pass --force to delete it anyway")]
     UsedBy { path: PathBuf, users: String },
     #[error("volume {path}: new capacity {new} is smaller than the current {old}; pass --shrink to shrink it (data beyond the new end is lost)")]
-    ShrinkRefused {
-        path: PathBuf,
-        new: String,
-        old: String,
-    },
+    ShrinkRefused { path: PathBuf, new: String, old: String },
     #[error("volume {path}: capacity must be greater than zero")]
     ZeroCapacity { path: PathBuf },
     #[error("{0}")]

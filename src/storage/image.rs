@@ -35,20 +35,14 @@ impl FromStr for Format {
         match s {
             "qcow2" => Ok(Format::Qcow2),
             "raw" | "iso" | "img" => Ok(Format::Raw),
-            other => Err(format!(
-                "unknown volume format '{other}' (use qcow2 or raw)"
-            )),
+            other => Err(format!("unknown volume format '{other}' (use qcow2 or raw)")),
         }
     }
 }
 
 /// Detect a file's format from its content (qcow2 magic, else raw).
 pub fn detect(path: &Path) -> io::Result<Format> {
-    Ok(if qcow2::is_qcow2(path)? {
-        Format::Qcow2
-    } else {
-        Format::Raw
-    })
+    Ok(if qcow2::is_qcow2(path)? { Format::Qcow2 } else { Format::Raw })
 }
 
 /// What `vol-info`/`vol-list --details` show; `problem` marks a damaged image.
@@ -87,9 +81,7 @@ pub fn inspect(path: &Path) -> io::Result<ImageInfo> {
                 info.backing_file = h.backing_file.clone();
                 info.backing_format = h.backing_format.clone();
                 if h.is_dirty() {
-                    info.problem = Some(
-                        "dirty: was not closed cleanly (qemu-img check -r all repairs it)".into(),
-                    );
+                    info.problem = Some("dirty: was not closed cleanly (qemu-img check -r all repairs it)".into());
                 }
             }
             Err(Qcow2Error::Io { source, .. }) => return Err(source),
@@ -103,9 +95,7 @@ pub fn inspect(path: &Path) -> io::Result<ImageInfo> {
 }
 
 fn strip_path(msg: &str, path: &Path) -> String {
-    msg.strip_prefix(&format!("{}: ", path.display()))
-        .unwrap_or(msg)
-        .to_string()
+    msg.strip_prefix(&format!("{}: ", path.display())).unwrap_or(msg).to_string()
 }
 
 /// How a running qemu holds an image, read from the locks qemu places on it
@@ -158,15 +148,9 @@ impl Chain {
         let mut next = Some((path.to_path_buf(), None::<Format>));
         while let Some((p, fmt)) = next.take() {
             if layers.len() == MAX_CHAIN {
-                return Err(ChainError::TooDeep {
-                    path: path.into(),
-                    max: MAX_CHAIN,
-                });
+                return Err(ChainError::TooDeep { path: path.into(), max: MAX_CHAIN });
             }
-            let ioe = |source| ChainError::Io {
-                path: p.clone(),
-                source,
-            };
+            let ioe = |source| ChainError::Io { path: p.clone(), source };
             let fmt = match fmt {
                 Some(f) => f,
                 None => detect(&p).map_err(ioe)?,
@@ -177,16 +161,9 @@ impl Chain {
                     if let Some(b) = &r.header.backing_file {
                         let bp = qcow2::resolve_backing(&p, b);
                         if !bp.exists() {
-                            return Err(ChainError::MissingBacking {
-                                path: p.clone(),
-                                backing: b.clone(),
-                            });
+                            return Err(ChainError::MissingBacking { path: p.clone(), backing: b.clone() });
                         }
-                        let bf = r
-                            .header
-                            .backing_format
-                            .as_deref()
-                            .and_then(|f| f.parse().ok());
+                        let bf = r.header.backing_format.as_deref().and_then(|f| f.parse().ok());
                         next = Some((bp, bf));
                     }
                     layers.push(Layer::Qcow2(r));
@@ -226,10 +203,7 @@ fn read_layer(layers: &mut [Layer], off: u64, buf: &mut [u8]) -> Result<bool, Ch
                 return Ok(false);
             }
             file.read_exact_at(&mut buf[..avail], off)
-                .map_err(|source| ChainError::Io {
-                    path: "raw".into(),
-                    source,
-                })?;
+                .map_err(|source| ChainError::Io { path: "raw".into(), source })?;
             Ok(true)
         }
         Layer::Qcow2(r) => {

@@ -55,11 +55,7 @@ pub fn fs_usage(path: &Path) -> Option<FsUsage> {
     let frs = st.fragment_size() as u64;
     let capacity = st.blocks() as u64 * frs;
     let free = st.blocks_free() as u64 * frs;
-    Some(FsUsage {
-        capacity,
-        allocation: capacity - free,
-        available: st.blocks_available() as u64 * frs,
-    })
+    Some(FsUsage { capacity, allocation: capacity - free, available: st.blocks_available() as u64 * frs })
 }
 
 /// First use of a root: define the `default` pool; first command after boot: start the
@@ -122,17 +118,11 @@ fn check_target(def: &PoolDef) -> Result<(), StorageError> {
         reason: reason.into(),
     };
     match fs::metadata(&def.target) {
-        Err(_) => Err(bad(&format!(
-            "does not exist (create it with: kvmctl pool-build {})",
-            def.name
-        ))),
+        Err(_) => Err(bad(&format!("does not exist (create it with: kvmctl pool-build {})", def.name))),
         Ok(m) if !m.is_dir() => Err(bad("is not a directory")),
         Ok(_)
-            if nix::unistd::access(
-                &def.target,
-                nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
-            )
-            .is_err() =>
+            if nix::unistd::access(&def.target, nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK)
+                .is_err() =>
         {
             Err(bad("is not writable"))
         }
@@ -164,12 +154,7 @@ pub fn active(store: &Store, name: &str) -> Result<PoolDef, StorageError> {
     }
 }
 
-pub fn define_as(
-    store: &Store,
-    name: &str,
-    kind: &str,
-    target: &Path,
-) -> Result<PoolDef, StorageError> {
+pub fn define_as(store: &Store, name: &str, kind: &str, target: &Path) -> Result<PoolDef, StorageError> {
     crate::names::validate("pool", name)?;
     if kind != "dir" {
         return Err(StorageError::PoolType(kind.into()));
@@ -183,21 +168,11 @@ pub fn define_as(
     for other in store.list(Kind::Pool)? {
         if let Ok(o) = load(store, &other) {
             if o.target == target && other != name {
-                return Err(StorageError::TargetTaken {
-                    pool: name.into(),
-                    path: target,
-                    other,
-                });
+                return Err(StorageError::TargetTaken { pool: name.into(), path: target, other });
             }
         }
     }
-    let def = PoolDef {
-        name: name.into(),
-        uuid: Uuid::new_v4(),
-        kind: kind.into(),
-        target,
-        autostart: false,
-    };
+    let def = PoolDef { name: name.into(), uuid: Uuid::new_v4(), kind: kind.into(), target, autostart: false };
     store.create(Kind::Pool, name, &def)?;
     Ok(def)
 }
@@ -252,9 +227,5 @@ pub fn set_autostart(store: &Store, name: &str, enable: bool) -> Result<(), Stor
 
 /// Every defined pool, with unreadable definitions reported rather than hidden.
 pub fn list(store: &Store) -> Result<Vec<Result<PoolDef, (String, StorageError)>>, StorageError> {
-    Ok(store
-        .list(Kind::Pool)?
-        .into_iter()
-        .map(|n| load(store, &n).map_err(|e| (n, e)))
-        .collect())
+    Ok(store.list(Kind::Pool)?.into_iter().map(|n| load(store, &n).map_err(|e| (n, e))).collect())
 }

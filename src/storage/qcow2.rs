@@ -89,40 +89,25 @@ pub fn is_qcow2(path: &Path) -> io::Result<bool> {
 
 /// Parse and sanity-check the header against the file's length (catches truncation).
 pub fn read_header(path: &Path) -> Result<Header, Qcow2Error> {
-    let ioe = |source| Qcow2Error::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let corrupt = |reason: String| Qcow2Error::Corrupt {
-        path: path.to_path_buf(),
-        reason,
-    };
+    let ioe = |source| Qcow2Error::Io { path: path.to_path_buf(), source };
+    let corrupt = |reason: String| Qcow2Error::Corrupt { path: path.to_path_buf(), reason };
     let file = File::open(path).map_err(ioe)?;
     let file_len = file.metadata().map_err(ioe)?.len();
     let mut buf = vec![0u8; 4096.min(file_len as usize)];
     file.read_exact_at(&mut buf, 0).map_err(ioe)?;
     if buf.len() < 72 {
         return Err(if buf.len() >= 4 && be32(&buf, 0) == MAGIC {
-            corrupt(format!(
-                "file is {file_len} bytes, shorter than a qcow2 header"
-            ))
+            corrupt(format!("file is {file_len} bytes, shorter than a qcow2 header"))
         } else {
-            Qcow2Error::NotQcow2 {
-                path: path.to_path_buf(),
-            }
+            Qcow2Error::NotQcow2 { path: path.to_path_buf() }
         });
     }
     if be32(&buf, 0) != MAGIC {
-        return Err(Qcow2Error::NotQcow2 {
-            path: path.to_path_buf(),
-        });
+        return Err(Qcow2Error::NotQcow2 { path: path.to_path_buf() });
     }
     let version = be32(&buf, 4);
     if version != 2 && version != 3 {
-        return Err(Qcow2Error::Unsupported {
-            path: path.to_path_buf(),
-            what: format!("version {version}"),
-        });
+        return Err(Qcow2Error::Unsupported { path: path.to_path_buf(), what: format!("version {version}") });
     }
     let mut h = Header {
         version,
@@ -139,10 +124,7 @@ pub fn read_header(path: &Path) -> Result<Header, Qcow2Error> {
         backing_format: None,
     };
     if !(9..=21).contains(&h.cluster_bits) {
-        return Err(corrupt(format!(
-            "cluster_bits {} out of range",
-            h.cluster_bits
-        )));
+        return Err(corrupt(format!("cluster_bits {} out of range", h.cluster_bits)));
     }
     let cs = h.cluster_size();
     let mut header_len = 72usize;
@@ -159,15 +141,9 @@ pub fn read_header(path: &Path) -> Result<Header, Qcow2Error> {
     if h.incompatible_features & INCOMPAT_CORRUPT != 0 {
         return Err(corrupt("image is marked corrupt by qemu".into()));
     }
-    for (bit, what) in [
-        (INCOMPAT_EXTERNAL_DATA, "external data file"),
-        (INCOMPAT_EXTENDED_L2, "extended L2 entries"),
-    ] {
+    for (bit, what) in [(INCOMPAT_EXTERNAL_DATA, "external data file"), (INCOMPAT_EXTENDED_L2, "extended L2 entries")] {
         if h.incompatible_features & bit != 0 {
-            return Err(Qcow2Error::Unsupported {
-                path: path.to_path_buf(),
-                what: what.into(),
-            });
+            return Err(Qcow2Error::Unsupported { path: path.to_path_buf(), what: what.into() });
         }
     }
     // Header extensions (v3 only; v2 images may carry them too right after 72 bytes).
@@ -177,9 +153,8 @@ pub fn read_header(path: &Path) -> Result<Header, Qcow2Error> {
         if ty == EXT_END {
             break;
         }
-        let data = buf
-            .get(at + 8..at + 8 + len)
-            .ok_or_else(|| corrupt("header extension overruns the first 4 KiB".into()))?;
+        let data =
+            buf.get(at + 8..at + 8 + len).ok_or_else(|| corrupt("header extension overruns the first 4 KiB".into()))?;
         if ty == EXT_BACKING_FORMAT {
             h.backing_format = Some(String::from_utf8_lossy(data).into_owned());
         }
@@ -196,21 +171,14 @@ pub fn read_header(path: &Path) -> Result<Header, Qcow2Error> {
     let l1_end = h.l1_table_offset + h.l1_size as u64 * 8;
     let needed_l1 = h.size.div_ceil(cs * (cs / 8));
     if (h.l1_size as u64) < needed_l1 {
-        return Err(corrupt(format!(
-            "L1 table has {} entries, {} needed for the virtual size",
-            h.l1_size, needed_l1
-        )));
+        return Err(corrupt(format!("L1 table has {} entries, {} needed for the virtual size", h.l1_size, needed_l1)));
     }
     if h.l1_size > 0 && l1_end > file_len {
-        return Err(corrupt(format!(
-            "truncated: L1 table ends at {l1_end}, file is {file_len} bytes"
-        )));
+        return Err(corrupt(format!("truncated: L1 table ends at {l1_end}, file is {file_len} bytes")));
     }
     let rt_end = h.refcount_table_offset + h.refcount_table_clusters as u64 * cs;
     if rt_end > file_len {
-        return Err(corrupt(format!(
-            "truncated: refcount table ends at {rt_end}, file is {file_len} bytes"
-        )));
+        return Err(corrupt(format!("truncated: refcount table ends at {rt_end}, file is {file_len} bytes")));
     }
     Ok(h)
 }
@@ -240,37 +208,18 @@ impl Qcow2Reader {
     pub fn open(path: &Path) -> Result<Qcow2Reader, Qcow2Error> {
         let header = read_header(path)?;
         if header.crypt_method != 0 {
-            return Err(Qcow2Error::Unsupported {
-                path: path.into(),
-                what: "encryption".into(),
-            });
+            return Err(Qcow2Error::Unsupported { path: path.into(), what: "encryption".into() });
         }
-        let ioe = |source| Qcow2Error::Io {
-            path: path.to_path_buf(),
-            source,
-        };
+        let ioe = |source| Qcow2Error::Io { path: path.to_path_buf(), source };
         let file = File::open(path).map_err(ioe)?;
         let mut raw = vec![0u8; header.l1_size as usize * 8];
-        file.read_exact_at(&mut raw, header.l1_table_offset)
-            .map_err(ioe)?;
-        let l1 = raw
-            .chunks_exact(8)
-            .map(|c| u64::from_be_bytes(c.try_into().unwrap()))
-            .collect();
-        Ok(Qcow2Reader {
-            path: path.to_path_buf(),
-            header,
-            file,
-            l1,
-            l2_cache: BTreeMap::new(),
-        })
+        file.read_exact_at(&mut raw, header.l1_table_offset).map_err(ioe)?;
+        let l1 = raw.chunks_exact(8).map(|c| u64::from_be_bytes(c.try_into().unwrap())).collect();
+        Ok(Qcow2Reader { path: path.to_path_buf(), header, file, l1, l2_cache: BTreeMap::new() })
     }
 
     fn corrupt(&self, reason: String) -> Qcow2Error {
-        Qcow2Error::Corrupt {
-            path: self.path.clone(),
-            reason,
-        }
+        Qcow2Error::Corrupt { path: self.path.clone(), reason }
     }
 
     /// Map one guest cluster (in this image's cluster size).
@@ -285,15 +234,10 @@ impl Qcow2Reader {
         }
         if !self.l2_cache.contains_key(&l1_idx) {
             let mut raw = vec![0u8; cs as usize];
-            self.file.read_exact_at(&mut raw, l2_off).map_err(|_| {
-                self.corrupt(format!(
-                    "L2 table at offset {l2_off} lies beyond the end of the file"
-                ))
-            })?;
-            let t = raw
-                .chunks_exact(8)
-                .map(|c| u64::from_be_bytes(c.try_into().unwrap()))
-                .collect();
+            self.file
+                .read_exact_at(&mut raw, l2_off)
+                .map_err(|_| self.corrupt(format!("L2 table at offset {l2_off} lies beyond the end of the file")))?;
+            let t = raw.chunks_exact(8).map(|c| u64::from_be_bytes(c.try_into().unwrap())).collect();
             if self.l2_cache.len() > 256 {
                 self.l2_cache.clear();
             }
@@ -316,12 +260,7 @@ impl Qcow2Reader {
     }
 
     pub fn read_host(&self, buf: &mut [u8], host_off: u64) -> Result<(), Qcow2Error> {
-        self.file
-            .read_exact_at(buf, host_off)
-            .map_err(|source| Qcow2Error::Io {
-                path: self.path.clone(),
-                source,
-            })
+        self.file.read_exact_at(buf, host_off).map_err(|source| Qcow2Error::Io { path: self.path.clone(), source })
     }
 }
 
@@ -382,10 +321,7 @@ impl<'f> Qcow2Writer<'f> {
 
     fn l2_entry(&mut self, guest_cluster: u64) -> &mut u64 {
         let per_l2 = self.cluster_size() / 8;
-        let table = self
-            .l2
-            .entry(guest_cluster / per_l2)
-            .or_insert_with(|| vec![0; per_l2 as usize]);
+        let table = self.l2.entry(guest_cluster / per_l2).or_insert_with(|| vec![0; per_l2 as usize]);
         &mut table[(guest_cluster % per_l2) as usize]
     }
 
@@ -452,8 +388,7 @@ impl<'f> Qcow2Writer<'f> {
         let total = used + blocks + table_clusters;
         let mut table = vec![0u8; (table_clusters * cs) as usize];
         for b in 0..blocks {
-            table[(b * 8) as usize..(b * 8 + 8) as usize]
-                .copy_from_slice(&(rb_offset + b * cs).to_be_bytes());
+            table[(b * 8) as usize..(b * 8 + 8) as usize].copy_from_slice(&(rb_offset + b * cs).to_be_bytes());
         }
         let mut rblocks = vec![0u8; (blocks * cs) as usize];
         for c in 0..total {
@@ -474,10 +409,8 @@ impl<'f> Qcow2Writer<'f> {
 
     fn header_cluster(&self, rt_offset: u64, rt_clusters: u64) -> Vec<u8> {
         let mut h = vec![0u8; 112];
-        let put32 =
-            |h: &mut Vec<u8>, at: usize, v: u32| h[at..at + 4].copy_from_slice(&v.to_be_bytes());
-        let put64 =
-            |h: &mut Vec<u8>, at: usize, v: u64| h[at..at + 8].copy_from_slice(&v.to_be_bytes());
+        let put32 = |h: &mut Vec<u8>, at: usize, v: u32| h[at..at + 4].copy_from_slice(&v.to_be_bytes());
+        let put64 = |h: &mut Vec<u8>, at: usize, v: u64| h[at..at + 8].copy_from_slice(&v.to_be_bytes());
         put32(&mut h, 0, MAGIC);
         put32(&mut h, 4, 3);
         put32(&mut h, 20, self.cluster_bits);
@@ -520,15 +453,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("a.qcow2");
         let f = File::create(&p).unwrap();
-        Qcow2Writer::new(&f, 10 << 30, None)
-            .unwrap()
-            .finish()
-            .unwrap();
+        Qcow2Writer::new(&f, 10 << 30, None).unwrap().finish().unwrap();
         let h = read_header(&p).unwrap();
-        assert_eq!(
-            (h.version, h.size, h.cluster_bits, h.l1_size),
-            (3, 10 << 30, 16, 20)
-        );
+        assert_eq!((h.version, h.size, h.cluster_bits, h.l1_size), (3, 10 << 30, 16, 20));
         assert_eq!(h.backing_file, None);
     }
 
@@ -544,9 +471,7 @@ mod tests {
         w.finish().unwrap();
         let mut r = Qcow2Reader::open(&p).unwrap();
         assert_eq!(r.map(0).unwrap(), Mapping::Unallocated);
-        let Mapping::Data(off) = r.map(9001).unwrap() else {
-            panic!("not mapped")
-        };
+        let Mapping::Data(off) = r.map(9001).unwrap() else { panic!("not mapped") };
         let mut buf = vec![0u8; cs as usize];
         r.read_host(&mut buf, off).unwrap();
         assert!(buf.iter().all(|b| *b == 0xab));
@@ -557,14 +482,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("o.qcow2");
         let f = File::create(&p).unwrap();
-        let b = Backing {
-            file: "/pool/base.qcow2".into(),
-            format: "qcow2".into(),
-        };
-        Qcow2Writer::new(&f, 1 << 40, Some(b))
-            .unwrap()
-            .finish()
-            .unwrap();
+        let b = Backing { file: "/pool/base.qcow2".into(), format: "qcow2".into() };
+        Qcow2Writer::new(&f, 1 << 40, Some(b)).unwrap().finish().unwrap();
         let h = read_header(&p).unwrap();
         assert_eq!(h.backing_file.as_deref(), Some("/pool/base.qcow2"));
         assert_eq!(h.backing_format.as_deref(), Some("qcow2"));
@@ -576,10 +495,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("t.qcow2");
         let f = File::create(&p).unwrap();
-        Qcow2Writer::new(&f, 1 << 30, None)
-            .unwrap()
-            .finish()
-            .unwrap();
+        Qcow2Writer::new(&f, 1 << 30, None).unwrap().finish().unwrap();
         f.set_len(100_000).unwrap();
         assert!(matches!(read_header(&p), Err(Qcow2Error::Corrupt { .. })));
         f.set_len(50).unwrap();

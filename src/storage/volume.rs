@@ -25,11 +25,7 @@ pub struct VolRef {
 pub type Progress<'a> = &'a mut dyn FnMut(u64, u64);
 
 fn active_pools(store: &Store) -> Result<Vec<PoolDef>, StorageError> {
-    Ok(pool::list(store)?
-        .into_iter()
-        .flatten()
-        .filter(|p| pool::state(store, p) == PoolState::Active)
-        .collect())
+    Ok(pool::list(store)?.into_iter().flatten().filter(|p| pool::state(store, p) == PoolState::Active).collect())
 }
 
 /// Which active pool (if any) holds the file at `path`.
@@ -49,55 +45,27 @@ pub fn resolve(store: &Store, pool_name: Option<&str>, vol: &str) -> Result<VolR
     if vol.contains('/') {
         let path = fs::canonicalize(vol).map_err(io_at(vol))?;
         if !path.is_file() {
-            return Err(StorageError::Invalid(format!(
-                "volume {} is not a regular file",
-                path.display()
-            )));
+            return Err(StorageError::Invalid(format!("volume {} is not a regular file", path.display())));
         }
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        return Ok(VolRef {
-            pool: pool_of(store, &path),
-            name,
-            path,
-        });
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        return Ok(VolRef { pool: pool_of(store, &path), name, path });
     }
     names::validate("volume", vol)?;
     if let Some(p) = pool_name {
         let def = pool::active(store, p)?;
         let path = def.target.join(vol);
         if !path.is_file() {
-            return Err(StorageError::VolumeNotFound {
-                pool: p.into(),
-                name: vol.into(),
-            });
+            return Err(StorageError::VolumeNotFound { pool: p.into(), name: vol.into() });
         }
-        return Ok(VolRef {
-            pool: Some(p.into()),
-            name: vol.into(),
-            path,
-        });
+        return Ok(VolRef { pool: Some(p.into()), name: vol.into(), path });
     }
-    let found: Vec<PoolDef> = active_pools(store)?
-        .into_iter()
-        .filter(|p| p.target.join(vol).is_file())
-        .collect();
+    let found: Vec<PoolDef> = active_pools(store)?.into_iter().filter(|p| p.target.join(vol).is_file()).collect();
     match found.as_slice() {
         [] => Err(StorageError::VolumeNowhere(vol.into())),
-        [p] => Ok(VolRef {
-            pool: Some(p.name.clone()),
-            name: vol.into(),
-            path: p.target.join(vol),
-        }),
+        [p] => Ok(VolRef { pool: Some(p.name.clone()), name: vol.into(), path: p.target.join(vol) }),
         many => Err(StorageError::VolumeAmbiguous {
             name: vol.into(),
-            pools: many
-                .iter()
-                .map(|p| p.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
+            pools: many.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", "),
         }),
     }
 }
@@ -128,12 +96,7 @@ pub fn list(store: &Store, pool_name: &str) -> Result<Vec<VolEntry>, StorageErro
             Ok(i) => (Some(i), None),
             Err(e) => (None, Some(e.to_string())),
         };
-        out.push(VolEntry {
-            name,
-            path,
-            info,
-            error,
-        });
+        out.push(VolEntry { name, path, info, error });
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
@@ -144,22 +107,12 @@ pub fn info(vref: &VolRef) -> Result<ImageInfo, StorageError> {
 }
 
 /// Refuse when a running qemu holds the image in a way that conflicts with `need`.
-fn check_not_in_use(
-    path: &Path,
-    writing_only: bool,
-    hint: &'static str,
-) -> Result<(), StorageError> {
+fn check_not_in_use(path: &Path, writing_only: bool, hint: &'static str) -> Result<(), StorageError> {
     match image::qemu_lock_holder(path).map_err(io_at(path))? {
-        Some(InUse::Writing) => Err(StorageError::InUse {
-            path: path.into(),
-            how: "open for writing",
-            hint,
-        }),
-        Some(InUse::Reading) if !writing_only => Err(StorageError::InUse {
-            path: path.into(),
-            how: "open for reading",
-            hint,
-        }),
+        Some(InUse::Writing) => Err(StorageError::InUse { path: path.into(), how: "open for writing", hint }),
+        Some(InUse::Reading) if !writing_only => {
+            Err(StorageError::InUse { path: path.into(), how: "open for reading", hint })
+        }
         _ => Ok(()),
     }
 }
@@ -178,18 +131,10 @@ impl NewVolume {
         let def = pool::active(store, pool_name)?;
         let dest = def.target.join(name);
         if dest.exists() {
-            return Err(StorageError::VolumeExists {
-                pool: pool_name.into(),
-                name: name.into(),
-            });
+            return Err(StorageError::VolumeExists { pool: pool_name.into(), name: name.into() });
         }
         let tmp = TempFile::new_beside(&dest, 0o600).map_err(io_at(&dest))?;
-        Ok(NewVolume {
-            pool: pool_name.into(),
-            name: name.into(),
-            dest,
-            tmp,
-        })
+        Ok(NewVolume { pool: pool_name.into(), name: name.into(), dest, tmp })
     }
 
     fn file(&mut self) -> &File {
@@ -197,21 +142,10 @@ impl NewVolume {
     }
 
     fn commit(self) -> Result<VolRef, StorageError> {
-        let NewVolume {
-            pool,
-            name,
-            dest,
-            tmp,
-        } = self;
+        let NewVolume { pool, name, dest, tmp } = self;
         match tmp.commit_new(&dest) {
-            Ok(()) => Ok(VolRef {
-                pool: Some(pool),
-                name,
-                path: dest,
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                Err(StorageError::VolumeExists { pool, name })
-            }
+            Ok(()) => Ok(VolRef { pool: Some(pool), name, path: dest }),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(StorageError::VolumeExists { pool, name }),
             Err(e) => Err(io_at(&dest)(e)),
         }
     }
@@ -226,12 +160,7 @@ pub struct CreateOpts {
     pub prealloc_metadata: bool,
 }
 
-pub fn create_as(
-    store: &Store,
-    pool_name: &str,
-    name: &str,
-    opts: &CreateOpts,
-) -> Result<VolRef, StorageError> {
+pub fn create_as(store: &Store, pool_name: &str, name: &str, opts: &CreateOpts) -> Result<VolRef, StorageError> {
     if opts.format == Format::Raw && (opts.backing_vol.is_some() || opts.prealloc_metadata) {
         return Err(StorageError::Invalid(format!(
             "volume '{name}': --backing-vol and --prealloc-metadata need --format qcow2"
@@ -257,32 +186,18 @@ pub fn create_as(
 }
 
 /// The backing reference for an overlay on volume `vol`: absolute path and its format.
-fn backing_for(
-    store: &Store,
-    pool_name: &str,
-    vol: &str,
-    fmt: Option<Format>,
-) -> Result<Backing, StorageError> {
+fn backing_for(store: &Store, pool_name: &str, vol: &str, fmt: Option<Format>) -> Result<Backing, StorageError> {
     let b = resolve(store, Some(pool_name), vol).or_else(|_| resolve(store, None, vol))?;
-    check_not_in_use(
-        &b.path,
-        true,
-        "a backing file must not change under its overlays; shut the VM off first",
-    )?;
+    check_not_in_use(&b.path, true, "a backing file must not change under its overlays; shut the VM off first")?;
     let detected = image::detect(&b.path).map_err(io_at(&b.path))?;
     if detected == Format::Qcow2 {
         qcow2::read_header(&b.path)?;
     }
     let file = b.path.to_string_lossy().into_owned();
     if !qcow2::backing_name_fits(&file) {
-        return Err(StorageError::Invalid(format!(
-            "backing path {file} is too long"
-        )));
+        return Err(StorageError::Invalid(format!("backing path {file} is too long")));
     }
-    Ok(Backing {
-        file,
-        format: fmt.unwrap_or(detected).to_string(),
-    })
+    Ok(Backing { file, format: fmt.unwrap_or(detected).to_string() })
 }
 
 /// Volumes in active pools whose backing file is `path`.
@@ -305,16 +220,11 @@ pub fn delete(store: &Store, vref: &VolRef, force: bool) -> Result<(), StorageEr
     check_not_in_use(&vref.path, false, "stop the VM first")?;
     if !force {
         let canon = fs::canonicalize(&vref.path).map_err(io_at(&vref.path))?;
-        let mut users: Vec<String> = domain::domains_using(store, &canon)
-            .into_iter()
-            .map(|d| format!("domain '{d}'"))
-            .collect();
+        let mut users: Vec<String> =
+            domain::domains_using(store, &canon).into_iter().map(|d| format!("domain '{d}'")).collect();
         users.extend(overlays_of(store, &canon));
         if !users.is_empty() {
-            return Err(StorageError::UsedBy {
-                path: vref.path.clone(),
-                users: users.join(", "),
-            });
+            return Err(StorageError::UsedBy { path: vref.path.clone(), users: users.join(", ") });
         }
     }
     fs::remove_file(&vref.path).map_err(io_at(&vref.path))?;
@@ -325,30 +235,18 @@ pub fn delete(store: &Store, vref: &VolRef, force: bool) -> Result<(), StorageEr
 }
 
 /// `vol-resize`: `capacity` is absolute, or added to the current size with `delta`.
-pub fn resize(
-    vref: &VolRef,
-    capacity: u64,
-    delta: bool,
-    shrink: bool,
-) -> Result<u64, StorageError> {
+pub fn resize(vref: &VolRef, capacity: u64, delta: bool, shrink: bool) -> Result<u64, StorageError> {
     let info = info(vref)?;
     if let Some(p) = info.problem {
-        return Err(StorageError::Invalid(format!(
-            "volume {}: {p}",
-            vref.path.display()
-        )));
+        return Err(StorageError::Invalid(format!("volume {}: {p}", vref.path.display())));
     }
     let new = if delta {
-        info.capacity
-            .checked_add(capacity)
-            .ok_or(size::SizeError::Overflow(capacity.to_string()))?
+        info.capacity.checked_add(capacity).ok_or(size::SizeError::Overflow(capacity.to_string()))?
     } else {
         capacity
     };
     if new == 0 {
-        return Err(StorageError::ZeroCapacity {
-            path: vref.path.clone(),
-        });
+        return Err(StorageError::ZeroCapacity { path: vref.path.clone() });
     }
     if new < info.capacity && !shrink {
         return Err(StorageError::ShrinkRefused {
@@ -357,17 +255,10 @@ pub fn resize(
             old: size::human(info.capacity),
         });
     }
-    check_not_in_use(
-        &vref.path,
-        false,
-        "resize a running VM's disk with its block_resize, or shut it off first",
-    )?;
+    check_not_in_use(&vref.path, false, "resize a running VM's disk with its block_resize, or shut it off first")?;
     match info.format {
         Format::Raw => {
-            let f = fs::OpenOptions::new()
-                .write(true)
-                .open(&vref.path)
-                .map_err(io_at(&vref.path))?;
+            let f = fs::OpenOptions::new().write(true).open(&vref.path).map_err(io_at(&vref.path))?;
             f.set_len(new).map_err(io_at(&vref.path))?;
             f.sync_all().map_err(io_at(&vref.path))?;
         }
@@ -395,28 +286,16 @@ pub fn clone(
     linked: bool,
     progress: Progress,
 ) -> Result<VolRef, StorageError> {
-    check_not_in_use(
-        &src.path,
-        true,
-        "shut the VM off (or pause it) before cloning its disk",
-    )?;
+    check_not_in_use(&src.path, true, "shut the VM off (or pause it) before cloning its disk")?;
     let src_info = info(src)?;
     if let Some(p) = &src_info.problem {
-        return Err(StorageError::Invalid(format!(
-            "volume {}: {p}",
-            src.path.display()
-        )));
+        return Err(StorageError::Invalid(format!("volume {}: {p}", src.path.display())));
     }
     let mut nv = NewVolume::begin(store, pool_name, new_name)?;
     let dest = nv.dest.clone();
     if linked {
-        let backing = Backing {
-            file: src.path.to_string_lossy().into_owned(),
-            format: src_info.format.to_string(),
-        };
-        Qcow2Writer::new(nv.file(), src_info.capacity, Some(backing))?
-            .finish()
-            .map_err(io_at(&dest))?;
+        let backing = Backing { file: src.path.to_string_lossy().into_owned(), format: src_info.format.to_string() };
+        Qcow2Writer::new(nv.file(), src_info.capacity, Some(backing))?.finish().map_err(io_at(&dest))?;
     } else {
         let out = nv.file().try_clone().map_err(io_at(&dest))?;
         copy_image(&src.path, &out, &dest, src_info.format, progress)?;
@@ -436,17 +315,11 @@ pub fn import(
 ) -> Result<VolRef, StorageError> {
     let meta = fs::metadata(file).map_err(io_at(file))?;
     if !meta.is_file() {
-        return Err(StorageError::Invalid(format!(
-            "{} is not a regular file",
-            file.display()
-        )));
+        return Err(StorageError::Invalid(format!("{} is not a regular file", file.display())));
     }
     let name = match name {
         Some(n) => n.to_string(),
-        None => file
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
+        None => file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
     };
     let src_fmt = image::detect(file).map_err(io_at(file))?;
     let mut nv = NewVolume::begin(store, pool_name, &name)?;

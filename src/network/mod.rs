@@ -1,0 +1,1 @@
+//! Virtual networks (libvirt network XML model, bridge, firewall, dnsmasq).

@@ -43,11 +43,13 @@ class Guest:
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT)
         self.buf = b""
+        self.pos = 0
 
     def read_until(self, needle, timeout):
-        """Read serial output until needle (bytes) is seen; return the text up to it."""
+        """Read serial output until needle (bytes) appears after the last match;
+        return the text from the last match up to and including needle."""
         deadline = time.monotonic() + timeout
-        while needle not in self.buf:
+        while needle not in self.buf[self.pos:]:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError("no %r within %ss; output:\n%s" % (needle, timeout, self.text()))
@@ -61,13 +63,14 @@ class Guest:
                     sys.stdout.write(chunk.decode("utf-8", "replace"))
                     sys.stdout.flush()
                 self.buf += chunk
-        i = self.buf.index(needle) + len(needle)
-        return self.buf[:i].decode("utf-8", "replace")
+        i = self.buf.index(needle, self.pos) + len(needle)
+        text, self.pos = self.buf[self.pos:i].decode("utf-8", "replace"), i
+        return text
 
     def ready_line(self, timeout=60):
         self.read_until(READY.encode(), timeout)
-        line = self.read_until(b"\n", 5).splitlines()[-1].strip()
-        return line[line.index(READY):], time.monotonic() - self.start
+        t = time.monotonic() - self.start
+        return READY + self.read_until(b"\n", 5).rstrip(), t
 
     def text(self):
         return self.buf.decode("utf-8", "replace")
@@ -145,14 +148,24 @@ def check(cond, what):
         raise AssertionError(what)
 
 
-def shell_roundtrip(g, timeout=20):
-    """Type commands on the serial shell and check the replies."""
-    g.read_until(b"# ", timeout)  # the prompt
+def shell_roundtrip(g, plain=False, timeout=20):
+    """Type commands on the serial shell and check the replies. With plain
+    (kvmctl.plainshell=1) the replies must be exact: no echo, no escapes."""
+    prompt = b"kvmctl-guest:~# "
+    g.read_until(prompt, timeout)
     g.send("echo hello-$((100+23))\n")
-    g.read_until(b"hello-123\r\n", timeout)
+    out = g.read_until(prompt, timeout)
+    if plain:
+        check(out == "hello-123\r\n" + prompt.decode(), "echo reply: %r" % out)
+    else:
+        check(out.replace("\x1b[6n", "").startswith("echo hello-$((100+23))\r\nhello-123\r\n"),
+              "echo reply: %r" % out)
     g.send("cat /proc/cmdline\n")
-    out = g.read_until(b"kvmctl-guest:", timeout)
-    check("console=ttyS0" in out.split("cat /proc/cmdline", 1)[-1], "cmdline reply: %r" % out[-300:])
+    out = g.read_until(prompt, timeout).replace("\x1b[6n", "")
+    if not plain:
+        check(out.startswith("cat /proc/cmdline\r\n"), "cmdline echo: %r" % out)
+        out = out[len("cat /proc/cmdline\r\n"):]
+    check(out.startswith("BOOT_IMAGE=") or out.startswith("console=ttyS0"), "cmdline reply: %r" % out)
 
 
 def powerdown(g, timeout=20):
@@ -189,11 +202,12 @@ def t_disk(out, tmp, accel):
 
 
 def t_shell(out, tmp, accel):
-    """-kernel boot: shell on ttyS0 answers, QMP system_powerdown powers off."""
-    g = Guest(kernel_args(out) + user_nic(0), tmp, accel, qmp=True)
+    """-kernel boot, kvmctl.plainshell=1: exact shell replies; QMP system_powerdown."""
+    g = Guest(kernel_args(out, "console=ttyS0 quiet kvmctl.plainshell=1") + user_nic(0),
+              tmp, accel, qmp=True)
     try:
         line, t = g.ready_line()
-        shell_roundtrip(g)
+        shell_roundtrip(g, plain=True)
         d = powerdown(g)
         check("Power down" in g.text() or "poweroff" in g.text().lower(), "clean poweroff message")
         return "%s  (READY after %.2fs; shell ok; powerdown exit in %.2fs)" % (line, t, d)

@@ -200,31 +200,29 @@ fn list(ctx: &Ctx, pool: &str, details: bool) -> anyhow::Result<()> {
     if ctx.out.json {
         return ctx.out.json(&vols);
     }
+    let mut notes = String::new();
     let rows: Vec<Vec<String>> = vols
         .iter()
         .map(|v| {
+            let problem = v.error.clone().or_else(|| v.info.as_ref().and_then(|i| i.problem.clone()));
+            if let Some(p) = &problem {
+                notes.push_str(&format!(" {}: damaged: {p}\n", v.name));
+            }
             let mut r = vec![v.name.clone(), v.path.display().to_string()];
-            if details {
-                match (&v.info, &v.error) {
-                    (Some(i), _) => {
-                        let kind = match &i.problem {
-                            Some(p) => format!("{} (damaged: {p})", i.format),
-                            None => i.format.to_string(),
-                        };
-                        r.extend([kind, human(i.capacity), human(i.allocation)]);
-                    }
-                    (None, e) => {
-                        r.extend([format!("unreadable: {}", e.as_deref().unwrap_or("?")), "-".into(), "-".into()])
-                    }
+            match (&v.info, details) {
+                (Some(i), true) if problem.is_none() => {
+                    r.extend([i.format.to_string(), human(i.capacity), human(i.allocation)])
                 }
-            } else if let Some(p) = v.info.as_ref().and_then(|i| i.problem.as_ref()) {
-                r[1] = format!("{}   (damaged: {p})", r[1]);
+                (Some(i), true) => r.extend([format!("{} (damaged)", i.format), "-".into(), human(i.allocation)]),
+                (None, true) => r.extend(["(unreadable)".into(), "-".into(), "-".into()]),
+                (_, false) if problem.is_some() => r[1].push_str("   (damaged)"),
+                _ => {}
             }
             r
         })
         .collect();
     let headers: &[&str] =
         if details { &["Name", "Path", "Type", "Capacity", "Allocation"] } else { &["Name", "Path"] };
-    print!("{}", table(headers, &rows));
+    print!("{}{notes}", table(headers, &rows));
     Ok(())
 }

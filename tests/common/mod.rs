@@ -1,0 +1,105 @@
+//! Shared helpers for integration tests: a temp root and the real binary.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// A kvmctl state root in a temp dir, removed on drop.
+pub struct Kvm {
+    pub dir: tempfile::TempDir,
+}
+
+impl Kvm {
+    pub fn new() -> Kvm {
+        Kvm { dir: tempfile::Builder::new().prefix("kvmctl-test").tempdir().unwrap() }
+    }
+
+    pub fn root(&self) -> PathBuf {
+        self.dir.path().join("root")
+    }
+
+    pub fn images(&self) -> PathBuf {
+        self.root().join("images")
+    }
+
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_kvmctl"));
+        c.arg("--root").arg(self.root()).env_remove("KVMCTL_ROOT");
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().unwrap()
+    }
+
+    /// Run and require success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(o.status.success(), "kvmctl {args:?} failed: {}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap()
+    }
+
+    /// Run and require exit `code`; returns stderr.
+    pub fn fails(&self, code: i32, args: &[&str]) -> String {
+        let o = self.run(args);
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert_eq!(
+            o.status.code(),
+            Some(code),
+            "kvmctl {args:?}: stdout {} stderr {err}",
+            String::from_utf8_lossy(&o.stdout)
+        );
+        err
+    }
+
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = vec!["--json"];
+        a.extend_from_slice(args);
+        serde_json::from_str(&self.ok(&a)).unwrap()
+    }
+}
+
+/// Run a helper program and require success; returns stdout.
+pub fn sh(program: &str, args: &[&str]) -> String {
+    let o = Command::new(program).args(args).output().unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    assert!(o.status.success(), "{program} {args:?} failed: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8(o.stdout).unwrap()
+}
+
+/// A prerequisite of a test: missing means skip locally, but fail under CI=true.
+pub fn require(what: &str, present: bool) -> bool {
+    if present {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("prerequisite missing under CI=true: {what}");
+    }
+    eprintln!("SKIP: prerequisite missing: {what}");
+    false
+}
+
+pub fn have_program(p: &str) -> bool {
+    std::env::var_os("PATH").map(|paths| std::env::split_paths(&paths).any(|d| d.join(p).is_file())).unwrap_or(false)
+}
+
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+pub fn qemu_img_info(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&sh("qemu-img", &["info", "--output=json", path.to_str().unwrap()])).unwrap()
+}
+
+pub fn qemu_img_check(path: &Path) {
+    sh("qemu-img", &["check", path.to_str().unwrap()]);
+}
+
+/// Write `len` bytes of pattern `byte` at `off` into an image with qemu-io.
+pub fn qemu_write(path: &Path, fmt: &str, byte: u8, off: u64, len: u64) {
+    sh("qemu-io", &["-f", fmt, "-c", &format!("write -P {byte} {off} {len}"), path.to_str().unwrap()]);
+}
+
+pub fn allocated_bytes(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).unwrap().blocks() * 512
+}

@@ -1,0 +1,433 @@
+//! Pools and volumes through the real binary, every image checked with qemu-img.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use common::*;
+
+fn qemu_tools() -> bool {
+    require(
+        "qemu-img, qemu-io, qemu-nbd (apt: qemu-utils)",
+        ["qemu-img", "qemu-io", "qemu-nbd"].iter().all(|p| have_program(p)),
+    )
+}
+
+#[test]
+fn default_pool_exists_active_and_autostarted_without_setup() {
+    let k = Kvm::new();
+    let out = k.ok(&["pool-list"]);
+    assert!(out.contains(" default   active   yes"), "{out}");
+    let j = k.json(&["pool-info", "default"]);
+    assert_eq!(j["state"], "active");
+    assert_eq!(j["autostart"], true);
+    assert_eq!(j["target"], k.images().to_str().unwrap());
+    assert!(k.images().is_dir());
+}
+
+#[test]
+fn pool_lifecycle_like_virsh() {
+    let k = Kvm::new();
+    let target = k.dir.path().join("p1");
+    let t = target.to_str().unwrap();
+    k.ok(&["pool-define-as", "p1", "dir", "--target", t]);
+    assert!(!k.ok(&["pool-list"]).contains("p1"), "inactive pools are hidden without --all");
+    assert!(k.ok(&["pool-list", "--all"]).contains(" p1        inactive   no"));
+    let e = k.fails(1, &["pool-start", "p1"]);
+    assert!(e.contains("pool 'p1'") && e.contains("does not exist") && e.contains("pool-build"), "{e}");
+    k.ok(&["pool-build", "p1"]);
+    k.ok(&["pool-start", "p1"]);
+    assert!(k.fails(1, &["pool-start", "p1"]).contains("already active"));
+    k.ok(&["pool-autostart", "p1"]);
+    let info = k.ok(&["pool-info", "p1"]);
+    assert!(info.contains("State:          running") && info.contains("Autostart:      yes"), "{info}");
+    let details = k.ok(&["pool-list", "--details"]);
+    assert!(details.contains("Capacity") && details.contains("p1"), "{details}");
+    assert!(k.fails(1, &["pool-undefine", "p1"]).contains("pool-destroy"));
+    k.ok(&["pool-destroy", "p1"]);
+    assert!(k.fails(1, &["vol-list", "p1"]).contains("pool 'p1' is not active"));
+    k.ok(&["pool-undefine", "p1"]);
+    assert!(target.is_dir(), "undefine keeps the files");
+    assert!(k.fails(1, &["pool-info", "p1"]).contains("pool 'p1' not found"));
+}
+
+#[test]
+fn pool_bad_input_is_refused_and_changes_nothing() {
+    let k = Kvm::new();
+    let t = k.dir.path().join("x");
+    let ts = t.to_str().unwrap();
+    assert!(k
+        .fails(1, &["pool-define-as", "lv", "logical", "--target", ts])
+        .contains("pool type 'logical' is not supported"));
+    assert!(k.fails(1, &["pool-define-as", "../evil", "dir", "--target", ts]).contains("pool name '../evil'"));
+    assert!(k.fails(1, &["pool-define-as", "a/b", "dir", "--target", ts]).contains("'/'"));
+    let e = k.fails(1, &["pool-define-as", "dup", "dir", "--target", k.images().to_str().unwrap()]);
+    assert!(e.contains("already the target of pool 'default'"), "{e}");
+    k.ok(&["pool-define-as", "p", "dir", "--target", ts]);
+    assert!(k.fails(1, &["pool-define-as", "p", "dir", "--target", "/tmp/other"]).contains("pool 'p' already exists"));
+    // A target that is a file, not a directory.
+    let f = k.dir.path().join("file");
+    std::fs::write(&f, b"").unwrap();
+    k.ok(&["pool-define-as", "f", "dir", "--target", f.to_str().unwrap()]);
+    assert!(k.fails(1, &["pool-start", "f"]).contains("is not a directory"));
+    assert!(k.fails(1, &["pool-start", "nope"]).contains("pool 'nope' not found"));
+    let list = k.ok(&["pool-list", "--all", "--name"]);
+    assert_eq!(list, "default\nf\np\n");
+}
+
+#[test]
+fn pool_target_that_is_not_writable_is_refused() {
+    if !require("root and unshare (mount namespace)", is_root() && have_program("unshare")) {
+        return;
+    }
+    let k = Kvm::new();
+    let t = k.dir.path().join("ro");
+    std::fs::create_dir(&t).unwrap();
+    k.ok(&["pool-define-as", "ro", "dir", "--target", t.to_str().unwrap()]);
+    // A read-only tmpfs over the target, in a private mount namespace (the host sees nothing).
+    let bin = env!("CARGO_BIN_EXE_kvmctl");
+    let script = format!(
+        "mount -t tmpfs -o ro none {t} && exec {bin} --root {r} pool-start ro",
+        t = t.display(),
+        r = k.root().display()
+    );
+    let o = Command::new("unshare").args(["-m", "--propagation", "private", "sh", "-c", &script]).output().unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(e.contains("pool 'ro'") && e.contains("is not writable"), "{e}");
+}
+
+#[test]
+fn vol_create_as_writes_images_qemu_accepts() {
+    if !qemu_tools() {
+        return;
+    }
+    let k = Kvm::new();
+    for (name, cap, bytes) in [
+        ("a.qcow2", "10G", 10u64 << 30),
+        ("b.qcow2", "1GB", 1_000_000_000),
+        ("c.qcow2", "1T", 1 << 40),
+        ("d.qcow2", "100M", 100 << 20),
+    ] {
+        k.ok(&["vol-create-as", "default", name, cap, "--format", "qcow2"]);
+        let p = k.images().join(name);
+        qemu_img_check(&p);
+        let info = qemu_img_info(&p);
+        assert_eq!(info["format"], "qcow2");
+        assert_eq!(info["virtual-size"], bytes, "{name}");
+    }
+    k.ok(&["vol-create-as", "default", "r.img", "512MiB"]);
+    let info = qemu_img_info(&k.images().join("r.img"));
+    assert_eq!((info["format"].as_str(), info["virtual-size"].as_u64()), (Some("raw"), Some(512 << 20)));
+    assert!(allocated_bytes(&k.images().join("r.img")) < 1 << 20, "raw volumes are sparse");
+    k.ok(&["vol-create-as", "default", "pre.qcow2", "2G", "--format", "qcow2", "--prealloc-metadata"]);
+    let pre = k.images().join("pre.qcow2");
+    qemu_img_check(&pre);
+    let map = sh("qemu-img", &["map", "--output=json", pre.to_str().unwrap()]);
+    assert!(map.contains("\"data\": true") && !map.contains("\"data\": false"), "every cluster is mapped: {map}");
+    // Backing volume by name and by path, with its format recorded.
+    k.ok(&["vol-create-as", "default", "ov.qcow2", "10G", "--format", "qcow2", "--backing-vol", "a.qcow2"]);
+    let ov = qemu_img_info(&k.images().join("ov.qcow2"));
+    assert_eq!(ov["backing-filename"], k.images().join("a.qcow2").to_str().unwrap());
+    assert_eq!(ov["backing-filename-format"], "qcow2");
+    let rp = k.images().join("r.img");
+    k.ok(&[
+        "vol-create-as",
+        "default",
+        "ovr.qcow2",
+        "512M",
+        "--format",
+        "qcow2",
+        "--backing-vol",
+        rp.to_str().unwrap(),
+    ]);
+    assert_eq!(qemu_img_info(&k.images().join("ovr.qcow2"))["backing-filename-format"], "raw");
+    qemu_img_check(&k.images().join("ovr.qcow2"));
+    let list = k.ok(&["vol-list", "default"]);
+    assert!(list.starts_with(" Name") && list.contains(k.images().join("a.qcow2").to_str().unwrap()), "{list}");
+    let det = k.ok(&["vol-list", "default", "--details"]);
+    assert!(det.contains("qcow2   10.00 GiB"), "{det}");
+    let vi = k.ok(&["vol-info", "ov.qcow2", "--pool", "default"]);
+    assert!(vi.contains("Capacity:       10.00 GiB") && vi.contains("Backing file:"), "{vi}");
+    let path = k.ok(&["vol-path", "a.qcow2", "--pool", "default"]);
+    assert_eq!(path.trim(), k.images().join("a.qcow2").to_str().unwrap());
+    // Addressable by path too.
+    let j = k.json(&["vol-info", path.trim()]);
+    assert_eq!((j["pool"].as_str(), j["capacity"].as_u64()), (Some("default"), Some(10 << 30)));
+}
+
+#[test]
+fn malformed_sizes_are_usage_errors() {
+    let k = Kvm::new();
+    for (bad, why) in [("10X", "unknown unit 'X'"), ("-1G", "negative"), ("", "empty"), ("G", "no number")] {
+        let e = k.fails(2, &["vol-create-as", "default", "v", bad]);
+        assert!(e.contains(why), "{bad}: {e}");
+    }
+    assert!(!k.images().exists() || std::fs::read_dir(k.images()).unwrap().count() == 0);
+}
+
+#[test]
+fn volume_bad_input_names_the_object_and_leaves_nothing() {
+    let k = Kvm::new();
+    assert!(k.fails(1, &["vol-create-as", "nopool", "v", "1G"]).contains("pool 'nopool' not found"));
+    assert!(k.fails(1, &["vol-create-as", "default", "../v", "1G"]).contains("volume name '../v'"));
+    assert!(k.fails(1, &["vol-create-as", "default", ".v", "1G"]).contains("must start with a letter or digit"));
+    k.ok(&["vol-create-as", "default", "v", "1G"]);
+    assert!(k
+        .fails(1, &["vol-create-as", "default", "v", "1G"])
+        .contains("volume 'v' already exists in pool 'default'"));
+    assert!(k.fails(1, &["vol-info", "w", "--pool", "default"]).contains("volume 'w' not found in pool 'default'"));
+    assert!(k.fails(1, &["vol-delete", "w", "--pool", "default"]).contains("volume 'w' not found"));
+    assert!(k.fails(1, &["vol-info", "w"]).contains("not found in any active pool"));
+    let e = k.fails(1, &["vol-create-as", "default", "o", "1G", "--backing-vol", "missing.qcow2", "--format", "qcow2"]);
+    assert!(e.contains("missing.qcow2"), "{e}");
+    assert!(k.fails(1, &["vol-create-as", "default", "o", "1G", "--backing-vol", "v"]).contains("need --format qcow2"));
+    let e = k.fails(2, &["vol-create-as", "default", "o", "1G", "--format", "vmdk"]);
+    assert!(e.contains("unknown volume format 'vmdk'"), "{e}");
+    let names: Vec<_> = std::fs::read_dir(k.images()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names, vec!["v"], "nothing but the one good volume");
+}
+
+#[test]
+fn concurrent_creates_of_one_volume_have_one_winner() {
+    let k = Kvm::new();
+    k.ok(&["pool-list"]);
+    let children: Vec<_> = (0..20)
+        .map(|_| {
+            k.cmd()
+                .args(["vol-create-as", "default", "race.qcow2", "1G", "--format", "qcow2"])
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let outs: Vec<_> = children.into_iter().map(|c| c.wait_with_output().unwrap()).collect();
+    assert_eq!(outs.iter().filter(|o| o.status.success()).count(), 1);
+    for o in outs.iter().filter(|o| !o.status.success()) {
+        assert!(String::from_utf8_lossy(&o.stderr).contains("already exists"));
+    }
+    assert_eq!(std::fs::read_dir(k.images()).unwrap().count(), 1, "no temp files left");
+}
+
+#[test]
+fn full_clone_copies_only_data_and_stays_sparse() {
+    if !qemu_tools() {
+        return;
+    }
+    let k = Kvm::new();
+    k.ok(&["vol-create-as", "default", "src.qcow2", "4G", "--format", "qcow2"]);
+    let src = k.images().join("src.qcow2");
+    qemu_write(&src, "qcow2", 0xab, 0, 8 << 20);
+    qemu_write(&src, "qcow2", 0xcd, 3 << 30, 1 << 20);
+    qemu_write(&src, "qcow2", 0, 1 << 30, 4 << 20); // allocated zeros: skipped in the copy
+    k.ok(&["vol-clone", "src.qcow2", "dst.qcow2", "--pool", "default"]);
+    let dst = k.images().join("dst.qcow2");
+    qemu_img_check(&dst);
+    sh("qemu-img", &["compare", src.to_str().unwrap(), dst.to_str().unwrap()]);
+    let alloc = allocated_bytes(&dst);
+    assert!(alloc < 12 << 20, "clone holds the 9 MiB of data plus metadata, not 4 GiB: {alloc}");
+    // A raw volume clones to a sparse raw volume.
+    k.ok(&["vol-create-as", "default", "r.img", "1G"]);
+    let r = k.images().join("r.img");
+    qemu_write(&r, "raw", 0x11, 512 << 20, 2 << 20);
+    k.ok(&["vol-clone", "r.img", "r2.img", "--pool", "default"]);
+    let r2 = k.images().join("r2.img");
+    assert_eq!(qemu_img_info(&r2)["format"], "raw");
+    sh("qemu-img", &["compare", r.to_str().unwrap(), r2.to_str().unwrap()]);
+    assert!(allocated_bytes(&r2) < 4 << 20);
+    // Cloning an overlay flattens its chain into one standalone image.
+    k.ok(&["vol-clone", "src.qcow2", "ov.qcow2", "--pool", "default", "--linked"]);
+    let ov = k.images().join("ov.qcow2");
+    qemu_write(&ov, "qcow2", 0xee, 2 << 30, 1 << 20);
+    k.ok(&["vol-clone", "ov.qcow2", "flat.qcow2", "--pool", "default"]);
+    let flat = k.images().join("flat.qcow2");
+    assert!(qemu_img_info(&flat)["backing-filename"].is_null());
+    sh("qemu-img", &["compare", ov.to_str().unwrap(), flat.to_str().unwrap()]);
+}
+
+#[test]
+fn linked_clone_is_an_overlay_and_protects_its_source() {
+    if !qemu_tools() {
+        return;
+    }
+    let k = Kvm::new();
+    k.ok(&["vol-create-as", "default", "base.qcow2", "1T", "--format", "qcow2"]);
+    let base = k.images().join("base.qcow2");
+    qemu_write(&base, "qcow2", 0x42, 0, 1 << 20);
+    k.ok(&["vol-clone", "base.qcow2", "lc.qcow2", "--pool", "default", "--linked"]);
+    let lc = k.images().join("lc.qcow2");
+    qemu_img_check(&lc);
+    let info = qemu_img_info(&lc);
+    assert_eq!(info["backing-filename"], base.to_str().unwrap());
+    assert_eq!(info["virtual-size"], 1u64 << 40);
+    sh("qemu-img", &["compare", base.to_str().unwrap(), lc.to_str().unwrap()]);
+    // A write in the clone leaves the source as it was.
+    qemu_write(&lc, "qcow2", 0x99, 0, 4096);
+    sh("qemu-io", &["-f", "qcow2", "-c", "read -P 0x42 0 4096", base.to_str().unwrap()]);
+    let e = k.fails(1, &["vol-delete", "base.qcow2", "--pool", "default"]);
+    assert!(e.contains("volume default/lc.qcow2") && e.contains("--force"), "{e}");
+    k.ok(&["vol-delete", "lc.qcow2", "--pool", "default"]);
+    k.ok(&["vol-delete", "base.qcow2", "--pool", "default"]);
+}
+
+/// qemu-nbd holds an image open for writing, with qemu's own image locks, as a VM would.
+struct Holder(std::process::Child, #[allow(dead_code)] tempfile::TempDir);
+
+impl Holder {
+    fn open(path: &Path) -> Holder {
+        let d = tempfile::tempdir().unwrap();
+        let sock = d.path().join("nbd.sock");
+        let child = Command::new("qemu-nbd")
+            .args(["--persistent", "-k", sock.to_str().unwrap(), "-f", "qcow2", path.to_str().unwrap()])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        for _ in 0..200 {
+            if sock.exists() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(sock.exists(), "qemu-nbd did not start");
+        Holder(child, d)
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn volume_open_for_writing_by_qemu_is_protected() {
+    if !qemu_tools() {
+        return;
+    }
+    let k = Kvm::new();
+    k.ok(&["vol-create-as", "default", "busy.qcow2", "1G", "--format", "qcow2"]);
+    let busy = k.images().join("busy.qcow2");
+    let holder = Holder::open(&busy);
+    let e = k.fails(1, &["vol-clone", "busy.qcow2", "lc", "--pool", "default", "--linked"]);
+    assert!(e.contains("in use by a running qemu (open for writing)"), "{e}");
+    let e = k.fails(1, &["vol-create-as", "default", "ov", "1G", "--format", "qcow2", "--backing-vol", "busy.qcow2"]);
+    assert!(e.contains("in use by a running qemu"), "{e}");
+    assert!(k.fails(1, &["vol-delete", "busy.qcow2", "--pool", "default"]).contains("in use by a running qemu"));
+    assert!(k.fails(1, &["vol-resize", "busy.qcow2", "2G", "--pool", "default"]).contains("in use by a running qemu"));
+    drop(holder);
+    k.ok(&["vol-clone", "busy.qcow2", "lc", "--pool", "default", "--linked"]);
+    assert_eq!(std::fs::read_dir(k.images()).unwrap().count(), 2);
+}
+
+#[test]
+fn vol_delete_refuses_a_disk_of_a_defined_domain_unless_forced() {
+    let k = Kvm::new();
+    k.ok(&["vol-create-as", "default", "vm1.qcow2", "1G", "--format", "qcow2"]);
+    let p = k.images().join("vm1.qcow2");
+    let def = format!("name = \"vm1\"\n\n[[disks]]\npath = \"{}\"\n", p.display());
+    std::fs::write(k.root().join("domains/vm1.toml"), def).unwrap();
+    let e = k.fails(1, &["vol-delete", "vm1.qcow2", "--pool", "default"]);
+    assert!(e.contains("used by domain 'vm1'") && e.contains("--force"), "{e}");
+    assert!(p.exists());
+    k.ok(&["vol-delete", "vm1.qcow2", "--pool", "default", "--force"]);
+    assert!(!p.exists());
+}
+
+#[test]
+fn vol_resize_grows_and_shrinks_only_when_asked() {
+    if !qemu_tools() {
+        return;
+    }
+    let k = Kvm::new();
+    k.ok(&["vol-create-as", "default", "q.qcow2", "1G", "--format", "qcow2"]);
+    k.ok(&["vol-create-as", "default", "r.img", "1G"]);
+    let q = k.images().join("q.qcow2");
+    k.ok(&["vol-resize", "q.qcow2", "100G", "--pool", "default"]);
+    assert_eq!(qemu_img_info(&q)["virtual-size"], 100u64 << 30);
+    qemu_img_check(&q);
+    k.ok(&["vol-resize", "r.img", "1G", "--pool", "default", "--delta"]);
+    assert_eq!(std::fs::metadata(k.images().join("r.img")).unwrap().len(), 2 << 30);
+    let e = k.fails(1, &["vol-resize", "q.qcow2", "1G", "--pool", "default"]);
+    assert!(e.contains("smaller than the current 100.00 GiB") && e.contains("--shrink"), "{e}");
+    assert_eq!(qemu_img_info(&q)["virtual-size"], 100u64 << 30);
+    k.ok(&["vol-resize", "q.qcow2", "1G", "--pool", "default", "--shrink"]);
+    assert_eq!(qemu_img_info(&q)["virtual-size"], 1u64 << 30);
+    assert!(k.fails(1, &["vol-resize", "r.img", "0", "--pool", "default", "--shrink"]).contains("greater than zero"));
+}
+
+#[test]
+fn upload_download_import_round_trip() {
+    if !qemu_tools() {
+        return;
+    }
+    let k = Kvm::new();
+    let raw = k.dir.path().join("disk.raw");
+    sh("qemu-img", &["create", "-f", "raw", raw.to_str().unwrap(), "256M"]);
+    qemu_write(&raw, "raw", 0x5a, 64 << 20, 3 << 20);
+    // Import converts raw to qcow2 and keeps it sparse.
+    k.ok(&["vol-import", raw.to_str().unwrap(), "--pool", "default", "--name", "imp.qcow2", "--format", "qcow2"]);
+    let imp = k.images().join("imp.qcow2");
+    qemu_img_check(&imp);
+    sh("qemu-img", &["compare", raw.to_str().unwrap(), imp.to_str().unwrap()]);
+    assert!(allocated_bytes(&imp) < 5 << 20);
+    // Import as-is keeps the name and the format.
+    k.ok(&["vol-import", raw.to_str().unwrap(), "--pool", "default"]);
+    assert_eq!(qemu_img_info(&k.images().join("disk.raw"))["format"], "raw");
+    // Download and upload move bytes unchanged.
+    let down = k.dir.path().join("down.qcow2");
+    k.ok(&["vol-download", "imp.qcow2", down.to_str().unwrap(), "--pool", "default"]);
+    assert_eq!(std::fs::read(&down).unwrap(), std::fs::read(&imp).unwrap());
+    k.ok(&["vol-create-as", "default", "up", "1M"]);
+    k.ok(&["vol-upload", "up", down.to_str().unwrap(), "--pool", "default"]);
+    assert_eq!(std::fs::read(k.images().join("up")).unwrap(), std::fs::read(&imp).unwrap());
+    assert!(k.fails(1, &["vol-import", "/nonexistent.img", "--pool", "default"]).contains("/nonexistent.img"));
+}
+
+#[test]
+fn damaged_images_are_listed_and_marked() {
+    let k = Kvm::new();
+    k.ok(&["vol-create-as", "default", "good.qcow2", "1G", "--format", "qcow2"]);
+    k.ok(&["vol-create-as", "default", "trunc.qcow2", "1G", "--format", "qcow2"]);
+    let t = k.images().join("trunc.qcow2");
+    std::fs::OpenOptions::new().write(true).open(&t).unwrap().set_len(70_000).unwrap();
+    std::fs::write(k.images().join("junk.qcow2"), b"QFI\xfb").unwrap();
+    let out = k.ok(&["vol-list", "default", "--details"]);
+    let good = out.lines().find(|l| l.starts_with(" good.qcow2")).unwrap();
+    assert!(good.contains(" qcow2 ") && good.contains("1.00 GiB"), "{out}");
+    assert!(out.contains(" trunc.qcow2: damaged: corrupt qcow2 image: truncated"), "{out}");
+    assert!(out.contains(" junk.qcow2: damaged: corrupt qcow2 image: file is 4 bytes"), "{out}");
+    assert!(out.contains("qcow2 (damaged)"), "{out}");
+    let e = k.fails(1, &["vol-clone", "trunc.qcow2", "c", "--pool", "default"]);
+    assert!(e.contains("truncated"), "{e}");
+    assert!(!k.images().join("c").exists());
+}
+
+#[test]
+fn disk_full_mid_copy_leaves_no_partial_file() {
+    if !qemu_tools() || !require("root and unshare (mount namespace)", is_root() && have_program("unshare")) {
+        return;
+    }
+    let k = Kvm::new();
+    k.ok(&["vol-create-as", "default", "big.qcow2", "1G", "--format", "qcow2"]);
+    let big = k.images().join("big.qcow2");
+    qemu_write(&big, "qcow2", 0x77, 0, 24 << 20);
+    let small = k.dir.path().join("small");
+    std::fs::create_dir(&small).unwrap();
+    k.ok(&["pool-define-as", "small", "dir", "--target", small.to_str().unwrap()]);
+    // A 8 MiB tmpfs as the target pool, inside a private mount namespace.
+    let bin = env!("CARGO_BIN_EXE_kvmctl");
+    let r = k.root();
+    let script = format!(
+        "mount -t tmpfs -o size=8m none {s} && {bin} --root {r} -q pool-start small && \
+         {bin} --root {r} vol-clone big.qcow2 copy.qcow2 --pool default --newpool small; rc=$?; ls -A {s}; exit $rc",
+        s = small.display(),
+        r = r.display()
+    );
+    let o = Command::new("unshare").args(["-m", "--propagation", "private", "sh", "-c", &script]).output().unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(e.contains("No space left on device"), "{e}");
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "", "the pool holds no partial file");
+}

@@ -183,7 +183,7 @@ log "modules: $(tr '\n' ' ' <"$kcache/modules.list" | sed 's#[^ ]*/##g')"
 root="$tmp/root"
 mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,etc/kvmctl,proc,sys,dev,run,tmp,root,mnt,var/log,lib/modules}
 cp -a "$here/guest/rootfs/." "$root/"
-chmod 0755 "$root/init" "$root/etc/udhcpc.script" "$root/etc/acpi/PWRF/00000080"
+chmod 0755 "$root/init" "$root/etc/init.d/rcS" "$root/etc/udhcpc.script" "$root/etc/acpi/PWRF/00000080"
 chmod 0700 "$root/root"
 chmod 1777 "$root/tmp"
 cp "$busybox" "$root/bin/busybox"

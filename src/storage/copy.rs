@@ -23,6 +23,9 @@ pub enum CopyError {
 
 /// Copy `src` into `out` (an empty file) as `format`; `progress(done, total)` is called
 /// after every chunk. Returns the virtual size.
+///
+/// A reader thread walks the source chain while this thread writes, so reading, zero
+/// detection and writing overlap; writeback to disk is started as the copy goes.
 pub fn copy_image(
     src: &Path,
     out: &File,
@@ -37,40 +40,78 @@ pub fn copy_image(
         Format::Qcow2 => Some(Qcow2Writer::new(out, size, None)?),
         Format::Raw => None,
     };
-    let mut buf = vec![0u8; CHUNK];
-    let mut off = 0u64;
-    while off < size {
-        let len = (size - off).min(CHUNK as u64) as usize;
-        let chunk = &mut buf[..len];
-        if chain.read(off, chunk)? {
-            // Runs of non-zero clusters, each written with one call.
-            let mut i = 0;
-            while i < len {
-                let start = i;
-                while i < len && !is_zero(&chunk[i..(i + OUT_CLUSTER).min(len)]) {
-                    i += OUT_CLUSTER;
-                }
-                let end = i.min(len);
-                if end > start {
-                    let g = off + start as u64;
-                    match writer.as_mut() {
-                        Some(w) => w.write_clusters(g / OUT_CLUSTER as u64, &chunk[start..end]).map_err(werr)?,
-                        None => std::os::unix::fs::FileExt::write_all_at(out, &chunk[start..end], g).map_err(werr)?,
-                    }
-                }
-                i += OUT_CLUSTER;
-            }
-        }
-        off += len as u64;
-        progress(off, size);
+    let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Result<(u64, Vec<u8>, bool), CopyError>>(2);
+    let (empty_tx, empty_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    for _ in 0..3 {
+        empty_tx.send(vec![0u8; CHUNK]).expect("receiver alive");
     }
+    std::thread::scope(|scope| -> Result<(), CopyError> {
+        scope.spawn(move || {
+            let mut off = 0u64;
+            while off < size {
+                let Ok(mut buf) = empty_rx.recv() else { return };
+                let len = (size - off).min(CHUNK as u64) as usize;
+                buf.truncate(len);
+                let msg = chain.read(off, &mut buf).map(|any| (off, buf, any)).map_err(CopyError::from);
+                let failed = msg.is_err();
+                if full_tx.send(msg).is_err() || failed {
+                    return;
+                }
+                off += len as u64;
+            }
+        });
+        for msg in full_rx {
+            let (off, mut buf, any) = msg?;
+            if any {
+                write_nonzero(&buf, off, writer.as_mut(), out).map_err(werr)?;
+            }
+            start_writeback(out);
+            progress(off + buf.len() as u64, size);
+            buf.resize(CHUNK, 0);
+            let _ = empty_tx.send(buf);
+        }
+        Ok(())
+    })?;
     match writer {
         Some(w) => {
             w.finish().map_err(werr)?;
         }
         None => out.set_len(size).map_err(werr)?,
     }
+    if size == 0 {
+        progress(0, 0);
+    }
     Ok(size)
+}
+
+/// Write the non-zero clusters of `chunk` (guest offset `off`), each run with one call.
+fn write_nonzero(chunk: &[u8], off: u64, mut writer: Option<&mut Qcow2Writer>, out: &File) -> std::io::Result<()> {
+    let len = chunk.len();
+    let mut i = 0;
+    while i < len {
+        let start = i;
+        while i < len && !is_zero(&chunk[i..(i + OUT_CLUSTER).min(len)]) {
+            i += OUT_CLUSTER;
+        }
+        let end = i.min(len);
+        if end > start {
+            let g = off + start as u64;
+            match writer.as_deref_mut() {
+                Some(w) => w.write_clusters(g / OUT_CLUSTER as u64, &chunk[start..end])?,
+                None => std::os::unix::fs::FileExt::write_all_at(out, &chunk[start..end], g)?,
+            }
+        }
+        i += OUT_CLUSTER;
+    }
+    Ok(())
+}
+
+/// Ask the kernel to start writing back what is dirty so far, without waiting: the final
+/// fsync then has little left to do, and disk I/O overlaps the copy.
+fn start_writeback(out: &File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: sync_file_range on a valid fd only schedules I/O; offset 0, len 0 = whole file.
+    unsafe { libc::sync_file_range(out.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
 }
 
 /// Copy a file's bytes as they are (no format interpretation), keeping holes and skipping

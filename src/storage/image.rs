@@ -183,9 +183,43 @@ impl Chain {
     }
 
     /// Read guest bytes at `off` into `buf`; returns whether any of it came from allocated
-    /// data (false: the whole range is a hole and reads as zeros).
+    /// data (false: the whole range is a hole and reads as zeros). A range with no data at
+    /// all is answered from the mappings alone and `buf` is left untouched.
     pub fn read(&mut self, off: u64, buf: &mut [u8]) -> Result<bool, ChainError> {
+        if !has_data(&mut self.layers, off, buf.len() as u64)? {
+            return Ok(false);
+        }
         read_layer(&mut self.layers, off, buf)
+    }
+}
+
+/// Does any image of the chain hold data for guest bytes `off..off+len`?
+fn has_data(layers: &mut [Layer], off: u64, len: u64) -> Result<bool, ChainError> {
+    let Some((layer, rest)) = layers.split_first_mut() else { return Ok(false) };
+    match layer {
+        Layer::Raw { file, len: flen } => {
+            let avail = flen.saturating_sub(off).min(len);
+            Ok(avail > 0 && !is_hole(file, off, avail))
+        }
+        Layer::Qcow2(r) => {
+            let cs = r.header.cluster_size();
+            let end = (off + len).min(r.header.size);
+            let mut g = off;
+            while g < end {
+                let piece = (cs - g % cs).min(end - g);
+                match r.map(g / cs)? {
+                    Mapping::Data(_) => return Ok(true),
+                    Mapping::Zero => {}
+                    Mapping::Unallocated => {
+                        if has_data(rest, g, piece)? {
+                            return Ok(true);
+                        }
+                    }
+                }
+                g += piece;
+            }
+            Ok(false)
+        }
     }
 }
 

@@ -1,0 +1,35 @@
+# kvmctl: `make demo` and `make test` on a fresh Debian 12 machine, as root.
+CARGO ?= cargo
+BIN := target/release/kvmctl
+
+.PHONY: all deps build guest demo test lint bench clean
+
+all: build
+
+deps:
+	scripts/deps.sh
+
+build: deps
+	$(CARGO) build --release --locked
+
+guest: deps
+	images/build.sh
+
+demo: build guest
+	scripts/demo.sh $(BIN)
+
+# Every test: unit, golden, CLI integration, and the root/namespace/qemu tiers.
+test: build guest lint
+	$(CARGO) test --release --locked -- --test-threads=4
+
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --release --locked --all-targets -- -D warnings
+
+bench: deps build
+	scripts/deps.sh --bench
+	python3 bench/run.py $(BIN)
+
+clean:
+	$(CARGO) clean
+	rm -rf images/out bench/out

@@ -11,6 +11,8 @@ use crate::size::human;
 use crate::storage::pool::{self, fs_usage, FsUsage};
 use crate::storage::{PoolDef, PoolState};
 
+// Variant names become the virsh command names (PoolDefineAs -> pool-define-as).
+#[allow(clippy::enum_variant_names)]
 #[derive(Debug, Subcommand)]
 pub enum PoolCmd {
     /// Define a directory pool: pool-define-as NAME dir --target PATH.
@@ -157,7 +159,7 @@ fn list(ctx: &Ctx, a: PoolListArgs) -> anyhow::Result<()> {
     for entry in pool::list(&ctx.store)? {
         match entry {
             Ok(def) => views.push(view(ctx, def)),
-            Err((name, e)) => eprintln!("warning: pool '{name}': {e}"),
+            Err(b) => eprintln!("warning: pool '{}': {}", b.name, b.error),
         }
     }
     views.retain(|v| {

@@ -15,6 +15,8 @@ fn capacity(s: &str) -> Result<u64, String> {
     parse_size(s).map_err(|e| e.to_string())
 }
 
+// Variant names become the virsh command names (VolCreateAs -> vol-create-as).
+#[allow(clippy::enum_variant_names)]
 #[derive(Debug, Subcommand)]
 pub enum VolCmd {
     /// Create a volume: vol-create-as POOL NAME CAPACITY (10G, 512MiB, 1GB...).

@@ -225,7 +225,18 @@ pub fn set_autostart(store: &Store, name: &str, enable: bool) -> Result<(), Stor
     Ok(())
 }
 
+/// A pool definition that could not be read: listed with the reason rather than hidden.
+#[derive(Debug)]
+pub struct BrokenDef {
+    pub name: String,
+    pub error: String,
+}
+
 /// Every defined pool, with unreadable definitions reported rather than hidden.
-pub fn list(store: &Store) -> Result<Vec<Result<PoolDef, (String, StorageError)>>, StorageError> {
-    Ok(store.list(Kind::Pool)?.into_iter().map(|n| load(store, &n).map_err(|e| (n, e))).collect())
+pub fn list(store: &Store) -> Result<Vec<Result<PoolDef, BrokenDef>>, StorageError> {
+    Ok(store
+        .list(Kind::Pool)?
+        .into_iter()
+        .map(|name| load(store, &name).map_err(|e| BrokenDef { name, error: e.to_string() }))
+        .collect())
 }

@@ -1,6 +1,8 @@
 //! Shared helpers for integration tests: a temp root and the real binary.
 #![allow(dead_code)]
 
+pub mod netns;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

@@ -1,0 +1,163 @@
+//! Definition -> qemu argv: a pure function of the definition and what was probed before.
+
+use std::path::Path;
+
+use super::definition::{Accel, DiskBus, DiskDevice, DomainDef, Graphics, NicModel, NicSource};
+
+/// What the renderer needs beyond the definition; probing happens before, not here.
+#[derive(Debug, Clone)]
+pub struct RenderEnv<'a> {
+    /// The resolved accelerator (never `Auto`).
+    pub accel: Accel,
+    pub qmp_socket: &'a Path,
+    pub serial_socket: &'a Path,
+    /// Tap fd for each NIC in order (`None` for user-mode NICs).
+    pub tap_fds: &'a [Option<i32>],
+    /// `/dev/vhost-net` is usable.
+    pub vhost: bool,
+    /// VNC display number, when graphics is VNC.
+    pub vnc_display: u16,
+}
+
+/// The qemu argv (without the program name). qemu starts paused (`-S`): the supervisor
+/// connects QMP and the console first, then sends `cont`.
+pub fn render(def: &DomainDef, env: &RenderEnv) -> Vec<String> {
+    let mut a = Args::default();
+    let accel = if env.accel == Accel::Kvm { "kvm" } else { "tcg" };
+    let cpu = def.cpu.clone().unwrap_or_else(|| if env.accel == Accel::Kvm { "host" } else { "max" }.into());
+    a.push(["-name", &format!("guest={},debug-threads=on", def.name)]);
+    a.push(["-uuid", &def.uuid.to_string()]);
+    a.push(["-machine", &def.machine]);
+    a.push(["-accel", accel]);
+    a.push(["-cpu", &cpu]);
+    a.push(["-m", &format!("{}M", def.memory_mib)]);
+    a.push(["-smp", &def.vcpus.to_string()]);
+    a.flag("-nodefaults");
+    a.flag("-no-user-config");
+    a.flag("-S");
+    a.flag("-no-shutdown");
+    if def.on_reboot == super::definition::Action::Destroy {
+        a.flag("-no-reboot");
+    }
+    a.push(["-rtc", "base=utc"]);
+    a.push(["-chardev", &format!("socket,id=qmp,path={},server=on,wait=off", env.qmp_socket.display())]);
+    a.push(["-mon", "chardev=qmp,mode=control"]);
+    a.push(["-chardev", &format!("socket,id=serial0,path={},server=on,wait=off", env.serial_socket.display())]);
+    a.push(["-serial", "chardev:serial0"]);
+    match &def.graphics {
+        Graphics::None => a.push(["-display", "none"]),
+        Graphics::Vnc { listen } => {
+            a.push(["-vnc", &format!("{listen}:{}", env.vnc_display)]);
+            a.push(["-device", "VGA"]);
+        }
+    }
+    if let Some(k) = &def.kernel {
+        a.push(["-kernel", &k.kernel.display().to_string()]);
+        if let Some(i) = &k.initrd {
+            a.push(["-initrd", &i.display().to_string()]);
+        }
+        if !k.cmdline.is_empty() {
+            a.push(["-append", &k.cmdline]);
+        }
+    }
+    disks(def, &mut a);
+    nics(def, env, &mut a);
+    a.0
+}
+
+#[derive(Default)]
+struct Args(Vec<String>);
+
+impl Args {
+    fn push<const N: usize>(&mut self, items: [&str; N]) {
+        self.0.extend(items.iter().map(|s| s.to_string()));
+    }
+    fn flag(&mut self, f: &str) {
+        self.0.push(f.to_string());
+    }
+}
+
+/// bootindex for the first device of each class, in the definition's boot order.
+fn boot_index(def: &DomainDef, class: &str, first_of_class: bool) -> Option<usize> {
+    if !first_of_class || def.kernel.is_some() {
+        return None;
+    }
+    def.boot_order.iter().position(|c| c == class).map(|p| p + 1)
+}
+
+fn disks(def: &DomainDef, a: &mut Args) {
+    let (mut ahci, mut scsi) = (false, false);
+    let (mut ide_unit, mut sata_port, mut scsi_lun) = (0usize, 0usize, 0usize);
+    let (mut seen_hd, mut seen_cd) = (false, false);
+    for (i, d) in def.disks.iter().enumerate() {
+        let cd = d.device == DiskDevice::Cdrom;
+        let mut drive =
+            format!("file={},format={},if=none,id=drive{i}", escape(&d.path.display().to_string()), d.format);
+        if let Some(c) = &d.cache {
+            drive.push_str(&format!(",cache={c}"));
+        }
+        if d.readonly || cd {
+            drive.push_str(",readonly=on");
+        }
+        if d.shareable {
+            drive.push_str(",file.locking=off");
+        }
+        a.push(["-drive", &drive]);
+        let class = if cd { "cdrom" } else { "hd" };
+        let first = if cd { !std::mem::replace(&mut seen_cd, true) } else { !std::mem::replace(&mut seen_hd, true) };
+        let boot = boot_index(def, class, first).map(|b| format!(",bootindex={b}")).unwrap_or_default();
+        // virtio-blk has no CD-ROM: a CD on the virtio bus goes to IDE, as virt-install does.
+        let bus = if cd && d.bus == DiskBus::Virtio { DiskBus::Ide } else { d.bus };
+        let kind = if cd { "cd" } else { "hd" };
+        let dev = match bus {
+            DiskBus::Virtio => format!("virtio-blk-pci,drive=drive{i},id=disk{i}{boot}"),
+            DiskBus::Ide => {
+                let (b, u) = (ide_unit / 2, ide_unit % 2);
+                ide_unit += 1;
+                format!("ide-{kind},drive=drive{i},id=disk{i},bus=ide.{b},unit={u}{boot}")
+            }
+            DiskBus::Sata => {
+                if !std::mem::replace(&mut ahci, true) {
+                    a.push(["-device", "ahci,id=ahci0"]);
+                }
+                sata_port += 1;
+                format!("ide-{kind},drive=drive{i},id=disk{i},bus=ahci0.{}{boot}", sata_port - 1)
+            }
+            DiskBus::Scsi => {
+                if !std::mem::replace(&mut scsi, true) {
+                    a.push(["-device", "virtio-scsi-pci,id=scsi0"]);
+                }
+                scsi_lun += 1;
+                format!("scsi-{kind},drive=drive{i},id=disk{i},bus=scsi0.0,lun={}{boot}", scsi_lun - 1)
+            }
+        };
+        a.push(["-device", &dev]);
+    }
+}
+
+fn nics(def: &DomainDef, env: &RenderEnv, a: &mut Args) {
+    for (i, n) in def.nics.iter().enumerate() {
+        let netdev = match (&n.source, env.tap_fds.get(i).copied().flatten()) {
+            (NicSource::User, _) => format!("user,id=net{i}"),
+            (_, Some(fd)) => {
+                let vhost = if env.vhost { "on" } else { "off" };
+                format!("tap,id=net{i},fd={fd},vhost={vhost}")
+            }
+            // A tap NIC without its fd cannot be rendered; the caller opens taps first.
+            (_, None) => format!("tap,id=net{i}"),
+        };
+        a.push(["-netdev", &netdev]);
+        let model = match n.model {
+            NicModel::Virtio => "virtio-net-pci",
+            NicModel::E1000 => "e1000",
+            NicModel::Rtl8139 => "rtl8139",
+        };
+        let boot = boot_index(def, "network", i == 0).map(|b| format!(",bootindex={b}")).unwrap_or_default();
+        a.push(["-device", &format!("{model},netdev=net{i},id=nic{i},mac={}{boot}", n.mac)]);
+    }
+}
+
+/// qemu option values use ',' as separator; a literal comma is written ',,'.
+fn escape(v: &str) -> String {
+    v.replace(',', ",,")
+}

@@ -1,0 +1,214 @@
+//! Host links through rtnetlink: bridges, addresses, routes, enslaving; lookups for the
+//! overlap checks. Never the `ip` command.
+
+use std::net::IpAddr;
+
+use futures::TryStreamExt;
+use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::link::{BridgeStpState, InfoBridge, InfoKind, LinkAttribute, LinkInfo};
+use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
+use rtnetlink::{Handle, LinkBridge, LinkUnspec, RouteMessageBuilder};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum NetlinkError {
+    #[error("cannot open a netlink socket: {0}")]
+    Connect(std::io::Error),
+    #[error("{what}: {source}")]
+    Op { what: String, source: rtnetlink::Error },
+}
+
+fn op(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
+    let what = what.into();
+    move |source| NetlinkError::Op { what, source }
+}
+
+/// Is this the kernel's "no such device" answer?
+fn is_enodev(e: &rtnetlink::Error) -> bool {
+    matches!(e, rtnetlink::Error::NetlinkError(m) if m.raw_code() == -libc::ENODEV)
+}
+
+/// A link as kvmctl sees it.
+#[derive(Debug, Clone)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    pub kind: Option<String>,
+    pub controller: Option<u32>,
+}
+
+/// An address or route found on the host, for overlap checks.
+#[derive(Debug, Clone)]
+pub struct HostNet {
+    pub ifname: String,
+    pub addr: IpAddr,
+    pub prefix: u8,
+    pub what: &'static str,
+}
+
+/// Bridge settings as they go to the kernel.
+#[derive(Debug, Clone, Default)]
+pub struct BridgeSpec<'a> {
+    pub name: &'a str,
+    pub mac: Option<[u8; 6]>,
+    pub mtu: Option<u32>,
+    pub stp: bool,
+    /// Forward delay in seconds.
+    pub delay: u32,
+}
+
+/// A netlink connection (its I/O task runs on the current tokio runtime).
+pub struct Netlink {
+    handle: Handle,
+}
+
+impl Netlink {
+    pub fn connect() -> Result<Netlink, NetlinkError> {
+        let (conn, handle, _) = rtnetlink::new_connection().map_err(NetlinkError::Connect)?;
+        tokio::spawn(conn);
+        Ok(Netlink { handle })
+    }
+
+    pub async fn link(&self, name: &str) -> Result<Option<Link>, NetlinkError> {
+        let mut s = self.handle.link().get().match_name(name.to_string()).execute();
+        match s.try_next().await {
+            Ok(Some(m)) => Ok(Some(to_link(&m))),
+            Ok(None) => Ok(None),
+            Err(e) if is_enodev(&e) => Ok(None),
+            Err(e) => Err(op(format!("looking up link {name}"))(e)),
+        }
+    }
+
+    pub async fn links(&self) -> Result<Vec<Link>, NetlinkError> {
+        let msgs: Vec<_> = self.handle.link().get().execute().try_collect().await.map_err(op("listing links"))?;
+        Ok(msgs.iter().map(to_link).collect())
+    }
+
+    /// Create a bridge (down), with its MAC, MTU, STP and forward delay; returns its index.
+    pub async fn create_bridge(&self, spec: &BridgeSpec<'_>) -> Result<u32, NetlinkError> {
+        let stp = if spec.stp { BridgeStpState::KernelStp } else { BridgeStpState::Disabled };
+        let mut b = LinkBridge::new(spec.name)
+            .down()
+            .append_info_data(InfoBridge::StpState(stp))
+            .append_info_data(InfoBridge::ForwardDelay(spec.delay * 100));
+        if let Some(mac) = spec.mac {
+            b = b.address(mac.to_vec());
+        }
+        if let Some(mtu) = spec.mtu {
+            b = b.mtu(mtu);
+        }
+        let what = format!("creating bridge {}", spec.name);
+        self.handle.link().add(b.build()).execute().await.map_err(op(&what))?;
+        self.link(spec.name).await?.map(|l| l.index).ok_or_else(|| NetlinkError::Op {
+            what,
+            source: rtnetlink::Error::RequestFailed,
+        })
+    }
+
+    pub async fn add_address(&self, index: u32, addr: IpAddr, prefix: u8) -> Result<(), NetlinkError> {
+        self.handle
+            .address()
+            .add(index, addr, prefix)
+            .execute()
+            .await
+            .map_err(op(format!("adding address {addr}/{prefix}")))
+    }
+
+    pub async fn set_up(&self, index: u32) -> Result<(), NetlinkError> {
+        let msg = LinkUnspec::new_with_index(index).up().build();
+        self.handle.link().set(msg).execute().await.map_err(op(format!("bringing link {index} up")))
+    }
+
+    /// Attach a link to a bridge and bring it up.
+    pub async fn enslave(&self, index: u32, bridge: u32) -> Result<(), NetlinkError> {
+        let msg = LinkUnspec::new_with_index(index).controller(bridge).up().build();
+        self.handle.link().set(msg).execute().await.map_err(op(format!("attaching link {index} to bridge {bridge}")))
+    }
+
+    pub async fn delete_link(&self, index: u32) -> Result<(), NetlinkError> {
+        match self.handle.link().del(index).execute().await {
+            Err(e) if is_enodev(&e) => Ok(()),
+            r => r.map_err(op(format!("deleting link {index}"))),
+        }
+    }
+
+    pub async fn add_route(&self, dst: IpAddr, prefix: u8, gateway: IpAddr) -> Result<(), NetlinkError> {
+        let msg = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(dst, prefix)
+            .and_then(|b| b.gateway(gateway))
+            .map_err(|e| NetlinkError::Op {
+                what: format!("route {dst}/{prefix} via {gateway}: {e}"),
+                source: rtnetlink::Error::RequestFailed,
+            })?
+            .build();
+        self.handle.route().add(msg).execute().await.map_err(op(format!("adding route {dst}/{prefix} via {gateway}")))
+    }
+
+    /// Every address and every non-default route on the host, with the interface it is on.
+    pub async fn host_nets(&self) -> Result<Vec<HostNet>, NetlinkError> {
+        let names: std::collections::HashMap<u32, String> =
+            self.links().await?.into_iter().map(|l| (l.index, l.name)).collect();
+        let name = |i: u32| names.get(&i).cloned().unwrap_or_else(|| format!("if{i}"));
+        let mut out = Vec::new();
+        let addrs: Vec<_> =
+            self.handle.address().get().execute().try_collect().await.map_err(op("listing addresses"))?;
+        for a in addrs {
+            let ip = a.attributes.iter().find_map(|at| match at {
+                AddressAttribute::Address(ip) => Some(*ip),
+                _ => None,
+            });
+            if let Some(addr) = ip {
+                out.push(HostNet { ifname: name(a.header.index), addr, prefix: a.header.prefix_len, what: "address" });
+            }
+        }
+        for family in [RouteMessageBuilder::<IpAddr>::new().build(), {
+            let mut m = RouteMessageBuilder::<IpAddr>::new().build();
+            m.header.address_family = rtnetlink::packet_route::AddressFamily::Inet6;
+            m
+        }] {
+            let routes: Vec<_> =
+                self.handle.route().get(family).execute().try_collect().await.map_err(op("listing routes"))?;
+            for r in routes {
+                let dst = r.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Destination(RouteAddress::Inet(v4)) => Some(IpAddr::V4(*v4)),
+                    RouteAttribute::Destination(RouteAddress::Inet6(v6)) => Some(IpAddr::V6(*v6)),
+                    _ => None,
+                });
+                let oif = r.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Oif(i) => Some(*i),
+                    _ => None,
+                });
+                if let (Some(addr), prefix) = (dst, r.header.destination_prefix_length) {
+                    if prefix > 0 {
+                        out.push(HostNet { ifname: oif.map(name).unwrap_or_default(), addr, prefix, what: "route" });
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn to_link(m: &rtnetlink::packet_route::link::LinkMessage) -> Link {
+    let mut l = Link { index: m.header.index, name: String::new(), kind: None, controller: None };
+    for a in &m.attributes {
+        match a {
+            LinkAttribute::IfName(n) => l.name = n.clone(),
+            LinkAttribute::Controller(c) => l.controller = Some(*c),
+            LinkAttribute::LinkInfo(infos) => {
+                for i in infos {
+                    if let LinkInfo::Kind(k) = i {
+                        l.kind = Some(match k {
+                            InfoKind::Bridge => "bridge".to_string(),
+                            InfoKind::Veth => "veth".to_string(),
+                            InfoKind::Tun => "tun".to_string(),
+                            other => format!("{other:?}").to_lowercase(),
+                        });
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    l
+}

@@ -1,6 +1,10 @@
 //! Domains (VMs). Lifecycle arrives with issue 4; what storage needs today is which defined
 //! VM uses which disk file, read from `<root>/domains/<name>.toml` (`[[disks]] path = ...`).
 
+pub mod argv;
+pub mod definition;
+pub mod options;
+
 use std::path::{Path, PathBuf};
 
 use crate::paths::Kind;

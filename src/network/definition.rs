@@ -546,9 +546,15 @@ pub fn range_len(start: IpAddr, end: IpAddr) -> u128 {
 // ---------------------------------------------------------------------------------------------
 // Defaults and generated values
 
-/// 64-bit FNV-1a: a small stable hash (MACs from uuids, nft table name suffixes).
-pub(crate) fn fnv1a64(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ *b as u64).wrapping_mul(0x0000_0100_0000_01b3))
+/// A small stable hash (MACs from uuids, nft table name suffixes): 64-bit FNV-1a followed by
+/// the murmur3 finalizer, so that inputs differing in one byte differ in every output byte.
+pub(crate) fn stable_hash(bytes: &[u8]) -> u64 {
+    let mut h = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ *b as u64).wrapping_mul(0x0000_0100_0000_01b3));
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
 }
 
 /// The lowest `virbrN` not in `used`.
@@ -568,7 +574,7 @@ pub fn default_network() -> NetworkDef {
 impl NetworkDef {
     /// A locally administered-looking libvirt MAC (52:54:00:xx:xx:xx), stable for this uuid.
     pub fn generate_mac(&self) -> MacAddr {
-        let h = fnv1a64(self.uuid.as_bytes()).to_be_bytes();
+        let h = stable_hash(self.uuid.as_bytes()).to_be_bytes();
         MacAddr([0x52, 0x54, 0x00, h[0], h[1], h[2]])
     }
 
@@ -633,7 +639,9 @@ mod tests {
 
     #[test]
     fn malformed_mac_is_refused() {
-        for bad in ["", "52:54:00:12:34", "52:54:00:12:34:56:78", "52-54-00-12-34-56", "52:54:00:12:34:5g", "123:4:5:6:7:8"] {
+        for bad in
+            ["", "52:54:00:12:34", "52:54:00:12:34:56:78", "52-54-00-12-34-56", "52:54:00:12:34:5g", "123:4:5:6:7:8"]
+        {
             assert!(matches!(bad.parse::<MacAddr>(), Err(NetworkError::BadMac { .. })), "{bad}");
         }
     }
@@ -696,8 +704,15 @@ mod tests {
         assert_eq!(m, def.generate_mac());
         assert_eq!(&m.0[..3], &[0x52, 0x54, 0x00]);
         assert!(!m.is_multicast());
-        def.uuid = Uuid::parse_str("588369df-02d6-45d8-9aec-1e869a1a8738").unwrap();
-        assert_ne!(m, def.generate_mac());
+        let macs: HashSet<MacAddr> = (0..=255u8)
+            .map(|last| {
+                let mut bytes = *def.uuid.as_bytes();
+                bytes[15] = last;
+                def.uuid = Uuid::from_bytes(bytes);
+                def.generate_mac()
+            })
+            .collect();
+        assert_eq!(macs.len(), 256, "uuids differing in one byte get different MACs");
     }
 
     #[test]
@@ -711,7 +726,10 @@ mod tests {
         assert_eq!(d.ips[0].subnet().to_string(), "192.168.122.0/24");
         assert_eq!(d.ips[0].address.to_string(), "192.168.122.1");
         let range = &d.ips[0].dhcp.as_ref().unwrap().ranges[0];
-        assert_eq!((range.start.to_string(), range.end.to_string()), ("192.168.122.2".into(), "192.168.122.254".into()));
+        assert_eq!(
+            (range.start.to_string(), range.end.to_string()),
+            ("192.168.122.2".into(), "192.168.122.254".into())
+        );
         d.validate().unwrap();
     }
 

@@ -49,7 +49,11 @@ pub fn parse_any(text: &str) -> Result<NetworkDef, NetworkError> {
 fn single(xml: &str, name: &'static str) -> Result<Element, NetworkError> {
     let el = parse_document(xml)?;
     if el.name != name {
-        return Err(NetworkError::Xml { line: el.line, column: 1, message: format!("expected <{name}>, found <{}>", el.name) });
+        return Err(NetworkError::Xml {
+            line: el.line,
+            column: 1,
+            message: format!("expected <{name}>, found <{}>", el.name),
+        });
     }
     Ok(el)
 }
@@ -94,7 +98,10 @@ fn network(el: &Element) -> Result<NetworkDef, NetworkError> {
         forward: el.child("forward")?.map(forward).transpose()?.unwrap_or_default(),
         bridge: el.child("bridge")?.map(bridge).transpose()?.unwrap_or_default(),
         mac: el.child("mac")?.map(|m| m.check(&["address"], &[]).and_then(|_| mac_attr(m, "address"))).transpose()?,
-        mtu: el.child("mtu")?.map(|m| m.check(&["size"], &[]).and_then(|_| m.req_parse("size", "a number"))).transpose()?,
+        mtu: el
+            .child("mtu")?
+            .map(|m| m.check(&["size"], &[]).and_then(|_| m.req_parse("size", "a number")))
+            .transpose()?,
         domain: el.child("domain")?.map(domain).transpose()?,
         dns: el.child("dns")?.map(dns).transpose()?.unwrap_or_default(),
         ips: el.children_named("ip").map(ip).collect::<Result<_, _>>()?,
@@ -266,18 +273,25 @@ fn address_prefix(el: &Element) -> Result<(IpAddr, u8), NetworkError> {
     }
     let netmask: Option<Ipv4Addr> = el.parse_attr("netmask", "an IPv4 netmask")?;
     let prefix: Option<u8> = el.parse_attr("prefix", "a prefix length")?;
-    let prefix = match (address, netmask, prefix) {
-        (_, Some(_), Some(_)) => return Err(el.bad_value("netmask", el.attr("netmask").unwrap_or_default(), "use netmask or prefix, not both")),
-        (IpAddr::V6(_), Some(_), None) => return Err(el.bad_value("netmask", el.attr("netmask").unwrap_or_default(), "IPv6 takes a prefix")),
-        (_, Some(m), None) => {
-            netmask_to_prefix(m).ok_or_else(|| el.bad_value("netmask", &m.to_string(), "not a contiguous netmask"))?
-        }
-        (_, None, Some(p)) => p,
-        (IpAddr::V6(_), None, None) => 64,
-        (IpAddr::V4(a), None, None) => {
-            classful_prefix(a).ok_or_else(|| el.bad_value("address", &a.to_string(), "needs a netmask or prefix"))?
-        }
-    };
+    let prefix =
+        match (address, netmask, prefix) {
+            (_, Some(_), Some(_)) => {
+                return Err(el.bad_value(
+                    "netmask",
+                    el.attr("netmask").unwrap_or_default(),
+                    "use netmask or prefix, not both",
+                ))
+            }
+            (IpAddr::V6(_), Some(_), None) => {
+                return Err(el.bad_value("netmask", el.attr("netmask").unwrap_or_default(), "IPv6 takes a prefix"))
+            }
+            (_, Some(m), None) => netmask_to_prefix(m)
+                .ok_or_else(|| el.bad_value("netmask", &m.to_string(), "not a contiguous netmask"))?,
+            (_, None, Some(p)) => p,
+            (IpAddr::V6(_), None, None) => 64,
+            (IpAddr::V4(a), None, None) => classful_prefix(a)
+                .ok_or_else(|| el.bad_value("address", &a.to_string(), "needs a netmask or prefix"))?,
+        };
     Ok((address, prefix))
 }
 
@@ -356,3 +370,7 @@ fn route(el: &Element) -> Result<RouteDef, NetworkError> {
         metric: el.parse_attr("metric", "a number")?,
     })
 }
+
+#[cfg(test)]
+#[path = "libvirt_xml_tests.rs"]
+mod tests;

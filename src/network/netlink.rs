@@ -99,10 +99,10 @@ impl Netlink {
         }
         let what = format!("creating bridge {}", spec.name);
         self.handle.link().add(b.build()).execute().await.map_err(op(&what))?;
-        self.link(spec.name).await?.map(|l| l.index).ok_or_else(|| NetlinkError::Op {
-            what,
-            source: rtnetlink::Error::RequestFailed,
-        })
+        self.link(spec.name)
+            .await?
+            .map(|l| l.index)
+            .ok_or_else(|| NetlinkError::Op { what, source: rtnetlink::Error::RequestFailed })
     }
 
     pub async fn add_address(&self, index: u32, addr: IpAddr, prefix: u8) -> Result<(), NetlinkError> {

@@ -48,7 +48,13 @@ fn start_element(src: &str, pos: usize, e: &BytesStart<'_>) -> Result<Element, N
 }
 
 /// Put a finished element under its parent, or make it the document element.
-fn attach(stack: &mut [Element], root: &mut Option<Element>, el: Element, src: &str, pos: usize) -> Result<(), NetworkError> {
+fn attach(
+    stack: &mut [Element],
+    root: &mut Option<Element>,
+    el: Element,
+    src: &str,
+    pos: usize,
+) -> Result<(), NetworkError> {
     if let Some(parent) = stack.last_mut() {
         parent.children.push(el);
     } else if root.is_some() {
@@ -199,7 +205,7 @@ impl Element {
 
     /// The single child `name`, if present; an error when it is repeated.
     pub fn child(&self, name: &str) -> Result<Option<&Element>, NetworkError> {
-        let mut found = self.children_named(name);
+        let mut found = self.children.iter().filter(|c| c.name == name);
         let first = found.next();
         if let Some(dup) = found.next() {
             let (parent, element, line) = (self.name.clone(), name.to_string(), dup.line);

@@ -212,12 +212,8 @@ fn range_into(w: &mut Writer, r: &DhcpRange) {
 }
 
 fn host_into(w: &mut Writer, h: &DhcpHost) {
-    let attrs = [
-        ("mac", h.mac.map(|m| m.to_string())),
-        ("id", h.id.clone()),
-        ("name", h.name.clone()),
-        ("ip", s(h.ip)),
-    ];
+    let attrs =
+        [("mac", h.mac.map(|m| m.to_string())), ("id", h.id.clone()), ("name", h.name.clone()), ("ip", s(h.ip))];
     w.element("host", &attrs, h.lease.is_some(), |w| lease_into(w, &h.lease));
 }
 

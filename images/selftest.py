@@ -6,7 +6,7 @@ used, so no packet leaves the machine. Every qemu started is killed at the
 end and temporary files go to a temporary directory that is removed.
 
 Usage: images/selftest.py [--out DIR] [--accel tcg] [-v] [TEST ...]
-Tests: kernel disk shell nodhcp nics   (default: all)
+Tests: kernel disk shell q35 nodhcp nics   (default: all)
 """
 
 import argparse
@@ -179,8 +179,11 @@ def t_kernel(out, tmp, accel):
     try:
         line, t = g.ready_line()
         check(line == READY + " eth0=10.0.2.15/24", "ready line %r" % line)
-        check("KVMCTL-CMDLINE: console=ttyS0 quiet kvmctl.poweroff=1" in g.text(), "cmdline line")
         g.wait_exit(20)
+        text = g.text()
+        check("\nKVMCTL-CMDLINE: console=ttyS0 quiet kvmctl.poweroff=1\r\n" in text, "cmdline line")
+        check(text.count("KVMCTL-") == text.count("\nKVMCTL-") == 3, "KVMCTL-* lines start lines")
+        check(text.count(READY) == 1, "exactly one READY line")
         return "%s  (READY after %.2fs, exit after %.2fs)" % (line, t, time.monotonic() - g.start)
     finally:
         g.kill()
@@ -210,6 +213,20 @@ def t_shell(out, tmp, accel):
         shell_roundtrip(g, plain=True)
         d = powerdown(g)
         check("Power down" in g.text() or "poweroff" in g.text().lower(), "clean poweroff message")
+        return "%s  (READY after %.2fs; shell ok; powerdown exit in %.2fs)" % (line, t, d)
+    finally:
+        g.kill()
+
+
+def t_q35(out, tmp, accel):
+    """-M q35, tiny.qcow2 on virtio-blk, e.g. how a libvirt-like tool boots it."""
+    g = Guest(["-M", "q35", "-drive", "file=%s,if=none,id=d0,snapshot=on" % os.path.join(out, "tiny.qcow2"),
+               "-device", "virtio-blk-pci,drive=d0"] + user_nic(0), tmp, accel, qmp=True)
+    try:
+        line, t = g.ready_line()
+        check(line == READY + " eth0=10.0.2.15/24", "ready line %r" % line)
+        shell_roundtrip(g)
+        d = powerdown(g)
         return "%s  (READY after %.2fs; shell ok; powerdown exit in %.2fs)" % (line, t, d)
     finally:
         g.kill()
@@ -258,7 +275,8 @@ def t_nics(out, tmp, accel):
         g.kill()
 
 
-TESTS = {"kernel": t_kernel, "disk": t_disk, "shell": t_shell, "nodhcp": t_nodhcp, "nics": t_nics}
+TESTS = {"kernel": t_kernel, "disk": t_disk, "shell": t_shell, "q35": t_q35, "nodhcp": t_nodhcp,
+         "nics": t_nics}
 
 
 def main():
@@ -274,18 +292,22 @@ def main():
             ap.error("unknown test %r (tests: %s)" % (n, " ".join(TESTS)))
     VERBOSE = a.verbose
     names = a.tests or list(TESTS)
-    passed = failed = 0
+    passed = failed = skipped = 0
     with tempfile.TemporaryDirectory(prefix="kvmctl-selftest.") as tmp:
         for n in names:
             t0 = time.monotonic()
             try:
                 msg = TESTS[n](a.out, tmp, a.accel)
-                passed += 1
-                print("ok   %-7s %5.1fs  %s" % (n, time.monotonic() - t0, msg))
+                if msg.startswith("SKIPPED"):
+                    skipped += 1
+                    print("skip %-7s %5.1fs  %s" % (n, time.monotonic() - t0, msg))
+                else:
+                    passed += 1
+                    print("ok   %-7s %5.1fs  %s" % (n, time.monotonic() - t0, msg))
             except Exception as e:  # noqa: BLE001 - report and go on
                 failed += 1
                 print("FAIL %-7s %5.1fs  %s: %s" % (n, time.monotonic() - t0, type(e).__name__, e))
-    print("%d passed, %d failed" % (passed, failed))
+    print("%d passed, %d failed, %d skipped" % (passed, failed, skipped))
     return 1 if failed else 0
 
 

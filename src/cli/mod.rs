@@ -1,5 +1,6 @@
 //! Command line: virsh's command names and argument order, one module per command group.
 
+mod network;
 mod output;
 mod pool;
 mod volume;
@@ -43,6 +44,8 @@ pub enum Command {
     Pool(pool::PoolCmd),
     #[command(flatten)]
     Volume(volume::VolCmd),
+    #[command(flatten)]
+    Network(network::NetCmd),
 }
 
 /// What every command gets: the store and the output settings.
@@ -67,9 +70,11 @@ pub fn init_tracing(verbose: u8, quiet: bool) {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let store = Store::open(Paths::resolve(cli.root))?;
     crate::storage::pool::ensure_defaults(&store)?;
+    crate::network::lifecycle::ensure_default(&store)?;
     let ctx = Ctx { store, out: Out { json: cli.json, quiet: cli.quiet } };
     match cli.command {
         Command::Pool(c) => pool::run(c, &ctx),
         Command::Volume(c) => volume::run(c, &ctx),
+        Command::Network(c) => network::run(c, &ctx),
     }
 }

@@ -94,4 +94,6 @@ pub enum NetworkError {
     NatRangeReversed { net: String, start: String, end: String },
     #[error("network '{net}': <nat><port start='{start}' end='{end}'/> is not a valid port range")]
     NatPortRange { net: String, start: u16, end: u16 },
+    #[error("network '{name}': net-update: {what}")]
+    Update { name: String, what: String },
 }

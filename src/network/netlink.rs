@@ -102,7 +102,7 @@ impl Netlink {
         self.link(spec.name)
             .await?
             .map(|l| l.index)
-            .ok_or_else(|| NetlinkError::Op { what, source: rtnetlink::Error::RequestFailed })
+            .ok_or(NetlinkError::Op { what, source: rtnetlink::Error::RequestFailed })
     }
 
     pub async fn add_address(&self, index: u32, addr: IpAddr, prefix: u8) -> Result<(), NetlinkError> {

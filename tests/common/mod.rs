@@ -13,7 +13,37 @@ pub struct Kvm {
 
 impl Kvm {
     pub fn new() -> Kvm {
-        Kvm { dir: tempfile::Builder::new().prefix("kvmctl-test").tempdir().unwrap() }
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::Builder::new().prefix("kvmctl-test").tempdir().unwrap();
+        // dnsmasq drops to an unprivileged user that must reach the runtime dir.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        Kvm { dir }
+    }
+
+    /// The same command, run inside network namespace `ns`.
+    pub fn in_ns(&self, ns: &netns::Netns, args: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", &ns.name, env!("CARGO_BIN_EXE_kvmctl"), "--root"])
+            .arg(self.root())
+            .args(args)
+            .env_remove("KVMCTL_ROOT")
+            .output()
+            .unwrap()
+    }
+
+    /// In namespace `ns`, require success; returns stdout.
+    pub fn ok_in(&self, ns: &netns::Netns, args: &[&str]) -> String {
+        let o = self.in_ns(ns, args);
+        assert!(o.status.success(), "kvmctl {args:?} in {} failed: {}", ns.name, String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap()
+    }
+
+    /// In namespace `ns`, require exit `code`; returns stderr.
+    pub fn fails_in(&self, ns: &netns::Netns, code: i32, args: &[&str]) -> String {
+        let o = self.in_ns(ns, args);
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert_eq!(o.status.code(), Some(code), "kvmctl {args:?} in {}: {err}", ns.name);
+        err
     }
 
     pub fn root(&self) -> PathBuf {

@@ -1,0 +1,392 @@
+//! net-* commands.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use serde::Serialize;
+
+use super::output::{info_block, table, yes_no};
+use super::Ctx;
+use crate::network::lifecycle::{self, LifecycleError, NetState, Status};
+use crate::network::netlink::Netlink;
+use crate::network::update::{self, Section, UpdateCmd};
+use crate::network::{leases, to_xml, NetworkDef};
+use crate::paths::Kind;
+
+// Variant names become the virsh command names (NetDefine -> net-define).
+#[allow(clippy::enum_variant_names)]
+#[derive(Debug, Subcommand)]
+pub enum NetCmd {
+    /// Define a network from libvirt network XML (or kvmctl TOML).
+    NetDefine { file: PathBuf },
+    /// Create and start a transient network from a file (not persisted).
+    NetCreate { file: PathBuf },
+    /// Start a defined network: bridge, firewall, dnsmasq.
+    NetStart { network: String },
+    /// Stop a network, removing everything its start created.
+    NetDestroy { network: String },
+    /// Remove a network's definition (an active network keeps running, as a transient one).
+    NetUndefine { network: String },
+    /// Start the network at boot (kvmctl up).
+    NetAutostart {
+        network: String,
+        #[arg(long)]
+        disable: bool,
+    },
+    /// List networks (active ones unless --all).
+    NetList(NetListArgs),
+    /// Show a network's state, bridge and UUID.
+    NetInfo { network: String },
+    /// Print the network as libvirt XML.
+    NetDumpxml {
+        network: String,
+        /// The persistent definition, not the running one.
+        #[arg(long)]
+        inactive: bool,
+    },
+    /// Edit the definition in $EDITOR; an invalid edit is refused and the old one kept.
+    NetEdit { network: String },
+    /// Show the DHCP leases of a network.
+    NetDhcpLeases {
+        network: String,
+        #[arg(long)]
+        mac: Option<String>,
+    },
+    /// Add, delete or modify a static DHCP host or DNS host: net-update NET add ip-dhcp-host "<host .../>".
+    NetUpdate {
+        network: String,
+        command: UpdateCmd,
+        section: Section,
+        xml: String,
+        /// Also (or only) change the running network.
+        #[arg(long)]
+        live: bool,
+        /// Also (or only) change the persistent definition.
+        #[arg(long)]
+        config: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct NetListArgs {
+    #[arg(long)]
+    all: bool,
+    #[arg(long, conflicts_with = "all")]
+    inactive: bool,
+    /// Names only.
+    #[arg(long)]
+    name: bool,
+}
+
+#[derive(Serialize)]
+struct NetView {
+    name: String,
+    uuid: String,
+    #[serde(flatten)]
+    status: Status,
+    autostart: bool,
+    persistent: bool,
+    bridge: Option<String>,
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
+}
+
+pub fn run(cmd: NetCmd, ctx: &Ctx) -> anyhow::Result<()> {
+    runtime()?.block_on(async {
+        let nl = Netlink::connect()?;
+        dispatch(cmd, ctx, &nl).await
+    })
+}
+
+fn read_file(p: &PathBuf) -> anyhow::Result<String> {
+    std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))
+}
+
+async fn dispatch(cmd: NetCmd, ctx: &Ctx, nl: &Netlink) -> anyhow::Result<()> {
+    let (store, out) = (&ctx.store, &ctx.out);
+    match cmd {
+        NetCmd::NetDefine { file } => {
+            let def = lifecycle::define(store, &read_file(&file)?)?;
+            out.done(format!("Network {} defined from {}", def.name, file.display()));
+        }
+        NetCmd::NetCreate { file } => {
+            let def = lifecycle::prepare(store, &read_file(&file)?)?;
+            if store.exists(Kind::Network, &def.name) {
+                anyhow::bail!("network '{}' already exists (defined); use net-start", def.name);
+            }
+            let _l = store.lock(Kind::Network, &def.name)?;
+            lifecycle::start(store, nl, &def, true).await?;
+            out.done(format!("Network {} created from {}", def.name, file.display()));
+        }
+        NetCmd::NetStart { network } => {
+            let _l = store.lock(Kind::Network, &network)?;
+            let def: NetworkDef = store.load(Kind::Network, &network)?;
+            lifecycle::start(store, nl, &def, false).await?;
+            out.done(format!("Network {network} started"));
+        }
+        NetCmd::NetDestroy { network } => {
+            let _l = store.lock(Kind::Network, &network)?;
+            known(ctx, &network)?;
+            lifecycle::destroy(store, nl, &network).await?;
+            out.done(format!("Network {network} destroyed"));
+        }
+        NetCmd::NetUndefine { network } => undefine(ctx, &network)?,
+        NetCmd::NetAutostart { network, disable } => {
+            let _l = store.lock(Kind::Network, &network)?;
+            let mut def: NetworkDef = store.load(Kind::Network, &network)?;
+            def.autostart = !disable;
+            store.save(Kind::Network, &network, &def)?;
+            out.done(if disable {
+                format!("Network {network} unmarked as autostarted")
+            } else {
+                format!("Network {network} marked as autostarted")
+            });
+        }
+        NetCmd::NetList(a) => list(ctx, nl, a).await?,
+        NetCmd::NetInfo { network } => info(ctx, nl, &network).await?,
+        NetCmd::NetDumpxml { network, inactive } => {
+            let def =
+                if inactive { store.load(Kind::Network, &network)? } else { lifecycle::current_def(store, &network)? };
+            print!("{}", to_xml(&def));
+        }
+        NetCmd::NetEdit { network } => edit(ctx, &network)?,
+        NetCmd::NetDhcpLeases { network, mac } => dhcp_leases(ctx, &network, mac.as_deref())?,
+        NetCmd::NetUpdate { network, command, section, xml, live, config } => {
+            net_update(ctx, &network, command, section, &xml, live, config)?;
+            out.done(format!("Updated network {network} {section}"));
+        }
+    }
+    Ok(())
+}
+
+/// Fail with "not found" unless the network is defined or running.
+fn known(ctx: &Ctx, name: &str) -> anyhow::Result<()> {
+    if ctx.store.exists(Kind::Network, name) || lifecycle::load_state(&ctx.store, name).is_some() {
+        return Ok(());
+    }
+    crate::names::validate("network", name)?;
+    anyhow::bail!("network '{name}' not found")
+}
+
+fn undefine(ctx: &Ctx, name: &str) -> anyhow::Result<()> {
+    let store = &ctx.store;
+    let _l = store.lock(Kind::Network, name)?;
+    store.remove(Kind::Network, name)?;
+    if let Some(mut st) = lifecycle::load_state(store, name) {
+        st.transient = true;
+        lifecycle::reload_hosts(store, &st)?;
+        ctx.out.done(format!("Network {name} has been undefined (it keeps running until net-destroy)"));
+    } else {
+        ctx.out.done(format!("Network {name} has been undefined"));
+    }
+    Ok(())
+}
+
+async fn view(
+    ctx: &Ctx,
+    nl: &Netlink,
+    name: &str,
+    def: Option<NetworkDef>,
+    st: Option<NetState>,
+) -> anyhow::Result<NetView> {
+    let status = if st.is_some() { lifecycle::status(&ctx.store, nl, name).await? } else { Status::Inactive };
+    let persistent = def.is_some();
+    let shown = st.as_ref().map(|s| s.def.clone()).or(def.clone()).expect("listed networks have a definition");
+    Ok(NetView {
+        name: name.to_string(),
+        uuid: shown.uuid.to_string(),
+        status,
+        autostart: def.map(|d| d.autostart).unwrap_or(false),
+        persistent,
+        bridge: st.map(|s| s.bridge).or(shown.bridge.name.clone()),
+    })
+}
+
+async fn list(ctx: &Ctx, nl: &Netlink, a: NetListArgs) -> anyhow::Result<()> {
+    let mut views = Vec::new();
+    for (name, def, st) in lifecycle::all(&ctx.store)? {
+        let v = view(ctx, nl, &name, def, st).await?;
+        let keep = if a.inactive { !v.status.is_active() } else { a.all || v.status.is_active() };
+        if keep {
+            views.push(v);
+        }
+    }
+    if ctx.out.json {
+        return ctx.out.json(&views);
+    }
+    if a.name {
+        views.iter().for_each(|v| println!("{}", v.name));
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = views
+        .iter()
+        .map(|v| vec![v.name.clone(), v.status.as_str().into(), yes_no(v.autostart), yes_no(v.persistent)])
+        .collect();
+    print!("{}", table(&["Name", "State", "Autostart", "Persistent"], &rows));
+    for v in &views {
+        if let Status::Degraded(p) = &v.status {
+            println!(" {}: degraded: {}", v.name, p.join("; "));
+        }
+    }
+    Ok(())
+}
+
+async fn info(ctx: &Ctx, nl: &Netlink, name: &str) -> anyhow::Result<()> {
+    let def = ctx.store.load::<NetworkDef>(Kind::Network, name).ok();
+    let st = lifecycle::load_state(&ctx.store, name);
+    if def.is_none() && st.is_none() {
+        known(ctx, name)?;
+    }
+    let v = view(ctx, nl, name, def, st).await?;
+    if ctx.out.json {
+        return ctx.out.json(&v);
+    }
+    let mut rows = vec![
+        ("Name", v.name.clone()),
+        ("UUID", v.uuid.clone()),
+        ("Active", yes_no(v.status.is_active())),
+        ("Persistent", yes_no(v.persistent)),
+        ("Autostart", yes_no(v.autostart)),
+        ("Bridge", v.bridge.clone().unwrap_or_default()),
+    ];
+    if let Status::Degraded(p) = &v.status {
+        rows.push(("Problems", p.join("; ")));
+    }
+    print!("{}", info_block(&rows));
+    Ok(())
+}
+
+fn edit(ctx: &Ctx, name: &str) -> anyhow::Result<()> {
+    let store = &ctx.store;
+    let _l = store.lock(Kind::Network, name)?;
+    let old: NetworkDef = store.load(Kind::Network, name)?;
+    let tmp = tempfile_in(store)?;
+    let path = tmp.path().join(format!("{name}.xml"));
+    std::fs::write(&path, to_xml(&old))?;
+    let editor = std::env::var("VISUAL").or_else(|_| std::env::var("EDITOR")).unwrap_or_else(|_| "vi".into());
+    let status = std::process::Command::new(&editor)
+        .arg(&path)
+        .status()
+        .with_context(|| format!("cannot run editor {editor}"))?;
+    if !status.success() {
+        anyhow::bail!("editor {editor} failed ({status}); network '{name}' unchanged");
+    }
+    let text = std::fs::read_to_string(&path)?;
+    let mut new = lifecycle::prepare(store, &text).map_err(|e| anyhow::anyhow!("{e}; network '{name}' unchanged"))?;
+    if new.name != name {
+        anyhow::bail!("net-edit cannot rename network '{name}' to '{}'; network unchanged", new.name);
+    }
+    new.uuid = old.uuid;
+    new.autostart = old.autostart;
+    if new == old {
+        ctx.out.done(format!("Network {name} XML configuration not changed."));
+        return Ok(());
+    }
+    store.save(Kind::Network, name, &new)?;
+    let note = if lifecycle::load_state(store, name).is_some() { " (takes effect at the next net-start)" } else { "" };
+    ctx.out.done(format!("Network {name} XML configuration edited{note}."));
+    Ok(())
+}
+
+fn tempfile_in(store: &crate::state::Store) -> anyhow::Result<TempDir> {
+    let base = store.paths.run.join("tmp");
+    std::fs::create_dir_all(&base)?;
+    TempDir::new(&base)
+}
+
+/// A temp directory removed on drop (kept small: tempfile is a test-only dependency).
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(base: &std::path::Path) -> anyhow::Result<TempDir> {
+        let p = base.join(format!("edit-{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir(&p)?;
+        Ok(TempDir(p))
+    }
+    fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn dhcp_leases(ctx: &Ctx, name: &str, mac: Option<&str>) -> anyhow::Result<()> {
+    known(ctx, name)?;
+    let Some(st) = lifecycle::load_state(&ctx.store, name) else {
+        anyhow::bail!(LifecycleError::Inactive(name.into()))
+    };
+    let file = crate::network::RunFiles::new(&lifecycle::run_dir(&ctx.store, name)).leases;
+    let text = std::fs::read_to_string(&file).unwrap_or_default();
+    let subnets = st.def.subnets();
+    let prefix_of = |ip| subnets.iter().find(|s| s.contains(ip)).map(|s| s.prefix).unwrap_or(32);
+    let want = mac.map(|m| m.to_lowercase());
+    let list: Vec<_> =
+        leases::parse(&text, prefix_of).into_iter().filter(|l| want.is_none() || l.mac == want).collect();
+    if ctx.out.json {
+        return ctx.out.json(&list);
+    }
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|l| {
+            vec![
+                leases::format_time(l.expiry),
+                l.mac.clone().unwrap_or_else(|| "-".into()),
+                if l.ipv6 { "ipv6" } else { "ipv4" }.into(),
+                format!("{}/{}", l.ip, l.prefix),
+                l.hostname.clone().unwrap_or_else(|| "-".into()),
+                l.client_id.clone().unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(&["Expiry Time", "MAC address", "Protocol", "IP address", "Hostname", "Client ID or DUID"], &rows)
+    );
+    Ok(())
+}
+
+fn net_update(
+    ctx: &Ctx,
+    name: &str,
+    cmd: UpdateCmd,
+    section: Section,
+    xml: &str,
+    live: bool,
+    config: bool,
+) -> anyhow::Result<()> {
+    let store = &ctx.store;
+    let _l = store.lock(Kind::Network, name)?;
+    known(ctx, name)?;
+    let st = lifecycle::load_state(store, name);
+    // virsh's --current: the running network when active, else the definition.
+    let (live, config) = if !live && !config { (st.is_some(), st.is_none()) } else { (live, config) };
+    if live && st.is_none() {
+        anyhow::bail!(LifecycleError::Inactive(name.into()));
+    }
+    let mut new_config = None;
+    if config {
+        let mut def: NetworkDef = store.load(Kind::Network, name)?;
+        update::apply(&mut def, cmd, section, xml)?;
+        new_config = Some(def);
+    }
+    let mut new_state = None;
+    if let (true, Some(mut st)) = (live, st) {
+        update::apply(&mut st.def, cmd, section, xml)?;
+        new_state = Some(st);
+    }
+    // Both validated: now write.
+    if let Some(def) = new_config {
+        store.save(Kind::Network, name, &def)?;
+    }
+    if let Some(st) = new_state {
+        lifecycle::reload_hosts(store, &st)?;
+    }
+    Ok(())
+}

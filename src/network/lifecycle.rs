@@ -1,0 +1,504 @@
+//! Networks on the host: define, start (bridge + firewall + dnsmasq under a rollback guard),
+//! destroy, reconcile what is real, live updates. Runtime state: `<run>/networks/<name>/`.
+
+use std::collections::HashSet;
+use std::fs;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use super::netlink::{BridgeSpec, Netlink, NetlinkError};
+use super::{dnsmasq, firewall, libvirt_xml, ForwardMode, NetworkDef, NetworkError, RunFiles};
+use crate::paths::Kind;
+use crate::process::{self, ProcessError};
+use crate::state::{atomic_write, Store, StoreError};
+
+#[derive(Debug, Error)]
+pub enum LifecycleError {
+    #[error(transparent)]
+    Def(#[from] NetworkError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    #[error(transparent)]
+    Process(#[from] ProcessError),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("network '{0}' is already active")]
+    Active(String),
+    #[error("network '{0}' is not active")]
+    Inactive(String),
+    #[error("network '{name}' has the same UUID as network '{other}'")]
+    DuplicateUuid { name: String, other: String },
+    #[error("network '{name}': bridge {bridge} is already used by network '{other}'")]
+    BridgeTaken { name: String, bridge: String, other: String },
+    #[error("network '{name}': bridge {bridge} already exists on the host and was not created by kvmctl")]
+    BridgeExists { name: String, bridge: String },
+    #[error("network '{name}': bridge {bridge} does not exist (forward mode='bridge' uses an existing host bridge)")]
+    NoBridge { name: String, bridge: String },
+    #[error("network '{name}': {bridge} is a {kind} link, not a bridge")]
+    NotABridge { name: String, bridge: String, kind: String },
+    #[error("network '{name}': subnet {subnet} overlaps {what} {other} on {ifname}")]
+    Overlap { name: String, subnet: String, what: String, other: String, ifname: String },
+    #[error("network '{name}': dnsmasq did not start: {reason}")]
+    Dnsmasq { name: String, reason: String },
+    #[error("network '{name}': runtime dir {path} is not reachable by the unprivileged dnsmasq user (a parent directory lacks o+x); use a --root under a world-traversable directory")]
+    RunDirPrivate { name: String, path: PathBuf },
+    #[error("network '{name}': {what}")]
+    Invalid { name: String, what: String },
+}
+
+fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> LifecycleError + '_ {
+    move |source| LifecycleError::Io { path: path.to_path_buf(), source }
+}
+
+/// What a started network created, kept in `<run>/networks/<name>/state.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NetState {
+    /// The definition the network runs with (differs from the persistent one after edits).
+    pub def: NetworkDef,
+    pub bridge: String,
+    pub bridge_created: bool,
+    pub table: Option<String>,
+    pub dnsmasq_pid: Option<i32>,
+    /// Started by net-create: no persistent definition.
+    pub transient: bool,
+}
+
+/// Reconciled state of a network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase", tag = "state", content = "problems")]
+pub enum Status {
+    Active,
+    Inactive,
+    /// Started, but something it needs is gone.
+    Degraded(Vec<String>),
+}
+
+impl Status {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Status::Active => "active",
+            Status::Inactive => "inactive",
+            Status::Degraded(_) => "degraded",
+        }
+    }
+    pub fn is_active(&self) -> bool {
+        !matches!(self, Status::Inactive)
+    }
+}
+
+pub fn run_dir(store: &Store, name: &str) -> PathBuf {
+    store.paths.run_dir(Kind::Network).join(name)
+}
+
+fn state_file(store: &Store, name: &str) -> PathBuf {
+    run_dir(store, name).join("state.json")
+}
+
+pub fn load_state(store: &Store, name: &str) -> Option<NetState> {
+    let text = fs::read_to_string(state_file(store, name)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+fn save_state(store: &Store, name: &str, st: &NetState) -> Result<(), LifecycleError> {
+    let p = state_file(store, name);
+    let text = serde_json::to_string_pretty(st).expect("state serializes");
+    atomic_write(&p, text.as_bytes()).map_err(io_at(&p))
+}
+
+/// A network known to kvmctl: `(name, persistent def or None, runtime state or None)`.
+pub type NetEntry = (String, Option<NetworkDef>, Option<NetState>);
+
+/// Defined and running networks.
+pub fn all(store: &Store) -> Result<Vec<NetEntry>, LifecycleError> {
+    let mut names: Vec<String> = store.list(Kind::Network)?;
+    if let Ok(rd) = fs::read_dir(store.paths.run_dir(Kind::Network)) {
+        names.extend(rd.flatten().filter_map(|e| e.file_name().to_str().map(String::from)));
+    }
+    names.sort();
+    names.dedup();
+    let mut out = Vec::new();
+    for n in names {
+        let def = store.load::<NetworkDef>(Kind::Network, &n).ok();
+        let st = load_state(store, &n);
+        if def.is_some() || st.is_some() {
+            out.push((n, def, st));
+        }
+    }
+    Ok(out)
+}
+
+/// The definition to show: the running one when active, else the persistent one.
+pub fn current_def(store: &Store, name: &str) -> Result<NetworkDef, LifecycleError> {
+    if let Some(st) = load_state(store, name) {
+        return Ok(st.def);
+    }
+    Ok(store.load(Kind::Network, name)?)
+}
+
+/// Is `pid` a dnsmasq started with our config file?
+fn dnsmasq_is_ours(pid: i32, conf: &Path) -> bool {
+    let Ok(cmd) = fs::read(format!("/proc/{pid}/cmdline")) else { return false };
+    let want = format!("--conf-file={}", conf.display());
+    cmd.split(|b| *b == 0).any(|arg| arg == want.as_bytes())
+}
+
+/// Compare the recorded state with what is really there.
+pub async fn status(store: &Store, nl: &Netlink, name: &str) -> Result<Status, LifecycleError> {
+    let Some(st) = load_state(store, name) else { return Ok(Status::Inactive) };
+    let mut problems = Vec::new();
+    if nl.link(&st.bridge).await?.is_none() {
+        problems.push(format!("bridge {} is gone", st.bridge));
+    }
+    if let Some(pid) = st.dnsmasq_pid {
+        if !dnsmasq_is_ours(pid, &RunFiles::new(&run_dir(store, name)).conf) {
+            problems.push(format!("dnsmasq (pid {pid}) is not running"));
+        }
+    }
+    Ok(if problems.is_empty() { Status::Active } else { Status::Degraded(problems) })
+}
+
+fn used_bridges(store: &Store, except: &str) -> Result<Vec<(String, String)>, LifecycleError> {
+    let mut used = Vec::new();
+    for (n, def, st) in all(store)? {
+        if n == except {
+            continue;
+        }
+        if let Some(b) =
+            st.as_ref().map(|s| s.bridge.clone()).or_else(|| def.as_ref().and_then(|d| d.bridge.name.clone()))
+        {
+            used.push((b, n));
+        }
+    }
+    Ok(used)
+}
+
+/// Parse, complete and validate a network document, checking it against the others.
+pub fn prepare(store: &Store, text: &str) -> Result<NetworkDef, LifecycleError> {
+    let mut def = libvirt_xml::parse_any(text)?;
+    crate::names::validate("network", &def.name).map_err(NetworkError::from)?;
+    let used = used_bridges(store, &def.name)?;
+    let set: HashSet<String> = used.iter().map(|(b, _)| b.clone()).collect();
+    def.complete(&set);
+    def.validate()?;
+    check_against_others(store, &def, &used)?;
+    Ok(def)
+}
+
+fn check_against_others(store: &Store, def: &NetworkDef, used: &[(String, String)]) -> Result<(), LifecycleError> {
+    if def.forward.mode != ForwardMode::Bridge {
+        if let (Some(b), true) = (def.bridge_name(), def.creates_bridge()) {
+            if let Some((_, other)) = used.iter().find(|(ub, _)| ub == b) {
+                return Err(LifecycleError::BridgeTaken {
+                    name: def.name.clone(),
+                    bridge: b.into(),
+                    other: other.clone(),
+                });
+            }
+        }
+    }
+    for (n, other, st) in all(store)? {
+        let o = st.map(|s| s.def).or(other);
+        if n != def.name && o.is_some_and(|o| o.uuid == def.uuid) {
+            return Err(LifecycleError::DuplicateUuid { name: def.name.clone(), other: n });
+        }
+    }
+    Ok(())
+}
+
+/// `net-define`: persist a new definition (or replace an inactive/active one's config).
+pub fn define(store: &Store, text: &str) -> Result<NetworkDef, LifecycleError> {
+    let def = prepare(store, text)?;
+    let _l = store.lock(Kind::Network, &def.name)?;
+    if let Ok(old) = store.load::<NetworkDef>(Kind::Network, &def.name) {
+        // Redefining keeps the UUID and the autostart flag, as virsh does.
+        let mut def = def;
+        def.uuid = old.uuid;
+        def.autostart = old.autostart;
+        store.save(Kind::Network, &def.name, &def)?;
+        return Ok(def);
+    }
+    store.create(Kind::Network, &def.name, &def)?;
+    Ok(def)
+}
+
+/// First use of a root: define libvirt's `default` network (autostart), once.
+pub fn ensure_default(store: &Store) -> Result<(), LifecycleError> {
+    let marker = store.paths.root.join(".default-network");
+    if marker.exists() {
+        return Ok(());
+    }
+    if !store.exists(Kind::Network, "default") {
+        let mut def = super::default_network();
+        let used: HashSet<String> = used_bridges(store, "default")?.into_iter().map(|(b, _)| b).collect();
+        if used.contains("virbr0") {
+            def.bridge.name = None;
+        }
+        def.complete(&used);
+        def.validate()?;
+        match store.create(Kind::Network, "default", &def) {
+            Ok(()) | Err(StoreError::AlreadyExists { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    atomic_write(&marker, b"").map_err(io_at(&marker))
+}
+
+/// One step a failed start must undo, in reverse order.
+enum Undo {
+    Link(u32),
+    Table(String),
+    Dnsmasq(i32, PathBuf),
+    Dir(PathBuf),
+}
+
+async fn undo_all(nl: &Netlink, steps: Vec<Undo>) {
+    for step in steps.into_iter().rev() {
+        let r = match &step {
+            Undo::Link(i) => nl.delete_link(*i).await.map_err(|e| e.to_string()),
+            Undo::Table(t) => nft(&format!("delete table inet {t}\n")).map_err(|e| e.to_string()),
+            Undo::Dnsmasq(pid, conf) => {
+                stop_dnsmasq(*pid, conf).await;
+                Ok(())
+            }
+            Undo::Dir(d) => fs::remove_dir_all(d).map_err(|e| e.to_string()),
+        };
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "rollback step failed");
+        }
+    }
+}
+
+fn nft(batch: &str) -> Result<(), ProcessError> {
+    process::run("nft", ["-f", "-"], Some(batch.as_bytes())).map(|_| ())
+}
+
+async fn stop_dnsmasq(pid: i32, conf: &Path) {
+    if !dnsmasq_is_ours(pid, conf) {
+        return;
+    }
+    // SAFETY: kill(2) on a pid verified through /proc to be our dnsmasq.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    for i in 0..200 {
+        if !dnsmasq_is_ours(pid, conf) {
+            return;
+        }
+        if i == 100 {
+            // SAFETY: as above.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+/// `net-start` (or `net-create` with `transient`): everything or nothing.
+pub async fn start(store: &Store, nl: &Netlink, def: &NetworkDef, transient: bool) -> Result<NetState, LifecycleError> {
+    let name = &def.name;
+    if load_state(store, name).is_some() {
+        return Err(LifecycleError::Active(name.clone()));
+    }
+    let used = used_bridges(store, name)?;
+    check_against_others(store, def, &used)?;
+    let dir = run_dir(store, name);
+    let mut undo = vec![];
+    let r = start_steps(store, nl, def, transient, &dir, &mut undo).await;
+    match r {
+        Ok(st) => Ok(st),
+        Err(e) => {
+            undo_all(nl, undo).await;
+            Err(e)
+        }
+    }
+}
+
+async fn start_steps(
+    store: &Store,
+    nl: &Netlink,
+    def: &NetworkDef,
+    transient: bool,
+    dir: &Path,
+    undo: &mut Vec<Undo>,
+) -> Result<NetState, LifecycleError> {
+    let name = def.name.clone();
+    let bridge = def.bridge_name().expect("completed definition has a bridge name").to_string();
+    let bridge_created = def.forward.mode != ForwardMode::Bridge;
+    match (nl.link(&bridge).await?, bridge_created) {
+        (Some(_), true) => return Err(LifecycleError::BridgeExists { name, bridge }),
+        (None, false) => return Err(LifecycleError::NoBridge { name, bridge }),
+        (Some(l), false) if l.kind.as_deref() != Some("bridge") => {
+            let kind = l.kind.unwrap_or_else(|| "non-bridge".into());
+            return Err(LifecycleError::NotABridge { name, bridge, kind });
+        }
+        _ => {}
+    }
+    if bridge_created {
+        check_overlaps(store, nl, def).await?;
+    }
+    fs::create_dir_all(dir).map_err(io_at(dir))?;
+    undo.push(Undo::Dir(dir.to_path_buf()));
+    let mut st = NetState {
+        def: def.clone(),
+        bridge: bridge.clone(),
+        bridge_created,
+        table: None,
+        dnsmasq_pid: None,
+        transient,
+    };
+    save_state(store, &name, &st)?;
+    if bridge_created {
+        let spec = BridgeSpec {
+            name: &bridge,
+            mac: def.mac.map(|m| m.0),
+            mtu: def.mtu,
+            stp: def.bridge.stp,
+            delay: def.bridge.delay,
+        };
+        let idx = nl.create_bridge(&spec).await?;
+        undo.push(Undo::Link(idx));
+        for ip in &def.ips {
+            nl.add_address(idx, ip.address, ip.prefix).await?;
+        }
+        nl.set_up(idx).await?;
+        for r in &def.routes {
+            nl.add_route(r.address, r.prefix, r.gateway).await?;
+        }
+        enable_forwarding(def)?;
+    }
+    if let Some(rules) = firewall::render(def) {
+        let table = firewall::table_name(&name);
+        nft(&rules)?;
+        undo.push(Undo::Table(table.clone()));
+        st.table = Some(table);
+    }
+    if let Some(files) = dnsmasq::render(def, dir) {
+        let pid = spawn_dnsmasq(&name, dir, &files)?;
+        undo.push(Undo::Dnsmasq(pid, RunFiles::new(dir).conf));
+        st.dnsmasq_pid = Some(pid);
+    }
+    save_state(store, &name, &st)?;
+    Ok(st)
+}
+
+/// Overlaps with addresses and routes on the host (kvmctl's own bridges included).
+async fn check_overlaps(store: &Store, nl: &Netlink, def: &NetworkDef) -> Result<(), LifecycleError> {
+    let host = nl.host_nets().await?;
+    for s in def.subnets() {
+        for h in &host {
+            let hs = super::Subnet::new(h.addr, h.prefix);
+            if h.addr.is_loopback() || matches!(h.addr, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80) {
+                continue;
+            }
+            if s.is_ipv4() == hs.is_ipv4() && super::overlaps(&s, &hs) {
+                let owner =
+                    all(store)?.into_iter().find(|(_, _, st)| st.as_ref().is_some_and(|st| st.bridge == h.ifname));
+                let what = match owner {
+                    Some((n, _, _)) => format!("network '{n}': {}", h.what),
+                    None => h.what.to_string(),
+                };
+                return Err(LifecycleError::Overlap {
+                    name: def.name.clone(),
+                    subnet: format!("{}/{}", s.network, s.prefix),
+                    what,
+                    other: format!("{}/{}", h.addr, h.prefix),
+                    ifname: h.ifname.clone(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// NAT and routed networks need forwarding in this network namespace; nothing else does.
+fn enable_forwarding(def: &NetworkDef) -> Result<(), LifecycleError> {
+    if !matches!(def.forward.mode, ForwardMode::Nat | ForwardMode::Route) {
+        return Ok(());
+    }
+    let mut knobs = vec![];
+    if def.ips.iter().any(|i| i.is_ipv4()) {
+        knobs.push("/proc/sys/net/ipv4/ip_forward");
+    }
+    if def.ips.iter().any(|i| !i.is_ipv4()) {
+        knobs.push("/proc/sys/net/ipv6/conf/all/forwarding");
+    }
+    for k in knobs {
+        if fs::read_to_string(k).map(|v| v.trim() == "1").unwrap_or(false) {
+            continue;
+        }
+        fs::write(k, "1\n").map_err(io_at(Path::new(k)))?;
+    }
+    Ok(())
+}
+
+/// Can the unprivileged user dnsmasq drops to reach `dir`?
+fn world_traversable(dir: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    dir.ancestors().all(|d| fs::metadata(d).map(|m| m.permissions().mode() & 0o001 != 0).unwrap_or(false))
+}
+
+fn spawn_dnsmasq(name: &str, dir: &Path, files: &dnsmasq::DnsmasqFiles) -> Result<i32, LifecycleError> {
+    use std::os::unix::fs::PermissionsExt;
+    if !world_traversable(dir) {
+        return Err(LifecycleError::RunDirPrivate { name: name.into(), path: dir.into() });
+    }
+    let rf = RunFiles::new(dir);
+    for (p, text) in [(&rf.conf, &files.conf), (&rf.hostsfile, &files.hostsfile), (&rf.addnhosts, &files.addnhosts)] {
+        atomic_write(p, text.as_bytes()).map_err(io_at(p))?;
+        fs::set_permissions(p, fs::Permissions::from_mode(0o644)).map_err(io_at(p))?;
+    }
+    let conf_arg = format!("--conf-file={}", rf.conf.display());
+    // dnsmasq daemonizes: its first process exits once the daemon is ready (or failed).
+    process::run("dnsmasq", [conf_arg.as_str()], None)
+        .map_err(|e| LifecycleError::Dnsmasq { name: name.into(), reason: e.to_string() })?;
+    let pid: i32 = fs::read_to_string(&rf.pid).ok().and_then(|s| s.trim().parse().ok()).ok_or_else(|| {
+        LifecycleError::Dnsmasq { name: name.into(), reason: format!("no pid in {}", rf.pid.display()) }
+    })?;
+    if !dnsmasq_is_ours(pid, &rf.conf) {
+        return Err(LifecycleError::Dnsmasq { name: name.into(), reason: format!("pid {pid} is not our dnsmasq") });
+    }
+    Ok(pid)
+}
+
+/// `net-destroy`: remove everything the start created, and nothing else.
+pub async fn destroy(store: &Store, nl: &Netlink, name: &str) -> Result<(), LifecycleError> {
+    let st = load_state(store, name).ok_or_else(|| LifecycleError::Inactive(name.into()))?;
+    let dir = run_dir(store, name);
+    if let Some(pid) = st.dnsmasq_pid {
+        stop_dnsmasq(pid, &RunFiles::new(&dir).conf).await;
+    }
+    if let Some(t) = &st.table {
+        // The table may already be gone (a firewall reload); only its absence is fine.
+        if let Err(e) = nft(&format!("table inet {t} {{}}\ndelete table inet {t}\n")) {
+            return Err(e.into());
+        }
+    }
+    if st.bridge_created {
+        if let Some(l) = nl.link(&st.bridge).await? {
+            nl.delete_link(l.index).await?;
+        }
+    }
+    fs::remove_dir_all(&dir).map_err(io_at(&dir))?;
+    Ok(())
+}
+
+/// Rewrite the hostsfile/addnhosts of a running network and make dnsmasq re-read them.
+pub fn reload_hosts(store: &Store, st: &NetState) -> Result<(), LifecycleError> {
+    let dir = run_dir(store, &st.def.name);
+    let rf = RunFiles::new(&dir);
+    atomic_write(&rf.hostsfile, dnsmasq::hostsfile(&st.def).as_bytes()).map_err(io_at(&rf.hostsfile))?;
+    atomic_write(&rf.addnhosts, dnsmasq::addnhosts(&st.def).as_bytes()).map_err(io_at(&rf.addnhosts))?;
+    for p in [&rf.hostsfile, &rf.addnhosts] {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(p, fs::Permissions::from_mode(0o644)).map_err(io_at(p))?;
+    }
+    if let Some(pid) = st.dnsmasq_pid {
+        if dnsmasq_is_ours(pid, &rf.conf) {
+            // SAFETY: kill(2) on a pid verified to be our dnsmasq.
+            unsafe { libc::kill(pid, libc::SIGHUP) };
+        }
+    }
+    save_state(store, &st.def.name, st)
+}

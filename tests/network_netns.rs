@@ -1,0 +1,364 @@
+//! Networks for real: bridge, nftables and dnsmasq inside namespaces the tests create.
+//! Topology: `host` runs kvmctl; `up` plays the outside world (veth, 10.99.0.0/24);
+//! `client` is a guest stand-in attached to the network's bridge by a veth.
+
+mod common;
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use common::netns::{can_netns, Netns};
+use common::*;
+
+fn prereqs() -> bool {
+    require(
+        "root, ip, nft, dnsmasq, udhcpc, python3",
+        can_netns() && ["nft", "dnsmasq", "udhcpc", "python3"].iter().all(|p| have_program(p)),
+    )
+}
+
+struct Topo {
+    k: Kvm,
+    host: Netns,
+    up: Netns,
+    client: Netns,
+    script: PathBuf,
+}
+
+const UDHCPC_SCRIPT: &str = r#"#!/bin/sh
+# Applies a lease inside the client namespace only; never touches resolv.conf.
+case "$1" in
+  bound|renew)
+    ip addr flush dev "$interface"
+    ip addr add "$ip/$mask" dev "$interface"
+    [ -n "$router" ] && ip route replace default via "$router"
+    echo "LEASE $ip" ;;
+  deconfig) ip addr flush dev "$interface" ;;
+esac
+"#;
+
+impl Topo {
+    fn new() -> Topo {
+        let k = Kvm::new();
+        let (host, up, client) = (Netns::new("h"), Netns::new("u"), Netns::new("c"));
+        host.veth("up0", &up, "eth0");
+        host.ip(&["addr", "add", "10.99.0.1/24", "dev", "up0"]);
+        up.ip(&["addr", "add", "10.99.0.2/24", "dev", "eth0"]);
+        host.ip(&["route", "add", "default", "via", "10.99.0.2"]);
+        let script = k.dir.path().join("udhcpc.sh");
+        std::fs::write(&script, UDHCPC_SCRIPT).unwrap();
+        sh("chmod", &["755", script.to_str().unwrap()]);
+        Topo { k, host, up, client, script }
+    }
+
+    fn define(&self, xml: &str) {
+        let f = self.k.dir.path().join("net.xml");
+        std::fs::write(&f, xml).unwrap();
+        self.k.ok_in(&self.host, &["net-define", f.to_str().unwrap()]);
+    }
+
+    /// Attach the client to `bridge` with a veth (`vc0` on the host side).
+    fn attach_client(&self, bridge: &str) {
+        self.host.veth("vc0", &self.client, "eth0");
+        self.host.ip(&["link", "set", "vc0", "master", bridge]);
+    }
+
+    fn client_mac(&self) -> String {
+        self.client.ip(&["-br", "link", "show", "eth0"]).split_whitespace().nth(2).unwrap().to_string()
+    }
+
+    /// Ask for a lease; returns the address bound.
+    fn dhcp(&self) -> String {
+        let out = self.client.ok(&[
+            "udhcpc",
+            "-i",
+            "eth0",
+            "-n",
+            "-q",
+            "-f",
+            "-t",
+            "8",
+            "-T",
+            "1",
+            "-s",
+            self.script.to_str().unwrap(),
+        ]);
+        out.lines().find_map(|l| l.strip_prefix("LEASE ")).unwrap_or_else(|| panic!("no lease: {out}")).to_string()
+    }
+}
+
+/// A one-shot TCP server in `ns` on `port`; returns a handle whose output is the peer address.
+fn tcp_server(ns: &Netns, addr: &str, port: u16) -> std::process::Child {
+    let code = format!(
+        "import socket,sys\ns=socket.socket(socket.AF_INET6 if ':' in '{addr}' else socket.AF_INET)\n\
+         s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('{addr}',{port}))\ns.listen(1)\ns.settimeout(8)\n\
+         print('READY',flush=True)\nc,a=s.accept()\nprint('PEER',a[0],flush=True)\n"
+    );
+    let mut child = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns.name, "python3", "-c", &code])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    let stdout = child.stdout.as_mut().unwrap();
+    let mut buf = [0u8; 1];
+    while !line.ends_with('\n') {
+        if std::io::Read::read(stdout, &mut buf).unwrap() == 0 {
+            break;
+        }
+        line.push(buf[0] as char);
+    }
+    assert_eq!(line.trim(), "READY");
+    child
+}
+
+fn peer_of(server: std::process::Child) -> String {
+    let out = server.wait_with_output().unwrap();
+    let s = String::from_utf8_lossy(&out.stdout).into_owned();
+    s.lines().find_map(|l| l.strip_prefix("PEER ")).unwrap_or("").to_string()
+}
+
+/// Try a TCP connection from `ns` (2 s timeout): true if it was accepted.
+fn connect(ns: &Netns, addr: &str, port: u16) -> bool {
+    let code = format!("import socket\ns=socket.create_connection(('{addr}',{port}),timeout=2)\ns.close()\n");
+    ns.exec(&["python3", "-c", &code]).status.success()
+}
+
+const NAT_XML: &str = "<network>\n  <name>natnet</name>\n  <forward mode='nat'/>\n  <bridge name='brnat' stp='on' delay='0'/>\n  \
+    <ip address='192.168.150.1' netmask='255.255.255.0'>\n    <dhcp>\n      <range start='192.168.150.10' end='192.168.150.50'/>\n    \
+    </dhcp>\n  </ip>\n</network>\n";
+
+#[test]
+fn nat_network_leases_addresses_and_masquerades_toward_upstream() {
+    if !prereqs() {
+        return;
+    }
+    let t = Topo::new();
+    t.define(NAT_XML);
+    t.k.ok_in(&t.host, &["net-start", "natnet"]);
+    // The bridge exists with its address; the table holds the NAT rules.
+    let addr = t.host.ip(&["-br", "addr", "show", "brnat"]);
+    assert!(addr.contains("192.168.150.1/24"), "{addr}");
+    let rules = t.host.ok(&["nft", "list", "table", "inet", "kvmctl_natnet"]);
+    assert!(rules.contains("masquerade") && rules.contains("brnat"), "{rules}");
+    t.attach_client("brnat");
+    let lease = t.dhcp();
+    let n: u8 = lease.rsplit('.').next().unwrap().parse().unwrap();
+    assert!(lease.starts_with("192.168.150.") && (10..=50).contains(&n), "{lease}");
+    let leases = t.k.ok_in(&t.host, &["net-dhcp-leases", "natnet"]);
+    assert!(leases.contains(&t.client_mac()) && leases.contains(&format!("{lease}/24")), "{leases}");
+    let j: serde_json::Value =
+        serde_json::from_str(&t.k.ok_in(&t.host, &["--json", "net-dhcp-leases", "natnet", "--mac", &t.client_mac()]))
+            .unwrap();
+    assert_eq!(j[0]["ip"], lease);
+    // Outbound: upstream sees the host's address as the source.
+    let server = tcp_server(&t.up, "10.99.0.2", 7001);
+    assert!(connect(&t.client, "10.99.0.2", 7001));
+    assert_eq!(peer_of(server), "10.99.0.1");
+    // Inbound: even with a route, upstream cannot open a connection to the guest.
+    t.up.ip(&["route", "add", "192.168.150.0/24", "via", "10.99.0.1"]);
+    let _guest = tcp_server(&t.client, "0.0.0.0", 7002);
+    assert!(!connect(&t.up, &lease, 7002), "NAT must not let upstream in");
+    // Destroy removes everything it created.
+    t.k.ok_in(&t.host, &["net-destroy", "natnet"]);
+    assert!(t.host.exec(&["ip", "link", "show", "brnat"]).status.code() != Some(0));
+    assert!(!t.host.ok(&["nft", "list", "tables"]).contains("kvmctl_natnet"));
+    assert!(!t
+        .host
+        .pids()
+        .iter()
+        .any(|p| std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default().trim() == "dnsmasq"));
+    assert!(t.host.ip(&["-br", "addr", "show", "up0"]).contains("10.99.0.1/24"), "host links untouched");
+}
+
+#[test]
+fn routed_network_keeps_guest_addresses_both_ways() {
+    if !prereqs() {
+        return;
+    }
+    let t = Topo::new();
+    t.define(&NAT_XML.replace("natnet", "rnet").replace("mode='nat'", "mode='route'").replace("brnat", "brr"));
+    t.k.ok_in(&t.host, &["net-start", "rnet"]);
+    t.attach_client("brr");
+    let lease = t.dhcp();
+    t.up.ip(&["route", "add", "192.168.150.0/24", "via", "10.99.0.1"]);
+    let server = tcp_server(&t.up, "10.99.0.2", 7003);
+    assert!(connect(&t.client, "10.99.0.2", 7003));
+    assert_eq!(peer_of(server), lease, "routed: the source is the guest's own address");
+    let guest = tcp_server(&t.client, "0.0.0.0", 7004);
+    assert!(connect(&t.up, &lease, 7004), "routed: upstream reaches the guest");
+    assert_eq!(peer_of(guest), "10.99.0.2");
+    t.k.ok_in(&t.host, &["net-destroy", "rnet"]);
+}
+
+#[test]
+fn isolated_network_reaches_the_host_but_not_upstream() {
+    if !prereqs() {
+        return;
+    }
+    let t = Topo::new();
+    let xml = NAT_XML.replace("natnet", "iso").replace("  <forward mode='nat'/>\n", "").replace("brnat", "briso");
+    t.define(&xml);
+    t.k.ok_in(&t.host, &["net-start", "iso"]);
+    t.attach_client("briso");
+    t.dhcp();
+    let host_srv = tcp_server(&t.host, "192.168.150.1", 7005);
+    assert!(connect(&t.client, "192.168.150.1", 7005), "guest -> host works");
+    drop(host_srv);
+    let _up = tcp_server(&t.up, "10.99.0.2", 7006);
+    assert!(!connect(&t.client, "10.99.0.2", 7006), "guest -> upstream is not forwarded");
+    t.k.ok_in(&t.host, &["net-destroy", "iso"]);
+}
+
+#[test]
+fn net_update_live_adds_a_reservation_the_next_request_gets() {
+    if !prereqs() {
+        return;
+    }
+    let t = Topo::new();
+    t.define(NAT_XML);
+    t.k.ok_in(&t.host, &["net-start", "natnet"]);
+    t.attach_client("brnat");
+    t.dhcp();
+    let mac = t.client_mac();
+    let host = format!("<host mac='{mac}' name='guest1' ip='192.168.150.77'/>");
+    t.k.ok_in(&t.host, &["net-update", "natnet", "add", "ip-dhcp-host", &host, "--live", "--config"]);
+    // dnsmasq is still the same process (no restart) and the next request gets the reservation.
+    assert_eq!(t.dhcp(), "192.168.150.77");
+    let xml = t.k.ok_in(&t.host, &["net-dumpxml", "natnet"]);
+    assert!(xml.contains("ip='192.168.150.77'"), "{xml}");
+    let xml = t.k.ok_in(&t.host, &["net-dumpxml", "natnet", "--inactive"]);
+    assert!(xml.contains("ip='192.168.150.77'"), "config updated too: {xml}");
+    let e = t.k.fails_in(&t.host, 1, &["net-update", "natnet", "add", "ip-dhcp-host", &host, "--live"]);
+    assert!(e.contains("already exists"), "{e}");
+    let e = t.k.fails_in(
+        &t.host,
+        1,
+        &["net-update", "natnet", "add", "ip-dhcp-host", "<host mac='52:54:00:00:00:09' ip='10.1.1.1'/>"],
+    );
+    assert!(e.contains("10.1.1.1"), "{e}");
+    t.k.ok_in(&t.host, &["net-destroy", "natnet"]);
+}
+
+#[test]
+fn bad_networks_are_refused_and_change_nothing() {
+    if !prereqs() {
+        return;
+    }
+    let t = Topo::new();
+    let k = &t.k;
+    let f = k.dir.path().join("bad.xml");
+    let define = |xml: &str| {
+        std::fs::write(&f, xml).unwrap();
+        k.in_ns(&t.host, &["net-define", f.to_str().unwrap()])
+    };
+    let err = |o: std::process::Output| String::from_utf8_lossy(&o.stderr).into_owned();
+    // Overlap with the host's own address, reported with the interface.
+    assert!(define(&NAT_XML.replace("192.168.150", "10.99.0").replace("natnet", "clash").replace("brnat", "brclash"))
+        .status
+        .success());
+    let e = k.fails_in(&t.host, 1, &["net-start", "clash"]);
+    assert!(e.contains("overlaps") && e.contains("up0"), "{e}");
+    // A host link already named like the bridge.
+    t.host.ip(&["link", "add", "brtaken", "type", "veth", "peer", "name", "brtakenp"]);
+    assert!(define(&NAT_XML.replace("natnet", "taken").replace("brnat", "brtaken")).status.success());
+    let e = k.fails_in(&t.host, 1, &["net-start", "taken"]);
+    assert!(e.contains("bridge brtaken already exists on the host"), "{e}");
+    // Bridge mode naming a bridge that does not exist; then one that does.
+    let bridged = "<network><name>hb</name><forward mode='bridge'/><bridge name='mybridge0'/></network>";
+    assert!(define(bridged).status.success());
+    let e = k.fails_in(&t.host, 1, &["net-start", "hb"]);
+    assert!(e.contains("bridge mybridge0 does not exist"), "{e}");
+    t.host.ip(&["link", "add", "mybridge0", "type", "bridge"]);
+    k.ok_in(&t.host, &["net-start", "hb"]);
+    assert!(!t.host.ok(&["nft", "list", "tables"]).contains("kvmctl_hb"), "bridge mode has no firewall");
+    k.ok_in(&t.host, &["net-destroy", "hb"]);
+    assert!(t.host.ip(&["link", "show", "mybridge0"]).contains("mybridge0"), "the admin's bridge stays");
+    // Same bridge name as another network; duplicate UUID; malformed XML; bad range.
+    assert!(define(NAT_XML).status.success());
+    let e = err(define(&NAT_XML.replace("natnet", "other")));
+    assert!(e.contains("bridge brnat is already used by network 'natnet'"), "{e}");
+    let uuid = k.ok_in(&t.host, &["--json", "net-info", "natnet"]);
+    let uuid = serde_json::from_str::<serde_json::Value>(&uuid).unwrap()["uuid"].as_str().unwrap().to_string();
+    let dup = NAT_XML
+        .replace("natnet", "dupu")
+        .replace("brnat", "brdup")
+        .replace("<name>dupu</name>", &format!("<name>dupu</name><uuid>{uuid}</uuid>"));
+    assert!(err(define(&dup)).contains("same UUID as network 'natnet'"));
+    assert!(err(define("<network><name>x</name>")).contains("malformed XML"));
+    let e = err(define(
+        &NAT_XML
+            .replace("natnet", "rev")
+            .replace("brnat", "brrev")
+            .replace("start='192.168.150.10' end='192.168.150.50'", "start='192.168.150.50' end='192.168.150.10'"),
+    ));
+    assert!(e.contains("reversed"), "{e}");
+    assert!(err(define(&NAT_XML.replace("mode='nat'", "mode='passthrough'"))).contains("passthrough"));
+    assert!(err(define(&NAT_XML.replace("brnat", "a-very-long-bridge-name"))).contains("a-very-long-bridge-name"));
+    let list = k.ok_in(&t.host, &["net-list", "--all", "--name"]);
+    assert_eq!(list, "clash\ndefault\nhb\nnatnet\ntaken\n");
+    // Nothing half-started anywhere.
+    let links = t.host.ip(&["-br", "link"]);
+    assert!(!links.contains("brnat") && !links.contains("virbr"), "{links}");
+    assert!(!t.host.ok(&["nft", "list", "tables"]).contains("kvmctl"));
+}
+
+#[test]
+fn failed_start_rolls_back_bridge_and_firewall() {
+    if !prereqs() {
+        return;
+    }
+    let t = Topo::new();
+    t.define(NAT_XML);
+    // Something else holds the DHCP port: dnsmasq cannot start, so the start must undo itself.
+    let mut blocker = std::process::Command::new("ip")
+        .args(["netns", "exec", &t.host.name, "python3", "-c", "import socket,time\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind(('0.0.0.0',67))\nprint('READY',flush=True)\ntime.sleep(30)"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut b = [0u8; 6];
+    std::io::Read::read_exact(blocker.stdout.as_mut().unwrap(), &mut b).unwrap();
+    let e = t.k.fails_in(&t.host, 1, &["net-start", "natnet"]);
+    assert!(e.contains("dnsmasq did not start"), "{e}");
+    blocker.kill().unwrap();
+    blocker.wait().unwrap();
+    assert!(t.host.exec(&["ip", "link", "show", "brnat"]).status.code() != Some(0), "bridge rolled back");
+    assert!(!t.host.ok(&["nft", "list", "tables"]).contains("kvmctl"), "table rolled back");
+    assert!(t.k.ok_in(&t.host, &["net-list", "--all"]).contains(" natnet    inactive"));
+    // And it starts fine once the port is free.
+    t.k.ok_in(&t.host, &["net-start", "natnet"]);
+    t.k.ok_in(&t.host, &["net-destroy", "natnet"]);
+}
+
+#[test]
+fn default_network_is_libvirts_and_round_trips_as_xml() {
+    if !prereqs() {
+        return;
+    }
+    let t = Topo::new();
+    let xml = t.k.ok_in(&t.host, &["net-dumpxml", "default"]);
+    for want in [
+        "<name>default</name>",
+        "<forward mode='nat'>",
+        "<bridge name='virbr0' stp='on' delay='0'/>",
+        "<ip address='192.168.122.1' netmask='255.255.255.0'>",
+        "<range start='192.168.122.2' end='192.168.122.254'/>",
+    ] {
+        assert!(xml.contains(want), "{want} not in {xml}");
+    }
+    assert!(t.k.ok_in(&t.host, &["net-list", "--all"]).contains(" default   inactive   yes         yes"));
+    // The dump defines an identical network under another name.
+    let f = t.k.dir.path().join("copy.xml");
+    let mut file = std::fs::File::create(&f).unwrap();
+    let copy = xml.replace("<name>default</name>", "<name>copy</name>").replace("virbr0", "virbr9");
+    let copy: String =
+        copy.lines().filter(|l| !l.contains("<uuid>") && !l.contains("<mac ")).map(|l| format!("{l}\n")).collect();
+    file.write_all(copy.as_bytes()).unwrap();
+    t.k.ok_in(&t.host, &["net-define", f.to_str().unwrap()]);
+    t.k.ok_in(&t.host, &["net-start", "default"]);
+    let info = t.k.ok_in(&t.host, &["net-info", "default"]);
+    assert!(info.contains("Active:         yes") && info.contains("Bridge:         virbr0"), "{info}");
+    let e = t.k.fails_in(&t.host, 1, &["net-start", "copy"]);
+    assert!(e.contains("overlaps") && e.contains("network 'default'"), "{e}");
+    t.k.ok_in(&t.host, &["net-destroy", "default"]);
+}

@@ -87,8 +87,20 @@ impl Topo {
     }
 }
 
-/// A one-shot TCP server in `ns` on `port`; returns a handle whose output is the peer address.
-fn tcp_server(ns: &Netns, addr: &str, port: u16) -> std::process::Child {
+/// A one-shot TCP server process; killed and reaped on drop.
+struct Server(Option<std::process::Child>);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A one-shot TCP server in `ns` on `port`; `peer_of` tells who connected.
+fn tcp_server(ns: &Netns, addr: &str, port: u16) -> Server {
     let code = format!(
         "import socket,sys\ns=socket.socket(socket.AF_INET6 if ':' in '{addr}' else socket.AF_INET)\n\
          s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('{addr}',{port}))\ns.listen(1)\ns.settimeout(8)\n\
@@ -109,11 +121,11 @@ fn tcp_server(ns: &Netns, addr: &str, port: u16) -> std::process::Child {
         line.push(buf[0] as char);
     }
     assert_eq!(line.trim(), "READY");
-    child
+    Server(Some(child))
 }
 
-fn peer_of(server: std::process::Child) -> String {
-    let out = server.wait_with_output().unwrap();
+fn peer_of(mut server: Server) -> String {
+    let out = server.0.take().unwrap().wait_with_output().unwrap();
     let s = String::from_utf8_lossy(&out.stdout).into_owned();
     s.lines().find_map(|l| l.strip_prefix("PEER ")).unwrap_or("").to_string()
 }
@@ -311,17 +323,16 @@ fn failed_start_rolls_back_bridge_and_firewall() {
     let t = Topo::new();
     t.define(NAT_XML);
     // Something else holds the DHCP port: dnsmasq cannot start, so the start must undo itself.
-    let mut blocker = std::process::Command::new("ip")
+    let mut blocker = Server(Some(std::process::Command::new("ip")
         .args(["netns", "exec", &t.host.name, "python3", "-c", "import socket,time\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind(('0.0.0.0',67))\nprint('READY',flush=True)\ntime.sleep(30)"])
         .stdout(std::process::Stdio::piped())
         .spawn()
-        .unwrap();
+        .unwrap()));
     let mut b = [0u8; 6];
-    std::io::Read::read_exact(blocker.stdout.as_mut().unwrap(), &mut b).unwrap();
+    std::io::Read::read_exact(blocker.0.as_mut().unwrap().stdout.as_mut().unwrap(), &mut b).unwrap();
     let e = t.k.fails_in(&t.host, 1, &["net-start", "natnet"]);
     assert!(e.contains("dnsmasq did not start"), "{e}");
-    blocker.kill().unwrap();
-    blocker.wait().unwrap();
+    drop(blocker);
     assert!(t.host.exec(&["ip", "link", "show", "brnat"]).status.code() != Some(0), "bridge rolled back");
     assert!(!t.host.ok(&["nft", "list", "tables"]).contains("kvmctl"), "table rolled back");
     assert!(t.k.ok_in(&t.host, &["net-list", "--all"]).contains(" natnet    inactive"));

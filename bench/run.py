@@ -115,12 +115,88 @@ def bench_storage(tmp):
         row(f"linked clone of {size}", statistics.median(times), peer, "qemu-img create -b", "< 5 ms, same for both sizes")
 
 
+class Namespace:
+    """A network namespace for one side of a benchmark; deleted (with its processes) on exit."""
+
+    def __init__(self, name):
+        self.name = name
+        run(["ip", "netns", "add", name])
+        run(["ip", "netns", "exec", name, "ip", "link", "set", "lo", "up"])
+
+    def argv(self, argv):
+        return ["ip", "netns", "exec", self.name] + argv
+
+    def close(self):
+        pids = subprocess.run(["ip", "netns", "pids", self.name], stdout=subprocess.PIPE, text=True).stdout.split()
+        for p in pids:
+            try:
+                os.kill(int(p), 9)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.2)
+        subprocess.run(["ip", "netns", "del", self.name])
+
+
+def pid_of(pidfile):
+    try:
+        with open(pidfile) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def bench_network(tmp):
+    """net-start / net-destroy of a NAT network with DHCP: kvmctl vs libvirt, each in its own netns."""
+    if not shutil.which("libvirtd") or not shutil.which("virsh"):
+        print("bench: libvirt is not installed (make bench installs it); skipping the network rows", file=sys.stderr)
+        return
+    root = os.path.join(tmp, "netroot")
+    os.makedirs(root)
+    os.chmod(tmp, 0o755)
+    kns, lns = Namespace(f"kvbench{os.getpid()}"), Namespace(f"lvpeer{os.getpid()}")
+    started = []
+    try:
+        k = kns.argv([KVMCTL, "--root", root, "-q"])
+        run(k + ["net-list", "--all"])  # defines 'default' (virbr0, 192.168.122.0/24, NAT, DHCP)
+        os.makedirs("/var/log/libvirt", exist_ok=True)
+        if pid_of("/run/virtlogd.pid") is None:
+            run(["virtlogd", "-d"])
+            started.append("/run/virtlogd.pid")
+        run(lns.argv(["libvirtd", "-d"]))
+        started.append("/run/libvirtd.pid")
+        v = lns.argv(["virsh", "-q", "-c", "qemu:///system"])
+        for _ in range(100):
+            if subprocess.run(v + ["net-list", "--all"], capture_output=True).returncode == 0:
+                break
+            time.sleep(0.1)
+        ts, td, ls, ld = [], [], [], []
+        for _ in range(10):
+            ts.append(timed(k + ["net-start", "default"]))
+            ls.append(timed(v + ["net-start", "default"]))
+            td.append(timed(k + ["net-destroy", "default"]))
+            ld.append(timed(v + ["net-destroy", "default"]))
+        ver = run(["libvirtd", "--version"]).split()[-1]
+        row("net-start NAT+DHCP", statistics.median(ts), statistics.median(ls), f"libvirt {ver} virsh net-start", "<= 40 ms")
+        row("net-destroy NAT+DHCP", statistics.median(td), statistics.median(ld), f"libvirt {ver} virsh net-destroy", "<= 40 ms")
+    finally:
+        for pf in started:
+            pid = pid_of(pf)
+            if pid:
+                try:
+                    os.kill(pid, 15)
+                except ProcessLookupError:
+                    pass
+        kns.close()
+        lns.close()
+
+
 def main():
     if not os.path.exists(KVMCTL):
         sys.exit(f"bench: {KVMCTL} not found; run make build")
     tmp = tempfile.mkdtemp(prefix="kvmctl-bench-", dir="/var/tmp")
     try:
         bench_storage(tmp)
+        bench_network(tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"kvmctl benchmarks, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs, medians of alternating runs\n")

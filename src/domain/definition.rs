@@ -5,14 +5,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Accel {
-    #[default]
-    Auto,
-    Kvm,
-    Tcg,
-}
+pub use super::accel::Accel;
 
 /// What to do when the guest powers off, reboots or crashes (libvirt's on_* elements).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

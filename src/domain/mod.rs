@@ -1,9 +1,12 @@
 //! Domains (VMs). Lifecycle arrives with issue 4; what storage needs today is which defined
 //! VM uses which disk file, read from `<root>/domains/<name>.toml` (`[[disks]] path = ...`).
 
+pub mod accel;
 pub mod argv;
 pub mod definition;
 pub mod options;
+pub mod qmp;
+pub mod tap;
 
 use std::path::{Path, PathBuf};
 

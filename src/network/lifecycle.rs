@@ -260,7 +260,7 @@ async fn undo_all(nl: &Netlink, steps: Vec<Undo>) {
     for step in steps.into_iter().rev() {
         let r = match &step {
             Undo::Link(i) => nl.delete_link(*i).await.map_err(|e| e.to_string()),
-            Undo::Table(t) => nft(&format!("delete table inet {t}\n")).map_err(|e| e.to_string()),
+            Undo::Table(t) => super::nftnl::delete_inet_table(t).map_err(|e| e.to_string()),
             Undo::Dnsmasq(pid, conf) => {
                 stop_dnsmasq(*pid, conf).await;
                 Ok(())
@@ -462,24 +462,35 @@ fn spawn_dnsmasq(name: &str, dir: &Path, files: &dnsmasq::DnsmasqFiles) -> Resul
     Ok(pid)
 }
 
-/// `net-destroy`: remove everything the start created, and nothing else.
+/// `net-destroy`: remove everything the start created, and nothing else. The three removals
+/// are independent and run together: dnsmasq's exit, the table, the bridge's unregistering.
 pub async fn destroy(store: &Store, nl: &Netlink, name: &str) -> Result<(), LifecycleError> {
     let st = load_state(store, name).ok_or_else(|| LifecycleError::Inactive(name.into()))?;
     let dir = run_dir(store, name);
-    if let Some(pid) = st.dnsmasq_pid {
-        stop_dnsmasq(pid, &RunFiles::new(&dir).conf).await;
-    }
-    if let Some(t) = &st.table {
-        // The table may already be gone (a firewall reload); only its absence is fine.
-        if let Err(e) = nft(&format!("table inet {t} {{}}\ndelete table inet {t}\n")) {
-            return Err(e.into());
+    let conf = RunFiles::new(&dir).conf;
+    // The netfilter socket's close waits for the kernel's commit cleanup (~10 ms): on a
+    // thread of its own, it overlaps the bridge's unregistering.
+    let table =
+        st.table.clone().map(|t| std::thread::spawn(move || super::nftnl::delete_inet_table(&t).map_err(|e| (t, e))));
+    let dnsmasq = async {
+        if let Some(pid) = st.dnsmasq_pid {
+            stop_dnsmasq(pid, &conf).await;
         }
-    }
-    if st.bridge_created {
-        if let Some(l) = nl.link(&st.bridge).await? {
-            nl.delete_link(l.index).await?;
+    };
+    let bridge = async {
+        if st.bridge_created {
+            if let Some(l) = nl.link(&st.bridge).await? {
+                nl.delete_link(l.index).await?;
+            }
         }
+        Ok::<(), LifecycleError>(())
+    };
+    let ((), r) = tokio::join!(dnsmasq, bridge);
+    if let Some(Err((t, e))) = table.map(|h| h.join().expect("table thread")) {
+        let what = format!("cannot delete nftables table inet {t}: {e}");
+        return Err(LifecycleError::Invalid { name: name.into(), what });
     }
+    r?;
     fs::remove_dir_all(&dir).map_err(io_at(&dir))?;
     Ok(())
 }

@@ -14,6 +14,7 @@ pub mod leases;
 pub mod libvirt_xml;
 pub mod lifecycle;
 pub mod netlink;
+mod nftnl;
 pub mod update;
 mod validate;
 mod xml_dom;

@@ -1,5 +1,6 @@
 //! Command line: virsh's command names and argument order, one module per command group.
 
+mod domain;
 mod network;
 mod output;
 mod pool;
@@ -46,6 +47,16 @@ pub enum Command {
     Volume(volume::VolCmd),
     #[command(flatten)]
     Network(network::NetCmd),
+    #[command(flatten)]
+    Domain(domain::DomCmd),
+    /// The per-VM supervisor (started by `start`; not for direct use).
+    #[command(name = "__supervise", hide = true)]
+    Supervise {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        ready_fd: i32,
+    },
 }
 
 /// What every command gets: the store and the output settings.
@@ -64,10 +75,18 @@ pub fn init_tracing(verbose: u8, quiet: bool) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("KVMCTL_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).without_time().try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .without_time()
+        .try_init();
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Supervise { dir, ready_fd } = cli.command {
+        crate::domain::supervisor::main(dir, ready_fd);
+    }
     let store = Store::open(Paths::resolve(cli.root))?;
     crate::storage::pool::ensure_defaults(&store)?;
     crate::network::lifecycle::ensure_default(&store)?;
@@ -76,5 +95,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Pool(c) => pool::run(c, &ctx),
         Command::Volume(c) => volume::run(c, &ctx),
         Command::Network(c) => network::run(c, &ctx),
+        Command::Domain(c) => domain::run(c, &ctx),
+        Command::Supervise { .. } => unreachable!("handled above"),
     }
 }

@@ -4,8 +4,13 @@
 pub mod accel;
 pub mod argv;
 pub mod definition;
+pub mod install;
+pub mod libvirt_xml;
+pub mod lifecycle;
 pub mod options;
 pub mod qmp;
+pub mod runtime;
+pub mod supervisor;
 pub mod tap;
 
 use std::path::{Path, PathBuf};

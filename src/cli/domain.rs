@@ -1,0 +1,711 @@
+//! Domain commands: install (virt-install), and the virsh lifecycle.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use serde::Serialize;
+
+use super::output::{info_block, table, yes_no};
+use super::Ctx;
+use crate::domain::accel::Accel;
+use crate::domain::definition::{DomainDef, Graphics, KernelBoot, NicSource};
+use crate::domain::install::{self, Created, InstallOpts};
+use crate::domain::libvirt_xml;
+use crate::domain::lifecycle::{self, DomainError};
+use crate::domain::options::{split_kv, DiskSpec, NetSpec};
+use crate::domain::runtime::{self, RunDir, VmState};
+use crate::domain::supervisor::Request;
+use crate::paths::Kind;
+
+#[derive(Debug, Subcommand)]
+pub enum DomCmd {
+    /// Create a VM and start it (virt-install): --import an existing disk, or --boot kernel=...
+    Install(Box<InstallArgs>),
+    /// List VMs (running ones unless --all): Id, Name, State.
+    List {
+        #[arg(long)]
+        all: bool,
+        /// Names only.
+        #[arg(long)]
+        name: bool,
+        /// UUIDs only.
+        #[arg(long)]
+        uuid: bool,
+    },
+    /// Define (or update) a VM from a kvmctl TOML definition.
+    Define { file: PathBuf },
+    /// Print the VM as libvirt domain XML (common subset).
+    Dumpxml { domain: String },
+    /// Edit the VM's definition (TOML) in $EDITOR; invalid edits are refused.
+    Edit { domain: String },
+    /// Start a defined VM.
+    Start { domain: String },
+    /// ACPI power-off; after --timeout seconds, escalate (quit, then SIGKILL).
+    Shutdown {
+        domain: String,
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+    },
+    /// Reboot the guest (ACPI power button, then reset instead of power-off).
+    Reboot { domain: String },
+    /// Hard reset.
+    Reset { domain: String },
+    /// Stop the VM at once (quit, then SIGKILL).
+    Destroy { domain: String },
+    /// Pause the vCPUs.
+    Suspend { domain: String },
+    /// Resume paused vCPUs.
+    Resume { domain: String },
+    /// Remove a VM's definition (refused while running).
+    Undefine {
+        domain: String,
+        /// Also delete the VM's writable disks.
+        #[arg(long)]
+        remove_all_storage: bool,
+    },
+    /// Show a VM's resources and state.
+    Dominfo { domain: String },
+    /// Show a VM's state.
+    Domstate {
+        domain: String,
+        #[arg(long)]
+        reason: bool,
+    },
+    /// The VM's addresses (from its networks' DHCP leases; user-mode NICs from QMP).
+    Domifaddr { domain: String },
+    /// The VM's NICs.
+    Domiflist { domain: String },
+    /// The VM's disks.
+    Domblklist { domain: String },
+    /// Start the VM at boot (kvmctl up).
+    Autostart {
+        domain: String,
+        #[arg(long)]
+        disable: bool,
+    },
+    /// Start every autostart pool, network and VM (run at boot by templates/kvmctl.service).
+    Up,
+}
+
+#[derive(Debug, Args)]
+pub struct InstallArgs {
+    #[arg(long, short = 'n')]
+    name: String,
+    /// Memory in MiB.
+    #[arg(long, alias = "ram")]
+    memory: u64,
+    #[arg(long, default_value_t = 1)]
+    vcpus: u32,
+    /// qemu CPU model (default: host under KVM, max under TCG).
+    #[arg(long)]
+    cpu: Option<String>,
+    /// path=P | vol=POOL/NAME | pool=P,size=GiB | size=GiB, with format=, bus=, cache=, device=, readonly=, shareable=, backing_store=
+    #[arg(long)]
+    disk: Vec<DiskSpec>,
+    /// network=NAME | bridge=BR | user | none, with model=, mac=
+    #[arg(long, short = 'w')]
+    network: Vec<NetSpec>,
+    /// Boot the first disk as it is.
+    #[arg(long)]
+    import: bool,
+    /// kernel=PATH,initrd=PATH,kernel_args=ARGS (direct kernel boot)
+    #[arg(long)]
+    boot: Option<String>,
+    /// Kernel command line (with --boot kernel=...).
+    #[arg(long)]
+    extra_args: Option<String>,
+    /// none | vnc[,listen=127.0.0.1]
+    #[arg(long, default_value = "none")]
+    graphics: String,
+    /// Recorded in the definition (virt-install's --osinfo/--os-variant).
+    #[arg(long, alias = "os-variant")]
+    osinfo: Option<String>,
+    /// Do not attach to the console (the default until the console command exists).
+    #[arg(long)]
+    noautoconsole: bool,
+    #[arg(long)]
+    autostart: bool,
+    /// auto | kvm | tcg (auto: KVM only where it really runs).
+    #[arg(long, default_value = "auto")]
+    accel: Accel,
+    /// virt-install's --virt-type: kvm or qemu (= tcg).
+    #[arg(long, conflicts_with = "accel")]
+    virt_type: Option<String>,
+    #[arg(long)]
+    machine: Option<String>,
+    /// Print the definition and the qemu argv; create and start nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Run without a persistent definition (gone when it stops).
+    #[arg(long)]
+    transient: bool,
+    /// Not implemented yet (ISO installs).
+    #[arg(long, hide = true)]
+    cdrom: Option<String>,
+    /// Not implemented yet.
+    #[arg(long, hide = true)]
+    location: Option<String>,
+    /// Not implemented yet.
+    #[arg(long, hide = true)]
+    pxe: bool,
+    /// Not implemented yet.
+    #[arg(long, hide = true, num_args = 0..=1, default_missing_value = "")]
+    cloud_init: Option<String>,
+}
+
+fn parse_boot(boot: &str, extra: Option<&str>) -> anyhow::Result<Option<KernelBoot>> {
+    let mut k = KernelBoot::default();
+    let mut any = false;
+    for (key, v) in split_kv(boot) {
+        match (key.as_str(), v) {
+            ("kernel", Some(v)) => (k.kernel, any) = (PathBuf::from(v), true),
+            ("initrd", Some(v)) => k.initrd = Some(PathBuf::from(v)),
+            ("kernel_args" | "cmdline", Some(v)) => k.cmdline = v,
+            ("uefi" | "hd" | "cdrom" | "network" | "menu", _) => {
+                bail!("--boot {key}: not implemented yet (boot orders and UEFI arrive with the install-sources issue)")
+            }
+            (other, _) => bail!("--boot: unknown key '{other}' in '{boot}'"),
+        }
+    }
+    if !any {
+        bail!("--boot '{boot}': give kernel=PATH (and initrd=PATH)");
+    }
+    for p in std::iter::once(&k.kernel).chain(k.initrd.as_ref()) {
+        if !p.is_file() {
+            bail!("--boot: {} is not a readable file", p.display());
+        }
+    }
+    if let Some(e) = extra {
+        k.cmdline = if k.cmdline.is_empty() { e.to_string() } else { format!("{} {e}", k.cmdline) };
+    }
+    Ok(Some(k))
+}
+
+fn parse_graphics(g: &str) -> anyhow::Result<Graphics> {
+    let items = split_kv(g);
+    match items.first().map(|(k, _)| k.as_str()) {
+        Some("none") => Ok(Graphics::None),
+        Some("vnc") => {
+            let listen = items
+                .iter()
+                .find(|(k, _)| k == "listen")
+                .and_then(|(_, v)| v.clone())
+                .unwrap_or_else(|| "127.0.0.1".into());
+            Ok(Graphics::Vnc { listen })
+        }
+        _ => bail!("--graphics '{g}': use none or vnc[,listen=ADDR]"),
+    }
+}
+
+pub fn run(cmd: DomCmd, ctx: &Ctx) -> anyhow::Result<()> {
+    let (store, out) = (&ctx.store, &ctx.out);
+    let notify = |m: &str| {
+        if !out.quiet {
+            eprintln!("{m}");
+        }
+    };
+    match cmd {
+        DomCmd::Install(a) => install_cmd(ctx, *a)?,
+        DomCmd::List { all, name, uuid } => list(ctx, all, name, uuid)?,
+        DomCmd::Define { file } => {
+            let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let def: DomainDef = toml::from_str(&text)
+                .with_context(|| format!("{}: not a valid kvmctl domain definition", file.display()))?;
+            crate::names::validate("domain", &def.name)?;
+            let _l = store.lock(Kind::Domain, &def.name)?;
+            store.save(Kind::Domain, &def.name, &def)?;
+            out.done(format!("Domain '{}' defined from {}", def.name, file.display()));
+        }
+        DomCmd::Dumpxml { domain } => print!("{}", libvirt_xml::to_xml(&lifecycle::current_def(store, &domain)?)),
+        DomCmd::Edit { domain } => edit(ctx, &domain)?,
+        DomCmd::Start { domain } => {
+            let _l = store.lock(Kind::Domain, &domain)?;
+            let def: DomainDef = store.load(Kind::Domain, &domain)?;
+            lifecycle::start(store, &def, false, &notify)?;
+            out.done(format!("Domain '{domain}' started"));
+        }
+        DomCmd::Shutdown { domain, timeout } => {
+            let clean = lifecycle::shutdown(store, &domain, Duration::from_secs(timeout))?;
+            out.done(if clean {
+                format!("Domain '{domain}' is shut down")
+            } else {
+                format!("Domain '{domain}' did not power off within {timeout}s: destroyed")
+            });
+        }
+        DomCmd::Reboot { domain } => simple(ctx, &domain, Request::Reboot, "reboot", "is being rebooted")?,
+        DomCmd::Reset { domain } => simple(ctx, &domain, Request::Reset, "reset", "was reset")?,
+        DomCmd::Suspend { domain } => simple(ctx, &domain, Request::Suspend, "suspend", "suspended")?,
+        DomCmd::Resume { domain } => simple(ctx, &domain, Request::Resume, "resume", "resumed")?,
+        DomCmd::Destroy { domain } => {
+            lifecycle::destroy(store, &domain)?;
+            out.done(format!("Domain '{domain}' destroyed"));
+        }
+        DomCmd::Undefine { domain, remove_all_storage } => undefine(ctx, &domain, remove_all_storage)?,
+        DomCmd::Dominfo { domain } => dominfo(ctx, &domain)?,
+        DomCmd::Domstate { domain, reason } => {
+            let def = lifecycle::current_def(store, &domain)?;
+            let (st, why) = runtime::observed(&RunDir::of(store, &def.name));
+            if out.json {
+                return out.json(&serde_json::json!({"state": st, "reason": why}));
+            }
+            println!("{}", if reason { format!("{} ({why})", st.as_str()) } else { st.as_str().to_string() });
+        }
+        DomCmd::Domifaddr { domain } => domifaddr(ctx, &domain)?,
+        DomCmd::Domiflist { domain } => domiflist(ctx, &domain)?,
+        DomCmd::Domblklist { domain } => {
+            let def = lifecycle::current_def(store, &domain)?;
+            let rows: Vec<Vec<String>> = libvirt_xml::target_names(&def)
+                .into_iter()
+                .zip(&def.disks)
+                .map(|(t, d)| vec![t, d.path.display().to_string()])
+                .collect();
+            if out.json {
+                return out.json(&def.disks);
+            }
+            print!("{}", table(&["Target", "Source"], &rows));
+        }
+        DomCmd::Autostart { domain, disable } => {
+            let _l = store.lock(Kind::Domain, &domain)?;
+            let mut def: DomainDef = store.load(Kind::Domain, &domain)?;
+            def.autostart = !disable;
+            store.save(Kind::Domain, &domain, &def)?;
+            out.done(if disable {
+                format!("Domain '{domain}' unmarked as autostarted")
+            } else {
+                format!("Domain '{domain}' marked as autostarted")
+            });
+        }
+        DomCmd::Up => up(ctx)?,
+    }
+    Ok(())
+}
+
+fn simple(ctx: &Ctx, name: &str, req: Request, what: &'static str, done: &str) -> anyhow::Result<()> {
+    lifecycle::control(&ctx.store, name, req, what)?;
+    ctx.out.done(format!("Domain '{name}' {done}"));
+    Ok(())
+}
+
+fn install_cmd(ctx: &Ctx, a: InstallArgs) -> anyhow::Result<()> {
+    let store = &ctx.store;
+    for (flag, set) in [
+        ("--cdrom", a.cdrom.is_some()),
+        ("--location", a.location.is_some()),
+        ("--pxe", a.pxe),
+        ("--cloud-init", a.cloud_init.is_some()),
+    ] {
+        if set {
+            bail!("{flag} is not implemented yet (install sources arrive with the next issue); use --import or --boot kernel=...");
+        }
+    }
+    let accel = match a.virt_type.as_deref() {
+        None => a.accel,
+        Some("kvm") => Accel::Kvm,
+        Some("qemu") => Accel::Tcg,
+        Some(o) => bail!("--virt-type '{o}': use kvm or qemu"),
+    };
+    let kernel = match &a.boot {
+        Some(b) => parse_boot(b, a.extra_args.as_deref())?,
+        None if a.extra_args.is_some() => bail!("--extra-args needs a kernel to pass them to (--boot kernel=...)"),
+        None => None,
+    };
+    let opts = InstallOpts {
+        name: a.name.clone(),
+        memory_mib: a.memory,
+        vcpus: a.vcpus,
+        cpu: a.cpu,
+        disks: a.disk,
+        networks: a.network,
+        import: a.import,
+        kernel,
+        graphics: parse_graphics(&a.graphics)?,
+        os_variant: a.osinfo,
+        autostart: a.autostart,
+        accel,
+        machine: a.machine,
+    };
+    let mut created = Created::default();
+    let r = install_steps(ctx, &opts, a.dry_run, a.transient, &mut created);
+    if r.is_err() {
+        created.undo();
+        // Only what this command made: its definition and the runtime dir of its failed start.
+        if created.definition {
+            let _ = store.remove(Kind::Domain, &opts.name);
+        }
+        if created.started && !RunDir::of(store, &opts.name).alive() {
+            let _ = std::fs::remove_dir_all(RunDir::of(store, &opts.name).dir);
+        }
+    }
+    r
+}
+
+fn install_steps(
+    ctx: &Ctx,
+    opts: &InstallOpts,
+    dry_run: bool,
+    transient: bool,
+    created: &mut Created,
+) -> anyhow::Result<()> {
+    let store = &ctx.store;
+    let _l = store.lock(Kind::Domain, &opts.name)?;
+    let def = install::build(store, opts, dry_run, created)?;
+    if dry_run {
+        println!("# definition\n{}", toml::to_string_pretty(&def)?);
+        let verdict = crate::domain::accel::probe(&store.paths.run);
+        let res = crate::domain::accel::resolve(def.accel, &verdict)?;
+        let rd = RunDir::of(store, &def.name);
+        let fds: Vec<Option<i32>> = def.nics.iter().map(|n| (n.source != NicSource::User).then_some(3)).collect();
+        let env = crate::domain::argv::RenderEnv {
+            accel: res.accel,
+            qmp_socket: &rd.qmp(),
+            serial_socket: &rd.console_sock(),
+            tap_fds: &fds,
+            vhost: crate::domain::tap::vhost_available(),
+            vnc_display: 0,
+        };
+        println!(
+            "# qemu argv (tap fds are opened at start)\nqemu-system-x86_64 {}",
+            crate::domain::argv::render(&def, &env).join(" ")
+        );
+        return Ok(());
+    }
+    if !transient {
+        store.create(Kind::Domain, &def.name, &def)?;
+        created.definition = true;
+    }
+    created.started = true;
+    let notify = |m: &str| {
+        if !ctx.out.quiet {
+            eprintln!("{m}");
+        }
+    };
+    lifecycle::start(store, &def, transient, &notify)?;
+    ctx.out.done(format!("Domain '{}' started", def.name));
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct DomView {
+    id: Option<i32>,
+    name: String,
+    uuid: String,
+    state: VmState,
+    reason: String,
+    persistent: bool,
+    autostart: bool,
+}
+
+fn views(ctx: &Ctx) -> anyhow::Result<Vec<DomView>> {
+    let store = &ctx.store;
+    let mut names = store.list(Kind::Domain)?;
+    if let Ok(rd) = std::fs::read_dir(store.paths.run_dir(Kind::Domain)) {
+        for e in rd.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if !names.contains(&n) && RunDir::of(store, &n).alive() {
+                names.push(n);
+            }
+        }
+    }
+    names.sort();
+    let mut out = Vec::new();
+    for n in names {
+        let rd = RunDir::of(store, &n);
+        let persistent = store.exists(Kind::Domain, &n);
+        let Ok(def) = lifecycle::current_def(store, &n) else { continue };
+        let (state, reason) =
+            if rd.dir.exists() { runtime::observed(&rd) } else { (VmState::Shutoff, "never started".into()) };
+        let id = if matches!(state, VmState::Running | VmState::Paused | VmState::Shutdown) {
+            rd.read_state().and_then(|s| s.qemu_pid)
+        } else {
+            None
+        };
+        out.push(DomView {
+            id,
+            name: n,
+            uuid: def.uuid.to_string(),
+            state,
+            reason,
+            persistent,
+            autostart: def.autostart,
+        });
+    }
+    Ok(out)
+}
+
+fn list(ctx: &Ctx, all: bool, name: bool, uuid: bool) -> anyhow::Result<()> {
+    let v: Vec<DomView> = views(ctx)?.into_iter().filter(|v| all || v.id.is_some()).collect();
+    if ctx.out.json {
+        return ctx.out.json(&v);
+    }
+    if name || uuid {
+        v.iter().for_each(|d| println!("{}", if name { &d.name } else { &d.uuid }));
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = v
+        .iter()
+        .map(|d| {
+            vec![d.id.map(|i| i.to_string()).unwrap_or_else(|| "-".into()), d.name.clone(), d.state.as_str().into()]
+        })
+        .collect();
+    print!("{}", table(&["Id", "Name", "State"], &rows));
+    Ok(())
+}
+
+fn dominfo(ctx: &Ctx, name: &str) -> anyhow::Result<()> {
+    let def = lifecycle::current_def(&ctx.store, name)?;
+    let rd = RunDir::of(&ctx.store, name);
+    let (state, reason) = runtime::observed(&rd);
+    let rs = rd.read_state();
+    if ctx.out.json {
+        return ctx.out.json(&serde_json::json!({"definition": def, "state": state, "reason": reason, "runtime": rs}));
+    }
+    let running = matches!(state, VmState::Running | VmState::Paused | VmState::Shutdown);
+    let rows = vec![
+        (
+            "Id",
+            rs.as_ref()
+                .and_then(|s| s.qemu_pid)
+                .filter(|_| running)
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| "-".into()),
+        ),
+        ("Name", def.name.clone()),
+        ("UUID", def.uuid.to_string()),
+        ("OS Type", "hvm".into()),
+        ("State", state.as_str().into()),
+        ("CPU(s)", def.vcpus.to_string()),
+        ("Max memory", format!("{} KiB", def.memory_mib * 1024)),
+        ("Used memory", format!("{} KiB", def.memory_mib * 1024)),
+        ("Persistent", yes_no(ctx.store.exists(Kind::Domain, name))),
+        ("Autostart", if def.autostart { "enable".into() } else { "disable".into() }),
+        (
+            "Accelerator",
+            rs.as_ref().filter(|_| running).map(|s| s.accel.clone()).unwrap_or_else(|| def.accel.as_str().into()),
+        ),
+    ];
+    print!("{}", info_block(&rows));
+    Ok(())
+}
+
+fn domiflist(ctx: &Ctx, name: &str) -> anyhow::Result<()> {
+    let def = lifecycle::current_def(&ctx.store, name)?;
+    let rd = RunDir::of(&ctx.store, name);
+    let mut taps = if rd.alive() {
+        rd.read_state().map(|s| s.taps).unwrap_or_default().into_iter()
+    } else {
+        Vec::new().into_iter()
+    };
+    let rows: Vec<Vec<String>> = def
+        .nics
+        .iter()
+        .map(|n| {
+            let (ty, src) = match &n.source {
+                NicSource::Network { network } => ("network", network.clone()),
+                NicSource::Bridge { bridge } => ("bridge", bridge.clone()),
+                NicSource::User => ("user", "-".into()),
+            };
+            let iface =
+                if n.source == NicSource::User { "-".into() } else { taps.next().unwrap_or_else(|| "-".into()) };
+            vec![iface, ty.into(), src, format!("{:?}", n.model).to_lowercase(), n.mac.clone()]
+        })
+        .collect();
+    if ctx.out.json {
+        return ctx.out.json(&def.nics);
+    }
+    print!("{}", table(&["Interface", "Type", "Source", "Model", "MAC"], &rows));
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct IfAddr {
+    name: String,
+    mac: String,
+    protocol: &'static str,
+    address: String,
+    source: String,
+}
+
+fn domifaddr(ctx: &Ctx, name: &str) -> anyhow::Result<()> {
+    let store = &ctx.store;
+    let def = lifecycle::current_def(store, name)?;
+    let rd = RunDir::of(store, name);
+    if !rd.alive() {
+        bail!(DomainError::NotRunning(name.into()));
+    }
+    let mut taps = rd.read_state().map(|s| s.taps).unwrap_or_default().into_iter();
+    let mut rows = Vec::new();
+    for n in &def.nics {
+        match &n.source {
+            NicSource::Network { network } => {
+                let iface = taps.next().unwrap_or_default();
+                let Some(st) = crate::network::lifecycle::load_state(store, network) else { continue };
+                let file = crate::network::RunFiles::new(&crate::network::lifecycle::run_dir(store, network)).leases;
+                let text = std::fs::read_to_string(file).unwrap_or_default();
+                let subnets = st.def.subnets();
+                let prefix_of = |ip| subnets.iter().find(|s| s.contains(ip)).map(|s| s.prefix).unwrap_or(32);
+                for l in crate::network::leases::parse(&text, prefix_of)
+                    .into_iter()
+                    .filter(|l| l.mac.as_deref() == Some(&n.mac))
+                {
+                    rows.push(IfAddr {
+                        name: iface.clone(),
+                        mac: n.mac.clone(),
+                        protocol: "ipv4",
+                        address: format!("{}/{}", l.ip, l.prefix),
+                        source: format!("lease ({network})"),
+                    });
+                }
+            }
+            NicSource::Bridge { .. } => {
+                taps.next();
+            }
+            NicSource::User => {
+                // qemu's slirp hands out the first address of its network to the guest; QMP's
+                // `info usernet` shows the guest side of every connection it tracks.
+                let r = lifecycle::control(
+                    store,
+                    name,
+                    Request::Qmp {
+                        command: "human-monitor-command".into(),
+                        arguments: serde_json::json!({"command-line": "info usernet"}),
+                    },
+                    "domifaddr",
+                )?;
+                let text = r.data.as_str().unwrap_or_default().to_string();
+                for ip in usernet_guest_addrs(&text) {
+                    rows.push(IfAddr {
+                        name: "-".into(),
+                        mac: n.mac.clone(),
+                        protocol: "ipv4",
+                        address: format!("{ip}/24"),
+                        source: "user-mode (QMP)".into(),
+                    });
+                }
+            }
+        }
+    }
+    if ctx.out.json {
+        return ctx.out.json(&rows);
+    }
+    let t: Vec<Vec<String>> =
+        rows.iter().map(|r| vec![r.name.clone(), r.mac.clone(), r.protocol.into(), r.address.clone()]).collect();
+    print!("{}", table(&["Name", "MAC address", "Protocol", "Address"], &t));
+    Ok(())
+}
+
+/// Guest addresses in the output of HMP `info usernet` (the "Dest" side is the host; the
+/// "Src" columns of UDP/TCP lines are the guest's).
+fn usernet_guest_addrs(text: &str) -> Vec<String> {
+    let mut ips: Vec<String> = text
+        .lines()
+        .filter(|l| l.trim_start().starts_with("TCP") || l.trim_start().starts_with("UDP"))
+        .filter_map(|l| l.split_whitespace().nth(3).map(String::from))
+        .filter(|ip| ip.parse::<std::net::Ipv4Addr>().is_ok_and(|a| !a.is_unspecified() && a.octets()[0] == 10))
+        .collect();
+    ips.sort();
+    ips.dedup();
+    ips
+}
+
+fn undefine(ctx: &Ctx, name: &str, remove_storage: bool) -> anyhow::Result<()> {
+    let store = &ctx.store;
+    let _l = store.lock(Kind::Domain, name)?;
+    let def: DomainDef = store.load(Kind::Domain, name)?;
+    let rd = RunDir::of(store, name);
+    if rd.alive() {
+        bail!("domain '{name}' is running; destroy or shut it down before undefine");
+    }
+    let mut removed = Vec::new();
+    if remove_storage {
+        let others: Vec<(String, PathBuf)> =
+            crate::domain::disk_users(store).into_iter().filter(|(n, _)| n != name).collect();
+        for d in def.disks.iter().filter(|d| !d.readonly) {
+            if let Some((o, _)) = others.iter().find(|(_, p)| p == &d.path) {
+                eprintln!("warning: keeping {}: also used by domain '{o}'", d.path.display());
+                continue;
+            }
+            match std::fs::remove_file(&d.path) {
+                Ok(()) => removed.push(d.path.display().to_string()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => bail!("cannot remove {}: {e}", d.path.display()),
+            }
+        }
+    }
+    store.remove(Kind::Domain, name)?;
+    let _ = std::fs::remove_dir_all(&rd.dir);
+    ctx.out.done(format!("Domain '{name}' has been undefined"));
+    for r in removed {
+        ctx.out.done(format!("Volume '{r}' removed."));
+    }
+    Ok(())
+}
+
+fn edit(ctx: &Ctx, name: &str) -> anyhow::Result<()> {
+    let store = &ctx.store;
+    let _l = store.lock(Kind::Domain, name)?;
+    let old: DomainDef = store.load(Kind::Domain, name)?;
+    let dir = store.paths.run.join("tmp");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(format!("{name}-{}.toml", uuid::Uuid::new_v4().simple()));
+    std::fs::write(&path, toml::to_string_pretty(&old)?)?;
+    let editor = std::env::var("VISUAL").or_else(|_| std::env::var("EDITOR")).unwrap_or_else(|_| "vi".into());
+    let status = std::process::Command::new(&editor).arg(&path).status();
+    let text = std::fs::read_to_string(&path);
+    let _ = std::fs::remove_file(&path);
+    if !status.with_context(|| format!("cannot run editor {editor}"))?.success() {
+        bail!("editor {editor} failed; domain '{name}' unchanged");
+    }
+    let new: DomainDef =
+        toml::from_str(&text?).map_err(|e| anyhow::anyhow!("invalid definition, domain '{name}' unchanged: {e}"))?;
+    if new.name != name {
+        bail!("edit cannot rename domain '{name}' to '{}'; domain unchanged", new.name);
+    }
+    if new == old {
+        ctx.out.done(format!("Domain '{name}' XML configuration not changed."));
+        return Ok(());
+    }
+    store.save(Kind::Domain, name, &new)?;
+    ctx.out.done(format!("Domain '{name}' edited (takes effect at the next start)."));
+    Ok(())
+}
+
+/// `up`: autostart networks, then autostart VMs (pools are started by every command).
+fn up(ctx: &Ctx) -> anyhow::Result<()> {
+    let store = &ctx.store;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let nl = rt.block_on(async { crate::network::netlink::Netlink::connect() })?;
+    let mut failures = 0;
+    for (name, def, st) in crate::network::lifecycle::all(store)? {
+        let Some(def) = def.filter(|d| d.autostart && st.is_none()) else { continue };
+        let _l = store.lock(Kind::Network, &name)?;
+        match rt.block_on(crate::network::lifecycle::start(store, &nl, &def, false)) {
+            Ok(_) => ctx.out.done(format!("Network {name} started")),
+            Err(e) => {
+                eprintln!("error: network '{name}': {e}");
+                failures += 1;
+            }
+        }
+    }
+    drop(nl);
+    drop(rt);
+    for name in store.list(Kind::Domain)? {
+        let Ok(def) = store.load::<DomainDef>(Kind::Domain, &name) else { continue };
+        if !def.autostart || RunDir::of(store, &name).alive() {
+            continue;
+        }
+        let _l = store.lock(Kind::Domain, &name)?;
+        match lifecycle::start(store, &def, false, &|m| eprintln!("{m}")) {
+            Ok(_) => ctx.out.done(format!("Domain '{name}' started")),
+            Err(e) => {
+                eprintln!("error: {e}");
+                failures += 1;
+            }
+        }
+    }
+    if failures > 0 {
+        bail!("{failures} autostart object(s) failed to start");
+    }
+    Ok(())
+}

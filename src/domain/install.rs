@@ -1,0 +1,284 @@
+//! `install` (virt-install): options -> a complete definition, with the volumes it needs.
+//! Everything this command creates is removed again if any later step fails.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use super::definition::*;
+use super::lifecycle::DomainError;
+use super::options::{DiskSource, DiskSpec, NetKind, NetSpec};
+use crate::network::MacAddr;
+use crate::paths::Kind;
+use crate::state::Store;
+use crate::storage::image::{self, Format};
+use crate::storage::volume::{self, CreateOpts};
+
+/// What `install` was asked for, already parsed.
+#[derive(Debug, Clone)]
+pub struct InstallOpts {
+    pub name: String,
+    pub memory_mib: u64,
+    pub vcpus: u32,
+    pub cpu: Option<String>,
+    pub disks: Vec<DiskSpec>,
+    pub networks: Vec<NetSpec>,
+    pub import: bool,
+    pub kernel: Option<KernelBoot>,
+    pub graphics: Graphics,
+    pub os_variant: Option<String>,
+    pub autostart: bool,
+    pub accel: Accel,
+    pub machine: Option<String>,
+}
+
+/// Files this install created, to remove on failure.
+#[derive(Debug, Default)]
+pub struct Created {
+    pub files: Vec<PathBuf>,
+    /// The definition was written by this install.
+    pub definition: bool,
+    /// A start was attempted (its runtime dir is this install's).
+    pub started: bool,
+}
+
+impl Created {
+    pub fn undo(&mut self) {
+        for f in self.files.drain(..) {
+            let _ = std::fs::remove_file(f);
+        }
+    }
+}
+
+fn bad(name: &str, what: impl Into<String>) -> DomainError {
+    DomainError::Invalid { name: name.into(), what: what.into() }
+}
+
+fn host_limits() -> (u64, u32) {
+    let mem_kib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .unwrap_or(u64::MAX / 1024);
+    let cpus = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
+    (mem_kib / 1024, cpus)
+}
+
+/// Check the options and build the definition; with `dry_run` nothing is created.
+pub fn build(store: &Store, o: &InstallOpts, dry_run: bool, created: &mut Created) -> Result<DomainDef, DomainError> {
+    crate::names::validate("domain", &o.name).map_err(|e| bad(&o.name, e.to_string()))?;
+    if store.exists(Kind::Domain, &o.name) {
+        return Err(bad(&o.name, "is already defined (undefine it or pick another --name)"));
+    }
+    let (mem, cpus) = host_limits();
+    if o.memory_mib == 0 || o.memory_mib > mem {
+        return Err(bad(&o.name, format!("--memory {} MiB: must be between 1 and the host's {mem} MiB", o.memory_mib)));
+    }
+    if o.vcpus == 0 || o.vcpus > cpus {
+        return Err(bad(&o.name, format!("--vcpus {}: must be between 1 and the host's {cpus}", o.vcpus)));
+    }
+    if o.import && o.disks.is_empty() {
+        return Err(bad(&o.name, "--import needs a --disk to boot from"));
+    }
+    if !o.import && o.kernel.is_none() {
+        return Err(bad(
+            &o.name,
+            "no install source: use --import (boot an existing disk) or --boot kernel=...,initrd=... \
+             (--cdrom, --location, --pxe and --cloud-init are not implemented yet)",
+        ));
+    }
+    let mut def = DomainDef::new(&o.name, o.memory_mib, o.vcpus);
+    def.cpu = o.cpu.clone();
+    def.accel = o.accel;
+    def.graphics = o.graphics.clone();
+    def.os_variant = o.os_variant.clone();
+    def.autostart = o.autostart;
+    def.kernel = o.kernel.clone();
+    if let Some(m) = &o.machine {
+        def.machine = m.clone();
+    }
+    let users = super::disk_users(store);
+    for (i, spec) in o.disks.iter().enumerate() {
+        def.disks.push(disk(store, &o.name, i, spec, &users, dry_run, created)?);
+    }
+    let mut used_macs = defined_macs(store);
+    let specs = if o.networks.is_empty() { vec![default_nic(store)] } else { o.networks.clone() };
+    for spec in specs {
+        if let Some(nic) = nic(store, &o.name, &spec, &mut used_macs)? {
+            def.nics.push(nic);
+        }
+    }
+    Ok(def)
+}
+
+/// virt-install's default: the `default` network if defined, else user-mode networking.
+fn default_nic(store: &Store) -> NetSpec {
+    let kind = if store.exists(Kind::Network, "default") { NetKind::Network("default".into()) } else { NetKind::User };
+    NetSpec { kind, model: NicModel::Virtio, mac: None }
+}
+
+fn defined_macs(store: &Store) -> HashSet<String> {
+    let mut macs = HashSet::new();
+    for n in store.list(Kind::Domain).unwrap_or_default() {
+        if let Ok(d) = store.load::<DomainDef>(Kind::Domain, &n) {
+            macs.extend(d.nics.into_iter().map(|n| n.mac.to_lowercase()));
+        }
+    }
+    macs
+}
+
+fn nic(store: &Store, vm: &str, spec: &NetSpec, used: &mut HashSet<String>) -> Result<Option<NicDef>, DomainError> {
+    let source = match &spec.kind {
+        NetKind::None => return Ok(None),
+        NetKind::User => NicSource::User,
+        NetKind::Bridge(b) => NicSource::Bridge { bridge: b.clone() },
+        NetKind::Network(n) => {
+            if !store.exists(Kind::Network, n) && crate::network::lifecycle::load_state(store, n).is_none() {
+                return Err(bad(vm, format!("--network network={n}: network '{n}' not found")));
+            }
+            NicSource::Network { network: n.clone() }
+        }
+    };
+    let mac = match &spec.mac {
+        Some(m) if m.eq_ignore_ascii_case("RANDOM") => random_mac(used),
+        Some(m) => {
+            let parsed: MacAddr = m.parse().map_err(|e| bad(vm, format!("--network mac={m}: {e}")))?;
+            if parsed.is_multicast() || parsed.is_zero() {
+                return Err(bad(vm, format!("--network mac={m}: a NIC needs a unicast, non-zero MAC")));
+            }
+            let m = parsed.to_string();
+            if used.contains(&m) {
+                return Err(bad(vm, format!("--network mac={m}: already used by another VM")));
+            }
+            m
+        }
+        None => random_mac(used),
+    };
+    used.insert(mac.clone());
+    Ok(Some(NicDef { source, model: spec.model, mac }))
+}
+
+/// `52:54:00:xx:xx:xx`, unique among the MACs given.
+pub fn random_mac(used: &HashSet<String>) -> String {
+    loop {
+        let b = *uuid::Uuid::new_v4().as_bytes();
+        let m = format!("52:54:00:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2]);
+        if !used.contains(&m) {
+            return m;
+        }
+    }
+}
+
+fn disk(
+    store: &Store,
+    vm: &str,
+    index: usize,
+    spec: &DiskSpec,
+    users: &[(String, PathBuf)],
+    dry_run: bool,
+    created: &mut Created,
+) -> Result<DiskDef, DomainError> {
+    let mut was_created = false;
+    let path = match &spec.source {
+        DiskSource::Path(p) => {
+            let p = if p.is_absolute() {
+                p.clone()
+            } else {
+                std::env::current_dir().map(|d| d.join(p)).unwrap_or(p.clone())
+            };
+            if !p.exists() {
+                let size = spec.size_gib.ok_or_else(|| {
+                    bad(vm, format!("--disk path={}: does not exist (add size=GiB to create it)", p.display()))
+                })?;
+                if !dry_run {
+                    create_file(vm, &p, size, spec)?;
+                    created.files.push(p.clone());
+                }
+                was_created = true;
+            }
+            p
+        }
+        DiskSource::Volume { pool, name } => {
+            volume::resolve(store, Some(pool), name)
+                .map_err(|e| bad(vm, format!("--disk vol={pool}/{name}: {e}")))?
+                .path
+        }
+        DiskSource::NewVolume { pool } => {
+            let def =
+                crate::storage::pool::active(store, pool).map_err(|e| bad(vm, format!("--disk pool={pool}: {e}")))?;
+            let name = if index == 0 { format!("{vm}.qcow2") } else { format!("{vm}-{index}.qcow2") };
+            let path = def.target.join(&name);
+            if !dry_run {
+                let opts = CreateOpts {
+                    capacity: gib(spec.size_gib.unwrap_or(0.0)),
+                    format: Format::Qcow2,
+                    backing_vol: spec.backing_store.clone(),
+                    backing_format: spec.backing_format.as_deref().and_then(|f| f.parse().ok()),
+                    prealloc_metadata: false,
+                };
+                volume::create_as(store, pool, &name, &opts)
+                    .map_err(|e| bad(vm, format!("--disk pool={pool},size=...: {e}")))?;
+                created.files.push(path.clone());
+            }
+            was_created = true;
+            path
+        }
+    };
+    let cdrom = spec.device == DiskDevice::Cdrom;
+    let readonly = spec.readonly || cdrom;
+    if !readonly && !spec.shareable {
+        let canon = std::fs::canonicalize(&path).unwrap_or(path.clone());
+        if let Some((other, _)) = users.iter().find(|(_, p)| std::fs::canonicalize(p).unwrap_or(p.clone()) == canon) {
+            return Err(bad(
+                vm,
+                format!(
+                    "--disk {}: already used by domain '{other}' (add shareable=on or readonly=on)",
+                    path.display()
+                ),
+            ));
+        }
+    }
+    if !was_created && image::qemu_lock_holder(&path).ok().flatten().is_some() && !readonly {
+        return Err(bad(vm, format!("--disk {}: is in use by a running qemu", path.display())));
+    }
+    let format = match &spec.format {
+        Some(f) => f.clone(),
+        None if dry_run && was_created => "qcow2".into(),
+        None => image::detect(&path).map_err(|e| bad(vm, format!("--disk {}: {e}", path.display())))?.to_string(),
+    };
+    Ok(DiskDef {
+        path,
+        format,
+        bus: spec.bus.unwrap_or(DiskBus::Virtio),
+        device: spec.device,
+        cache: spec.cache.clone(),
+        readonly,
+        shareable: spec.shareable,
+        created: was_created,
+    })
+}
+
+fn gib(g: f64) -> u64 {
+    (g * (1u64 << 30) as f64) as u64
+}
+
+/// A new disk file at a path outside any pool (qcow2 unless format=raw).
+fn create_file(vm: &str, p: &Path, size_gib: f64, spec: &DiskSpec) -> Result<(), DomainError> {
+    let fail = |e: String| bad(vm, format!("--disk path={}: {e}", p.display()));
+    let file = std::fs::OpenOptions::new().write(true).create_new(true).open(p).map_err(|e| fail(e.to_string()))?;
+    let r = match spec.format.as_deref().unwrap_or("qcow2") {
+        "raw" => file.set_len(gib(size_gib)).map_err(|e| e.to_string()),
+        "qcow2" => crate::storage::qcow2::Qcow2Writer::new(&file, gib(size_gib), None)
+            .map_err(|e| e.to_string())
+            .and_then(|w| w.finish().map(|_| ()).map_err(|e| e.to_string())),
+        other => Err(format!("format={other}: kvmctl creates qcow2 or raw disks")),
+    };
+    if let Err(e) = r {
+        drop(file);
+        let _ = std::fs::remove_file(p);
+        return Err(fail(e));
+    }
+    Ok(())
+}

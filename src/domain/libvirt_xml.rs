@@ -1,0 +1,119 @@
+//! `dumpxml`: the definition as libvirt domain XML, for the subset kvmctl models.
+
+use super::definition::*;
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('\'', "&apos;")
+}
+
+/// Target device name as libvirt assigns them: vda.. for virtio, sda.. for sata/scsi, hda.. for ide.
+pub fn target_names(def: &DomainDef) -> Vec<String> {
+    let (mut vd, mut sd, mut hd) = (0u8, 0u8, 0u8);
+    def.disks
+        .iter()
+        .map(|d| {
+            let bus = if d.device == DiskDevice::Cdrom && d.bus == DiskBus::Virtio { DiskBus::Ide } else { d.bus };
+            let (prefix, n) = match bus {
+                DiskBus::Virtio => ("vd", &mut vd),
+                DiskBus::Sata | DiskBus::Scsi => ("sd", &mut sd),
+                DiskBus::Ide => ("hd", &mut hd),
+            };
+            *n += 1;
+            format!("{prefix}{}", (b'a' + *n - 1) as char)
+        })
+        .collect()
+}
+
+fn bus_name(d: &DiskDef) -> &'static str {
+    match (d.device, d.bus) {
+        (DiskDevice::Cdrom, DiskBus::Virtio) | (_, DiskBus::Ide) => "ide",
+        (_, DiskBus::Virtio) => "virtio",
+        (_, DiskBus::Sata) => "sata",
+        (_, DiskBus::Scsi) => "scsi",
+    }
+}
+
+fn action(a: Action) -> &'static str {
+    match a {
+        Action::Destroy => "destroy",
+        Action::Restart => "restart",
+        Action::Preserve => "preserve",
+    }
+}
+
+pub fn to_xml(def: &DomainDef) -> String {
+    let mut x = String::new();
+    let virt = if def.accel == Accel::Tcg { "qemu" } else { "kvm" };
+    x += &format!("<domain type='{virt}'>\n  <name>{}</name>\n  <uuid>{}</uuid>\n", esc(&def.name), def.uuid);
+    x += &format!(
+        "  <memory unit='MiB'>{0}</memory>\n  <currentMemory unit='MiB'>{0}</currentMemory>\n",
+        def.memory_mib
+    );
+    x += &format!(
+        "  <vcpu placement='static'>{}</vcpu>\n  <os>\n    <type arch='x86_64' machine='{}'>hvm</type>\n",
+        def.vcpus,
+        esc(&def.machine)
+    );
+    if let Some(k) = &def.kernel {
+        x += &format!("    <kernel>{}</kernel>\n", esc(&k.kernel.display().to_string()));
+        if let Some(i) = &k.initrd {
+            x += &format!("    <initrd>{}</initrd>\n", esc(&i.display().to_string()));
+        }
+        if !k.cmdline.is_empty() {
+            x += &format!("    <cmdline>{}</cmdline>\n", esc(&k.cmdline));
+        }
+    } else {
+        for b in &def.boot_order {
+            x += &format!("    <boot dev='{}'/>\n", esc(b));
+        }
+    }
+    x += "  </os>\n  <features>\n    <acpi/>\n  </features>\n";
+    match &def.cpu {
+        Some(m) => x += &format!("  <cpu mode='custom'>\n    <model>{}</model>\n  </cpu>\n", esc(m)),
+        None => x += "  <cpu mode='host-passthrough'/>\n",
+    }
+    x += &format!(
+        "  <on_poweroff>{}</on_poweroff>\n  <on_reboot>{}</on_reboot>\n  <on_crash>{}</on_crash>\n  <devices>\n    <emulator>/usr/bin/qemu-system-x86_64</emulator>\n",
+        action(def.on_poweroff),
+        action(def.on_reboot),
+        action(def.on_crash)
+    );
+    for (d, target) in def.disks.iter().zip(target_names(def)) {
+        let dev = if d.device == DiskDevice::Cdrom { "cdrom" } else { "disk" };
+        x += &format!("    <disk type='file' device='{dev}'>\n      <driver name='qemu' type='{}'", esc(&d.format));
+        if let Some(c) = &d.cache {
+            x += &format!(" cache='{}'", esc(c));
+        }
+        x += &format!(
+            "/>\n      <source file='{}'/>\n      <target dev='{target}' bus='{}'/>\n",
+            esc(&d.path.display().to_string()),
+            bus_name(d)
+        );
+        if d.readonly {
+            x += "      <readonly/>\n";
+        }
+        if d.shareable {
+            x += "      <shareable/>\n";
+        }
+        x += "    </disk>\n";
+    }
+    for n in &def.nics {
+        let (ty, src) = match &n.source {
+            NicSource::Network { network } => ("network", format!("      <source network='{}'/>\n", esc(network))),
+            NicSource::Bridge { bridge } => ("bridge", format!("      <source bridge='{}'/>\n", esc(bridge))),
+            NicSource::User => ("user", String::new()),
+        };
+        let model = match n.model {
+            NicModel::Virtio => "virtio",
+            NicModel::E1000 => "e1000",
+            NicModel::Rtl8139 => "rtl8139",
+        };
+        x += &format!("    <interface type='{ty}'>\n      <mac address='{}'/>\n{src}      <model type='{model}'/>\n    </interface>\n", n.mac);
+    }
+    x += "    <serial type='pty'>\n      <target port='0'/>\n    </serial>\n    <console type='pty'>\n      <target type='serial' port='0'/>\n    </console>\n";
+    if let Graphics::Vnc { listen } = &def.graphics {
+        x += &format!("    <graphics type='vnc' port='-1' autoport='yes' listen='{}'/>\n", esc(listen));
+    }
+    x += "  </devices>\n</domain>\n";
+    x
+}

@@ -1,0 +1,343 @@
+//! Starting and stopping VMs: taps into networks, the supervisor spawned detached, the stop
+//! ladder (ACPI -> quit -> SIGKILL), and reading what is real.
+
+use std::fs;
+use std::io::Read;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+
+use super::accel::{self, Accel};
+use super::argv::{render, RenderEnv};
+use super::definition::{DomainDef, NicSource};
+use super::runtime::{now_secs, RunDir, RunState, VmState};
+use super::supervisor::{self, Reply, Request};
+use super::tap;
+use crate::network::lifecycle as netlife;
+use crate::network::netlink::Netlink;
+use crate::network::NetworkDef;
+use crate::paths::Kind;
+use crate::state::{atomic_write, Store, StoreError};
+
+#[derive(Debug, Error)]
+pub enum DomainError {
+    #[error(transparent)]
+    Store(Box<StoreError>),
+    #[error("domain '{0}' is already running")]
+    Running(String),
+    #[error("domain '{0}' is not running")]
+    NotRunning(String),
+    #[error("domain '{name}': {what}")]
+    Invalid { name: String, what: String },
+    #[error("domain '{name}': network '{net}': {source}")]
+    Network { name: String, net: String, source: Box<netlife::LifecycleError> },
+    #[error("domain '{name}': {source}")]
+    Accel { name: String, source: accel::AccelError },
+    #[error("domain '{name}': tap for NIC {index}: {source}")]
+    Tap { name: String, index: usize, source: tap::TapError },
+    #[error("domain '{name}' failed to start: {reason}")]
+    StartFailed { name: String, reason: String },
+    #[error("domain '{name}': {what}: {reason}")]
+    Control { name: String, what: &'static str, reason: String },
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+impl From<StoreError> for DomainError {
+    fn from(e: StoreError) -> Self {
+        DomainError::Store(Box::new(e))
+    }
+}
+
+fn io_at(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> DomainError {
+    let path = path.into();
+    move |source| DomainError::Io { path, source }
+}
+
+fn invalid(name: &str, what: impl Into<String>) -> DomainError {
+    DomainError::Invalid { name: name.into(), what: what.into() }
+}
+
+/// The definition to use for `name`: the running one if any, else the persistent one.
+pub fn current_def(store: &Store, name: &str) -> Result<DomainDef, DomainError> {
+    let rd = RunDir::of(store, name);
+    if rd.alive() {
+        if let Ok(t) = fs::read_to_string(rd.live_def()) {
+            if let Ok(d) = toml::from_str(&t) {
+                return Ok(d);
+            }
+        }
+    }
+    Ok(store.load(Kind::Domain, name)?)
+}
+
+/// A tap opened for one NIC and attached to its bridge.
+struct NicTap {
+    fd: OwnedFd,
+    name: String,
+}
+
+/// Open and attach the taps of every tap-backed NIC, starting inactive networks first.
+async fn open_taps(store: &Store, def: &DomainDef, notify: &dyn Fn(&str)) -> Result<Vec<Option<NicTap>>, DomainError> {
+    let nl = Netlink::connect().map_err(|e| invalid(&def.name, e.to_string()))?;
+    let mut taps = Vec::new();
+    for (i, nic) in def.nics.iter().enumerate() {
+        let bridge = match &nic.source {
+            NicSource::User => {
+                taps.push(None);
+                continue;
+            }
+            NicSource::Network { network } => network_bridge(store, &nl, &def.name, network, notify).await?,
+            NicSource::Bridge { bridge } => bridge.clone(),
+        };
+        let link = nl.link(&bridge).await.map_err(|e| invalid(&def.name, e.to_string()))?;
+        let br = match link {
+            Some(l) if l.kind.as_deref() == Some("bridge") => l.index,
+            Some(_) => return Err(invalid(&def.name, format!("{bridge} is not a bridge"))),
+            None => return Err(invalid(&def.name, format!("bridge {bridge} does not exist"))),
+        };
+        let t = tap::open_tap(Some("vnet%d")).map_err(|source| DomainError::Tap {
+            name: def.name.clone(),
+            index: i,
+            source,
+        })?;
+        let idx = nl
+            .link(t.name())
+            .await
+            .ok()
+            .flatten()
+            .map(|l| l.index)
+            .ok_or_else(|| invalid(&def.name, format!("tap {} vanished", t.name())))?;
+        nl.enslave(idx, br).await.map_err(|e| invalid(&def.name, e.to_string()))?;
+        let name = t.name().to_string();
+        taps.push(Some(NicTap { fd: t.into_fd(), name }));
+    }
+    Ok(taps)
+}
+
+/// The bridge of a kvmctl network, starting the network if it is inactive.
+async fn network_bridge(
+    store: &Store,
+    nl: &Netlink,
+    vm: &str,
+    net: &str,
+    notify: &dyn Fn(&str),
+) -> Result<String, DomainError> {
+    let wrap = |source| DomainError::Network { name: vm.into(), net: net.into(), source: Box::new(source) };
+    if let Some(st) = netlife::load_state(store, net) {
+        return Ok(st.bridge);
+    }
+    let _l = store.lock(Kind::Network, net)?;
+    if let Some(st) = netlife::load_state(store, net) {
+        return Ok(st.bridge);
+    }
+    let def: NetworkDef = store.load(Kind::Network, net).map_err(|e| wrap(e.into()))?;
+    notify(&format!("Network '{net}' is not active: starting it"));
+    let st = netlife::start(store, nl, &def, false).await.map_err(wrap)?;
+    Ok(st.bridge)
+}
+
+/// Start a VM: resolve the accelerator, wire taps, spawn the supervisor, wait until running.
+pub fn start(store: &Store, def: &DomainDef, transient: bool, notify: &dyn Fn(&str)) -> Result<RunState, DomainError> {
+    let name = &def.name;
+    let rd = RunDir::of(store, name);
+    if rd.alive() {
+        return Err(DomainError::Running(name.clone()));
+    }
+    let verdict = accel::probe(&store.paths.run);
+    let res =
+        accel::resolve(def.accel, &verdict).map_err(|source| DomainError::Accel { name: name.clone(), source })?;
+    if let Some(n) = &res.notice {
+        notify(n);
+    }
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(io_at("tokio"))?;
+    let taps = rt.block_on(open_taps(store, def, notify))?;
+    fs::create_dir_all(&rd.dir).map_err(io_at(&rd.dir))?;
+    let fds: Vec<Option<i32>> = taps.iter().map(|t| t.as_ref().map(|t| t.fd.as_raw_fd())).collect();
+    let env = RenderEnv {
+        accel: res.accel,
+        qmp_socket: &rd.qmp(),
+        serial_socket: &rd.console_sock(),
+        tap_fds: &fds,
+        vhost: tap::vhost_available(),
+        vnc_display: vnc_display(store, name),
+    };
+    let argv = render(def, &env);
+    write_run_files(&rd, def, &argv, &taps, res.accel, transient)?;
+    let reply = spawn_supervisor(&rd, name, &taps)?;
+    drop(taps);
+    Ok(reply)
+}
+
+fn write_run_files(
+    rd: &RunDir,
+    def: &DomainDef,
+    argv: &[String],
+    taps: &[Option<NicTap>],
+    accel: Accel,
+    transient: bool,
+) -> Result<(), DomainError> {
+    let def_text = toml::to_string_pretty(def).map_err(|e| invalid(&def.name, e.to_string()))?;
+    atomic_write(&rd.live_def(), def_text.as_bytes()).map_err(io_at(rd.live_def()))?;
+    let argv_text = serde_json::to_string(argv).expect("argv serializes");
+    atomic_write(&rd.argv(), argv_text.as_bytes()).map_err(io_at(rd.argv()))?;
+    // A new boot, a new console log (the previous one is kept as console.log.1).
+    if rd.console_log().exists() {
+        let _ = fs::rename(rd.console_log(), rd.dir.join("console.log.1"));
+    }
+    for p in [rd.qemu_log(), rd.console_log()] {
+        fs::write(&p, b"").map_err(io_at(&p))?;
+    }
+    let st = RunState {
+        state: VmState::Shutoff,
+        reason: "starting".into(),
+        supervisor_pid: 0,
+        qemu_pid: None,
+        accel: accel.as_str().into(),
+        started_at: now_secs(),
+        taps: taps.iter().flatten().map(|t| t.name.clone()).collect(),
+        transient,
+        restarts: 0,
+    };
+    rd.write_state(&st).map_err(io_at(rd.state()))
+}
+
+/// VNC display numbers: one per running VM, from the VM's position among defined names.
+fn vnc_display(store: &Store, name: &str) -> u16 {
+    store.list(Kind::Domain).ok().and_then(|l| l.iter().position(|n| n == name)).unwrap_or(0) as u16
+}
+
+/// Spawn `kvmctl __supervise` detached (own session), passing the taps, and wait for its word.
+fn spawn_supervisor(rd: &RunDir, name: &str, taps: &[Option<NicTap>]) -> Result<RunState, DomainError> {
+    let (read_end, write_end) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| io_at("pipe")(e.into()))?;
+    let keep: Vec<i32> = taps.iter().flatten().map(|t| t.fd.as_raw_fd()).chain([write_end.as_raw_fd()]).collect();
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(rd.supervisor_log())
+        .map_err(io_at(rd.supervisor_log()))?;
+    let exe = std::env::current_exe().map_err(io_at("/proc/self/exe"))?;
+    let mut cmd = Command::new(exe);
+    cmd.args(["__supervise", "--dir"])
+        .arg(&rd.dir)
+        .args(["--ready-fd", &write_end.as_raw_fd().to_string()])
+        .env("KVMCTL_LOG", std::env::var("KVMCTL_LOG").unwrap_or_else(|_| "info".into()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log));
+    // SAFETY: only async-signal-safe calls (setsid, fcntl) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::setsid();
+            for fd in &keep {
+                tap::clear_cloexec_fd(*fd)?;
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(io_at("kvmctl __supervise"))?;
+    drop(write_end);
+    let mut word = String::new();
+    let _ = fs::File::from(read_end).read_to_string(&mut word);
+    // The supervisor outlives this command (own session); init reaps it when it exits.
+    let _ = child.try_wait();
+    match word.trim_end().strip_prefix("ERR ") {
+        None if word.starts_with("OK") => Ok(rd.read_state().unwrap_or_else(|| panic!("state.json of a running VM"))),
+        Some(reason) => Err(DomainError::StartFailed { name: name.into(), reason: reason.into() }),
+        None => Err(DomainError::StartFailed {
+            name: name.into(),
+            reason: format!("the supervisor died: {}", RunDir::tail(&rd.supervisor_log(), 5)),
+        }),
+    }
+}
+
+/// Send a request to a running VM's supervisor.
+pub fn control(store: &Store, name: &str, req: Request, what: &'static str) -> Result<Reply, DomainError> {
+    let rd = RunDir::of(store, name);
+    if !rd.alive() {
+        return Err(DomainError::NotRunning(name.into()));
+    }
+    let reply = supervisor::request(&rd, &req, Duration::from_secs(15)).map_err(|reason| DomainError::Control {
+        name: name.into(),
+        what,
+        reason,
+    })?;
+    if !reply.ok {
+        return Err(DomainError::Control { name: name.into(), what, reason: reply.error.unwrap_or_default() });
+    }
+    Ok(reply)
+}
+
+/// Wait until the supervisor is gone (lock released); false on timeout.
+pub fn wait_stopped(store: &Store, name: &str, timeout: Duration) -> bool {
+    let rd = RunDir::of(store, name);
+    let t0 = Instant::now();
+    while rd.alive() {
+        if t0.elapsed() > timeout {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    true
+}
+
+/// `destroy`: quit -> SIGKILL in the supervisor; if the supervisor itself is stuck, kill it
+/// (qemu dies with it: PR_SET_PDEATHSIG).
+pub fn destroy(store: &Store, name: &str) -> Result<(), DomainError> {
+    let rd = RunDir::of(store, name);
+    if !rd.alive() {
+        return Err(DomainError::NotRunning(name.into()));
+    }
+    let asked = supervisor::request(&rd, &Request::Destroy, Duration::from_secs(10)).is_ok();
+    if asked && wait_stopped(store, name, Duration::from_secs(10)) {
+        return finish_transient(store, name);
+    }
+    if let Some(pid) = rd.read_state().map(|s| s.supervisor_pid).filter(|p| is_our_supervisor(*p, &rd)) {
+        // SAFETY: kill(2) on a pid verified through /proc to be this VM's supervisor.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    if !wait_stopped(store, name, Duration::from_secs(5)) {
+        return Err(DomainError::Control {
+            name: name.into(),
+            what: "destroy",
+            reason: "the supervisor does not stop".into(),
+        });
+    }
+    let mut st = rd.read_state().unwrap_or_else(|| panic!("state.json"));
+    st.state = VmState::Shutoff;
+    st.reason = "destroyed".into();
+    st.qemu_pid = None;
+    rd.write_state(&st).map_err(io_at(rd.state()))?;
+    finish_transient(store, name)
+}
+
+fn is_our_supervisor(pid: i32, rd: &RunDir) -> bool {
+    let Ok(cmd) = fs::read(format!("/proc/{pid}/cmdline")) else { return false };
+    let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+    args.contains(&b"__supervise".as_slice()) && args.contains(&rd.dir.as_os_str().as_encoded_bytes())
+}
+
+/// `shutdown`: ACPI power button, wait, then escalate (quit -> SIGKILL).
+pub fn shutdown(store: &Store, name: &str, timeout: Duration) -> Result<bool, DomainError> {
+    control(store, name, Request::Shutdown, "shutdown")?;
+    if wait_stopped(store, name, timeout) {
+        finish_transient(store, name)?;
+        return Ok(true);
+    }
+    destroy(store, name)?;
+    Ok(false)
+}
+
+/// A transient VM stops existing when it stops.
+fn finish_transient(store: &Store, name: &str) -> Result<(), DomainError> {
+    let rd = RunDir::of(store, name);
+    if rd.read_state().is_some_and(|s| s.transient) && !store.exists(Kind::Domain, name) {
+        fs::remove_dir_all(&rd.dir).map_err(io_at(&rd.dir))?;
+    }
+    Ok(())
+}

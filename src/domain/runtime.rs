@@ -1,0 +1,134 @@
+//! A VM's runtime directory `<run>/domains/<name>/` and what is recorded in it.
+//! Liveness is the supervisor's OFD lock on `lock`: held = alive, whatever state.json says.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::paths::Kind;
+use crate::state::{atomic_write, try_lock_exclusive, Store};
+
+/// Every file of one VM's runtime dir.
+#[derive(Debug, Clone)]
+pub struct RunDir {
+    pub dir: PathBuf,
+}
+
+impl RunDir {
+    pub fn of(store: &Store, name: &str) -> RunDir {
+        RunDir { dir: store.paths.run_dir(Kind::Domain).join(name) }
+    }
+    pub fn lock(&self) -> PathBuf {
+        self.dir.join("lock")
+    }
+    pub fn control(&self) -> PathBuf {
+        self.dir.join("control.sock")
+    }
+    pub fn qmp(&self) -> PathBuf {
+        self.dir.join("qmp.sock")
+    }
+    pub fn console_sock(&self) -> PathBuf {
+        self.dir.join("console.sock")
+    }
+    pub fn state(&self) -> PathBuf {
+        self.dir.join("state.json")
+    }
+    /// The definition the VM runs with.
+    pub fn live_def(&self) -> PathBuf {
+        self.dir.join("live.toml")
+    }
+    pub fn argv(&self) -> PathBuf {
+        self.dir.join("qemu.argv")
+    }
+    pub fn qemu_log(&self) -> PathBuf {
+        self.dir.join("qemu.log")
+    }
+    pub fn console_log(&self) -> PathBuf {
+        self.dir.join("console.log")
+    }
+    pub fn supervisor_log(&self) -> PathBuf {
+        self.dir.join("supervisor.log")
+    }
+
+    /// Is a supervisor holding this VM's lock?
+    pub fn alive(&self) -> bool {
+        if !self.lock().exists() {
+            return false;
+        }
+        matches!(try_lock_exclusive(&self.lock()), Ok(None))
+    }
+
+    pub fn read_state(&self) -> Option<RunState> {
+        serde_json::from_str(&fs::read_to_string(self.state()).ok()?).ok()
+    }
+
+    pub fn write_state(&self, st: &RunState) -> std::io::Result<()> {
+        atomic_write(&self.state(), serde_json::to_string_pretty(st).expect("state serializes").as_bytes())
+    }
+
+    /// The last `n` lines of a log file (for errors: qemu's own words).
+    pub fn tail(path: &Path, n: usize) -> String {
+        let text = fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VmState {
+    Running,
+    Paused,
+    /// The guest powered off and on_poweroff=preserve keeps qemu around.
+    Shutdown,
+    Shutoff,
+    Crashed,
+}
+
+impl VmState {
+    /// virsh's words.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VmState::Running => "running",
+            VmState::Paused => "paused",
+            VmState::Shutdown => "in shutdown",
+            VmState::Shutoff => "shut off",
+            VmState::Crashed => "crashed",
+        }
+    }
+}
+
+/// `state.json`, kept current by the supervisor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunState {
+    pub state: VmState,
+    /// Why: booted, user, unpaused, shutdown, destroyed, crashed, failed, ...
+    pub reason: String,
+    pub supervisor_pid: i32,
+    pub qemu_pid: Option<i32>,
+    pub accel: String,
+    /// Seconds since the epoch.
+    pub started_at: u64,
+    pub taps: Vec<String>,
+    pub transient: bool,
+    /// Times the guest was restarted by on_* policies.
+    pub restarts: u32,
+}
+
+/// What `list`/`domstate` should say: the recorded state, corrected by the lock.
+pub fn observed(rd: &RunDir) -> (VmState, String) {
+    let st = rd.read_state();
+    let alive = rd.alive();
+    match (st, alive) {
+        (Some(s), true) => (s.state, s.reason),
+        (Some(s), false) if matches!(s.state, VmState::Shutoff | VmState::Crashed) => (s.state, s.reason),
+        (Some(_), false) => (VmState::Crashed, "supervisor gone".into()),
+        (None, true) => (VmState::Running, "starting".into()),
+        (None, false) => (VmState::Shutoff, "unknown".into()),
+    }
+}
+
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}

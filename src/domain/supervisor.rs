@@ -1,0 +1,436 @@
+//! The per-VM supervisor: a detached process (`kvmctl __supervise --dir D --ready-fd N`) that
+//! owns qemu, holds QMP and the serial console, applies on_poweroff/on_reboot/on_crash, keeps
+//! `state.json` current, holds the VM's lock for its whole life, and answers `control.sock`.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::fd::{FromRawFd, RawFd};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::process::{Child, Command};
+use tokio::sync::{mpsc, oneshot};
+
+use super::definition::{Action, DomainDef};
+use super::qmp::{self, QmpEvents, QmpHandle};
+use super::runtime::{now_secs, RunDir, RunState, VmState};
+use crate::state::ObjectLock;
+
+/// A request on the control socket: one JSON line in, one JSON line out.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum Request {
+    Status,
+    Shutdown,
+    Destroy,
+    Reboot,
+    Reset,
+    Suspend,
+    Resume,
+    /// A raw QMP command (for domifaddr of user NICs and the like).
+    Qmp {
+        command: String,
+        arguments: Value,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Reply {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<RunState>,
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub data: Value,
+}
+
+impl Reply {
+    fn ok(state: &RunState) -> Reply {
+        Reply { ok: true, error: None, state: Some(state.clone()), data: Value::Null }
+    }
+    fn err(msg: impl Into<String>) -> Reply {
+        Reply { ok: false, error: Some(msg.into()), state: None, data: Value::Null }
+    }
+}
+
+/// Entry point of the hidden subcommand. Never returns.
+pub fn main(dir: PathBuf, ready_fd: RawFd) -> ! {
+    // SAFETY: the fd number was passed by our parent, which opened it for us.
+    let mut ready = unsafe { File::from_raw_fd(ready_fd) };
+    let _ = nix::fcntl::fcntl(ready_fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
+    let rd = RunDir { dir };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+    let code = rt.block_on(async {
+        match Supervisor::boot(&rd).await {
+            Ok(mut sup) => {
+                let _ = ready.write_all(b"OK\n");
+                drop(ready);
+                sup.run().await;
+                0
+            }
+            Err(e) => {
+                let _ = writeln!(ready, "ERR {}", e.replace('\n', "\n    "));
+                let _ = rd.write_state(&failed_state(&rd, &e));
+                1
+            }
+        }
+    });
+    std::process::exit(code)
+}
+
+fn failed_state(rd: &RunDir, why: &str) -> RunState {
+    let mut st = rd.read_state().unwrap_or_else(|| blank_state(false));
+    st.state = VmState::Shutoff;
+    st.reason = format!("failed: {}", why.lines().next().unwrap_or(""));
+    st.qemu_pid = None;
+    st
+}
+
+fn blank_state(transient: bool) -> RunState {
+    RunState {
+        state: VmState::Shutoff,
+        reason: "starting".into(),
+        supervisor_pid: std::process::id() as i32,
+        qemu_pid: None,
+        accel: String::new(),
+        started_at: now_secs(),
+        taps: vec![],
+        transient,
+        restarts: 0,
+    }
+}
+
+type Pending = (Request, oneshot::Sender<Reply>);
+
+struct Supervisor {
+    rd: RunDir,
+    def: DomainDef,
+    argv: Vec<String>,
+    child: Child,
+    qmp: QmpHandle,
+    events: QmpEvents,
+    requests: mpsc::Receiver<Pending>,
+    state: RunState,
+    /// A `reboot` request: power the guest down, then reset it instead of stopping.
+    fake_reboot: bool,
+    /// We asked qemu to go away (destroy/shutdown/policy): its exit is not a crash.
+    quitting: Option<&'static str>,
+    _lock: ObjectLock,
+}
+
+impl Supervisor {
+    async fn boot(rd: &RunDir) -> Result<Supervisor, String> {
+        let lock = match crate::state::try_lock_exclusive(&rd.lock()) {
+            Ok(Some(l)) => l,
+            Ok(None) => return Err("another supervisor holds this VM (already running)".into()),
+            Err(e) => return Err(format!("cannot lock {}: {e}", rd.lock().display())),
+        };
+        let def: DomainDef = toml::from_str(&std::fs::read_to_string(rd.live_def()).map_err(|e| e.to_string())?)
+            .map_err(|e| format!("live definition: {e}"))?;
+        let argv: Vec<String> = serde_json::from_str(&std::fs::read_to_string(rd.argv()).map_err(|e| e.to_string())?)
+            .map_err(|e| format!("qemu argv: {e}"))?;
+        let mut state = rd.read_state().unwrap_or_else(|| blank_state(false));
+        state.supervisor_pid = std::process::id() as i32;
+        let (child, qmp, events) = launch(rd, &argv).await?;
+        state.qemu_pid = child.id().map(|p| p as i32);
+        state.state = VmState::Running;
+        state.reason = "booted".into();
+        state.started_at = now_secs();
+        rd.write_state(&state).map_err(|e| e.to_string())?;
+        let requests = serve_control(rd)?;
+        Ok(Supervisor {
+            rd: rd.clone(),
+            def,
+            argv,
+            child,
+            qmp,
+            events,
+            requests,
+            state,
+            fake_reboot: false,
+            quitting: None,
+            _lock: lock,
+        })
+    }
+
+    fn save(&self) {
+        if let Err(e) = self.rd.write_state(&self.state) {
+            tracing::error!(error = %e, "cannot write state.json");
+        }
+    }
+
+    fn set(&mut self, state: VmState, reason: &str) {
+        self.state.state = state;
+        self.state.reason = reason.to_string();
+        self.save();
+    }
+
+    async fn run(&mut self) {
+        loop {
+            tokio::select! {
+                ev = self.events.recv() => match ev {
+                    Some(ev) => self.on_event(ev).await,
+                    // QMP closed: qemu is exiting; its exit status arrives below.
+                    None => {
+                        let status = self.child.wait().await;
+                        if self.on_exit(status.ok()).await { break; }
+                    }
+                },
+                status = self.child.wait() => {
+                    if self.on_exit(status.ok()).await { break; }
+                }
+                Some((req, tx)) = self.requests.recv() => {
+                    let reply = self.on_request(req).await;
+                    let _ = tx.send(reply);
+                }
+            }
+        }
+        self.finish();
+    }
+
+    async fn on_event(&mut self, ev: Value) {
+        let name = qmp::event_name(&ev).unwrap_or("").to_string();
+        let data = ev.get("data").map(|d| d.to_string()).unwrap_or_default();
+        tracing::info!(event = %name, %data, "qmp event");
+        match name.as_str() {
+            // qemu also stops the vCPUs after a guest power-off (-no-shutdown): only a stop that
+            // leaves qemu in the "paused" status is a pause.
+            "STOP" if self.state.state == VmState::Running => {
+                let paused = matches!(
+                    self.qmp.execute(qapi::qmp::query_status {}).await,
+                    Ok(s) if s.status == qapi::qmp::RunState::paused
+                );
+                if paused {
+                    self.set(VmState::Paused, "user");
+                }
+            }
+            "RESUME" if self.state.state == VmState::Paused => self.set(VmState::Running, "unpaused"),
+            "SHUTDOWN" => {
+                let reason = ev.pointer("/data/reason").and_then(Value::as_str).unwrap_or("").to_string();
+                if self.quitting.is_some() || reason == "host-qmp-quit" {
+                    return;
+                }
+                if std::mem::take(&mut self.fake_reboot) {
+                    self.restart_guest("rebooted").await;
+                } else if reason == "guest-reset" {
+                    self.apply(self.def.on_reboot, "rebooted").await;
+                } else {
+                    self.apply(self.def.on_poweroff, "shutdown").await;
+                }
+            }
+            "GUEST_PANICKED" => self.apply(self.def.on_crash, "crashed").await,
+            _ => {}
+        }
+    }
+
+    async fn apply(&mut self, action: Action, why: &'static str) {
+        match action {
+            Action::Destroy => self.stop_qemu(why).await,
+            Action::Restart => self.restart_guest(why).await,
+            Action::Preserve => {
+                let st = if why == "crashed" { VmState::Crashed } else { VmState::Shutdown };
+                self.set(st, why);
+            }
+        }
+    }
+
+    async fn restart_guest(&mut self, why: &str) {
+        let _ = self.qmp.execute(qapi::qmp::system_reset {}).await;
+        let _ = self.qmp.execute(qapi::qmp::cont {}).await;
+        self.state.restarts += 1;
+        self.set(VmState::Running, why);
+    }
+
+    /// quit over QMP, then SIGKILL after 3 s; the exit itself is handled by `on_exit`.
+    async fn stop_qemu(&mut self, why: &'static str) {
+        self.quitting = Some(why);
+        let quit = self.qmp.clone().with_timeout(Duration::from_secs(2));
+        let _ = quit.execute(qapi::qmp::quit {}).await;
+        if tokio::time::timeout(Duration::from_secs(3), self.child.wait()).await.is_err() {
+            let _ = self.child.start_kill();
+        }
+    }
+
+    /// qemu is gone. Returns true when the supervisor should exit.
+    async fn on_exit(&mut self, status: Option<std::process::ExitStatus>) -> bool {
+        let _ = self.child.wait().await;
+        if let Some(why) = self.quitting {
+            self.set(VmState::Shutoff, why);
+            return true;
+        }
+        let detail = status.map(|s| s.to_string()).unwrap_or_default();
+        tracing::warn!(%detail, "qemu exited unexpectedly");
+        if self.def.on_crash == Action::Restart && self.state.restarts < 10 {
+            match launch(&self.rd, &self.argv).await {
+                Ok((child, qmp, events)) => {
+                    (self.child, self.qmp, self.events) = (child, qmp, events);
+                    self.state.qemu_pid = self.child.id().map(|p| p as i32);
+                    self.state.restarts += 1;
+                    self.set(VmState::Running, "crashed, restarted");
+                    return false;
+                }
+                Err(e) => tracing::error!(error = %e, "restart after crash failed"),
+            }
+        }
+        self.state.qemu_pid = None;
+        self.set(VmState::Crashed, &format!("crashed: qemu {detail}"));
+        true
+    }
+
+    async fn on_request(&mut self, req: Request) -> Reply {
+        let r = match req {
+            Request::Status => Ok(()),
+            Request::Shutdown => self.qmp.execute(qapi::qmp::system_powerdown {}).await.map(|_| ()),
+            Request::Reboot => {
+                self.fake_reboot = true;
+                self.qmp.execute(qapi::qmp::system_powerdown {}).await.map(|_| ())
+            }
+            Request::Reset => self.qmp.execute(qapi::qmp::system_reset {}).await.map(|_| ()),
+            Request::Suspend => self.qmp.execute(qapi::qmp::stop {}).await.map(|_| ()),
+            Request::Resume => self.qmp.execute(qapi::qmp::cont {}).await.map(|_| ()),
+            Request::Destroy => {
+                self.stop_qemu("destroyed").await;
+                self.set(VmState::Shutoff, "destroyed");
+                return Reply::ok(&self.state);
+            }
+            Request::Qmp { command, arguments } => {
+                return match self.qmp.execute_raw(&command, arguments).await {
+                    Ok(v) => Reply { data: v, ..Reply::ok(&self.state) },
+                    Err(e) => Reply::err(e.to_string()),
+                }
+            }
+        };
+        match r {
+            Ok(()) => Reply::ok(&self.state),
+            Err(e) => Reply::err(e.to_string()),
+        }
+    }
+
+    fn finish(&mut self) {
+        for p in [self.rd.control(), self.rd.qmp(), self.rd.console_sock()] {
+            let _ = std::fs::remove_file(p);
+        }
+        self.state.qemu_pid = None;
+        self.save();
+    }
+}
+
+/// Start qemu (paused), connect its console and QMP, then let it run.
+async fn launch(rd: &RunDir, argv: &[String]) -> Result<(Child, QmpHandle, QmpEvents), String> {
+    for p in [rd.qmp(), rd.console_sock()] {
+        let _ = std::fs::remove_file(p);
+    }
+    let log = OpenOptions::new().create(true).append(true).open(rd.qemu_log()).map_err(|e| e.to_string())?;
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args(argv).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::from(log));
+    // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe; qemu dies with its supervisor.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(|e| format!("cannot run qemu-system-x86_64: {e}"))?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !(rd.qmp().exists() && rd.console_sock().exists()) {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("qemu exited ({status}):\n{}", RunDir::tail(&rd.qemu_log(), 6)));
+        }
+        if tokio::time::Instant::now() > deadline {
+            let _ = child.start_kill();
+            return Err("qemu did not open its QMP socket within 30 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    match connect_and_run(rd).await {
+        Ok((qmp, events)) => Ok((child, qmp, events)),
+        Err(e) => {
+            // qemu may have refused something after opening its sockets: its own words first.
+            let status = match tokio::time::timeout(Duration::from_secs(2), child.wait()).await {
+                Ok(s) => s.map(|s| s.to_string()).unwrap_or_default(),
+                Err(_) => {
+                    let _ = child.kill().await;
+                    String::new()
+                }
+            };
+            let said = RunDir::tail(&rd.qemu_log(), 6);
+            Err(if said.is_empty() { e } else { format!("qemu exited ({status}):\n{said}") })
+        }
+    }
+}
+
+async fn connect_and_run(rd: &RunDir) -> Result<(QmpHandle, QmpEvents), String> {
+    let console = UnixStream::connect(rd.console_sock()).await.map_err(|e| format!("console socket: {e}"))?;
+    tokio::spawn(pump_console(console, rd.console_log()));
+    let (qmp, events) = qmp::connect(&rd.qmp(), qmp::DEFAULT_TIMEOUT).await.map_err(|e| e.to_string())?;
+    qmp.execute(qapi::qmp::cont {}).await.map_err(|e| format!("cont: {e}"))?;
+    Ok((qmp, events))
+}
+
+/// Everything the guest writes to its serial port goes to console.log, from the first byte.
+async fn pump_console(mut sock: UnixStream, log: PathBuf) {
+    let Ok(mut file) = OpenOptions::new().create(true).append(true).open(&log) else { return };
+    let mut buf = vec![0u8; 16 << 10];
+    loop {
+        match sock.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let _ = file.write_all(&buf[..n]);
+            }
+        }
+    }
+}
+
+/// Accept control connections; each request goes to the main loop with a reply channel.
+fn serve_control(rd: &RunDir) -> Result<mpsc::Receiver<Pending>, String> {
+    let _ = std::fs::remove_file(rd.control());
+    let listener = UnixListener::bind(rd.control()).map_err(|e| format!("control socket: {e}"))?;
+    let (tx, rx) = mpsc::channel::<Pending>(16);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let (r, mut w) = stream.into_split();
+                let mut lines = BufReader::new(r).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let reply = match serde_json::from_str::<Request>(&line) {
+                        Ok(req) => {
+                            let (otx, orx) = oneshot::channel();
+                            if tx.send((req, otx)).await.is_err() {
+                                break;
+                            }
+                            orx.await.unwrap_or_else(|_| Reply::err("supervisor is exiting"))
+                        }
+                        Err(e) => Reply::err(format!("bad request: {e}")),
+                    };
+                    let mut out = serde_json::to_vec(&reply).unwrap_or_default();
+                    out.push(b'\n');
+                    if w.write_all(&out).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    Ok(rx)
+}
+
+/// Client side: send one request to a VM's supervisor.
+pub fn request(rd: &RunDir, req: &Request, timeout: Duration) -> Result<Reply, String> {
+    use std::io::{BufRead, BufReader as StdBufReader};
+    let mut s =
+        std::os::unix::net::UnixStream::connect(rd.control()).map_err(|e| format!("supervisor not reachable: {e}"))?;
+    s.set_read_timeout(Some(timeout)).ok();
+    let mut line = serde_json::to_vec(req).expect("request serializes");
+    line.push(b'\n');
+    s.write_all(&line).map_err(|e| e.to_string())?;
+    let mut reply = String::new();
+    StdBufReader::new(s).read_line(&mut reply).map_err(|e| format!("no reply from the supervisor: {e}"))?;
+    serde_json::from_str(&reply).map_err(|e| format!("bad reply from the supervisor: {e}"))
+}

@@ -351,7 +351,7 @@ fn default_network_is_libvirts_and_round_trips_as_xml() {
     for want in [
         "<name>default</name>",
         "<forward mode='nat'>",
-        "<bridge name='virbr0' stp='on' delay='0'/>",
+        "<bridge name='virbr0' stp='off' delay='0'/>",
         "<ip address='192.168.122.1' netmask='255.255.255.0'>",
         "<range start='192.168.122.2' end='192.168.122.254'/>",
     ] {

@@ -49,14 +49,6 @@ pub enum Command {
     Network(network::NetCmd),
     #[command(flatten)]
     Domain(domain::DomCmd),
-    /// The per-VM supervisor (started by `start`; not for direct use).
-    #[command(name = "__supervise", hide = true)]
-    Supervise {
-        #[arg(long)]
-        dir: PathBuf,
-        #[arg(long)]
-        ready_fd: i32,
-    },
 }
 
 /// What every command gets: the store and the output settings.
@@ -84,9 +76,6 @@ pub fn init_tracing(verbose: u8, quiet: bool) {
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    if let Command::Supervise { dir, ready_fd } = cli.command {
-        crate::domain::supervisor::main(dir, ready_fd);
-    }
     let store = Store::open(Paths::resolve(cli.root))?;
     crate::storage::pool::ensure_defaults(&store)?;
     crate::network::lifecycle::ensure_default(&store)?;
@@ -96,6 +85,5 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Volume(c) => volume::run(c, &ctx),
         Command::Network(c) => network::run(c, &ctx),
         Command::Domain(c) => domain::run(c, &ctx),
-        Command::Supervise { .. } => unreachable!("handled above"),
     }
 }

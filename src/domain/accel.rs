@@ -243,7 +243,7 @@ fn store_cache(cache_dir: &Path, boot_id: &str, verdict: &AccelVerdict) {
     let write = || -> std::io::Result<()> {
         fs::create_dir_all(cache_dir)?;
         let json = serde_json::to_vec_pretty(&cache).map_err(std::io::Error::other)?;
-        crate::state::atomic_write(&cache_dir.join(CACHE_FILE), &json)
+        crate::state::runtime_write(&cache_dir.join(CACHE_FILE), &json)
     };
     if let Err(e) = write() {
         warn!(error = %e, dir = %cache_dir.display(), "cannot cache the KVM verdict");

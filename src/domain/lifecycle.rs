@@ -21,7 +21,7 @@ use crate::network::lifecycle as netlife;
 use crate::network::netlink::Netlink;
 use crate::network::NetworkDef;
 use crate::paths::Kind;
-use crate::state::{atomic_write, Store, StoreError};
+use crate::state::{runtime_write, Store, StoreError};
 
 #[derive(Debug, Error)]
 pub enum DomainError {
@@ -182,9 +182,9 @@ fn write_run_files(
     transient: bool,
 ) -> Result<(), DomainError> {
     let def_text = toml::to_string_pretty(def).map_err(|e| invalid(&def.name, e.to_string()))?;
-    atomic_write(&rd.live_def(), def_text.as_bytes()).map_err(io_at(rd.live_def()))?;
+    runtime_write(&rd.live_def(), def_text.as_bytes()).map_err(io_at(rd.live_def()))?;
     let argv_text = serde_json::to_string(argv).expect("argv serializes");
-    atomic_write(&rd.argv(), argv_text.as_bytes()).map_err(io_at(rd.argv()))?;
+    runtime_write(&rd.argv(), argv_text.as_bytes()).map_err(io_at(rd.argv()))?;
     // A new boot, a new console log (the previous one is kept as console.log.1).
     if rd.console_log().exists() {
         let _ = fs::rename(rd.console_log(), rd.dir.join("console.log.1"));

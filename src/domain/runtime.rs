@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::paths::Kind;
-use crate::state::{atomic_write, try_lock_exclusive, Store};
+use crate::state::{runtime_write, try_lock_exclusive, Store};
 
 /// Every file of one VM's runtime dir.
 #[derive(Debug, Clone)]
@@ -64,7 +64,7 @@ impl RunDir {
     }
 
     pub fn write_state(&self, st: &RunState) -> std::io::Result<()> {
-        atomic_write(&self.state(), serde_json::to_string_pretty(st).expect("state serializes").as_bytes())
+        runtime_write(&self.state(), serde_json::to_string_pretty(st).expect("state serializes").as_bytes())
     }
 
     /// The last `n` lines of a log file (for errors: qemu's own words).

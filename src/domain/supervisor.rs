@@ -59,8 +59,27 @@ impl Reply {
     }
 }
 
-/// Entry point of the hidden subcommand. Never returns.
-pub fn main(dir: PathBuf, ready_fd: RawFd) -> ! {
+/// `kvmctl __supervise --dir DIR --ready-fd N` (started by `start`; not for direct use).
+pub fn main_from_args(args: &[std::ffi::OsString]) -> ! {
+    let mut it = args.iter();
+    let (mut dir, mut fd) = (None, None);
+    while let Some(a) = it.next() {
+        match a.to_str() {
+            Some("--dir") => dir = it.next().map(PathBuf::from),
+            Some("--ready-fd") => fd = it.next().and_then(|v| v.to_str()?.parse::<RawFd>().ok()),
+            _ => {}
+        }
+    }
+    let (Some(dir), Some(fd)) = (dir, fd) else {
+        eprintln!("usage: kvmctl __supervise --dir DIR --ready-fd N (started by kvmctl start)");
+        std::process::exit(2);
+    };
+    let _ = tracing_subscriber::fmt().with_max_level(tracing::Level::INFO).with_ansi(false).try_init();
+    main(dir, fd)
+}
+
+/// The supervisor's life. Never returns.
+fn main(dir: PathBuf, ready_fd: RawFd) -> ! {
     // SAFETY: the fd number was passed by our parent, which opened it for us.
     let mut ready = unsafe { File::from_raw_fd(ready_fd) };
     let _ = nix::fcntl::fcntl(ready_fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));

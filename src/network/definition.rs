@@ -720,7 +720,8 @@ mod tests {
         let d = default_network();
         assert_eq!(d.name, "default");
         assert_eq!(d.forward.mode, ForwardMode::Nat);
-        assert_eq!(d.bridge, BridgeDef { name: Some("virbr0".into()), stp: true, delay: 0 });
+        // STP off on purpose (templates/networks/README.md): no 4 s wait on every new VM port.
+        assert_eq!(d.bridge, BridgeDef { name: Some("virbr0".into()), stp: false, delay: 0 });
         assert!(d.autostart && d.mac.is_some());
         assert_eq!(d.ips.len(), 1);
         assert_eq!(d.ips[0].subnet().to_string(), "192.168.122.0/24");

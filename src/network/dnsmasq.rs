@@ -278,7 +278,11 @@ fn dhcp(c: &mut String, def: &NetworkDef, files: &RunFiles) {
             c.push('\n');
         }
         if ip.is_ipv4() {
-            c.push_str("dhcp-no-override\ndhcp-authoritative\n");
+            // no-ping: dnsmasq is the only DHCP server on a bridge kvmctl owns, and its lease
+            // file survives restarts; its ping check of each new address delays every first
+            // lease by up to 3 s (a guest with a static address inside the range is a
+            // misconfiguration the ping would only paper over).
+            c.push_str("dhcp-no-override\ndhcp-authoritative\nno-ping\n");
         }
     }
     // TFTP and BOOTP are IPv4 features of the DHCP-serving <ip> (or any IPv4 <ip> for TFTP).

@@ -184,6 +184,9 @@ fn seed_networks_parse_and_validate() {
     let default = parse(SEED_DEFAULT).unwrap();
     let mut ours = default_network();
     (ours.uuid, ours.mac, ours.autostart) = (default.uuid, default.mac, false);
+    // The one deliberate difference: STP off (templates/networks/README.md).
+    assert!(default.bridge.stp && !ours.bridge.stp);
+    ours.bridge.stp = true;
     assert_eq!(ours, default, "the template is libvirt's default network");
     let isolated = parse(SEED_ISOLATED_NO_IP).unwrap();
     assert!(isolated.ips.is_empty() && isolated.forward.mode == ForwardMode::Isolated);

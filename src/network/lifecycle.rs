@@ -13,7 +13,7 @@ use super::netlink::{BridgeSpec, Netlink, NetlinkError};
 use super::{dnsmasq, firewall, libvirt_xml, ForwardMode, NetworkDef, NetworkError, RunFiles};
 use crate::paths::Kind;
 use crate::process::{self, ProcessError};
-use crate::state::{atomic_write, Store, StoreError};
+use crate::state::{atomic_write, runtime_write, Store, StoreError};
 
 #[derive(Debug, Error)]
 pub enum LifecycleError {
@@ -107,7 +107,7 @@ pub fn load_state(store: &Store, name: &str) -> Option<NetState> {
 fn save_state(store: &Store, name: &str, st: &NetState) -> Result<(), LifecycleError> {
     let p = state_file(store, name);
     let text = serde_json::to_string_pretty(st).expect("state serializes");
-    atomic_write(&p, text.as_bytes()).map_err(io_at(&p))
+    runtime_write(&p, text.as_bytes()).map_err(io_at(&p))
 }
 
 /// A network known to kvmctl: `(name, persistent def or None, runtime state or None)`.
@@ -446,7 +446,7 @@ fn spawn_dnsmasq(name: &str, dir: &Path, files: &dnsmasq::DnsmasqFiles) -> Resul
     }
     let rf = RunFiles::new(dir);
     for (p, text) in [(&rf.conf, &files.conf), (&rf.hostsfile, &files.hostsfile), (&rf.addnhosts, &files.addnhosts)] {
-        atomic_write(p, text.as_bytes()).map_err(io_at(p))?;
+        runtime_write(p, text.as_bytes()).map_err(io_at(p))?;
         fs::set_permissions(p, fs::Permissions::from_mode(0o644)).map_err(io_at(p))?;
     }
     let conf_arg = format!("--conf-file={}", rf.conf.display());
@@ -499,8 +499,8 @@ pub async fn destroy(store: &Store, nl: &Netlink, name: &str) -> Result<(), Life
 pub fn reload_hosts(store: &Store, st: &NetState) -> Result<(), LifecycleError> {
     let dir = run_dir(store, &st.def.name);
     let rf = RunFiles::new(&dir);
-    atomic_write(&rf.hostsfile, dnsmasq::hostsfile(&st.def).as_bytes()).map_err(io_at(&rf.hostsfile))?;
-    atomic_write(&rf.addnhosts, dnsmasq::addnhosts(&st.def).as_bytes()).map_err(io_at(&rf.addnhosts))?;
+    runtime_write(&rf.hostsfile, dnsmasq::hostsfile(&st.def).as_bytes()).map_err(io_at(&rf.hostsfile))?;
+    runtime_write(&rf.addnhosts, dnsmasq::addnhosts(&st.def).as_bytes()).map_err(io_at(&rf.addnhosts))?;
     for p in [&rf.hostsfile, &rf.addnhosts] {
         use std::os::unix::fs::PermissionsExt;
         fs::set_permissions(p, fs::Permissions::from_mode(0o644)).map_err(io_at(p))?;

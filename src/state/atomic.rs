@@ -12,6 +12,14 @@ pub fn atomic_write(path: &Path, data: &[u8]) -> io::Result<()> {
     tmp.commit(path)
 }
 
+/// Replace a file in the runtime dir (`/run`: gone at reboot anyway): still atomic for readers
+/// (temp file + rename), but without the fsyncs that only buy durability across a crash.
+pub fn runtime_write(path: &Path, data: &[u8]) -> io::Result<()> {
+    let mut tmp = TempFile::new_beside(path, 0o644)?;
+    tmp.file().write_all(data)?;
+    tmp.rename_into(path)
+}
+
 pub fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
@@ -56,6 +64,14 @@ impl TempFile {
         fs::rename(&self.path, dest)?;
         self.path = PathBuf::new();
         fsync_dir(dest.parent().unwrap_or(Path::new(".")))
+    }
+
+    /// rename over `dest` without fsync (runtime files).
+    pub fn rename_into(mut self, dest: &Path) -> io::Result<()> {
+        drop(self.file.take());
+        fs::rename(&self.path, dest)?;
+        self.path = PathBuf::new();
+        Ok(())
     }
 
     /// Move into place only if `dest` does not exist yet (link + unlink), for race-free creates.

@@ -4,6 +4,6 @@ mod atomic;
 mod lock;
 mod store;
 
-pub use atomic::{atomic_write, fsync_dir, TempFile};
+pub use atomic::{atomic_write, fsync_dir, runtime_write, TempFile};
 pub use lock::{conflicting_lock, try_lock_exclusive, ObjectLock};
 pub use store::{Store, StoreError};

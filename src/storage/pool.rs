@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::error::{io_at, StorageError};
 use crate::paths::Kind;
-use crate::state::{atomic_write, Store};
+use crate::state::{atomic_write, runtime_write, Store};
 
 pub const DEFAULT_POOL: &str = "default";
 
@@ -93,7 +93,7 @@ pub fn ensure_defaults(store: &Store) -> Result<(), StorageError> {
                 mark_active(store, &name, true)?;
             }
         }
-        atomic_write(&paths.boot_marker(), b"").map_err(io_at(paths.boot_marker()))?;
+        runtime_write(&paths.boot_marker(), b"").map_err(io_at(paths.boot_marker()))?;
     }
     Ok(())
 }
@@ -101,7 +101,7 @@ pub fn ensure_defaults(store: &Store) -> Result<(), StorageError> {
 fn mark_active(store: &Store, name: &str, active: bool) -> Result<(), StorageError> {
     let m = store.paths.pool_active_marker(name);
     if active {
-        atomic_write(&m, b"").map_err(io_at(&m))
+        runtime_write(&m, b"").map_err(io_at(&m))
     } else {
         match fs::remove_file(&m) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_at(&m)(e)),

@@ -3,6 +3,7 @@
 //! The library behind the `kvmctl` binary; integration tests drive both.
 
 pub mod cli;
+pub mod console;
 pub mod domain;
 pub mod names;
 pub mod network;

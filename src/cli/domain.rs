@@ -1,5 +1,6 @@
 //! Domain commands: install (virt-install), and the virsh lifecycle.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -41,7 +42,16 @@ pub enum DomCmd {
     /// Edit the VM's definition (TOML) in $EDITOR; invalid edits are refused.
     Edit { domain: String },
     /// Start a defined VM.
-    Start { domain: String },
+    Start {
+        domain: String,
+        /// Attach to the serial console once it runs.
+        #[arg(long)]
+        console: bool,
+    },
+    /// Attach to the serial console (Ctrl+] detaches), or show its log with --log.
+    Console(ConsoleArgs),
+    /// Clone a shut-off (or paused) VM (virt-clone): `clone SRC NEW` or `--original SRC --name NEW`.
+    Clone(CloneArgs),
     /// ACPI power-off; after --timeout seconds, escalate (quit, then SIGKILL).
     Shutdown {
         domain: String,
@@ -90,6 +100,71 @@ pub enum DomCmd {
 }
 
 #[derive(Debug, Args)]
+pub struct CloneArgs {
+    /// Source VM (short form: `clone SRC NEW`).
+    #[arg(value_name = "SRC", required_unless_present = "original")]
+    src: Option<String>,
+    #[arg(value_name = "NEW")]
+    new: Option<String>,
+    #[arg(long, short = 'o', conflicts_with = "src")]
+    original: Option<String>,
+    #[arg(long, short = 'n', conflicts_with = "new")]
+    name: Option<String>,
+    /// Generate the name (`<src>-clone`, `<src>-clone1`, …) and the disk paths.
+    #[arg(long)]
+    auto_clone: bool,
+    /// New disk path, in the order of the writable disks (repeatable).
+    #[arg(long, short = 'f')]
+    file: Vec<PathBuf>,
+    /// New MAC per NIC in order (RANDOM: generated; repeatable).
+    #[arg(long, short = 'm')]
+    mac: Vec<String>,
+    #[arg(long, short = 'u')]
+    uuid: Option<uuid::Uuid>,
+    /// qcow2 overlays on the source's disks, in constant time; the source is then protected.
+    #[arg(long)]
+    linked: bool,
+    /// Use the source's disk TARGET (vda, sdb…) as it is.
+    #[arg(long)]
+    skip_copy: Vec<String>,
+    /// Do not copy: the --file paths exist and are used as they are.
+    #[arg(long, requires = "file")]
+    preserve_data: bool,
+    /// Allocate the whole copy (raw disks).
+    #[arg(long)]
+    nonsparse: bool,
+    /// Print the new definition; create nothing.
+    #[arg(long, alias = "print-xml")]
+    print_definition: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ConsoleArgs {
+    domain: String,
+    /// Take the console over from another session (it is told and detached).
+    #[arg(long)]
+    force: bool,
+    /// Watch only: any number of read-only viewers may attach.
+    #[arg(long)]
+    readonly: bool,
+    /// Detach sequence (caret notation), default ^] as virsh.
+    #[arg(long, default_value = "^]")]
+    escape: String,
+    /// With a pipe as stdin: keep printing this many seconds after the input ends.
+    #[arg(long, default_value_t = 1.0)]
+    timeout: f64,
+    /// Print the console log (from the first byte of the last boot); works for stopped VMs.
+    #[arg(long)]
+    log: bool,
+    /// With --log: keep printing as the guest writes.
+    #[arg(short, long, requires = "log")]
+    follow: bool,
+    /// With --log: only the last N lines.
+    #[arg(long, requires = "log")]
+    tail: Option<usize>,
+}
+
+#[derive(Debug, Args)]
 pub struct InstallArgs {
     #[arg(long, short = 'n')]
     name: String,
@@ -122,7 +197,7 @@ pub struct InstallArgs {
     /// Recorded in the definition (virt-install's --osinfo/--os-variant).
     #[arg(long, alias = "os-variant")]
     osinfo: Option<String>,
-    /// Do not attach to the console (the default until the console command exists).
+    /// Do not attach to the console (install attaches when run on a terminal).
     #[arg(long)]
     noautoconsole: bool,
     #[arg(long)]
@@ -220,12 +295,20 @@ pub fn run(cmd: DomCmd, ctx: &Ctx) -> anyhow::Result<()> {
         }
         DomCmd::Dumpxml { domain } => print!("{}", libvirt_xml::to_xml(&lifecycle::current_def(store, &domain)?)),
         DomCmd::Edit { domain } => edit(ctx, &domain)?,
-        DomCmd::Start { domain } => {
-            let _l = store.lock(Kind::Domain, &domain)?;
-            let def: DomainDef = store.load(Kind::Domain, &domain)?;
-            lifecycle::start(store, &def, false, &notify)?;
+        DomCmd::Start { domain, console } => {
+            {
+                let _l = store.lock(Kind::Domain, &domain)?;
+                let def: DomainDef = store.load(Kind::Domain, &domain)?;
+                refuse_if_linked(store, &def, "start it for writing")?;
+                lifecycle::start(store, &def, false, &notify)?;
+            }
             out.done(format!("Domain '{domain}' started"));
+            if console {
+                attach(ctx, &domain, false, false, "^]", 1.0)?;
+            }
         }
+        DomCmd::Console(a) => console_cmd(ctx, a)?,
+        DomCmd::Clone(a) => clone_cmd(ctx, a)?,
         DomCmd::Shutdown { domain, timeout } => {
             let clean = lifecycle::shutdown(store, &domain, Duration::from_secs(timeout))?;
             out.done(if clean {
@@ -328,6 +411,12 @@ fn install_cmd(ctx: &Ctx, a: InstallArgs) -> anyhow::Result<()> {
     };
     let mut created = Created::default();
     let r = install_steps(ctx, &opts, a.dry_run, a.transient, &mut created);
+    // virt-install's autoconsole: attach when we are on a terminal, unless --noautoconsole.
+    let autoconsole =
+        !a.noautoconsole && !a.dry_run && std::io::stdout().is_terminal() && std::io::stdin().is_terminal();
+    if r.is_ok() && autoconsole {
+        return attach(ctx, &opts.name, false, false, "^]", 1.0);
+    }
     if r.is_err() {
         created.undo();
         // Only what this command made: its definition and the runtime dir of its failed start.
@@ -383,6 +472,100 @@ fn install_steps(
     };
     lifecycle::start(store, &def, transient, &notify)?;
     ctx.out.done(format!("Domain '{}' started", def.name));
+    Ok(())
+}
+
+fn clone_cmd(ctx: &Ctx, a: CloneArgs) -> anyhow::Result<()> {
+    use crate::domain::clone::{self, CloneOpts};
+    let store = &ctx.store;
+    let original = a.original.or(a.src).expect("clap requires a source");
+    let name = match a.name.or(a.new) {
+        Some(n) => n,
+        None if a.auto_clone => (0..)
+            .map(|i| if i == 0 { format!("{original}-clone") } else { format!("{original}-clone{i}") })
+            .find(|n| !store.exists(Kind::Domain, n))
+            .expect("a free name"),
+        None => bail!("clone: name the new VM (--name NEW, or `clone SRC NEW`), or pass --auto-clone"),
+    };
+    let o = CloneOpts {
+        original: original.clone(),
+        name: name.clone(),
+        files: a.file,
+        macs: a.mac,
+        uuid: a.uuid,
+        linked: a.linked,
+        skip_copy: a.skip_copy,
+        preserve_data: a.preserve_data,
+        nonsparse: a.nonsparse,
+    };
+    let _src = store.lock(Kind::Domain, &original)?;
+    let _new = store.lock(Kind::Domain, &name)?;
+    let (def, plans) = clone::plan(store, &o)?;
+    if a.print_definition {
+        print!("{}", toml::to_string_pretty(&def)?);
+        return Ok(());
+    }
+    let bar = std::sync::Mutex::new(ctx.out.progress("clone"));
+    clone::execute(store, &o, &def, &plans, &|d, t| (bar.lock().expect("progress"))(d, t))?;
+    let how = if a.linked { "linked clone" } else { "clone" };
+    ctx.out.done(format!("Domain '{name}' created as a {how} of '{original}'"));
+    Ok(())
+}
+
+fn attach(ctx: &Ctx, name: &str, force: bool, readonly: bool, escape: &str, linger: f64) -> anyhow::Result<()> {
+    let rd = RunDir::of(&ctx.store, name);
+    if !rd.alive() {
+        bail!(DomainError::NotRunning(name.into()));
+    }
+    let escape = crate::console::parse_escape(escape).map_err(anyhow::Error::msg)?;
+    let o = crate::console::AttachOpts { force, readonly, escape, linger: Duration::from_secs_f64(linger.max(0.0)) };
+    crate::console::attach(&rd, name, &o)
+}
+
+fn console_cmd(ctx: &Ctx, a: ConsoleArgs) -> anyhow::Result<()> {
+    let rd = RunDir::of(&ctx.store, &a.domain);
+    if !a.log {
+        lifecycle::current_def(&ctx.store, &a.domain)?;
+        return attach(ctx, &a.domain, a.force, a.readonly, &a.escape, a.timeout);
+    }
+    let path = rd.console_log();
+    let text = std::fs::read(&path)
+        .map_err(|_| anyhow::anyhow!("domain '{}': no console log (it has not run since it was defined)", a.domain))?;
+    // The last N lines (a final line without its newline counts too).
+    let start = match a.tail {
+        Some(n) => {
+            let lines: Vec<usize> = text.split_inclusive(|b| *b == b'\n').map(<[u8]>::len).collect();
+            lines.iter().rev().skip(n).sum::<usize>()
+        }
+        None => 0,
+    };
+    let mut out = std::io::stdout();
+    use std::io::Write;
+    out.write_all(&text[start..])?;
+    out.flush()?;
+    if a.follow {
+        let mut pos = text.len() as u64;
+        loop {
+            std::thread::sleep(Duration::from_millis(100));
+            let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            if len < pos {
+                pos = 0; // rotated or a new boot
+            }
+            if len > pos {
+                use std::io::{Read, Seek};
+                let mut f = std::fs::File::open(&path)?;
+                f.seek(std::io::SeekFrom::Start(pos))?;
+                let mut buf = Vec::new();
+                f.read_to_end(&mut buf)?;
+                out.write_all(&buf)?;
+                out.flush()?;
+                pos += buf.len() as u64;
+            }
+            if !rd.alive() {
+                return Ok(());
+            }
+        }
+    }
     Ok(())
 }
 
@@ -619,6 +802,7 @@ fn undefine(ctx: &Ctx, name: &str, remove_storage: bool) -> anyhow::Result<()> {
     }
     let mut removed = Vec::new();
     if remove_storage {
+        refuse_if_linked(store, &def, "delete its disks")?;
         let others: Vec<(String, PathBuf)> =
             crate::domain::disk_users(store).into_iter().filter(|(n, _)| n != name).collect();
         for d in def.disks.iter().filter(|d| !d.readonly) {
@@ -671,6 +855,19 @@ fn edit(ctx: &Ctx, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A VM whose disks back linked clones must not change (virt-manager issue 443).
+fn refuse_if_linked(store: &crate::state::Store, def: &DomainDef, what: &str) -> anyhow::Result<()> {
+    let deps = crate::domain::clone::dependents(store, def);
+    if !deps.is_empty() {
+        bail!(
+            "domain '{}' has linked clones ({}): their disks are overlays on its disks; refusing to {what}",
+            def.name,
+            deps.join(", ")
+        );
+    }
+    Ok(())
+}
+
 /// `up`: autostart networks, then autostart VMs (pools are started by every command).
 fn up(ctx: &Ctx) -> anyhow::Result<()> {
     let store = &ctx.store;
@@ -696,6 +893,11 @@ fn up(ctx: &Ctx) -> anyhow::Result<()> {
             continue;
         }
         let _l = store.lock(Kind::Domain, &name)?;
+        if let Err(e) = refuse_if_linked(store, &def, "start it for writing") {
+            eprintln!("error: {e}");
+            failures += 1;
+            continue;
+        }
         match lifecycle::start(store, &def, false, &|m| eprintln!("{m}")) {
             Ok(_) => ctx.out.done(format!("Domain '{name}' started")),
             Err(e) => {

@@ -3,6 +3,8 @@
 
 pub mod accel;
 pub mod argv;
+pub mod clone;
+pub mod console_hub;
 pub mod definition;
 pub mod install;
 pub mod libvirt_xml;

@@ -7,15 +7,17 @@ use std::io::Write;
 use std::os::fd::{FromRawFd, RawFd};
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, oneshot};
 
+use super::console_hub::Hub;
 use super::definition::{Action, DomainDef};
 use super::qmp::{self, QmpEvents, QmpHandle};
 use super::runtime::{now_secs, RunDir, RunState, VmState};
@@ -36,6 +38,13 @@ pub enum Request {
     Qmp {
         command: String,
         arguments: Value,
+    },
+    /// Turn this connection into a console session (raw bytes after the reply line).
+    Console {
+        #[serde(default)]
+        force: bool,
+        #[serde(default)]
+        readonly: bool,
     },
 }
 
@@ -140,6 +149,7 @@ struct Supervisor {
     fake_reboot: bool,
     /// We asked qemu to go away (destroy/shutdown/policy): its exit is not a crash.
     quitting: Option<&'static str>,
+    hub: Arc<Hub>,
     _lock: ObjectLock,
 }
 
@@ -156,13 +166,14 @@ impl Supervisor {
             .map_err(|e| format!("qemu argv: {e}"))?;
         let mut state = rd.read_state().unwrap_or_else(|| blank_state(false));
         state.supervisor_pid = std::process::id() as i32;
-        let (child, qmp, events) = launch(rd, &argv).await?;
+        let hub = Hub::new(rd.console_log());
+        let (child, qmp, events) = launch(rd, &argv, &hub).await?;
         state.qemu_pid = child.id().map(|p| p as i32);
         state.state = VmState::Running;
         state.reason = "booted".into();
         state.started_at = now_secs();
         rd.write_state(&state).map_err(|e| e.to_string())?;
-        let requests = serve_control(rd)?;
+        let requests = serve_control(rd, hub.clone())?;
         Ok(Supervisor {
             rd: rd.clone(),
             def,
@@ -174,6 +185,7 @@ impl Supervisor {
             state,
             fake_reboot: false,
             quitting: None,
+            hub,
             _lock: lock,
         })
     }
@@ -286,7 +298,7 @@ impl Supervisor {
         let detail = status.map(|s| s.to_string()).unwrap_or_default();
         tracing::warn!(%detail, "qemu exited unexpectedly");
         if self.def.on_crash == Action::Restart && self.state.restarts < 10 {
-            match launch(&self.rd, &self.argv).await {
+            match launch(&self.rd, &self.argv, &self.hub).await {
                 Ok((child, qmp, events)) => {
                     (self.child, self.qmp, self.events) = (child, qmp, events);
                     self.state.qemu_pid = self.child.id().map(|p| p as i32);
@@ -318,6 +330,7 @@ impl Supervisor {
                 self.set(VmState::Shutoff, "destroyed");
                 return Reply::ok(&self.state);
             }
+            Request::Console { .. } => return Reply::err("console requests are served by the control task"),
             Request::Qmp { command, arguments } => {
                 return match self.qmp.execute_raw(&command, arguments).await {
                     Ok(v) => Reply { data: v, ..Reply::ok(&self.state) },
@@ -341,7 +354,7 @@ impl Supervisor {
 }
 
 /// Start qemu (paused), connect its console and QMP, then let it run.
-async fn launch(rd: &RunDir, argv: &[String]) -> Result<(Child, QmpHandle, QmpEvents), String> {
+async fn launch(rd: &RunDir, argv: &[String], hub: &Arc<Hub>) -> Result<(Child, QmpHandle, QmpEvents), String> {
     for p in [rd.qmp(), rd.console_sock()] {
         let _ = std::fs::remove_file(p);
     }
@@ -367,7 +380,7 @@ async fn launch(rd: &RunDir, argv: &[String]) -> Result<(Child, QmpHandle, QmpEv
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    match connect_and_run(rd).await {
+    match connect_and_run(rd, hub).await {
         Ok((qmp, events)) => Ok((child, qmp, events)),
         Err(e) => {
             // qemu may have refused something after opening its sockets: its own words first.
@@ -384,40 +397,33 @@ async fn launch(rd: &RunDir, argv: &[String]) -> Result<(Child, QmpHandle, QmpEv
     }
 }
 
-async fn connect_and_run(rd: &RunDir) -> Result<(QmpHandle, QmpEvents), String> {
+async fn connect_and_run(rd: &RunDir, hub: &Arc<Hub>) -> Result<(QmpHandle, QmpEvents), String> {
     let console = UnixStream::connect(rd.console_sock()).await.map_err(|e| format!("console socket: {e}"))?;
-    tokio::spawn(pump_console(console, rd.console_log()));
+    hub.attach_serial(console).await;
     let (qmp, events) = qmp::connect(&rd.qmp(), qmp::DEFAULT_TIMEOUT).await.map_err(|e| e.to_string())?;
     qmp.execute(qapi::qmp::cont {}).await.map_err(|e| format!("cont: {e}"))?;
     Ok((qmp, events))
 }
 
-/// Everything the guest writes to its serial port goes to console.log, from the first byte.
-async fn pump_console(mut sock: UnixStream, log: PathBuf) {
-    let Ok(mut file) = OpenOptions::new().create(true).append(true).open(&log) else { return };
-    let mut buf = vec![0u8; 16 << 10];
-    loop {
-        match sock.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                let _ = file.write_all(&buf[..n]);
-            }
-        }
-    }
-}
-
 /// Accept control connections; each request goes to the main loop with a reply channel.
-fn serve_control(rd: &RunDir) -> Result<mpsc::Receiver<Pending>, String> {
+fn serve_control(rd: &RunDir, hub: Arc<Hub>) -> Result<mpsc::Receiver<Pending>, String> {
     let _ = std::fs::remove_file(rd.control());
     let listener = UnixListener::bind(rd.control()).map_err(|e| format!("control socket: {e}"))?;
     let (tx, rx) = mpsc::channel::<Pending>(16);
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            let tx = tx.clone();
+            let (tx, hub) = (tx.clone(), hub.clone());
             tokio::spawn(async move {
                 let (r, mut w) = stream.into_split();
                 let mut lines = BufReader::new(r).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
+                    if let Ok(Request::Console { force, readonly }) = serde_json::from_str::<Request>(&line) {
+                        // The client sends nothing more until it has our reply: nothing is
+                        // left in the line reader's buffer.
+                        let Ok(stream) = lines.into_inner().into_inner().reunite(w) else { return };
+                        hub.session(stream, force, readonly).await;
+                        return;
+                    }
                     let reply = match serde_json::from_str::<Request>(&line) {
                         Ok(req) => {
                             let (otx, orx) = oneshot::channel();

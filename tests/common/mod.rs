@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod netns;
+pub mod pty;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -1,0 +1,273 @@
+//! `clone` (virt-clone): a new VM from a shut-off (or paused) one, with new UUID, MACs and
+//! disks; full sparse copies (all disks at once) or linked qcow2 overlays in constant time.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use uuid::Uuid;
+
+use super::definition::{DiskDef, DomainDef};
+use super::lifecycle::DomainError;
+use super::runtime::{observed, RunDir, VmState};
+use crate::paths::Kind;
+use crate::state::Store;
+use crate::state::TempFile;
+use crate::storage::copy::copy_image;
+use crate::storage::image::{self, Format};
+use crate::storage::qcow2::{self, Backing, Qcow2Writer};
+
+#[derive(Debug, Clone, Default)]
+pub struct CloneOpts {
+    pub original: String,
+    pub name: String,
+    /// `--file`: new disk paths, in the order of the writable disks.
+    pub files: Vec<PathBuf>,
+    /// `--mac`: new MACs in NIC order (`RANDOM` = generated).
+    pub macs: Vec<String>,
+    pub uuid: Option<Uuid>,
+    pub linked: bool,
+    /// `--skip-copy TARGET`: the clone uses the source's disk as it is.
+    pub skip_copy: Vec<String>,
+    /// `--preserve-data`: the `--file` paths exist and are used as they are.
+    pub preserve_data: bool,
+    pub nonsparse: bool,
+}
+
+fn bad(name: &str, what: impl Into<String>) -> DomainError {
+    DomainError::Invalid { name: name.into(), what: what.into() }
+}
+
+/// One disk's plan: where it comes from and where it goes (None: shared as it is).
+#[derive(Debug, Clone)]
+pub struct DiskPlan {
+    pub target: String,
+    pub from: PathBuf,
+    pub to: Option<PathBuf>,
+}
+
+/// The new definition and the disk work it needs (nothing is created here).
+pub fn plan(store: &Store, o: &CloneOpts) -> Result<(DomainDef, Vec<DiskPlan>), DomainError> {
+    crate::names::validate("domain", &o.name).map_err(|e| bad(&o.name, e.to_string()))?;
+    let src: DomainDef = store.load(Kind::Domain, &o.original)?;
+    if store.exists(Kind::Domain, &o.name) {
+        return Err(bad(&o.name, "is already defined"));
+    }
+    let (state, _) = observed(&RunDir::of(store, &o.original));
+    match state {
+        VmState::Shutoff | VmState::Crashed => {}
+        VmState::Paused if !o.linked => {}
+        VmState::Paused => {
+            return Err(bad(
+                &o.original,
+                "is paused: a linked clone needs it shut off (its disks would keep changing under the overlays)",
+            ))
+        }
+        other => {
+            return Err(bad(&o.original, format!("is {}: shut it off (or pause it) before cloning", other.as_str())))
+        }
+    }
+    let mut def = src.clone();
+    def.name = o.name.clone();
+    def.uuid = o.uuid.unwrap_or_else(Uuid::new_v4);
+    def.autostart = false;
+    let mut used = all_macs(store);
+    for (i, nic) in def.nics.iter_mut().enumerate() {
+        nic.mac = match o.macs.get(i).map(String::as_str) {
+            None | Some("RANDOM") => super::install::random_mac(&used),
+            Some(m) => {
+                let p: crate::network::MacAddr = m.parse().map_err(|e| bad(&o.name, format!("--mac {m}: {e}")))?;
+                if p.is_multicast() || p.is_zero() || used.contains(&p.to_string()) {
+                    return Err(bad(&o.name, format!("--mac {m}: must be unicast, non-zero and unused")));
+                }
+                p.to_string()
+            }
+        };
+        used.insert(nic.mac.clone());
+    }
+    let targets = super::libvirt_xml::target_names(&src);
+    let mut plans = Vec::new();
+    let mut files = o.files.iter();
+    let mut n = 0;
+    for (d, target) in def.disks.iter_mut().zip(targets) {
+        // Read-only and shareable disks (CDs, shared data) are shared, not copied.
+        if d.readonly || d.shareable || o.skip_copy.contains(&target) {
+            plans.push(DiskPlan { target, from: d.path.clone(), to: None });
+            continue;
+        }
+        let to = match files.next() {
+            Some(f) => absolute(f),
+            None => derived_path(&d.path, &o.name, n),
+        };
+        n += 1;
+        if o.preserve_data {
+            if !to.is_file() {
+                return Err(bad(&o.name, format!("--preserve-data: {} does not exist", to.display())));
+            }
+        } else if to.exists() {
+            return Err(bad(&o.name, format!("disk {} already exists (name another with --file)", to.display())));
+        }
+        plans.push(DiskPlan { target, from: d.path.clone(), to: Some(to.clone()) });
+        *d = DiskDef {
+            path: to,
+            created: true,
+            format: if o.linked { "qcow2".into() } else { d.format.clone() },
+            ..d.clone()
+        };
+    }
+    Ok((def, plans))
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir().map(|d| d.join(p)).unwrap_or_else(|_| p.to_path_buf())
+    }
+}
+
+/// virt-clone's names: `<new>.qcow2`, `<new>-1.qcow2`… beside the source disk.
+fn derived_path(src: &Path, new: &str, n: usize) -> PathBuf {
+    let ext = src.extension().map(|e| format!(".{}", e.to_string_lossy())).unwrap_or_default();
+    let stem = if n == 0 { new.to_string() } else { format!("{new}-{n}") };
+    src.parent().unwrap_or(Path::new(".")).join(format!("{stem}{ext}"))
+}
+
+fn all_macs(store: &Store) -> HashSet<String> {
+    let mut macs = HashSet::new();
+    for n in store.list(Kind::Domain).unwrap_or_default() {
+        if let Ok(d) = store.load::<DomainDef>(Kind::Domain, &n) {
+            macs.extend(d.nics.into_iter().map(|n| n.mac.to_lowercase()));
+        }
+    }
+    macs
+}
+
+/// Make the disks (all at once, one thread each) and write the definition; on any failure,
+/// every file this clone made is removed and nothing is defined.
+pub fn execute(
+    store: &Store,
+    o: &CloneOpts,
+    def: &DomainDef,
+    plans: &[DiskPlan],
+    progress: &(dyn Fn(u64, u64) + Sync),
+) -> Result<(), DomainError> {
+    if o.preserve_data {
+        store.create(Kind::Domain, &def.name, def)?;
+        return Ok(());
+    }
+    let work: Vec<&DiskPlan> = plans.iter().filter(|p| p.to.is_some()).collect();
+    let total: u64 = work.iter().map(|p| std::fs::metadata(&p.from).map(|m| m.len()).unwrap_or(0)).sum();
+    let done = std::sync::atomic::AtomicU64::new(0);
+    let results: Vec<Result<TempFile, String>> = std::thread::scope(|s| {
+        let handles: Vec<_> = work
+            .iter()
+            .map(|p| {
+                let done = &done;
+                s.spawn(move || {
+                    let to = p.to.as_ref().expect("planned");
+                    make_disk(&p.from, to, o.linked, o.nonsparse, &|d| {
+                        progress(done.fetch_add(d, std::sync::atomic::Ordering::Relaxed) + d, total)
+                    })
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("copy thread panicked".into()))).collect()
+    });
+    let mut temps = Vec::new();
+    let mut first_err = None;
+    for (r, p) in results.into_iter().zip(&work) {
+        match r {
+            Ok(t) => temps.push((t, p.to.clone().expect("planned"))),
+            Err(e) => {
+                first_err.get_or_insert(bad(&def.name, format!("disk {}: {e}", p.target)));
+            }
+        }
+    }
+    if let Some(e) = first_err {
+        return Err(e); // the temp files are removed as they drop
+    }
+    let mut placed = Vec::new();
+    for (t, to) in temps {
+        if let Err(e) = t.commit_new(&to) {
+            placed.iter().for_each(|p: &PathBuf| drop(std::fs::remove_file(p)));
+            return Err(bad(&def.name, format!("{}: {e}", to.display())));
+        }
+        placed.push(to);
+    }
+    if let Err(e) = store.create(Kind::Domain, &def.name, def) {
+        placed.iter().for_each(|p| drop(std::fs::remove_file(p)));
+        return Err(e.into());
+    }
+    Ok(())
+}
+
+/// One new disk, written to a temp file beside its destination.
+fn make_disk(
+    from: &Path,
+    to: &Path,
+    linked: bool,
+    nonsparse: bool,
+    progress: &dyn Fn(u64),
+) -> Result<TempFile, String> {
+    let info = image::inspect(from).map_err(|e| format!("{}: {e}", from.display()))?;
+    if let Some(p) = info.problem {
+        return Err(format!("{}: {p}", from.display()));
+    }
+    let mut tmp = TempFile::new_beside(to, 0o600).map_err(|e| format!("{}: {e}", to.display()))?;
+    if linked {
+        let backing = Backing { file: from.to_string_lossy().into_owned(), format: info.format.to_string() };
+        if !qcow2::backing_name_fits(&backing.file) {
+            return Err(format!("backing path {} is too long", backing.file));
+        }
+        Qcow2Writer::new(tmp.file(), info.capacity, Some(backing))
+            .map_err(|e| e.to_string())?
+            .finish()
+            .map_err(|e| e.to_string())?;
+    } else {
+        let out = tmp.file().try_clone().map_err(|e| e.to_string())?;
+        let mut last = 0u64;
+        copy_image(from, &out, to, info.format, &mut |d, _| {
+            progress(d - last);
+            last = d;
+        })
+        .map_err(|e| e.to_string())?;
+        if nonsparse {
+            if info.format != Format::Raw {
+                return Err("--nonsparse is supported for raw disks only".into());
+            }
+            nix::fcntl::fallocate(
+                std::os::fd::AsRawFd::as_raw_fd(&out),
+                nix::fcntl::FallocateFlags::empty(),
+                0,
+                info.capacity as i64,
+            )
+            .map_err(|e| format!("fallocate: {e}"))?;
+        }
+    }
+    tmp.file().sync_all().map_err(|e| e.to_string())?;
+    Ok(tmp)
+}
+
+/// Other VMs whose disks are overlays on one of `def`'s writable disks (linked clones).
+pub fn dependents(store: &Store, def: &DomainDef) -> Vec<String> {
+    let mine: Vec<PathBuf> =
+        def.disks.iter().filter(|d| !d.readonly).filter_map(|d| std::fs::canonicalize(&d.path).ok()).collect();
+    let mut out = Vec::new();
+    for n in store.list(Kind::Domain).unwrap_or_default() {
+        if n == def.name {
+            continue;
+        }
+        let Ok(other) = store.load::<DomainDef>(Kind::Domain, &n) else { continue };
+        let linked = other.disks.iter().any(|d| {
+            qcow2::read_header(&d.path)
+                .ok()
+                .and_then(|h| h.backing_file)
+                .and_then(|b| std::fs::canonicalize(qcow2::resolve_backing(&d.path, &b)).ok())
+                .is_some_and(|b| mine.contains(&b))
+        });
+        if linked {
+            out.push(n);
+        }
+    }
+    out
+}

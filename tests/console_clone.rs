@@ -1,0 +1,321 @@
+//! clone (virt-clone) and console, driven as a person would: through a real pty.
+//! VMs run inside namespaces the tests create; needs root, qemu and the test guest.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::netns::{can_netns, Netns};
+use common::pty::Pty;
+use common::*;
+
+fn guest() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("images/out")
+}
+
+fn prereqs() -> bool {
+    require(
+        "root, qemu-system-x86_64, dnsmasq, nft, qemu-io and the test guest (images/build.sh)",
+        can_netns()
+            && ["qemu-system-x86_64", "dnsmasq", "nft", "qemu-io"].iter().all(|p| have_program(p))
+            && guest().join("tiny.qcow2").exists(),
+    )
+}
+
+struct Host {
+    k: Kvm,
+    ns: Netns,
+}
+
+impl Host {
+    fn new() -> Host {
+        let h = Host { k: Kvm::new(), ns: Netns::new("k") };
+        h.ok(&["-q", "vol-import", guest().join("tiny.qcow2").to_str().unwrap(), "--pool", "default"]);
+        h
+    }
+    fn ok(&self, args: &[&str]) -> String {
+        self.k.ok_in(&self.ns, args)
+    }
+    fn fails(&self, args: &[&str]) -> String {
+        self.k.fails_in(&self.ns, 1, args)
+    }
+    fn console_log(&self, vm: &str) -> String {
+        std::fs::read_to_string(self.k.root().join(format!("run/domains/{vm}/console.log"))).unwrap_or_default()
+    }
+    fn wait_ready(&self, vm: &str, n: usize) -> String {
+        let t0 = Instant::now();
+        loop {
+            let log = self.console_log(vm);
+            if log.matches("KVMCTL-GUEST-READY").count() >= n {
+                return log;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(120), "{vm} not ready:\n{log}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    /// A VM from a linked clone of the tiny disk.
+    fn vm(&self, name: &str, net: &str) {
+        let disk = format!("{name}.qcow2");
+        self.ok(&["-q", "vol-clone", "tiny.qcow2", &disk, "--pool", "default", "--linked"]);
+        let vol = format!("vol=default/{disk}");
+        self.ok(&[
+            "-q",
+            "install",
+            "--name",
+            name,
+            "--memory",
+            "256",
+            "--disk",
+            &vol,
+            "--network",
+            net,
+            "--import",
+            "--noautoconsole",
+        ]);
+    }
+    /// `kvmctl console ...` under a pty (the console needs no namespace: it talks to a socket).
+    fn console(&self, args: &[&str]) -> Pty {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_kvmctl"));
+        c.arg("--root").arg(self.k.root()).arg("console").args(args);
+        Pty::spawn(c)
+    }
+    fn supervisor_fds(&self, vm: &str) -> usize {
+        let st: serde_json::Value = serde_json::from_str(&self.ok(&["--json", "dominfo", vm])).unwrap();
+        let pid = st["runtime"]["supervisor_pid"].as_i64().unwrap();
+        std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
+    }
+}
+
+#[test]
+fn console_types_detaches_refuses_second_writer_and_force_takes_over() {
+    if !prereqs() {
+        return;
+    }
+    let h = Host::new();
+    h.vm("c1", "none");
+    h.wait_ready("c1", 1);
+    let mut a = h.console(&["c1"]);
+    a.expect("Escape character is ^]", 10);
+    // The last screenful is replayed on attach: the guest's prompt is already there.
+    a.expect("kvmctl-guest:~#", 10);
+    let token = format!("hello-{}", std::process::id());
+    a.send(format!("echo {token}\r").as_bytes());
+    a.expect_n(&token, 2, 20); // typed, then printed by the guest
+                               // A second writer is refused; a read-only viewer sees output but cannot type.
+    let o = Command::new(env!("CARGO_BIN_EXE_kvmctl"))
+        .arg("--root")
+        .arg(h.k.root())
+        .args(["console", "c1"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("in use by another session"));
+    let mut v = h.console(&["c1", "--readonly"]);
+    v.expect("(read-only)", 10);
+    a.send(b"echo seen-by-viewer\r");
+    v.expect_n("seen-by-viewer", 2, 20);
+    v.send(b"echo typed-by-viewer\r");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(!h.console_log("c1").contains("typed-by-viewer"), "a viewer's keys reach nobody");
+    // --force takes over; the first session is told and detached.
+    let mut b = h.console(&["c1", "--force"]);
+    b.expect("Escape character", 10);
+    a.expect("another session took over this console", 10);
+    a.wait_exit(5);
+    b.send(b"echo after-takeover\r");
+    b.expect_n("after-takeover", 2, 20);
+    // Ctrl+] detaches at once and gives the terminal back.
+    b.send(&[0x1d]);
+    let took = b.wait_exit(5);
+    assert!(took < Duration::from_millis(500), "detach took {took:?}");
+    v.send(&[0x1d]);
+    v.wait_exit(5);
+    h.ok(&["destroy", "c1"]);
+}
+
+#[test]
+fn console_log_keeps_the_boot_and_pipes_work_for_scripts() {
+    if !prereqs() {
+        return;
+    }
+    let h = Host::new();
+    h.vm("l1", "none");
+    h.wait_ready("l1", 1);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kvmctl"))
+        .arg("--root")
+        .arg(h.k.root())
+        .args(["console", "l1", "--timeout", "3"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"echo $((6*7))-piped\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("42-piped"), "{}", String::from_utf8_lossy(&out.stdout));
+    h.ok(&["destroy", "l1"]);
+    // The log of a stopped VM: from the first byte of its boot.
+    let log = h.ok(&["console", "l1", "--log"]);
+    assert!(log.contains("SYSLINUX") && log.contains("KVMCTL-GUEST-READY") && log.contains("42-piped"), "{log}");
+    let tail = h.ok(&["console", "l1", "--log", "--tail", "2"]);
+    assert!(tail.lines().count() <= 2 && !tail.contains("SYSLINUX"), "{tail}");
+    assert!(h.fails(&["console", "l1"]).contains("is not running"));
+}
+
+#[test]
+fn hundred_attach_detach_cycles_leak_no_fd_in_the_supervisor() {
+    if !prereqs() {
+        return;
+    }
+    let h = Host::new();
+    h.vm("f1", "none");
+    h.wait_ready("f1", 1);
+    let before = h.supervisor_fds("f1");
+    for _ in 0..100 {
+        let o = Command::new(env!("CARGO_BIN_EXE_kvmctl"))
+            .arg("--root")
+            .arg(h.k.root())
+            .args(["console", "f1", "--timeout", "0"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(h.supervisor_fds("f1"), before, "fds of the supervisor after 100 sessions");
+    h.ok(&["destroy", "f1"]);
+}
+
+#[test]
+fn clones_full_and_linked_boot_side_by_side_with_their_own_identity() {
+    if !prereqs() {
+        return;
+    }
+    let h = Host::new();
+    h.vm("src", "network=default");
+    h.wait_ready("src", 1);
+    assert!(h.fails(&["clone", "src", "bad"]).contains("is running: shut it off"));
+    h.ok(&["destroy", "src"]);
+    h.ok(&["clone", "src", "full1"]);
+    h.ok(&["clone", "--original", "src", "--name", "lnk1", "--linked"]);
+    let img = h.k.images();
+    assert!(qemu_img_info(&img.join("full1.qcow2"))["backing-filename"].is_null(), "a full clone stands alone");
+    assert_eq!(qemu_img_info(&img.join("lnk1.qcow2"))["backing-filename"], img.join("src.qcow2").to_str().unwrap());
+    // The source is protected while a linked clone exists.
+    assert!(h.fails(&["start", "src"]).contains("has linked clones (lnk1)"));
+    assert!(h.fails(&["undefine", "src", "--remove-all-storage"]).contains("has linked clones (lnk1)"));
+    assert!(h.fails(&["vol-delete", "src.qcow2", "--pool", "default"]).contains("default/lnk1.qcow2"));
+    // Clones run together on one network: own MACs, own leases.
+    h.ok(&["start", "full1"]);
+    h.ok(&["start", "lnk1"]);
+    let (l1, l2) = (h.wait_ready("full1", 1), h.wait_ready("lnk1", 1));
+    let addr = |log: &str| log.lines().find(|l| l.starts_with("KVMCTL-GUEST-READY")).unwrap().to_string();
+    assert_ne!(addr(&l1), addr(&l2));
+    let macs: Vec<String> = ["src", "full1", "lnk1"]
+        .iter()
+        .map(|v| {
+            serde_json::from_str::<serde_json::Value>(&h.ok(&["--json", "domiflist", v])).unwrap()[0]["mac"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert!(macs[0] != macs[1] && macs[1] != macs[2] && macs[0] != macs[2], "{macs:?}");
+    let leases = h.ok(&["net-dhcp-leases", "default"]);
+    assert!(leases.contains(&macs[1]) && leases.contains(&macs[2]), "{leases}");
+    h.ok(&["destroy", "full1"]);
+    h.ok(&["destroy", "lnk1"]);
+    // A write in the clone leaves the source as it was.
+    let src_disk = img.join("src.qcow2");
+    let before = sh(
+        "qemu-img",
+        &[
+            "compare",
+            "-f",
+            "qcow2",
+            "-F",
+            "qcow2",
+            src_disk.to_str().unwrap(),
+            img.join("tiny.qcow2").to_str().unwrap(),
+        ],
+    );
+    qemu_write(&img.join("lnk1.qcow2"), "qcow2", 0x5a, 0, 65536);
+    qemu_write(&img.join("full1.qcow2"), "qcow2", 0x5a, 0, 65536);
+    assert_eq!(
+        sh(
+            "qemu-img",
+            &[
+                "compare",
+                "-f",
+                "qcow2",
+                "-F",
+                "qcow2",
+                src_disk.to_str().unwrap(),
+                img.join("tiny.qcow2").to_str().unwrap()
+            ]
+        ),
+        before
+    );
+    h.ok(&["undefine", "lnk1", "--remove-all-storage"]);
+    h.ok(&["start", "src"]);
+    h.ok(&["destroy", "src"]);
+}
+
+#[test]
+fn failed_clone_leaves_no_file_and_no_definition() {
+    if !prereqs() {
+        return;
+    }
+    let h = Host::new();
+    h.ok(&["-q", "vol-clone", "tiny.qcow2", "two-a.qcow2", "--pool", "default"]);
+    h.ok(&["-q", "vol-create-as", "default", "two-b.qcow2", "64M", "--format", "qcow2"]);
+    h.ok(&[
+        "-q",
+        "install",
+        "--name",
+        "two",
+        "--memory",
+        "128",
+        "--disk",
+        "vol=default/two-a.qcow2",
+        "--disk",
+        "vol=default/two-b.qcow2",
+        "--network",
+        "none",
+        "--import",
+    ]);
+    h.ok(&["destroy", "two"]);
+    // The second disk's destination cannot be written: the first disk's copy must go too.
+    let good = h.k.dir.path().join("ok.qcow2");
+    let e = h.fails(&["clone", "two", "two-c", "--file", good.to_str().unwrap(), "--file", "/nonexistent-dir/x.qcow2"]);
+    assert!(e.contains("/nonexistent-dir/x.qcow2"), "{e}");
+    assert!(!good.exists());
+    assert_eq!(
+        std::fs::read_dir(h.k.dir.path())
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with(".ok"))
+            .count(),
+        0
+    );
+    assert_eq!(h.ok(&["list", "--all", "--name"]), "two\n");
+    // A full disk mid-copy, in a private mount namespace: nothing left either.
+    let small = h.k.dir.path().join("small");
+    std::fs::create_dir(&small).unwrap();
+    let big = h.k.images().join("two-b.qcow2");
+    qemu_write(&big, "qcow2", 0x33, 0, 16 << 20);
+    let bin = env!("CARGO_BIN_EXE_kvmctl");
+    let script = format!(
+        "mount -t tmpfs -o size=4m none {s} && ip netns exec {ns} {bin} --root {r} clone two two-d --file {s}/a.qcow2 --file {s}/b.qcow2; rc=$?; ls -A {s}; exit $rc",
+        s = small.display(),
+        ns = h.ns.name,
+        r = h.k.root().display()
+    );
+    let o = Command::new("unshare").args(["-m", "--propagation", "private", "sh", "-c", &script]).output().unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("No space left"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "", "no partial disk");
+    assert_eq!(h.ok(&["list", "--all", "--name"]), "two\n");
+}

@@ -77,6 +77,14 @@ fn cases() -> Vec<(&'static str, DomainDef, Accel)> {
     d.nics.push(nic(NicSource::User, NicModel::Virtio, "52:54:00:00:00:05"));
     v.push(("q35-vnc-nic-models", d, Accel::Tcg));
 
+    let mut d = base("uefi");
+    d.firmware = Firmware::Uefi { code: "/usr/share/OVMF/OVMF_CODE.fd".into(), nvram: "@D/uefi_VARS.fd".into() };
+    d.boot_menu = true;
+    d.boot_order = vec!["network".into(), "hd".into()];
+    d.disks.push(disk("@D/vm.qcow2", "qcow2", DiskBus::Virtio, DiskDevice::Disk));
+    d.nics.push(nic(NicSource::User, NicModel::Virtio, "52:54:00:00:00:06"));
+    v.push(("uefi-boot-menu-network-first", d, Accel::Tcg));
+
     let mut d = base("kvm");
     d.disks.push(disk("@D/vm.qcow2", "qcow2", DiskBus::Virtio, DiskDevice::Disk));
     v.push(("kvm-accel", d, Accel::Kvm));
@@ -88,6 +96,9 @@ fn render_case(def: &DomainDef, accel: Accel, data: &str, run: &Path, fds: &[Opt
     let mut def = def.clone();
     let fix = |p: &mut PathBuf| *p = PathBuf::from(p.display().to_string().replace("@D", data));
     def.disks.iter_mut().for_each(|d| fix(&mut d.path));
+    if let Firmware::Uefi { nvram, .. } = &mut def.firmware {
+        fix(nvram);
+    }
     if let Some(k) = def.kernel.as_mut() {
         fix(&mut k.kernel);
         if let Some(i) = k.initrd.as_mut() {
@@ -157,6 +168,10 @@ fn every_golden_argv_is_accepted_by_qemu() {
     }
     std::fs::copy(guest.join("vmlinuz"), tmp.path().join("vmlinuz")).unwrap();
     std::fs::copy(guest.join("initramfs.cpio.gz"), tmp.path().join("initrd")).unwrap();
+    if !common::require("OVMF (apt: ovmf)", Path::new("/usr/share/OVMF/OVMF_VARS.fd").exists()) {
+        return;
+    }
+    std::fs::copy("/usr/share/OVMF/OVMF_VARS.fd", tmp.path().join("uefi_VARS.fd")).unwrap();
     for (name, def, accel) in cases() {
         let run = tmp.path().join(format!("run-{name}"));
         std::fs::create_dir(&run).unwrap();

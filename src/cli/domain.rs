@@ -74,6 +74,12 @@ pub enum DomCmd {
         /// Also delete the VM's writable disks.
         #[arg(long)]
         remove_all_storage: bool,
+        /// Also delete the UEFI variable store (NVRAM) of the VM.
+        #[arg(long)]
+        nvram: bool,
+        /// Keep the NVRAM file.
+        #[arg(long, conflicts_with = "nvram")]
+        keep_nvram: bool,
     },
     /// Show a VM's resources and state.
     Dominfo { domain: String },
@@ -216,46 +222,66 @@ pub struct InstallArgs {
     /// Run without a persistent definition (gone when it stops).
     #[arg(long)]
     transient: bool,
-    /// Not implemented yet (ISO installs).
-    #[arg(long, hide = true)]
-    cdrom: Option<String>,
-    /// Not implemented yet.
-    #[arg(long, hide = true)]
+    /// Install from an ISO: boot it with the disks; after the installer powers off or
+    /// reboots, the VM boots from disk (the CD is not in the saved definition).
+    #[arg(long, conflicts_with_all = ["import", "location", "pxe"])]
+    cdrom: Option<PathBuf>,
+    /// PATH[,kernel=K,initrd=I]: an ISO or a tree; its kernel and initrd boot with --extra-args.
+    #[arg(long, conflicts_with_all = ["import", "pxe"])]
     location: Option<String>,
-    /// Not implemented yet.
-    #[arg(long, hide = true)]
+    /// Boot from the network first (iPXE), then from disk.
+    #[arg(long, conflicts_with = "import")]
     pxe: bool,
-    /// Not implemented yet.
-    #[arg(long, hide = true, num_args = 0..=1, default_missing_value = "")]
+    /// A NoCloud seed for the first boot: root-password-generate=on,root-ssh-key=F,user-data=F,meta-data=F,network-config=F
+    #[arg(long, num_args = 0..=1, default_missing_value = "")]
     cloud_init: Option<String>,
+    /// Do not boot the installed system after the install phase.
+    #[arg(long)]
+    noreboot: bool,
+    /// Wait this many minutes for the install phase to end (-1: forever).
+    #[arg(long, allow_hyphen_values = true)]
+    wait: Option<i64>,
 }
 
-fn parse_boot(boot: &str, extra: Option<&str>) -> anyhow::Result<Option<KernelBoot>> {
+/// `--boot`: kernel=,initrd=,kernel_args= (direct kernel boot), uefi, a device order
+/// (hd, cdrom, network) and menu=on.
+#[derive(Debug, Default, Clone)]
+struct BootSpec {
+    kernel: Option<KernelBoot>,
+    uefi: bool,
+    order: Vec<String>,
+    menu: bool,
+}
+
+fn parse_boot(boot: &str, extra: Option<&str>) -> anyhow::Result<BootSpec> {
+    let mut spec = BootSpec::default();
     let mut k = KernelBoot::default();
-    let mut any = false;
+    let mut any_kernel = false;
     for (key, v) in split_kv(boot) {
         match (key.as_str(), v) {
-            ("kernel", Some(v)) => (k.kernel, any) = (PathBuf::from(v), true),
+            ("kernel", Some(v)) => (k.kernel, any_kernel) = (PathBuf::from(v), true),
             ("initrd", Some(v)) => k.initrd = Some(PathBuf::from(v)),
             ("kernel_args" | "cmdline", Some(v)) => k.cmdline = v,
-            ("uefi" | "hd" | "cdrom" | "network" | "menu", _) => {
-                bail!("--boot {key}: not implemented yet (boot orders and UEFI arrive with the install-sources issue)")
+            ("uefi", None) => spec.uefi = true,
+            ("hd" | "cdrom" | "network", None) => spec.order.push(key.clone()),
+            ("menu", v) => spec.menu = matches!(v.as_deref(), None | Some("on") | Some("yes")),
+            (other, _) => bail!("--boot: unknown key '{other}' in '{boot}' (kernel=, initrd=, kernel_args=, uefi, hd, cdrom, network, menu=on)"),
+        }
+    }
+    if any_kernel {
+        for p in std::iter::once(&k.kernel).chain(k.initrd.as_ref()) {
+            if !p.is_file() {
+                bail!("--boot: {} is not a readable file", p.display());
             }
-            (other, _) => bail!("--boot: unknown key '{other}' in '{boot}'"),
         }
-    }
-    if !any {
-        bail!("--boot '{boot}': give kernel=PATH (and initrd=PATH)");
-    }
-    for p in std::iter::once(&k.kernel).chain(k.initrd.as_ref()) {
-        if !p.is_file() {
-            bail!("--boot: {} is not a readable file", p.display());
+        if let Some(e) = extra {
+            k.cmdline = if k.cmdline.is_empty() { e.to_string() } else { format!("{} {e}", k.cmdline) };
         }
+        spec.kernel = Some(k);
+    } else if k.initrd.is_some() || !k.cmdline.is_empty() {
+        bail!("--boot '{boot}': initrd= and kernel_args= need kernel=PATH");
     }
-    if let Some(e) = extra {
-        k.cmdline = if k.cmdline.is_empty() { e.to_string() } else { format!("{} {e}", k.cmdline) };
-    }
-    Ok(Some(k))
+    Ok(spec)
 }
 
 fn parse_graphics(g: &str) -> anyhow::Result<Graphics> {
@@ -325,7 +351,9 @@ pub fn run(cmd: DomCmd, ctx: &Ctx) -> anyhow::Result<()> {
             lifecycle::destroy(store, &domain)?;
             out.done(format!("Domain '{domain}' destroyed"));
         }
-        DomCmd::Undefine { domain, remove_all_storage } => undefine(ctx, &domain, remove_all_storage)?,
+        DomCmd::Undefine { domain, remove_all_storage, nvram, keep_nvram } => {
+            undefine(ctx, &domain, remove_all_storage, nvram, keep_nvram)?
+        }
         DomCmd::Dominfo { domain } => dominfo(ctx, &domain)?,
         DomCmd::Domstate { domain, reason } => {
             let def = lifecycle::current_def(store, &domain)?;
@@ -373,27 +401,20 @@ fn simple(ctx: &Ctx, name: &str, req: Request, what: &'static str, done: &str) -
 
 fn install_cmd(ctx: &Ctx, a: InstallArgs) -> anyhow::Result<()> {
     let store = &ctx.store;
-    for (flag, set) in [
-        ("--cdrom", a.cdrom.is_some()),
-        ("--location", a.location.is_some()),
-        ("--pxe", a.pxe),
-        ("--cloud-init", a.cloud_init.is_some()),
-    ] {
-        if set {
-            bail!("{flag} is not implemented yet (install sources arrive with the next issue); use --import or --boot kernel=...");
-        }
-    }
     let accel = match a.virt_type.as_deref() {
         None => a.accel,
         Some("kvm") => Accel::Kvm,
         Some("qemu") => Accel::Tcg,
         Some(o) => bail!("--virt-type '{o}': use kvm or qemu"),
     };
-    let kernel = match &a.boot {
+    let boot = match &a.boot {
         Some(b) => parse_boot(b, a.extra_args.as_deref())?,
-        None if a.extra_args.is_some() => bail!("--extra-args needs a kernel to pass them to (--boot kernel=...)"),
-        None => None,
+        None => BootSpec::default(),
     };
+    if a.extra_args.is_some() && boot.kernel.is_none() && a.location.is_none() {
+        bail!("--extra-args needs a kernel to pass them to (--location or --boot kernel=...)");
+    }
+    let kernel = boot.kernel.clone();
     let opts = InstallOpts {
         name: a.name.clone(),
         memory_mib: a.memory,
@@ -401,7 +422,7 @@ fn install_cmd(ctx: &Ctx, a: InstallArgs) -> anyhow::Result<()> {
         cpu: a.cpu,
         disks: a.disk,
         networks: a.network,
-        import: a.import,
+        import: a.import || a.cdrom.is_some() || a.location.is_some() || a.pxe,
         kernel,
         graphics: parse_graphics(&a.graphics)?,
         os_variant: a.osinfo,
@@ -409,8 +430,21 @@ fn install_cmd(ctx: &Ctx, a: InstallArgs) -> anyhow::Result<()> {
         accel,
         machine: a.machine,
     };
+    let src = Sources {
+        cdrom: a.cdrom.clone(),
+        location: a.location.clone(),
+        extra_args: a.extra_args.clone(),
+        pxe: a.pxe,
+        cloud_init: a.cloud_init.clone(),
+        boot,
+        noreboot: a.noreboot,
+        wait: a.wait,
+    };
+    if (src.cdrom.is_some() || src.location.is_some() || src.pxe) && opts.disks.is_empty() && !a.dry_run {
+        bail!("--cdrom, --location and --pxe install onto a disk: give one with --disk (size=GiB creates it)");
+    }
     let mut created = Created::default();
-    let r = install_steps(ctx, &opts, a.dry_run, a.transient, &mut created);
+    let r = install_steps(ctx, &opts, &src, a.dry_run, a.transient, &mut created);
     // virt-install's autoconsole: attach when we are on a terminal, unless --noautoconsole.
     let autoconsole =
         !a.noautoconsole && !a.dry_run && std::io::stdout().is_terminal() && std::io::stdin().is_terminal();
@@ -433,13 +467,16 @@ fn install_cmd(ctx: &Ctx, a: InstallArgs) -> anyhow::Result<()> {
 fn install_steps(
     ctx: &Ctx,
     opts: &InstallOpts,
+    src: &Sources,
     dry_run: bool,
     transient: bool,
     created: &mut Created,
 ) -> anyhow::Result<()> {
     let store = &ctx.store;
     let _l = store.lock(Kind::Domain, &opts.name)?;
-    let def = install::build(store, opts, dry_run, created)?;
+    let mut def = install::build(store, opts, dry_run, created)?;
+    src.check()?;
+    apply_firmware(store, &mut def, &src.boot, dry_run, created)?;
     if dry_run {
         println!("# definition\n{}", toml::to_string_pretty(&def)?);
         let verdict = crate::domain::accel::probe(&store.paths.run);
@@ -470,10 +507,166 @@ fn install_steps(
             eprintln!("{m}");
         }
     };
-    lifecycle::start(store, &def, transient, &notify)?;
+    let rd = RunDir::of(store, &def.name);
+    std::fs::create_dir_all(&rd.dir)?;
+    match first_boot(ctx, &def, src, &rd)? {
+        None => {
+            lifecycle::start(store, &def, transient, &notify)?;
+        }
+        Some((first, poweroff_stops)) => {
+            let phase = lifecycle::Phase { next: &def, noreboot: src.noreboot, poweroff_stops };
+            lifecycle::start_phased(store, &first, Some(phase), transient, &notify)?;
+            ctx.out.done(format!("Domain '{}' started (install phase; it boots from disk afterwards)", def.name));
+            if let Some(minutes) = src.wait {
+                wait_install(store, &def.name, minutes)?;
+            }
+            return Ok(());
+        }
+    }
     ctx.out.done(format!("Domain '{}' started", def.name));
     Ok(())
 }
+
+/// Install sources beyond --import and --boot kernel=.
+#[derive(Debug, Default)]
+struct Sources {
+    cdrom: Option<PathBuf>,
+    location: Option<String>,
+    extra_args: Option<String>,
+    pxe: bool,
+    cloud_init: Option<String>,
+    boot: BootSpec,
+    noreboot: bool,
+    wait: Option<i64>,
+}
+
+impl Sources {
+    /// Checks that need no disk work: readable media, well-formed options.
+    fn check(&self) -> anyhow::Result<()> {
+        if let Some(iso) = &self.cdrom {
+            crate::media::iso9660::Iso::open(iso).map_err(|e| anyhow::anyhow!("--cdrom: {e}"))?;
+        }
+        if let Some(c) = &self.cloud_init {
+            c.parse::<crate::media::nocloud::CloudInitOpts>()?;
+        }
+        Ok(())
+    }
+}
+
+/// The first boot of a phased install (the saved definition is the system after it), and
+/// whether a guest power-off ends the VM instead of booting the installed system.
+fn first_boot(ctx: &Ctx, def: &DomainDef, src: &Sources, rd: &RunDir) -> anyhow::Result<Option<(DomainDef, bool)>> {
+    use crate::domain::definition::{Action, DiskBus, DiskDef, DiskDevice};
+    let cd = |path: PathBuf| DiskDef {
+        path,
+        format: "raw".into(),
+        bus: DiskBus::Ide,
+        device: DiskDevice::Cdrom,
+        cache: None,
+        readonly: true,
+        shareable: true,
+        created: false,
+    };
+    let mut first = def.clone();
+    let mut installer = false;
+    if let Some(iso) = &src.cdrom {
+        first.disks.push(cd(iso.clone()));
+        first.boot_order = vec!["cdrom".into(), "hd".into()];
+        installer = true;
+    }
+    if let Some(loc) = &src.location {
+        let items = split_kv(loc);
+        let path = PathBuf::from(items.first().map(|(k, _)| k.clone()).unwrap_or_default());
+        let get = |key: &str| items.iter().find(|(k, _)| k == key).and_then(|(_, v)| v.clone());
+        for (k, _) in items.iter().skip(1) {
+            if k != "kernel" && k != "initrd" {
+                bail!("--location: unknown key '{k}' in '{loc}' (use PATH[,kernel=K,initrd=I])");
+            }
+        }
+        let found = crate::media::location::find_boot_files(&path, get("kernel").as_deref(), get("initrd").as_deref())?;
+        let boot_dir = rd.dir.join("boot");
+        std::fs::create_dir_all(&boot_dir)?;
+        let files = found.extract_to(&boot_dir)?;
+        if !ctx.out.quiet {
+            eprintln!("Using {} layout: {} + {}", found.layout, found.kernel.describe(), found.initrd.describe());
+        }
+        first.kernel = Some(KernelBoot {
+            kernel: files.kernel,
+            initrd: Some(files.initrd),
+            cmdline: src.extra_args.clone().unwrap_or_default(),
+        });
+        if found.is_iso() {
+            first.disks.push(cd(path.canonicalize().unwrap_or(path)));
+        }
+        installer = true;
+    }
+    if src.pxe {
+        first.boot_order = vec!["network".into(), "hd".into()];
+        installer = true;
+    }
+    if let Some(c) = &src.cloud_init {
+        let opts: crate::media::nocloud::CloudInitOpts = c.parse()?;
+        let (iso, password) = crate::media::nocloud::build_seed(&opts, &def.name, &def.uuid.to_string())?;
+        let seed = rd.dir.join("cidata.iso");
+        crate::state::runtime_write(&seed, &iso)?;
+        first.disks.push(cd(seed));
+        if let Some(p) = password {
+            // Shown once, never stored.
+            println!("Generated root password for '{}': {p}", def.name);
+        }
+    }
+    if first == *def {
+        return Ok(None);
+    }
+    // The installer's reboot ends the first boot too (it must not boot the installer again).
+    first.on_reboot = Action::Destroy;
+    Ok(Some((first, !installer)))
+}
+
+/// virt-install's --wait: until the install phase is over (or the VM stopped).
+fn wait_install(store: &crate::state::Store, name: &str, minutes: i64) -> anyhow::Result<()> {
+    let rd = RunDir::of(store, name);
+    let t0 = std::time::Instant::now();
+    while rd.next_boot().exists() && rd.alive() {
+        if minutes >= 0 && t0.elapsed() > Duration::from_secs(minutes as u64 * 60) {
+            bail!("domain '{name}': the install did not finish within {minutes} minute(s); it keeps running");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(())
+}
+
+/// `--boot uefi`: OVMF with a per-VM copy of its variable store (removed by undefine --nvram).
+fn apply_firmware(
+    store: &crate::state::Store,
+    def: &mut DomainDef,
+    boot: &BootSpec,
+    dry_run: bool,
+    created: &mut Created,
+) -> anyhow::Result<()> {
+    if !boot.order.is_empty() {
+        def.boot_order = boot.order.clone();
+    }
+    def.boot_menu = boot.menu;
+    if !boot.uefi {
+        return Ok(());
+    }
+    let (code, vars) = (PathBuf::from(OVMF_CODE), PathBuf::from(OVMF_VARS));
+    if !code.is_file() || !vars.is_file() {
+        bail!("--boot uefi: OVMF not found ({OVMF_CODE}); install Debian's ovmf package");
+    }
+    let nvram = store.paths.root.join("nvram").join(format!("{}_VARS.fd", def.name));
+    if !dry_run {
+        std::fs::create_dir_all(nvram.parent().expect("nvram dir"))?;
+        std::fs::copy(&vars, &nvram)?;
+        created.files.push(nvram.clone());
+    }
+    def.firmware = crate::domain::definition::Firmware::Uefi { code, nvram };
+    Ok(())
+}
+
+const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE.fd";
+const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS.fd";
 
 fn clone_cmd(ctx: &Ctx, a: CloneArgs) -> anyhow::Result<()> {
     use crate::domain::clone::{self, CloneOpts};
@@ -792,13 +985,20 @@ fn usernet_guest_addrs(text: &str) -> Vec<String> {
     ips
 }
 
-fn undefine(ctx: &Ctx, name: &str, remove_storage: bool) -> anyhow::Result<()> {
+fn undefine(ctx: &Ctx, name: &str, remove_storage: bool, nvram: bool, keep_nvram: bool) -> anyhow::Result<()> {
     let store = &ctx.store;
     let _l = store.lock(Kind::Domain, name)?;
     let def: DomainDef = store.load(Kind::Domain, name)?;
     let rd = RunDir::of(store, name);
     if rd.alive() {
         bail!("domain '{name}' is running; destroy or shut it down before undefine");
+    }
+    let nvram_file = match &def.firmware {
+        crate::domain::definition::Firmware::Uefi { nvram: f, .. } if f.exists() => Some(f.clone()),
+        _ => None,
+    };
+    if nvram_file.is_some() && !nvram && !keep_nvram {
+        bail!("domain '{name}' has a UEFI variable store (NVRAM); pass --nvram to delete it too, or --keep-nvram");
     }
     let mut removed = Vec::new();
     if remove_storage {
@@ -819,6 +1019,10 @@ fn undefine(ctx: &Ctx, name: &str, remove_storage: bool) -> anyhow::Result<()> {
     }
     store.remove(Kind::Domain, name)?;
     let _ = std::fs::remove_dir_all(&rd.dir);
+    if let (Some(f), true) = (&nvram_file, nvram) {
+        std::fs::remove_file(f)?;
+        removed.push(f.display().to_string());
+    }
     ctx.out.done(format!("Domain '{name}' has been undefined"));
     for r in removed {
         ctx.out.done(format!("Volume '{r}' removed."));

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use super::definition::{Accel, DiskBus, DiskDevice, DomainDef, Graphics, NicModel, NicSource};
+use super::definition::{Accel, DiskBus, DiskDevice, DomainDef, Firmware, Graphics, NicModel, NicSource};
 
 /// What the renderer needs beyond the definition; probing happens before, not here.
 #[derive(Debug, Clone)]
@@ -50,6 +50,13 @@ pub fn render(def: &DomainDef, env: &RenderEnv) -> Vec<String> {
             a.push(["-vnc", &format!("{listen}:{}", env.vnc_display)]);
             a.push(["-device", "VGA"]);
         }
+    }
+    if let Firmware::Uefi { code, nvram } = &def.firmware {
+        a.push(["-drive", &format!("if=pflash,format=raw,readonly=on,file={}", escape(&code.display().to_string()))]);
+        a.push(["-drive", &format!("if=pflash,format=raw,file={}", escape(&nvram.display().to_string()))]);
+    }
+    if def.boot_menu {
+        a.push(["-boot", "menu=on"]);
     }
     if let Some(k) = &def.kernel {
         a.push(["-kernel", &k.kernel.display().to_string()]);

@@ -101,6 +101,18 @@ pub enum Graphics {
     Vnc { listen: String },
 }
 
+/// Firmware: SeaBIOS (qemu's default) or OVMF with a per-VM NVRAM (variable store) copy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Firmware {
+    #[default]
+    Bios,
+    Uefi {
+        code: PathBuf,
+        nvram: PathBuf,
+    },
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DomainDef {
     pub name: String,
@@ -129,6 +141,11 @@ pub struct DomainDef {
     /// Boot order by device class: `hd`, `cdrom`, `network`.
     #[serde(default = "default_boot_order")]
     pub boot_order: Vec<String>,
+    /// `-boot menu=on`.
+    #[serde(default)]
+    pub boot_menu: bool,
+    #[serde(default)]
+    pub firmware: Firmware,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel: Option<KernelBoot>,
     #[serde(default)]
@@ -171,6 +188,8 @@ impl DomainDef {
             on_crash: Action::Destroy,
             graphics: Graphics::None,
             boot_order: default_boot_order(),
+            boot_menu: false,
+            firmware: Firmware::Bios,
             kernel: None,
             disks: Vec::new(),
             nics: Vec::new(),

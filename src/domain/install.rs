@@ -85,8 +85,7 @@ pub fn build(store: &Store, o: &InstallOpts, dry_run: bool, created: &mut Create
     if !o.import && o.kernel.is_none() {
         return Err(bad(
             &o.name,
-            "no install source: use --import (boot an existing disk) or --boot kernel=...,initrd=... \
-             (--cdrom, --location, --pxe and --cloud-init are not implemented yet)",
+            "no install source: use --import, --cdrom ISO, --location PATH, --pxe or --boot kernel=...",
         ));
     }
     let mut def = DomainDef::new(&o.name, o.memory_mib, o.vcpus);

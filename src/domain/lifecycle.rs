@@ -14,7 +14,7 @@ use thiserror::Error;
 use super::accel::{self, Accel};
 use super::argv::{render, RenderEnv};
 use super::definition::{DomainDef, NicSource};
-use super::runtime::{now_secs, RunDir, RunState, VmState};
+use super::runtime::{now_secs, NextBoot, RunDir, RunState, VmState};
 use super::supervisor::{self, Reply, Request};
 use super::tap;
 use crate::network::lifecycle as netlife;
@@ -143,6 +143,26 @@ async fn network_bridge(
 
 /// Start a VM: resolve the accelerator, wire taps, spawn the supervisor, wait until running.
 pub fn start(store: &Store, def: &DomainDef, transient: bool, notify: &dyn Fn(&str)) -> Result<RunState, DomainError> {
+    start_phased(store, def, None, transient, notify)
+}
+
+/// How an install's first boot hands over to the installed system.
+#[derive(Debug, Clone, Copy)]
+pub struct Phase<'a> {
+    pub next: &'a DomainDef,
+    pub noreboot: bool,
+    pub poweroff_stops: bool,
+}
+
+/// Start an install's first boot (`def`); when it ends, the supervisor boots `phase.next`
+/// (or stops, with --noreboot).
+pub fn start_phased(
+    store: &Store,
+    def: &DomainDef,
+    phase: Option<Phase>,
+    transient: bool,
+    notify: &dyn Fn(&str),
+) -> Result<RunState, DomainError> {
     let name = &def.name;
     let rd = RunDir::of(store, name);
     if rd.alive() {
@@ -168,6 +188,17 @@ pub fn start(store: &Store, def: &DomainDef, transient: bool, notify: &dyn Fn(&s
     };
     let argv = render(def, &env);
     write_run_files(&rd, def, &argv, &taps, res.accel, transient)?;
+    let _ = fs::remove_file(rd.next_boot());
+    if let Some(p) = phase {
+        let nb = NextBoot {
+            argv: render(p.next, &env),
+            def: p.next.clone(),
+            noreboot: p.noreboot,
+            poweroff_stops: p.poweroff_stops,
+        };
+        let text = serde_json::to_string(&nb).expect("next boot serializes");
+        runtime_write(&rd.next_boot(), text.as_bytes()).map_err(io_at(rd.next_boot()))?;
+    }
     let reply = spawn_supervisor(&rd, name, &taps)?;
     drop(taps);
     Ok(reply)

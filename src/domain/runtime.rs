@@ -50,6 +50,10 @@ impl RunDir {
     pub fn supervisor_log(&self) -> PathBuf {
         self.dir.join("supervisor.log")
     }
+    /// After an install's first boot: what to boot next (virt-install's two phases).
+    pub fn next_boot(&self) -> PathBuf {
+        self.dir.join("next.json")
+    }
 
     /// Is a supervisor holding this VM's lock?
     pub fn alive(&self) -> bool {
@@ -73,6 +77,19 @@ impl RunDir {
         let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
         lines[lines.len().saturating_sub(n)..].join("\n")
     }
+}
+
+/// The second phase of an install: when the first boot ends (the installer powers off or
+/// reboots), the supervisor boots this instead, or stops (`noreboot`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NextBoot {
+    pub argv: Vec<String>,
+    pub def: super::definition::DomainDef,
+    /// Stop after the first boot instead of booting `def` (--noreboot).
+    pub noreboot: bool,
+    /// A guest power-off ends the VM; only a reboot boots `def` (cloud-init's first boot).
+    #[serde(default)]
+    pub poweroff_stops: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

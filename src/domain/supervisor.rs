@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::console_hub::Hub;
 use super::definition::{Action, DomainDef};
 use super::qmp::{self, QmpEvents, QmpHandle};
-use super::runtime::{now_secs, RunDir, RunState, VmState};
+use super::runtime::{now_secs, NextBoot, RunDir, RunState, VmState};
 use crate::state::ObjectLock;
 
 /// A request on the control socket: one JSON line in, one JSON line out.
@@ -149,6 +149,8 @@ struct Supervisor {
     fake_reboot: bool,
     /// We asked qemu to go away (destroy/shutdown/policy): its exit is not a crash.
     quitting: Option<&'static str>,
+    /// Set during an install's first boot.
+    next: Option<NextBoot>,
     hub: Arc<Hub>,
     _lock: ObjectLock,
 }
@@ -185,6 +187,7 @@ impl Supervisor {
             state,
             fake_reboot: false,
             quitting: None,
+            next: std::fs::read_to_string(rd.next_boot()).ok().and_then(|t| serde_json::from_str(&t).ok()),
             hub,
             _lock: lock,
         })
@@ -247,7 +250,12 @@ impl Supervisor {
                 if self.quitting.is_some() || reason == "host-qmp-quit" {
                     return;
                 }
-                if std::mem::take(&mut self.fake_reboot) {
+                let requested_reboot = std::mem::take(&mut self.fake_reboot);
+                if self.next.is_some() {
+                    self.end_install_phase(requested_reboot || reason == "guest-reset").await;
+                    return;
+                }
+                if requested_reboot {
                     self.restart_guest("rebooted").await;
                 } else if reason == "guest-reset" {
                     self.apply(self.def.on_reboot, "rebooted").await;
@@ -276,6 +284,35 @@ impl Supervisor {
         let _ = self.qmp.execute(qapi::qmp::cont {}).await;
         self.state.restarts += 1;
         self.set(VmState::Running, why);
+    }
+
+    /// The installer's boot ended: boot the installed system (or stop, with --noreboot).
+    async fn end_install_phase(&mut self, rebooting: bool) {
+        let next = self.next.take().expect("in an install phase");
+        let stop = next.noreboot || (next.poweroff_stops && !rebooting);
+        self.stop_qemu("installed").await;
+        let _ = self.child.wait().await;
+        let _ = std::fs::remove_file(self.rd.next_boot());
+        if let Ok(t) = toml::to_string_pretty(&next.def) {
+            let _ = crate::state::runtime_write(&self.rd.live_def(), t.as_bytes());
+        }
+        let _ = crate::state::runtime_write(
+            &self.rd.argv(),
+            serde_json::to_string(&next.argv).unwrap_or_default().as_bytes(),
+        );
+        (self.def, self.argv) = (next.def, next.argv);
+        if stop {
+            return; // quitting is set: the exit is a clean stop
+        }
+        match launch(&self.rd, &self.argv, &self.hub).await {
+            Ok((child, qmp, events)) => {
+                (self.child, self.qmp, self.events) = (child, qmp, events);
+                self.quitting = None;
+                self.state.qemu_pid = self.child.id().map(|p| p as i32);
+                self.set(VmState::Running, "installed, booted from disk");
+            }
+            Err(e) => tracing::error!(error = %e, "booting the installed system failed"),
+        }
     }
 
     /// quit over QMP, then SIGKILL after 3 s; the exit itself is handled by `on_exit`.

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::{Path, PathBuf};
 
 use super::MediaError;
@@ -18,6 +18,9 @@ pub const SECTOR: u64 = 2048;
 const MAX_DIR_BYTES: u64 = 16 << 20;
 /// Rock Ridge continuation areas followed per record, at most.
 const MAX_CE_HOPS: usize = 16;
+/// Rock Ridge continuation areas read per directory listing, at most (a crafted directory of
+/// many records, each with a long chain, would otherwise cost minutes).
+const MAX_CE_PER_DIR: usize = 4096;
 /// Volume descriptors read before giving up on finding the terminator.
 const MAX_DESCRIPTORS: u64 = 64;
 const COPY_CHUNK: usize = 1 << 20;
@@ -111,12 +114,13 @@ fn is_joliet_escape(d: &[u8]) -> bool {
 impl Iso {
     /// Open an image and read its volume descriptors.
     pub fn open(path: &Path) -> Result<Iso, MediaError> {
-        let file = File::open(path).map_err(|e| MediaError::io(path, e))?;
-        let meta = file.metadata().map_err(|e| MediaError::io(path, e))?;
-        if !meta.is_file() {
+        // Look before opening: opening a FIFO would block.
+        let meta = std::fs::metadata(path).map_err(|e| MediaError::io(path, e))?;
+        if !meta.is_file() && !meta.file_type().is_block_device() {
             return Err(MediaError::NotIso { path: path.into() });
         }
-        let len = meta.len();
+        let file = File::open(path).map_err(|e| MediaError::io(path, e))?;
+        let len = if meta.is_file() { meta.len() } else { device_len(&file).map_err(|e| MediaError::io(path, e))? };
         let mut iso = Iso {
             path: path.into(),
             file,
@@ -178,7 +182,7 @@ impl Iso {
     }
 
     fn root_record(&self, raw: &[u8]) -> Result<Entry, MediaError> {
-        let rec = self.decode(raw, false, false)?.ok_or_else(|| self.corrupt("bad root directory record"))?;
+        let rec = self.decode(raw, false, false, &mut 0)?.ok_or_else(|| self.corrupt("bad root directory record"))?;
         if !rec.entry.is_dir {
             return Err(self.corrupt("the root directory record is not a directory"));
         }
@@ -187,7 +191,7 @@ impl Iso {
 
     /// SUSP: an `SP` entry at the start of the root's "." record means Rock Ridge may follow.
     fn susp_sp(&self, root: &Entry) -> Result<Option<usize>, MediaError> {
-        let data = self.read_at(self.data_offset(root.extent)?, SECTOR.min(root.size), "root directory")?;
+        let data = self.read_at(self.data_offset(root.extent), SECTOR.min(root.size), "root directory")?;
         let len = data.first().copied().unwrap_or(0) as usize;
         if len < 34 || len > data.len() {
             return Ok(None);
@@ -216,8 +220,8 @@ impl Iso {
         MediaError::Corrupt { path: self.path.clone(), reason: reason.into() }
     }
 
-    fn data_offset(&self, extent: u32) -> Result<u64, MediaError> {
-        Ok(extent as u64 * self.block)
+    fn data_offset(&self, extent: u32) -> u64 {
+        extent as u64 * self.block
     }
 
     /// Read exactly `len` bytes at `off`, or say the image is too short.
@@ -238,7 +242,7 @@ impl Iso {
 
     /// Decode one directory record (`raw` is exactly the record). `None` for a record too short
     /// to be one.
-    fn decode(&self, raw: &[u8], rock: bool, joliet: bool) -> Result<Option<Rec>, MediaError> {
+    fn decode(&self, raw: &[u8], rock: bool, joliet: bool, ce_left: &mut usize) -> Result<Option<Rec>, MediaError> {
         if raw.len() < 34 {
             return Ok(None);
         }
@@ -268,7 +272,7 @@ impl Iso {
         if rock && !dot {
             let su_start = 33 + id_len + (id_len + 1) % 2 + self.susp_skip;
             let su = raw.get(su_start..).unwrap_or(&[]);
-            let s = self.parse_susp(su)?;
+            let s = self.parse_susp(su, ce_left)?;
             if let Some(name) = s.name.filter(|n| !n.is_empty() && n != "." && n != "..") {
                 rec.entry.name = name;
             }
@@ -284,7 +288,7 @@ impl Iso {
 
     /// The size of a directory from its own "." record (for Rock Ridge `CL` links).
     fn dir_size_at(&self, extent: u32) -> Result<u64, MediaError> {
-        let head = self.read_at(self.data_offset(extent)?, 34, "relocated directory")?;
+        let head = self.read_at(self.data_offset(extent), 34, "relocated directory")?;
         if head[0] < 34 || head[25] & 2 == 0 {
             return Err(self.corrupt(format!("Rock Ridge child link to block {extent}, which is no directory")));
         }
@@ -292,7 +296,7 @@ impl Iso {
     }
 
     /// Walk a System Use area and its continuation areas.
-    fn parse_susp(&self, first: &[u8]) -> Result<Susp, MediaError> {
+    fn parse_susp(&self, first: &[u8], ce_left: &mut usize) -> Result<Susp, MediaError> {
         let mut out = Susp::default();
         let mut name: Option<String> = None;
         let mut area = first.to_vec();
@@ -324,10 +328,14 @@ impl Iso {
                 out.name = name;
                 return Ok(out);
             };
+            if *ce_left == 0 {
+                return Err(self.corrupt("too many Rock Ridge continuation areas in one directory"));
+            }
+            *ce_left -= 1;
             if len > 64 * 1024 {
                 return Err(self.corrupt(format!("Rock Ridge continuation area of {len} bytes")));
             }
-            let start = self.data_offset(block)?.checked_add(off).ok_or_else(|| self.corrupt("CE out of range"))?;
+            let start = self.data_offset(block).checked_add(off).ok_or_else(|| self.corrupt("CE out of range"))?;
             area = self.read_at(start, len, "Rock Ridge continuation area")?;
         }
         Err(self.corrupt("Rock Ridge continuation areas form a chain too long (a loop?)"))
@@ -338,10 +346,11 @@ impl Iso {
         if dir.size > MAX_DIR_BYTES {
             return Err(self.corrupt(format!("directory '{}' claims {} bytes", dir.name, dir.size)));
         }
-        let data = self.read_at(self.data_offset(dir.extent)?, dir.size, "directory")?;
+        let data = self.read_at(self.data_offset(dir.extent), dir.size, "directory")?;
         let (rock, joliet) = (self.naming == Naming::RockRidge, self.naming == Naming::Joliet);
         let mut out: Vec<Rec> = Vec::new();
         let mut pending_multi = false;
+        let mut ce_left = MAX_CE_PER_DIR;
         let mut p = 0usize;
         while p < data.len() {
             let len = data[p] as usize;
@@ -352,7 +361,7 @@ impl Iso {
             if p + len > data.len() {
                 return Err(self.corrupt(format!("directory record at byte {p} of '{}' overruns it", dir.name)));
             }
-            let Some(rec) = self.decode(&data[p..p + len], rock, joliet)? else {
+            let Some(rec) = self.decode(&data[p..p + len], rock, joliet, &mut ce_left)? else {
                 return Err(self.corrupt(format!("directory record of {len} bytes in '{}'", dir.name)));
             };
             p += len;
@@ -383,10 +392,12 @@ impl Iso {
             }
             let recs = self.records(&cur)?;
             let visible = || recs.iter().filter(|r| !r.hidden);
+            let bare = strip_version(comp);
             let hit = visible()
                 .find(|r| r.entry.name == comp)
                 .or_else(|| visible().find(|r| r.entry.name.eq_ignore_ascii_case(comp)))
-                .or_else(|| visible().find(|r| r.alt_name.eq_ignore_ascii_case(comp)));
+                .or_else(|| visible().find(|r| r.alt_name.eq_ignore_ascii_case(bare)))
+                .or_else(|| visible().find(|r| self.naming == Naming::Plain && dchar_eq(&r.alt_name, bare)));
             match hit {
                 Some(r) => cur = r.entry.clone(),
                 None => return Ok(None),
@@ -396,25 +407,28 @@ impl Iso {
     }
 
     /// Find a file or directory by path; names match exactly first, then ignoring ASCII case,
-    /// then by their ISO-level name.
+    /// then by their ISO-level name (in a plain tree also as d-characters: `install.amd` finds
+    /// `INSTALL_AMD`).
     pub fn find(&self, path: &str) -> Result<Option<Entry>, MediaError> {
         self.lookup(path)
     }
 
     /// The entries of a directory, without "." and "..".
     pub fn read_dir(&self, path: &str) -> Result<Vec<Entry>, MediaError> {
-        let dir = self.lookup(path)?.ok_or_else(|| MediaError::NotInIso { iso: self.path.clone(), path: path.into() })?;
+        let dir =
+            self.lookup(path)?.ok_or_else(|| MediaError::NotInIso { iso: self.path.clone(), path: path.into() })?;
         if !dir.is_dir {
             return Err(MediaError::NotADirectory { iso: self.path.clone(), path: path.into() });
         }
         Ok(self.records(&dir)?.into_iter().filter(|r| !r.hidden).map(|r| r.entry).collect())
     }
 
-    fn check_file(&self, entry: &Entry) -> Result<u64, MediaError> {
+    /// Check that a file entry lies within the image; its data offset.
+    pub(crate) fn check_file(&self, entry: &Entry) -> Result<u64, MediaError> {
         if entry.is_dir {
             return Err(MediaError::IsADirectory { iso: self.path.clone(), path: entry.name.clone() });
         }
-        let off = self.data_offset(entry.extent)?;
+        let off = self.data_offset(entry.extent);
         let need = off.checked_add(entry.size).ok_or_else(|| self.corrupt("file extent out of range"))?;
         if need > self.len {
             let what = format!("file '{}'", entry.name);
@@ -433,7 +447,7 @@ impl Iso {
     pub fn copy_file(&self, entry: &Entry, dest: &Path) -> Result<u64, MediaError> {
         let off = self.check_file(entry)?;
         let tmp = tmp_beside(dest);
-        let result = self.copy_range(off, entry.size, &tmp).and_then(|_| {
+        let result = self.copy_range(off, entry.size, &tmp, dest).and_then(|_| {
             std::fs::rename(&tmp, dest).map_err(|e| MediaError::io(dest, e))?;
             Ok(entry.size)
         });
@@ -443,8 +457,9 @@ impl Iso {
         result
     }
 
-    fn copy_range(&self, off: u64, size: u64, dest: &Path) -> Result<(), MediaError> {
-        let mut out = File::create(dest).map_err(|e| MediaError::io(dest, e))?;
+    /// Copy `size` bytes at `off` into the new file `tmp`; errors name `dest`, the final path.
+    fn copy_range(&self, off: u64, size: u64, tmp: &Path, dest: &Path) -> Result<(), MediaError> {
+        let mut out = File::create(tmp).map_err(|e| MediaError::io(dest, e))?;
         let mut buf = vec![0u8; COPY_CHUNK.min(size as usize)];
         let mut done = 0u64;
         while done < size {
@@ -453,7 +468,7 @@ impl Iso {
             out.write_all(chunk).map_err(|e| MediaError::io(dest, e))?;
             done += n as u64;
         }
-        out.sync_all().map_err(|e| MediaError::io(dest, e))
+        Ok(())
     }
 
     fn read_at_into<'b>(&self, off: u64, buf: &'b mut [u8]) -> Result<&'b [u8], MediaError> {
@@ -466,6 +481,22 @@ impl Iso {
         })?;
         Ok(buf)
     }
+}
+
+/// The size of a block device (a CD-ROM drive), by seeking to its end.
+fn device_len(file: &File) -> std::io::Result<u64> {
+    use std::io::{Seek, SeekFrom};
+    let mut f = file;
+    f.seek(SeekFrom::End(0))
+}
+
+/// Names compared as d-characters: case folded, anything but letters and digits as `_`
+/// (`install.amd` is `INSTALL_AMD` in a plain ISO 9660 tree).
+fn dchar_eq(a: &str, b: &str) -> bool {
+    let norm = |s: &str| -> String {
+        s.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect()
+    };
+    norm(a) == norm(b)
 }
 
 /// `dir/.name.tmp-PID-N`, for a write-then-rename.
@@ -502,6 +533,18 @@ struct TDir {
     subdirs: u32,
     size: u32,
     lba: u32,
+}
+
+/// Where everything goes: both trees with their blocks, path tables (L, M), the Rock Ridge
+/// continuation block, each file's (block, size), and the image's size in blocks.
+struct Plan {
+    iso: Vec<TDir>,
+    jol: Vec<TDir>,
+    iso_pt: (u32, u32),
+    jol_pt: (u32, u32),
+    ce_lba: u32,
+    files: Vec<(u32, u32)>,
+    total: u32,
 }
 
 struct TEnt {
@@ -603,9 +646,9 @@ fn iso_id(base: &str, ext: &str, is_dir: bool, suffix: Option<usize>) -> Vec<u8>
     }
 }
 
-fn joliet_id(name: &str, is_dir: bool) -> Vec<u8> {
-    let full = if is_dir { name.to_string() } else { format!("{name};1") };
-    full.encode_utf16().flat_map(|u| u.to_be_bytes()).collect()
+/// Joliet names carry no `;1` (as genisoimage and xorriso write them).
+fn joliet_id(name: &str) -> Vec<u8> {
+    name.encode_utf16().flat_map(|u| u.to_be_bytes()).collect()
 }
 
 fn record_len(id_len: usize, su_len: usize) -> usize {
@@ -726,22 +769,15 @@ impl IsoWriter {
     /// One tree in path-table order (breadth first, children sorted by identifier).
     fn tree(&self, joliet: bool, file_index: &HashMap<&str, usize>) -> Vec<TDir> {
         let kids = self.children();
-        let mut dirs = vec![TDir {
-            path: String::new(),
-            id: vec![0],
-            parent: 0,
-            entries: vec![],
-            subdirs: 0,
-            size: 0,
-            lba: 0,
-        }];
+        let mut dirs =
+            vec![TDir { path: String::new(), id: vec![0], parent: 0, entries: vec![], subdirs: 0, size: 0, lba: 0 }];
         let mut i = 0;
         while i < dirs.len() {
             let mut used = HashSet::new();
             let mut ents: Vec<(Vec<u8>, String, String, bool)> = Vec::new();
             for (name, path, is_dir) in &kids[&dirs[i].path] {
                 let id = if joliet {
-                    joliet_id(name, *is_dir)
+                    joliet_id(name)
                 } else {
                     let (base, ext) = iso_base(name, *is_dir);
                     let mut n = 0;
@@ -805,73 +841,71 @@ impl IsoWriter {
         }
     }
 
+    /// Trees, sizes and block addresses of everything in the image.
+    fn plan(&self) -> Result<Plan, MediaError> {
+        if let Some((n, d)) = self.files.iter().find(|(_, d)| d.len() as u64 > u32::MAX as u64) {
+            return Err(MediaError::IsoTooLarge(format!("file '{n}' has {} bytes (4 GiB at most)", d.len())));
+        }
+        let index: HashMap<&str, usize> = self.files.keys().enumerate().map(|(i, n)| (n.as_str(), i)).collect();
+        let mut iso = self.tree(false, &index);
+        let mut jol = if self.joliet { self.tree(true, &index) } else { vec![] };
+        self.dir_sizes(&mut iso, self.rock_ridge);
+        self.dir_sizes(&mut jol, false);
+        let pt_sectors = |t: &[TDir]| path_table_size(t).div_ceil(SECTOR).max(1);
+        // System area, PVD, SVD (Joliet), terminator; then path tables (L and M per tree).
+        let mut lba: u64 = 16 + 1 + u64::from(self.joliet) + 1;
+        let iso_pt = (lba as u32, (lba + pt_sectors(&iso)) as u32);
+        lba += 2 * pt_sectors(&iso);
+        let jol_pt = (lba as u32, (lba + pt_sectors(&jol)) as u32);
+        if self.joliet {
+            lba += 2 * pt_sectors(&jol);
+        }
+        let ce_lba = lba as u32;
+        lba += u64::from(self.rock_ridge);
+        for d in iso.iter_mut().chain(jol.iter_mut()) {
+            d.lba = lba as u32;
+            lba += d.size as u64 / SECTOR;
+        }
+        let mut files = Vec::with_capacity(self.files.len());
+        for data in self.files.values() {
+            files.push((lba as u32, data.len() as u32));
+            lba += (data.len() as u64).div_ceil(SECTOR);
+        }
+        if lba >= u32::MAX as u64 / 2 {
+            return Err(MediaError::IsoTooLarge(format!("{lba} sectors is more than this writer makes")));
+        }
+        Ok(Plan { iso, jol, iso_pt, jol_pt, ce_lba, files, total: lba as u32 })
+    }
+
     /// The whole image.
     pub fn build(&self) -> Result<Vec<u8>, MediaError> {
         let now = self.time.unwrap_or_else(|| {
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
         });
-        let names: Vec<&str> = self.files.keys().map(|s| s.as_str()).collect();
-        let index: HashMap<&str, usize> = names.iter().enumerate().map(|(i, n)| (*n, i)).collect();
-        let rock = self.rock_ridge;
-        let mut iso = self.tree(false, &index);
-        let mut jol = if self.joliet { self.tree(true, &index) } else { vec![] };
-        self.dir_sizes(&mut iso, rock);
-        self.dir_sizes(&mut jol, false);
-
-        let pt_size = |t: &[TDir]| t.iter().map(|d| 8 + d.id.len() + d.id.len() % 2).sum::<usize>() as u64;
-        let pt_sectors = |t: &[TDir]| pt_size(t).div_ceil(SECTOR).max(1) as u32;
-        let mut lba: u64 = 16 + 1 + u64::from(self.joliet) + 1;
-        let iso_pt = (lba as u32, lba as u32 + pt_sectors(&iso));
-        lba += 2 * pt_sectors(&iso) as u64;
-        let jol_pt = (lba as u32, lba as u32 + pt_sectors(&jol));
-        if self.joliet {
-            lba += 2 * pt_sectors(&jol) as u64;
-        }
-        let ce_lba = lba as u32;
-        lba += u64::from(rock);
-        for d in iso.iter_mut().chain(jol.iter_mut()) {
-            d.lba = lba as u32;
-            lba += d.size as u64 / SECTOR;
-        }
-        let mut file_lba = Vec::with_capacity(names.len());
-        for n in &names {
-            file_lba.push(lba);
-            lba += (self.files[*n].len() as u64).div_ceil(SECTOR);
-        }
-        if lba >= u32::MAX as u64 / 2 {
-            return Err(MediaError::IsoTooLarge(format!("{} sectors is more than this writer makes", lba)));
-        }
-        let file_lba: Vec<u32> = file_lba.into_iter().map(|l| l as u32).collect();
-        let mut img = vec![0u8; (lba * SECTOR) as usize];
+        let p = self.plan()?;
         let at = |s: u32| s as usize * SECTOR as usize;
-
-        let files: Vec<(u32, u32)> =
-            names.iter().zip(&file_lba).map(|(n, l)| (*l, self.files[*n].len() as u32)).collect();
-        for (n, l) in names.iter().zip(&file_lba) {
-            let data = &self.files[*n];
-            img[at(*l)..at(*l) + data.len()].copy_from_slice(data);
+        let mut img = vec![0u8; at(p.total)];
+        for ((lba, _), data) in p.files.iter().zip(self.files.values()) {
+            img[at(*lba)..at(*lba) + data.len()].copy_from_slice(data);
         }
-        self.write_dirs(&mut img, &iso, &files, rock, ce_lba, now);
-        self.write_dirs(&mut img, &jol, &files, false, 0, now);
-        if rock {
-            let ce = &mut img[at(ce_lba)..];
-            let er_len = 8 + ER_ID.len() + ER_DESC.len() + ER_SRC.len();
-            ce[..8].copy_from_slice(&[b'E', b'R', er_len as u8, 1, ER_ID.len() as u8, ER_DESC.len() as u8, ER_SRC.len() as u8, 1]);
-            let body = [ER_ID, ER_DESC, ER_SRC].concat();
-            ce[8..8 + body.len()].copy_from_slice(&body);
+        self.write_dirs(&mut img, &p.iso, &p.files, self.rock_ridge, p.ce_lba, now);
+        self.write_dirs(&mut img, &p.jol, &p.files, false, 0, now);
+        if self.rock_ridge {
+            let er = er_entry();
+            img[at(p.ce_lba)..at(p.ce_lba) + er.len()].copy_from_slice(&er);
         }
-        for (t, (l, m)) in [(&iso, iso_pt), (&jol, jol_pt)] {
+        for (t, (l, m)) in [(&p.iso, p.iso_pt), (&p.jol, p.jol_pt)] {
             if !t.is_empty() {
-                img[at(l)..at(l) + pt_size(t) as usize].copy_from_slice(&path_table(t, false));
-                img[at(m)..at(m) + pt_size(t) as usize].copy_from_slice(&path_table(t, true));
+                let n = path_table_size(t) as usize;
+                img[at(l)..at(l) + n].copy_from_slice(&path_table(t, false));
+                img[at(m)..at(m) + n].copy_from_slice(&path_table(t, true));
             }
         }
-        let total = lba as u32;
-        let pvd = self.descriptor(1, &iso, pt_size(&iso) as u32, iso_pt, total, now);
+        let pvd = self.descriptor(1, &p.iso, p.iso_pt, p.total, now);
         img[at(16)..at(17)].copy_from_slice(&pvd);
         let mut next = 17;
         if self.joliet {
-            let svd = self.descriptor(2, &jol, pt_size(&jol) as u32, jol_pt, total, now);
+            let svd = self.descriptor(2, &p.jol, p.jol_pt, p.total, now);
             img[at(17)..at(18)].copy_from_slice(&svd);
             next = 18;
         }
@@ -900,7 +934,7 @@ impl IsoWriter {
             if rock && i == 0 {
                 dot_su.extend_from_slice(&[b'S', b'P', 7, 1, 0xBE, 0xEF, 0]);
                 dot_su.extend(self.su(rock, None, dirs, nlink));
-                let er_len = (8 + ER_ID.len() + ER_DESC.len() + ER_SRC.len()) as u32;
+                let er_len = er_entry().len() as u32;
                 dot_su.extend_from_slice(&[b'C', b'E', 28, 1]);
                 for v in [ce, 0, er_len] {
                     dot_su.extend_from_slice(&both32(v));
@@ -932,7 +966,7 @@ impl IsoWriter {
         }
     }
 
-    fn descriptor(&self, kind: u8, t: &[TDir], pt_size: u32, pt: (u32, u32), total: u32, now: i64) -> Vec<u8> {
+    fn descriptor(&self, kind: u8, t: &[TDir], pt: (u32, u32), total: u32, now: i64) -> Vec<u8> {
         let joliet = kind == 2;
         let text = |s: &str, n: usize| -> Vec<u8> {
             if joliet {
@@ -959,7 +993,7 @@ impl IsoWriter {
         d[120..124].copy_from_slice(&both16(1));
         d[124..128].copy_from_slice(&both16(1));
         d[128..132].copy_from_slice(&both16(SECTOR as u16));
-        d[132..140].copy_from_slice(&both32(pt_size));
+        d[132..140].copy_from_slice(&both32(path_table_size(t) as u32));
         d[140..144].copy_from_slice(&pt.0.to_le_bytes());
         d[148..152].copy_from_slice(&pt.1.to_be_bytes());
         d[156..190].copy_from_slice(&dir_record(t[0].lba, t[0].size, 2, &[0], &[], date7(now)));
@@ -993,6 +1027,18 @@ fn dir_record(lba: u32, size: u32, flags: u8, id: &[u8], su: &[u8], date: [u8; 7
     let su_at = 33 + id.len() + (id.len() + 1) % 2;
     r[su_at..su_at + su.len()].copy_from_slice(su);
     r
+}
+
+/// The Rock Ridge `ER` entry (RRIP 1.10), kept in the root's continuation area.
+fn er_entry() -> Vec<u8> {
+    let len = 8 + ER_ID.len() + ER_DESC.len() + ER_SRC.len();
+    let mut e = vec![b'E', b'R', len as u8, 1, ER_ID.len() as u8, ER_DESC.len() as u8, ER_SRC.len() as u8, 1];
+    e.extend_from_slice(&[ER_ID, ER_DESC, ER_SRC].concat());
+    e
+}
+
+fn path_table_size(t: &[TDir]) -> u64 {
+    t.iter().map(|d| 8 + d.id.len() as u64 + d.id.len() as u64 % 2).sum()
 }
 
 fn path_table(t: &[TDir], big_endian: bool) -> Vec<u8> {
@@ -1093,6 +1139,37 @@ mod tests {
         let names: Vec<String> = iso.read_dir("").unwrap().into_iter().map(|e| e.name).collect();
         assert_eq!(names, ["META_DATA", "SUB", "USER_DATA"]);
         assert!(iso.find("sub/dir/SOME_LONG_FILE_NAME.TXT").unwrap().is_some());
+    }
+
+    /// Walk the L and M path tables of the descriptor at `sector`: each names a directory whose
+    /// "." record points at itself, parents come first, and both tables agree.
+    fn check_path_tables(img: &[u8], sector: usize) -> usize {
+        let d = &img[sector * 2048..(sector + 1) * 2048];
+        let size = le32(d, 132) as usize;
+        let l = le32(d, 140) as usize * 2048;
+        let m = u32::from_be_bytes([d[148], d[149], d[150], d[151]]) as usize * 2048;
+        let (mut p, mut n) = (0, 0);
+        while p < size {
+            let id_len = img[l + p] as usize;
+            let extent = le32(img, l + p + 2);
+            let parent = le16(img, l + p + 6) as usize;
+            assert_eq!(&img[m + p + 2..m + p + 6], &extent.to_be_bytes());
+            assert_eq!(&img[m + p + 6..m + p + 8], &(parent as u16).to_be_bytes());
+            n += 1;
+            assert!(parent >= 1 && parent <= n, "parent {parent} of entry {n}");
+            let dot = extent as usize * 2048;
+            assert_eq!((img[dot + 32], img[dot + 33], le32(img, dot + 2)), (1, 0, extent), "'.' of entry {n}");
+            p += 8 + id_len + id_len % 2;
+        }
+        assert_eq!(p, size);
+        n
+    }
+
+    #[test]
+    fn path_tables_list_every_directory_in_both_byte_orders() {
+        let img = sample().build().unwrap();
+        assert_eq!(check_path_tables(&img, 16), 3, "root, sub, sub/dir");
+        assert_eq!(check_path_tables(&img, 17), 3, "the Joliet tree too");
     }
 
     #[test]

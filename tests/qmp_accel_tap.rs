@@ -4,17 +4,9 @@ use std::time::{Duration, Instant};
 
 use kvmctl::domain::accel::{self, Accel, ProbeStep};
 
-/// A prerequisite: missing means skip locally, but fail under CI=true.
-fn require(what: &str, present: bool) -> bool {
-    if present {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("prerequisite missing under CI=true: {what}");
-    }
-    eprintln!("SKIP: prerequisite missing: {what}");
-    false
-}
+mod common;
+
+use common::require;
 
 fn host_has_virt_flag() -> bool {
     accel::cpu_has_virt_flag(&std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default())

@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use serde::Serialize;
 
-use super::output::{info_block, table, yes_no};
+use super::output::{info_block, listed, table, yes_no};
 use super::Ctx;
 use crate::network::lifecycle::{self, LifecycleError, NetState, Status};
 use crate::network::netlink::Netlink;
@@ -209,8 +209,7 @@ async fn list(ctx: &Ctx, nl: &Netlink, a: NetListArgs) -> anyhow::Result<()> {
     let mut views = Vec::new();
     for (name, def, st) in lifecycle::all(&ctx.store)? {
         let v = view(ctx, nl, &name, def, st).await?;
-        let keep = if a.inactive { !v.status.is_active() } else { a.all || v.status.is_active() };
-        if keep {
+        if listed(a.all, a.inactive, v.status.is_active()) {
             views.push(v);
         }
     }

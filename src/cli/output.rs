@@ -81,6 +81,15 @@ pub fn info_block(rows: &[(&str, String)]) -> String {
     rows.iter().map(|(k, v)| format!("{:<16}{v}\n", format!("{k}:"))).collect()
 }
 
+/// virsh's list filters: active objects, `--all`, or only the inactive ones.
+pub fn listed(all: bool, inactive: bool, active: bool) -> bool {
+    if inactive {
+        !active
+    } else {
+        all || active
+    }
+}
+
 pub fn yes_no(b: bool) -> String {
     if b { "yes" } else { "no" }.to_string()
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 use serde::Serialize;
 
-use super::output::{info_block, table, yes_no};
+use super::output::{info_block, listed, table, yes_no};
 use super::Ctx;
 use crate::size::human;
 use crate::storage::pool::{self, fs_usage, FsUsage};
@@ -162,14 +162,7 @@ fn list(ctx: &Ctx, a: PoolListArgs) -> anyhow::Result<()> {
             Err(b) => eprintln!("warning: pool '{}': {}", b.name, b.error),
         }
     }
-    views.retain(|v| {
-        let active = v.state != PoolState::Inactive;
-        if a.inactive {
-            !active
-        } else {
-            a.all || active
-        }
-    });
+    views.retain(|v| listed(a.all, a.inactive, v.state != PoolState::Inactive));
     if ctx.out.json {
         return ctx.out.json(&views);
     }

@@ -319,3 +319,85 @@ fn failed_clone_leaves_no_file_and_no_definition() {
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "", "no partial disk");
     assert_eq!(h.ok(&["list", "--all", "--name"]), "two\n");
 }
+
+#[test]
+fn clone_options_mac_uuid_skip_copy_nvram_auto_clone_and_print() {
+    if !require("qemu-img", have_program("qemu-img")) {
+        return;
+    }
+    let k = Kvm::new();
+    let img = k.images();
+    k.ok(&["-q", "vol-create-as", "default", "s.qcow2", "64M", "--format", "qcow2"]);
+    k.ok(&["-q", "vol-create-as", "default", "data.qcow2", "64M", "--format", "qcow2"]);
+    k.ok(&["-q", "vol-create-as", "default", "r.img", "8M"]);
+    let nvram = k.root().join("nvram/s_VARS.fd");
+    std::fs::create_dir_all(nvram.parent().unwrap()).unwrap();
+    std::fs::write(&nvram, b"vars").unwrap();
+    let def = format!(
+        "name = \"s\"\nuuid = \"3e3fce45-4f53-4fa7-bb32-11f34168b82b\"\nmemory_mib = 128\nvcpus = 1\n\
+         [firmware]\ntype = \"uefi\"\ncode = \"/usr/share/OVMF/OVMF_CODE.fd\"\nnvram = \"{nv}\"\n\
+         [[disks]]\npath = \"{i}/s.qcow2\"\nformat = \"qcow2\"\n[[disks]]\npath = \"{i}/data.qcow2\"\nformat = \"qcow2\"\n\
+         [[disks]]\npath = \"{i}/r.img\"\nformat = \"raw\"\n[[disks]]\npath = \"/srv/cd.iso\"\nformat = \"raw\"\ndevice = \"cdrom\"\nreadonly = true\n\
+         [[nics]]\ntype = \"user\"\nmac = \"52:54:00:00:00:01\"\n[[nics]]\ntype = \"user\"\nmac = \"52:54:00:00:00:02\"\n",
+        nv = nvram.display(),
+        i = img.display()
+    );
+    let f = k.dir.path().join("s.toml");
+    std::fs::write(&f, def).unwrap();
+    k.ok(&["define", f.to_str().unwrap()]);
+    // --print-definition with --auto-clone creates nothing.
+    let printed = k.ok(&["clone", "s", "--auto-clone", "--print-definition"]);
+    assert!(printed.contains("name = \"s-clone\""), "{printed}");
+    assert_eq!(k.ok(&["list", "--all", "--name"]), "s\n");
+    let uuid = "11111111-2222-4333-8444-555555555555";
+    k.ok(&[
+        "clone",
+        "s",
+        "c1",
+        "--mac",
+        "52:54:00:aa:bb:01",
+        "--mac",
+        "RANDOM",
+        "--uuid",
+        uuid,
+        "--skip-copy",
+        "vdb",
+        "--nonsparse",
+    ]);
+    let c1: serde_json::Value = serde_json::from_str(&k.ok(&["--json", "dominfo", "c1"])).unwrap();
+    let d = &c1["definition"];
+    assert_eq!(d["uuid"], uuid);
+    assert_eq!(d["nics"][0]["mac"], "52:54:00:aa:bb:01");
+    assert!(
+        d["nics"][1]["mac"] != "52:54:00:00:00:02" && d["nics"][1]["mac"].as_str().unwrap().starts_with("52:54:00:")
+    );
+    assert_eq!(d["disks"][0]["path"], img.join("c1.qcow2").to_str().unwrap());
+    assert_eq!(d["disks"][1]["path"], img.join("data.qcow2").to_str().unwrap(), "--skip-copy vdb shares the disk");
+    assert_eq!(d["disks"][2]["path"], img.join("c1-1.img").to_str().unwrap());
+    assert_eq!(d["disks"][3]["path"], "/srv/cd.iso", "a CD is shared, not copied");
+    assert_eq!(allocated_bytes(&img.join("c1-1.img")), 8 << 20, "--nonsparse allocates raw copies");
+    let nv1 = k.root().join("nvram/c1_VARS.fd");
+    assert_eq!(std::fs::read(&nv1).unwrap(), b"vars");
+    assert_eq!(d["firmware"]["nvram"], nv1.to_str().unwrap());
+    // A MAC in use, and --preserve-data with an existing file.
+    let e = k.fails(1, &["clone", "s", "c2", "--mac", "52:54:00:aa:bb:01"]);
+    assert!(e.contains("52:54:00:aa:bb:01"), "{e}");
+    let keep = k.dir.path().join("keep.qcow2");
+    sh("qemu-img", &["create", "-q", "-f", "qcow2", keep.to_str().unwrap(), "64M"]);
+    let keep2 = k.dir.path().join("keep2.qcow2");
+    sh("qemu-img", &["create", "-q", "-f", "qcow2", keep2.to_str().unwrap(), "64M"]);
+    k.ok(&[
+        "clone",
+        "s",
+        "c3",
+        "--preserve-data",
+        "--file",
+        keep.to_str().unwrap(),
+        "--file",
+        keep2.to_str().unwrap(),
+        "--skip-copy",
+        "vdc",
+    ]);
+    let c3: serde_json::Value = serde_json::from_str(&k.ok(&["--json", "dominfo", "c3"])).unwrap();
+    assert_eq!(c3["definition"]["disks"][0]["path"], keep.to_str().unwrap());
+}

@@ -132,7 +132,29 @@ fn import_on_default_nat_network_boots_leases_and_follows_the_lifecycle() {
     h.ok(&["reboot", "vm1"]);
     h.wait_console("vm1", "KVMCTL-GUEST-READY", 2, 120);
     assert_eq!(h.ok(&["domstate", "vm1", "--reason"]).trim(), "running (rebooted)");
+    h.ok(&["reset", "vm1"]);
+    h.wait_console("vm1", "KVMCTL-GUEST-READY", 3, 120);
     h.ok(&["destroy", "vm1"]);
+    // edit: $EDITOR saves a change; an invalid edit is refused and the definition kept.
+    let edit = |sed: &str| {
+        let editor = h.k.dir.path().join("ed.sh");
+        std::fs::write(&editor, format!("#!/bin/sh\nsed -i '{sed}' \"$1\"\n")).unwrap();
+        sh("chmod", &["755", editor.to_str().unwrap()]);
+        std::process::Command::new(env!("CARGO_BIN_EXE_kvmctl"))
+            .arg("--root")
+            .arg(h.k.root())
+            .args(["edit", "vm1"])
+            .env("EDITOR", &editor)
+            .env_remove("VISUAL")
+            .output()
+            .unwrap()
+    };
+    assert!(edit("s/^memory_mib = 256/memory_mib = 192/").status.success());
+    assert!(h.ok(&["dominfo", "vm1"]).contains("Max memory:     196608 KiB"));
+    let bad = edit("s/^memory_mib = 192/memory_mib = lots/");
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unchanged"));
+    assert!(h.ok(&["dominfo", "vm1"]).contains("Max memory:     196608 KiB"));
     assert_eq!(h.ok(&["domstate", "vm1", "--reason"]).trim(), "shut off (destroyed)");
     assert!(h.qemu_pids().is_empty());
     assert!(!h.ns.ip(&["-br", "link"]).contains("vnet"), "the tap went away with qemu");
@@ -173,6 +195,8 @@ fn direct_kernel_boot_with_extra_args_on_user_networking() {
     assert_eq!(ready_addr(&log), "10.0.2.15/24");
     let iflist = h.ok(&["domiflist", "k1"]);
     assert!(iflist.contains("user"), "{iflist}");
+    let ifaddr = h.ok(&["domifaddr", "k1"]);
+    assert!(ifaddr.contains("10.0.2.15/24"), "user-mode address from QMP: {ifaddr}");
     let xml = h.ok(&["dumpxml", "k1"]);
     assert!(
         xml.contains("<cmdline>console=ttyS0 kvmctl.marker=xyz42</cmdline>") && xml.contains("<interface type='user'>"),

@@ -373,3 +373,57 @@ fn default_network_is_libvirts_and_round_trips_as_xml() {
     assert!(e.contains("overlaps") && e.contains("network 'default'"), "{e}");
     t.k.ok_in(&t.host, &["net-destroy", "default"]);
 }
+
+/// `kvmctl net-edit` with $EDITOR set to a sed script (as a person's editor would save).
+fn net_edit(t: &Topo, name: &str, sed: &str) -> std::process::Output {
+    let editor = t.k.dir.path().join("editor.sh");
+    std::fs::write(&editor, format!("#!/bin/sh\nsed -i \"{sed}\" \"$1\"\n")).unwrap();
+    sh("chmod", &["755", editor.to_str().unwrap()]);
+    std::process::Command::new("ip")
+        .args(["netns", "exec", &t.host.name, env!("CARGO_BIN_EXE_kvmctl"), "--root"])
+        .arg(t.k.root())
+        .args(["net-edit", name])
+        .env("EDITOR", &editor)
+        .env_remove("VISUAL")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn net_edit_saves_valid_edits_and_refuses_invalid_ones() {
+    if !prereqs() {
+        return;
+    }
+    let t = Topo::new();
+    t.define(NAT_XML);
+    let o = net_edit(&t, "natnet", "s/192.168.150.50/192.168.150.60/");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(t.k.ok_in(&t.host, &["net-dumpxml", "natnet"]).contains("end='192.168.150.60'"));
+    // A reversed range: refused, the old definition kept.
+    let o = net_edit(&t, "natnet", "s/start='192.168.150.10'/start='192.168.150.99'/");
+    assert_eq!(o.status.code(), Some(1));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("reversed") && e.contains("unchanged"), "{e}");
+    let xml = t.k.ok_in(&t.host, &["net-dumpxml", "natnet"]);
+    assert!(xml.contains("start='192.168.150.10'") && xml.contains("end='192.168.150.60'"), "{xml}");
+    // XML that is not well-formed: refused too.
+    let o = net_edit(&t, "natnet", "s/<\\/network>//");
+    assert_eq!(o.status.code(), Some(1));
+    assert!(t.k.ok_in(&t.host, &["net-dumpxml", "natnet"]).contains("</network>"));
+}
+
+#[test]
+fn open_network_has_bridge_and_dhcp_but_no_firewall() {
+    if !prereqs() {
+        return;
+    }
+    let t = Topo::new();
+    t.define(&NAT_XML.replace("natnet", "opn").replace("mode='nat'", "mode='open'").replace("brnat", "bropen"));
+    t.k.ok_in(&t.host, &["net-start", "opn"]);
+    assert!(t.host.ip(&["-br", "addr", "show", "bropen"]).contains("192.168.150.1/24"));
+    assert!(!t.host.ok(&["nft", "list", "tables"]).contains("kvmctl_opn"), "open: no rules at all");
+    t.attach_client("bropen");
+    assert!(t.dhcp().starts_with("192.168.150."));
+    t.k.ok_in(&t.host, &["net-destroy", "opn"]);
+    assert!(t.host.exec(&["ip", "link", "show", "bropen"]).status.code() != Some(0));
+}

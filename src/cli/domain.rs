@@ -694,6 +694,12 @@ fn clone_cmd(ctx: &Ctx, a: CloneArgs) -> anyhow::Result<()> {
     let _src = store.lock(Kind::Domain, &original)?;
     let _new = store.lock(Kind::Domain, &name)?;
     let (def, plans) = clone::plan(store, &o)?;
+    if a.nonsparse
+        && plans.iter().any(|p| p.to.is_some() && p.from.extension().is_some_and(|e| e == "qcow2"))
+        && !ctx.out.quiet
+    {
+        eprintln!("note: --nonsparse allocates raw disks in full; qcow2 disks stay sparse (they allocate by cluster)");
+    }
     if a.print_definition {
         print!("{}", toml::to_string_pretty(&def)?);
         return Ok(());
@@ -912,7 +918,7 @@ fn domifaddr(ctx: &Ctx, name: &str) -> anyhow::Result<()> {
     }
     let mut taps = rd.read_state().map(|s| s.taps).unwrap_or_default().into_iter();
     let mut rows = Vec::new();
-    for n in &def.nics {
+    for (idx, n) in def.nics.iter().enumerate() {
         match &n.source {
             NicSource::Network { network } => {
                 let iface = taps.next().unwrap_or_default();
@@ -938,25 +944,19 @@ fn domifaddr(ctx: &Ctx, name: &str) -> anyhow::Result<()> {
                 taps.next();
             }
             NicSource::User => {
-                // qemu's slirp hands out the first address of its network to the guest; QMP's
-                // `info usernet` shows the guest side of every connection it tracks.
-                let r = lifecycle::control(
-                    store,
-                    name,
-                    Request::Qmp {
-                        command: "human-monitor-command".into(),
-                        arguments: serde_json::json!({"command-line": "info usernet"}),
-                    },
-                    "domifaddr",
-                )?;
+                // qemu's user-mode network (slirp) leases its guest the 15th address of the
+                // network QMP reports for the NIC's netdev (`info network`: net=10.0.2.0).
+                let args = serde_json::json!({"command-line": "info network"});
+                let req = Request::Qmp { command: "human-monitor-command".into(), arguments: args };
+                let r = lifecycle::control(store, name, req, "domifaddr")?;
                 let text = r.data.as_str().unwrap_or_default().to_string();
-                for ip in usernet_guest_addrs(&text) {
+                if let Some(ip) = usernet_guest_addr(&text, &format!("net{idx}")) {
                     rows.push(IfAddr {
                         name: "-".into(),
                         mac: n.mac.clone(),
                         protocol: "ipv4",
                         address: format!("{ip}/24"),
-                        source: "user-mode (QMP)".into(),
+                        source: "user-mode DHCP (QMP)".into(),
                     });
                 }
             }
@@ -971,18 +971,12 @@ fn domifaddr(ctx: &Ctx, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Guest addresses in the output of HMP `info usernet` (the "Dest" side is the host; the
-/// "Src" columns of UDP/TCP lines are the guest's).
-fn usernet_guest_addrs(text: &str) -> Vec<String> {
-    let mut ips: Vec<String> = text
-        .lines()
-        .filter(|l| l.trim_start().starts_with("TCP") || l.trim_start().starts_with("UDP"))
-        .filter_map(|l| l.split_whitespace().nth(3).map(String::from))
-        .filter(|ip| ip.parse::<std::net::Ipv4Addr>().is_ok_and(|a| !a.is_unspecified() && a.octets()[0] == 10))
-        .collect();
-    ips.sort();
-    ips.dedup();
-    ips
+/// The guest address slirp leases on netdev `id`, from HMP `info network`'s `net=` (the
+/// network address; slirp's DHCP starts at its 15th host address).
+fn usernet_guest_addr(text: &str, id: &str) -> Option<std::net::Ipv4Addr> {
+    let line = text.lines().find(|l| l.contains(&format!("{id}:")) && l.contains("type=user"))?;
+    let net: std::net::Ipv4Addr = line.split(',').find_map(|kv| kv.trim().strip_prefix("net="))?.parse().ok()?;
+    Some(std::net::Ipv4Addr::from(u32::from(net) + 15))
 }
 
 fn undefine(ctx: &Ctx, name: &str, remove_storage: bool, nvram: bool, keep_nvram: bool) -> anyhow::Result<()> {

@@ -84,6 +84,14 @@ pub fn plan(store: &Store, o: &CloneOpts) -> Result<(DomainDef, Vec<DiskPlan>), 
         };
         used.insert(nic.mac.clone());
     }
+    // A UEFI VM's variable store is copied for the clone (execute copies it).
+    if let super::definition::Firmware::Uefi { nvram, .. } = &mut def.firmware {
+        let new = nvram.with_file_name(format!("{}_VARS.fd", o.name));
+        if new.exists() {
+            return Err(bad(&o.name, format!("NVRAM {} already exists", new.display())));
+        }
+        *nvram = new;
+    }
     let targets = super::libvirt_xml::target_names(&src);
     let mut plans = Vec::new();
     let mut files = o.files.iter();
@@ -145,6 +153,30 @@ fn all_macs(store: &Store) -> HashSet<String> {
 /// Make the disks (all at once, one thread each) and write the definition; on any failure,
 /// every file this clone made is removed and nothing is defined.
 pub fn execute(
+    store: &Store,
+    o: &CloneOpts,
+    def: &DomainDef,
+    plans: &[DiskPlan],
+    progress: &(dyn Fn(u64, u64) + Sync),
+) -> Result<(), DomainError> {
+    let nvram = copy_nvram(store, o, def)?;
+    let r = execute_disks(store, o, def, plans, progress);
+    if let (Err(_), Some(f)) = (&r, nvram) {
+        let _ = std::fs::remove_file(f);
+    }
+    r
+}
+
+/// The source's NVRAM, copied to the clone's path; returns the new file.
+fn copy_nvram(store: &Store, o: &CloneOpts, def: &DomainDef) -> Result<Option<PathBuf>, DomainError> {
+    let super::definition::Firmware::Uefi { nvram: to, .. } = &def.firmware else { return Ok(None) };
+    let src: DomainDef = store.load(Kind::Domain, &o.original)?;
+    let super::definition::Firmware::Uefi { nvram: from, .. } = &src.firmware else { return Ok(None) };
+    std::fs::copy(from, to).map_err(|e| bad(&def.name, format!("copying NVRAM {}: {e}", from.display())))?;
+    Ok(Some(to.clone()))
+}
+
+fn execute_disks(
     store: &Store,
     o: &CloneOpts,
     def: &DomainDef,
@@ -231,10 +263,8 @@ fn make_disk(
             last = d;
         })
         .map_err(|e| e.to_string())?;
-        if nonsparse {
-            if info.format != Format::Raw {
-                return Err("--nonsparse is supported for raw disks only".into());
-            }
+        // qcow2 allocates by cluster as data arrives: only raw copies can be allocated in full.
+        if nonsparse && info.format == Format::Raw {
             nix::fcntl::fallocate(
                 std::os::fd::AsRawFd::as_raw_fd(&out),
                 nix::fcntl::FallocateFlags::empty(),

@@ -427,3 +427,21 @@ fn open_network_has_bridge_and_dhcp_but_no_firewall() {
     t.k.ok_in(&t.host, &["net-destroy", "opn"]);
     assert!(t.host.exec(&["ip", "link", "show", "bropen"]).status.code() != Some(0));
 }
+
+#[test]
+fn net_create_runs_a_transient_network_that_vanishes_when_destroyed() {
+    if !prereqs() {
+        return;
+    }
+    let t = Topo::new();
+    let f = t.k.dir.path().join("tr.xml");
+    std::fs::write(&f, NAT_XML.replace("natnet", "tr").replace("brnat", "brtr")).unwrap();
+    t.k.ok_in(&t.host, &["net-create", f.to_str().unwrap()]);
+    let list = t.k.ok_in(&t.host, &["net-list"]);
+    let row: Vec<&str> = list.lines().find(|l| l.starts_with(" tr ")).unwrap_or("").split_whitespace().collect();
+    assert_eq!(row, ["tr", "active", "no", "no"], "{list}");
+    assert!(t.k.fails_in(&t.host, 1, &["net-autostart", "tr"]).contains("not found"));
+    t.k.ok_in(&t.host, &["net-destroy", "tr"]);
+    assert!(!t.k.ok_in(&t.host, &["net-list", "--all"]).contains(" tr "));
+    assert!(t.host.exec(&["ip", "link", "show", "brtr"]).status.code() != Some(0));
+}

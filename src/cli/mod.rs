@@ -1,6 +1,9 @@
 //! Command line: virsh's command names and argument order, one module per command group.
 
+mod clone;
+mod console;
 mod domain;
+mod install;
 mod network;
 mod output;
 mod pool;

@@ -434,10 +434,29 @@ async fn launch(rd: &RunDir, argv: &[String], hub: &Arc<Hub>) -> Result<(Child, 
     }
 }
 
+/// Connect to a socket qemu is creating: its file appears at bind(), connections are
+/// accepted only after listen(), so a refused connection is retried for a moment.
+async fn connect_retry(path: &std::path::Path, what: &str) -> Result<UnixStream, String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match UnixStream::connect(path).await {
+            Ok(s) => return Ok(s),
+            Err(e)
+                if tokio::time::Instant::now() < deadline
+                    && matches!(e.kind(), std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound) =>
+            {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            Err(e) => return Err(format!("{what} socket: {e}")),
+        }
+    }
+}
+
 async fn connect_and_run(rd: &RunDir, hub: &Arc<Hub>) -> Result<(QmpHandle, QmpEvents), String> {
-    let console = UnixStream::connect(rd.console_sock()).await.map_err(|e| format!("console socket: {e}"))?;
+    let console = connect_retry(&rd.console_sock(), "console").await?;
     hub.attach_serial(console).await;
-    let (qmp, events) = qmp::connect(&rd.qmp(), qmp::DEFAULT_TIMEOUT).await.map_err(|e| e.to_string())?;
+    let qmp_sock = connect_retry(&rd.qmp(), "QMP").await?;
+    let (qmp, events) = qmp::handshake(qmp_sock, qmp::DEFAULT_TIMEOUT).await.map_err(|e| e.to_string())?;
     qmp.execute(qapi::qmp::cont {}).await.map_err(|e| format!("cont: {e}"))?;
     Ok((qmp, events))
 }

@@ -2,6 +2,7 @@
 //! initrd of an installer tree or ISO (`--location`), and NoCloud seeds (`--cloud-init`).
 
 pub mod iso9660;
+mod iso_writer;
 pub mod location;
 pub mod nocloud;
 

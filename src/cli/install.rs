@@ -1,0 +1,417 @@
+//! `install` (virt-install).
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::bail;
+use clap::Args;
+
+use super::console::attach;
+use super::Ctx;
+use crate::domain::accel::Accel;
+use crate::domain::definition::{DomainDef, Graphics, KernelBoot, NicSource};
+use crate::domain::install::{self, Created, InstallOpts};
+use crate::domain::lifecycle;
+use crate::domain::options::{split_kv, DiskSpec, NetSpec};
+use crate::domain::runtime::RunDir;
+use crate::paths::Kind;
+
+#[derive(Debug, Args)]
+pub struct InstallArgs {
+    #[arg(long, short = 'n')]
+    name: String,
+    /// Memory in MiB.
+    #[arg(long, alias = "ram")]
+    memory: u64,
+    #[arg(long, default_value_t = 1)]
+    vcpus: u32,
+    /// qemu CPU model (default: host under KVM, max under TCG).
+    #[arg(long)]
+    cpu: Option<String>,
+    /// path=P | vol=POOL/NAME | pool=P,size=GiB | size=GiB, with format=, bus=, cache=, device=, readonly=, shareable=, backing_store=
+    #[arg(long)]
+    disk: Vec<DiskSpec>,
+    /// network=NAME | bridge=BR | user | none, with model=, mac=
+    #[arg(long, short = 'w')]
+    network: Vec<NetSpec>,
+    /// Boot the first disk as it is.
+    #[arg(long)]
+    import: bool,
+    /// kernel=PATH,initrd=PATH,kernel_args=ARGS (direct kernel boot)
+    #[arg(long)]
+    boot: Option<String>,
+    /// Kernel command line (with --boot kernel=...).
+    #[arg(long)]
+    extra_args: Option<String>,
+    /// none | vnc[,listen=127.0.0.1]
+    #[arg(long, default_value = "none")]
+    graphics: String,
+    /// Recorded in the definition (virt-install's --osinfo/--os-variant).
+    #[arg(long, alias = "os-variant")]
+    osinfo: Option<String>,
+    /// Do not attach to the console (install attaches when run on a terminal).
+    #[arg(long)]
+    noautoconsole: bool,
+    #[arg(long)]
+    autostart: bool,
+    /// auto | kvm | tcg (auto: KVM only where it really runs).
+    #[arg(long, default_value = "auto")]
+    accel: Accel,
+    /// virt-install's --virt-type: kvm or qemu (= tcg).
+    #[arg(long, conflicts_with = "accel")]
+    virt_type: Option<String>,
+    #[arg(long)]
+    machine: Option<String>,
+    /// Print the definition and the qemu argv; create and start nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Run without a persistent definition (gone when it stops).
+    #[arg(long)]
+    transient: bool,
+    /// Install from an ISO: boot it with the disks; after the installer powers off or
+    /// reboots, the VM boots from disk (the CD is not in the saved definition).
+    #[arg(long, conflicts_with_all = ["import", "location", "pxe"])]
+    cdrom: Option<PathBuf>,
+    /// PATH[,kernel=K,initrd=I]: an ISO or a tree; its kernel and initrd boot with --extra-args.
+    #[arg(long, conflicts_with_all = ["import", "pxe"])]
+    location: Option<String>,
+    /// Boot from the network first (iPXE), then from disk.
+    #[arg(long, conflicts_with = "import")]
+    pxe: bool,
+    /// A NoCloud seed for the first boot: root-password-generate=on,root-ssh-key=F,user-data=F,meta-data=F,network-config=F
+    #[arg(long, num_args = 0..=1, default_missing_value = "")]
+    cloud_init: Option<String>,
+    /// Do not boot the installed system after the install phase.
+    #[arg(long)]
+    noreboot: bool,
+    /// Wait this many minutes for the install phase to end (-1: forever).
+    #[arg(long, allow_hyphen_values = true)]
+    wait: Option<i64>,
+}
+
+/// `--boot`: kernel=,initrd=,kernel_args= (direct kernel boot), uefi, a device order
+/// (hd, cdrom, network) and menu=on.
+#[derive(Debug, Default, Clone)]
+struct BootSpec {
+    kernel: Option<KernelBoot>,
+    uefi: bool,
+    order: Vec<String>,
+    menu: bool,
+}
+
+fn parse_boot(boot: &str, extra: Option<&str>) -> anyhow::Result<BootSpec> {
+    let mut spec = BootSpec::default();
+    let mut k = KernelBoot::default();
+    let mut any_kernel = false;
+    for (key, v) in split_kv(boot) {
+        match (key.as_str(), v) {
+            ("kernel", Some(v)) => (k.kernel, any_kernel) = (PathBuf::from(v), true),
+            ("initrd", Some(v)) => k.initrd = Some(PathBuf::from(v)),
+            ("kernel_args" | "cmdline", Some(v)) => k.cmdline = v,
+            ("uefi", None) => spec.uefi = true,
+            ("hd" | "cdrom" | "network", None) => spec.order.push(key.clone()),
+            ("menu", v) => spec.menu = matches!(v.as_deref(), None | Some("on") | Some("yes")),
+            (other, _) => bail!("--boot: unknown key '{other}' in '{boot}' (kernel=, initrd=, kernel_args=, uefi, hd, cdrom, network, menu=on)"),
+        }
+    }
+    if any_kernel {
+        for p in std::iter::once(&k.kernel).chain(k.initrd.as_ref()) {
+            if !p.is_file() {
+                bail!("--boot: {} is not a readable file", p.display());
+            }
+        }
+        if let Some(e) = extra {
+            k.cmdline = if k.cmdline.is_empty() { e.to_string() } else { format!("{} {e}", k.cmdline) };
+        }
+        spec.kernel = Some(k);
+    } else if k.initrd.is_some() || !k.cmdline.is_empty() {
+        bail!("--boot '{boot}': initrd= and kernel_args= need kernel=PATH");
+    }
+    Ok(spec)
+}
+
+fn parse_graphics(g: &str) -> anyhow::Result<Graphics> {
+    let items = split_kv(g);
+    match items.first().map(|(k, _)| k.as_str()) {
+        Some("none") => Ok(Graphics::None),
+        Some("vnc") => {
+            let listen = items
+                .iter()
+                .find(|(k, _)| k == "listen")
+                .and_then(|(_, v)| v.clone())
+                .unwrap_or_else(|| "127.0.0.1".into());
+            Ok(Graphics::Vnc { listen })
+        }
+        _ => bail!("--graphics '{g}': use none or vnc[,listen=ADDR]"),
+    }
+}
+
+pub(super) fn install_cmd(ctx: &Ctx, a: InstallArgs) -> anyhow::Result<()> {
+    let store = &ctx.store;
+    let accel = match a.virt_type.as_deref() {
+        None => a.accel,
+        Some("kvm") => Accel::Kvm,
+        Some("qemu") => Accel::Tcg,
+        Some(o) => bail!("--virt-type '{o}': use kvm or qemu"),
+    };
+    let boot = match &a.boot {
+        Some(b) => parse_boot(b, a.extra_args.as_deref())?,
+        None => BootSpec::default(),
+    };
+    if a.extra_args.is_some() && boot.kernel.is_none() && a.location.is_none() {
+        bail!("--extra-args needs a kernel to pass them to (--location or --boot kernel=...)");
+    }
+    let kernel = boot.kernel.clone();
+    let opts = InstallOpts {
+        name: a.name.clone(),
+        memory_mib: a.memory,
+        vcpus: a.vcpus,
+        cpu: a.cpu,
+        disks: a.disk,
+        networks: a.network,
+        import: a.import || a.cdrom.is_some() || a.location.is_some() || a.pxe,
+        kernel,
+        graphics: parse_graphics(&a.graphics)?,
+        os_variant: a.osinfo,
+        autostart: a.autostart,
+        accel,
+        machine: a.machine,
+    };
+    let src = Sources {
+        cdrom: a.cdrom.clone(),
+        location: a.location.clone(),
+        extra_args: a.extra_args.clone(),
+        pxe: a.pxe,
+        cloud_init: a.cloud_init.clone(),
+        boot,
+        noreboot: a.noreboot,
+        wait: a.wait,
+    };
+    if (src.cdrom.is_some() || src.location.is_some() || src.pxe) && opts.disks.is_empty() && !a.dry_run {
+        bail!("--cdrom, --location and --pxe install onto a disk: give one with --disk (size=GiB creates it)");
+    }
+    let mut created = Created::default();
+    let r = install_steps(ctx, &opts, &src, a.dry_run, a.transient, &mut created);
+    // virt-install's autoconsole: attach when we are on a terminal, unless --noautoconsole.
+    let autoconsole =
+        !a.noautoconsole && !a.dry_run && std::io::stdout().is_terminal() && std::io::stdin().is_terminal();
+    if r.is_ok() && autoconsole {
+        return attach(ctx, &opts.name, false, false, "^]", 1.0);
+    }
+    if r.is_err() {
+        created.undo();
+        // Only what this command made: its definition and the runtime dir of its failed start.
+        if created.definition {
+            let _ = store.remove(Kind::Domain, &opts.name);
+        }
+        if created.started && !RunDir::of(store, &opts.name).alive() {
+            let _ = std::fs::remove_dir_all(RunDir::of(store, &opts.name).dir);
+        }
+    }
+    r
+}
+
+fn install_steps(
+    ctx: &Ctx,
+    opts: &InstallOpts,
+    src: &Sources,
+    dry_run: bool,
+    transient: bool,
+    created: &mut Created,
+) -> anyhow::Result<()> {
+    let store = &ctx.store;
+    let _l = store.lock(Kind::Domain, &opts.name)?;
+    let mut def = install::build(store, opts, dry_run, created)?;
+    src.check()?;
+    apply_firmware(store, &mut def, &src.boot, dry_run, created)?;
+    if dry_run {
+        println!("# definition\n{}", toml::to_string_pretty(&def)?);
+        let verdict = crate::domain::accel::probe(&store.paths.run);
+        let res = crate::domain::accel::resolve(def.accel, &verdict)?;
+        let rd = RunDir::of(store, &def.name);
+        let fds: Vec<Option<i32>> = def.nics.iter().map(|n| (n.source != NicSource::User).then_some(3)).collect();
+        let env = crate::domain::argv::RenderEnv {
+            accel: res.accel,
+            qmp_socket: &rd.qmp(),
+            serial_socket: &rd.console_sock(),
+            tap_fds: &fds,
+            vhost: crate::domain::tap::vhost_available(),
+            vnc_display: 0,
+        };
+        println!(
+            "# qemu argv (tap fds are opened at start)\nqemu-system-x86_64 {}",
+            crate::domain::argv::render(&def, &env).join(" ")
+        );
+        return Ok(());
+    }
+    if !transient {
+        store.create(Kind::Domain, &def.name, &def)?;
+        created.definition = true;
+    }
+    created.started = true;
+    let notify = |m: &str| {
+        if !ctx.out.quiet {
+            eprintln!("{m}");
+        }
+    };
+    let rd = RunDir::of(store, &def.name);
+    std::fs::create_dir_all(&rd.dir)?;
+    match first_boot(ctx, &def, src, &rd)? {
+        None => {
+            lifecycle::start(store, &def, transient, &notify)?;
+        }
+        Some((first, poweroff_stops)) => {
+            let phase = lifecycle::Phase { next: &def, noreboot: src.noreboot, poweroff_stops };
+            lifecycle::start_phased(store, &first, Some(phase), transient, &notify)?;
+            ctx.out.done(format!("Domain '{}' started (install phase; it boots from disk afterwards)", def.name));
+            if let Some(minutes) = src.wait {
+                wait_install(store, &def.name, minutes)?;
+            }
+            return Ok(());
+        }
+    }
+    ctx.out.done(format!("Domain '{}' started", def.name));
+    Ok(())
+}
+
+/// Install sources beyond --import and --boot kernel=.
+#[derive(Debug, Default)]
+struct Sources {
+    cdrom: Option<PathBuf>,
+    location: Option<String>,
+    extra_args: Option<String>,
+    pxe: bool,
+    cloud_init: Option<String>,
+    boot: BootSpec,
+    noreboot: bool,
+    wait: Option<i64>,
+}
+
+impl Sources {
+    /// Checks that need no disk work: readable media, well-formed options.
+    fn check(&self) -> anyhow::Result<()> {
+        if let Some(iso) = &self.cdrom {
+            crate::media::iso9660::Iso::open(iso).map_err(|e| anyhow::anyhow!("--cdrom: {e}"))?;
+        }
+        if let Some(c) = &self.cloud_init {
+            c.parse::<crate::media::nocloud::CloudInitOpts>()?;
+        }
+        Ok(())
+    }
+}
+
+/// The first boot of a phased install (the saved definition is the system after it), and
+/// whether a guest power-off ends the VM instead of booting the installed system.
+fn first_boot(ctx: &Ctx, def: &DomainDef, src: &Sources, rd: &RunDir) -> anyhow::Result<Option<(DomainDef, bool)>> {
+    use crate::domain::definition::{Action, DiskBus, DiskDef, DiskDevice};
+    let cd = |path: PathBuf| DiskDef {
+        path,
+        format: "raw".into(),
+        bus: DiskBus::Ide,
+        device: DiskDevice::Cdrom,
+        cache: None,
+        readonly: true,
+        shareable: true,
+        created: false,
+    };
+    let mut first = def.clone();
+    let mut installer = false;
+    if let Some(iso) = &src.cdrom {
+        first.disks.push(cd(iso.clone()));
+        first.boot_order = vec!["cdrom".into(), "hd".into()];
+        installer = true;
+    }
+    if let Some(loc) = &src.location {
+        let items = split_kv(loc);
+        let path = PathBuf::from(items.first().map(|(k, _)| k.clone()).unwrap_or_default());
+        let get = |key: &str| items.iter().find(|(k, _)| k == key).and_then(|(_, v)| v.clone());
+        for (k, _) in items.iter().skip(1) {
+            if k != "kernel" && k != "initrd" {
+                bail!("--location: unknown key '{k}' in '{loc}' (use PATH[,kernel=K,initrd=I])");
+            }
+        }
+        let found = crate::media::location::find_boot_files(&path, get("kernel").as_deref(), get("initrd").as_deref())?;
+        let boot_dir = rd.dir.join("boot");
+        std::fs::create_dir_all(&boot_dir)?;
+        let files = found.extract_to(&boot_dir)?;
+        if !ctx.out.quiet {
+            eprintln!("Using {} layout: {} + {}", found.layout, found.kernel.describe(), found.initrd.describe());
+        }
+        first.kernel = Some(KernelBoot {
+            kernel: files.kernel,
+            initrd: Some(files.initrd),
+            cmdline: src.extra_args.clone().unwrap_or_default(),
+        });
+        if found.is_iso() {
+            first.disks.push(cd(path.canonicalize().unwrap_or(path)));
+        }
+        installer = true;
+    }
+    if src.pxe {
+        first.boot_order = vec!["network".into(), "hd".into()];
+        installer = true;
+    }
+    if let Some(c) = &src.cloud_init {
+        let opts: crate::media::nocloud::CloudInitOpts = c.parse()?;
+        let (iso, password) = crate::media::nocloud::build_seed(&opts, &def.name, &def.uuid.to_string())?;
+        let seed = rd.dir.join("cidata.iso");
+        crate::state::runtime_write(&seed, &iso)?;
+        first.disks.push(cd(seed));
+        if let Some(p) = password {
+            // Shown once, never stored.
+            println!("Generated root password for '{}': {p}", def.name);
+        }
+    }
+    if first == *def {
+        return Ok(None);
+    }
+    // The installer's reboot ends the first boot too (it must not boot the installer again).
+    first.on_reboot = Action::Destroy;
+    Ok(Some((first, !installer)))
+}
+
+/// virt-install's --wait: until the install phase is over (or the VM stopped).
+fn wait_install(store: &crate::state::Store, name: &str, minutes: i64) -> anyhow::Result<()> {
+    let rd = RunDir::of(store, name);
+    let t0 = std::time::Instant::now();
+    while rd.next_boot().exists() && rd.alive() {
+        if minutes >= 0 && t0.elapsed() > Duration::from_secs(minutes as u64 * 60) {
+            bail!("domain '{name}': the install did not finish within {minutes} minute(s); it keeps running");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(())
+}
+
+/// `--boot uefi`: OVMF with a per-VM copy of its variable store (removed by undefine --nvram).
+fn apply_firmware(
+    store: &crate::state::Store,
+    def: &mut DomainDef,
+    boot: &BootSpec,
+    dry_run: bool,
+    created: &mut Created,
+) -> anyhow::Result<()> {
+    if !boot.order.is_empty() {
+        def.boot_order = boot.order.clone();
+    }
+    def.boot_menu = boot.menu;
+    if !boot.uefi {
+        return Ok(());
+    }
+    let (code, vars) = (PathBuf::from(OVMF_CODE), PathBuf::from(OVMF_VARS));
+    if !code.is_file() || !vars.is_file() {
+        bail!("--boot uefi: OVMF not found ({OVMF_CODE}); install Debian's ovmf package");
+    }
+    let nvram = store.paths.root.join("nvram").join(format!("{}_VARS.fd", def.name));
+    if !dry_run {
+        std::fs::create_dir_all(nvram.parent().expect("nvram dir"))?;
+        std::fs::copy(&vars, &nvram)?;
+        created.files.push(nvram.clone());
+    }
+    def.firmware = crate::domain::definition::Firmware::Uefi { code, nvram };
+    Ok(())
+}
+
+const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE.fd";
+const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS.fd";

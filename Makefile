@@ -20,7 +20,7 @@ demo: build guest
 
 # Every test: unit, golden, CLI integration, and the root/namespace/qemu tiers.
 test: build guest lint
-	$(CARGO) test --release --locked -- --test-threads=4
+	$(CARGO) test --release --locked --no-fail-fast -- --test-threads=4
 
 lint:
 	$(CARGO) fmt --check

@@ -174,8 +174,12 @@ pub fn start_phased(
     if let Some(n) = &res.notice {
         notify(n);
     }
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(io_at("tokio"))?;
-    let taps = rt.block_on(open_taps(store, def, notify))?;
+    let taps = if def.nics.iter().all(|n| n.source == NicSource::User) {
+        def.nics.iter().map(|_| None).collect()
+    } else {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(io_at("tokio"))?;
+        rt.block_on(open_taps(store, def, notify))?
+    };
     fs::create_dir_all(&rd.dir).map_err(io_at(&rd.dir))?;
     let fds: Vec<Option<i32>> = taps.iter().map(|t| t.as_ref().map(|t| t.fd.as_raw_fd())).collect();
     let env = RenderEnv {

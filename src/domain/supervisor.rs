@@ -415,7 +415,7 @@ async fn launch(rd: &RunDir, argv: &[String], hub: &Arc<Hub>) -> Result<(Child, 
             let _ = child.start_kill();
             return Err("qemu did not open its QMP socket within 30 s".into());
         }
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
     match connect_and_run(rd, hub).await {
         Ok((qmp, events)) => Ok((child, qmp, events)),

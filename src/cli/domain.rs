@@ -254,11 +254,12 @@ fn views(ctx: &Ctx) -> anyhow::Result<Vec<DomView>> {
 
 fn list(ctx: &Ctx, all: bool, name: bool, uuid: bool) -> anyhow::Result<()> {
     let v: Vec<DomView> = views(ctx)?.into_iter().filter(|v| all || v.id.is_some()).collect();
-    if ctx.out.json {
-        return ctx.out.json(&v);
-    }
-    if name || uuid {
-        v.iter().for_each(|d| println!("{}", if name { &d.name } else { &d.uuid }));
+    let field: Option<fn(&DomView) -> &str> = match (name, uuid) {
+        (true, _) => Some(|d| d.name.as_str()),
+        (_, true) => Some(|d| d.uuid.as_str()),
+        _ => None,
+    };
+    if ctx.out.short_list(&v, field)? {
         return Ok(());
     }
     let rows: Vec<Vec<String>> = v

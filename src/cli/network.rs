@@ -213,11 +213,7 @@ async fn list(ctx: &Ctx, nl: &Netlink, a: NetListArgs) -> anyhow::Result<()> {
             views.push(v);
         }
     }
-    if ctx.out.json {
-        return ctx.out.json(&views);
-    }
-    if a.name {
-        views.iter().for_each(|v| println!("{}", v.name));
+    if ctx.out.short_list(&views, a.name.then_some(|v: &NetView| v.name.as_str()))? {
         return Ok(());
     }
     let rows: Vec<Vec<String>> = views

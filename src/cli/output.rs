@@ -24,6 +24,22 @@ impl Out {
         Ok(())
     }
 
+    /// The short forms of a list: `--json` (everything) or one field per line (`--name`);
+    /// returns whether it printed, so the caller prints the table otherwise.
+    pub fn short_list<T: Serialize>(&self, items: &[T], field: Option<fn(&T) -> &str>) -> anyhow::Result<bool> {
+        if self.json {
+            self.json(&items)?;
+            return Ok(true);
+        }
+        match field {
+            Some(f) => {
+                items.iter().for_each(|i| println!("{}", f(i)));
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
     /// A progress reporter: an indicatif bar on a terminal, nothing otherwise.
     pub fn progress(&self, what: &str) -> impl FnMut(u64, u64) {
         let bar = (!self.quiet && std::io::stderr().is_terminal()).then(|| {

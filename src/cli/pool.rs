@@ -163,11 +163,7 @@ fn list(ctx: &Ctx, a: PoolListArgs) -> anyhow::Result<()> {
         }
     }
     views.retain(|v| listed(a.all, a.inactive, v.state != PoolState::Inactive));
-    if ctx.out.json {
-        return ctx.out.json(&views);
-    }
-    if a.name {
-        views.iter().for_each(|v| println!("{}", v.name));
+    if ctx.out.short_list(&views, a.name.then_some(|v: &PoolView| v.name.as_str()))? {
         return Ok(());
     }
     let rows: Vec<Vec<String>> = views

@@ -401,3 +401,42 @@ fn clone_options_mac_uuid_skip_copy_nvram_auto_clone_and_print() {
     let c3: serde_json::Value = serde_json::from_str(&k.ok(&["--json", "dominfo", "c3"])).unwrap();
     assert_eq!(c3["definition"]["disks"][0]["path"], keep.to_str().unwrap());
 }
+
+#[test]
+fn install_and_start_console_attach_on_a_terminal() {
+    if !prereqs() {
+        return;
+    }
+    let h = Host::new();
+    h.ok(&["-q", "vol-clone", "tiny.qcow2", "t1.qcow2", "--pool", "default", "--linked"]);
+    let in_ns = |args: &[&str]| {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &h.ns.name, env!("CARGO_BIN_EXE_kvmctl"), "--root"]).arg(h.k.root()).args(args);
+        c
+    };
+    // install on a terminal attaches by itself (virt-install's autoconsole).
+    let mut p = Pty::spawn(in_ns(&[
+        "install",
+        "--name",
+        "t1",
+        "--memory",
+        "256",
+        "--disk",
+        "vol=default/t1.qcow2",
+        "--import",
+        "--network",
+        "none",
+    ]));
+    p.expect("Escape character is ^]", 30);
+    p.expect("KVMCTL-GUEST-READY", 120);
+    p.send(&[0x1d]);
+    p.wait_exit(5);
+    h.ok(&["destroy", "t1"]);
+    // start --console too.
+    let mut p = Pty::spawn(in_ns(&["start", "t1", "--console"]));
+    p.expect("Escape character is ^]", 30);
+    p.expect("KVMCTL-GUEST-READY", 120);
+    p.send(&[0x1d]);
+    p.wait_exit(5);
+    h.ok(&["destroy", "t1"]);
+}

@@ -301,6 +301,11 @@ fn install_bad_input_is_refused_and_leaves_nothing() {
     assert!(err(&["--name", "x/y", "--disk", "size=1", "--import"], 1).contains("'/'"));
     let o = h.k.in_ns(&h.ns, &["install", "--name", "x", "--memory", "0", "--disk", "size=1", "--import"]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("--memory 0"));
+    // --accel kvm where KVM cannot run (these machines: no vmx/svm) is refused before anything runs.
+    if !kvmctl::domain::accel::cpu_has_virt_flag(&std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default()) {
+        let e = err(&["--name", "x", "--disk", "size=1", "--import", "--accel", "kvm", "--network", "none"], 1);
+        assert!(e.contains("--accel kvm requested, but KVM unusable"), "{e}");
+    }
     // qemu itself refuses: its own message, and the volume this install created is removed.
     let e = err(
         &["--name", "q", "--disk", "pool=default,size=1", "--import", "--cpu", "no-such-cpu", "--network", "none"],

@@ -360,11 +360,7 @@ fn domifaddr(ctx: &Ctx, name: &str) -> anyhow::Result<()> {
             NicSource::Network { network } => {
                 let iface = taps.next().unwrap_or_default();
                 let Some(st) = crate::network::lifecycle::load_state(store, network) else { continue };
-                let file = crate::network::RunFiles::new(&crate::network::lifecycle::run_dir(store, network)).leases;
-                let text = std::fs::read_to_string(file).unwrap_or_default();
-                let subnets = st.def.subnets();
-                let prefix_of = |ip| subnets.iter().find(|s| s.contains(ip)).map(|s| s.prefix).unwrap_or(32);
-                for l in crate::network::leases::parse(&text, prefix_of)
+                for l in crate::network::lifecycle::current_leases(store, &st)
                     .into_iter()
                     .filter(|l| l.mac.as_deref() == Some(&n.mac))
                 {

@@ -317,13 +317,9 @@ fn dhcp_leases(ctx: &Ctx, name: &str, mac: Option<&str>) -> anyhow::Result<()> {
     let Some(st) = lifecycle::load_state(&ctx.store, name) else {
         anyhow::bail!(LifecycleError::Inactive(name.into()))
     };
-    let file = crate::network::RunFiles::new(&lifecycle::run_dir(&ctx.store, name)).leases;
-    let text = std::fs::read_to_string(&file).unwrap_or_default();
-    let subnets = st.def.subnets();
-    let prefix_of = |ip| subnets.iter().find(|s| s.contains(ip)).map(|s| s.prefix).unwrap_or(32);
     let want = mac.map(|m| m.to_lowercase());
     let list: Vec<_> =
-        leases::parse(&text, prefix_of).into_iter().filter(|l| want.is_none() || l.mac == want).collect();
+        lifecycle::current_leases(&ctx.store, &st).into_iter().filter(|l| want.is_none() || l.mac == want).collect();
     if ctx.out.json {
         return ctx.out.json(&list);
     }

@@ -1,7 +1,6 @@
 //! `clone` (virt-clone): a new VM from a shut-off (or paused) one, with new UUID, MACs and
 //! disks; full sparse copies (all disks at once) or linked qcow2 overlays in constant time.
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use uuid::Uuid;
@@ -70,7 +69,7 @@ pub fn plan(store: &Store, o: &CloneOpts) -> Result<(DomainDef, Vec<DiskPlan>), 
     def.name = o.name.clone();
     def.uuid = o.uuid.unwrap_or_else(Uuid::new_v4);
     def.autostart = false;
-    let mut used = all_macs(store);
+    let mut used = super::install::defined_macs(store);
     for (i, nic) in def.nics.iter_mut().enumerate() {
         nic.mac = match o.macs.get(i).map(String::as_str) {
             None | Some("RANDOM") => super::install::random_mac(&used),
@@ -138,16 +137,6 @@ fn derived_path(src: &Path, new: &str, n: usize) -> PathBuf {
     let ext = src.extension().map(|e| format!(".{}", e.to_string_lossy())).unwrap_or_default();
     let stem = if n == 0 { new.to_string() } else { format!("{new}-{n}") };
     src.parent().unwrap_or(Path::new(".")).join(format!("{stem}{ext}"))
-}
-
-fn all_macs(store: &Store) -> HashSet<String> {
-    let mut macs = HashSet::new();
-    for n in store.list(Kind::Domain).unwrap_or_default() {
-        if let Ok(d) = store.load::<DomainDef>(Kind::Domain, &n) {
-            macs.extend(d.nics.into_iter().map(|n| n.mac.to_lowercase()));
-        }
-    }
-    macs
 }
 
 /// Make the disks (all at once, one thread each) and write the definition; on any failure,

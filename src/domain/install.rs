@@ -118,7 +118,8 @@ fn default_nic(store: &Store) -> NetSpec {
     NetSpec { kind, model: NicModel::Virtio, mac: None }
 }
 
-fn defined_macs(store: &Store) -> HashSet<String> {
+/// The MACs of every defined VM (lowercase), to keep new ones unique.
+pub(crate) fn defined_macs(store: &Store) -> HashSet<String> {
     let mut macs = HashSet::new();
     for n in store.list(Kind::Domain).unwrap_or_default() {
         if let Ok(d) = store.load::<DomainDef>(Kind::Domain, &n) {

@@ -495,6 +495,14 @@ pub async fn destroy(store: &Store, nl: &Netlink, name: &str) -> Result<(), Life
     Ok(())
 }
 
+/// The DHCP leases of a running network (from dnsmasq's lease file), with each address's prefix.
+pub fn current_leases(store: &Store, st: &NetState) -> Vec<super::leases::Lease> {
+    let file = RunFiles::new(&run_dir(store, &st.def.name)).leases;
+    let text = fs::read_to_string(file).unwrap_or_default();
+    let subnets = st.def.subnets();
+    super::leases::parse(&text, |ip| subnets.iter().find(|s| s.contains(ip)).map(|s| s.prefix).unwrap_or(32))
+}
+
 /// Rewrite the hostsfile/addnhosts of a running network and make dnsmasq re-read them.
 pub fn reload_hosts(store: &Store, st: &NetState) -> Result<(), LifecycleError> {
     let dir = run_dir(store, &st.def.name);

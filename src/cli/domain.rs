@@ -461,19 +461,14 @@ fn edit(ctx: &Ctx, name: &str) -> anyhow::Result<()> {
     let store = &ctx.store;
     let _l = store.lock(Kind::Domain, name)?;
     let old: DomainDef = store.load(Kind::Domain, name)?;
-    let dir = store.paths.run.join("tmp");
-    std::fs::create_dir_all(&dir)?;
-    let path = dir.join(format!("{name}-{}.toml", uuid::Uuid::new_v4().simple()));
-    std::fs::write(&path, toml::to_string_pretty(&old)?)?;
-    let editor = std::env::var("VISUAL").or_else(|_| std::env::var("EDITOR")).unwrap_or_else(|_| "vi".into());
-    let status = std::process::Command::new(&editor).arg(&path).status();
-    let text = std::fs::read_to_string(&path);
-    let _ = std::fs::remove_file(&path);
-    if !status.with_context(|| format!("cannot run editor {editor}"))?.success() {
-        bail!("editor {editor} failed; domain '{name}' unchanged");
-    }
+    let text = super::editor::edit_text(
+        store,
+        &format!("{name}.toml"),
+        &toml::to_string_pretty(&old)?,
+        &format!("domain '{name}'"),
+    )?;
     let new: DomainDef =
-        toml::from_str(&text?).map_err(|e| anyhow::anyhow!("invalid definition, domain '{name}' unchanged: {e}"))?;
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("invalid definition, domain '{name}' unchanged: {e}"))?;
     if new.name != name {
         bail!("edit cannot rename domain '{name}' to '{}'; domain unchanged", new.name);
     }

@@ -3,6 +3,7 @@
 mod clone;
 mod console;
 mod domain;
+mod editor;
 mod install;
 mod network;
 mod output;

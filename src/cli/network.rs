@@ -258,18 +258,7 @@ fn edit(ctx: &Ctx, name: &str) -> anyhow::Result<()> {
     let store = &ctx.store;
     let _l = store.lock(Kind::Network, name)?;
     let old: NetworkDef = store.load(Kind::Network, name)?;
-    let tmp = tempfile_in(store)?;
-    let path = tmp.path().join(format!("{name}.xml"));
-    std::fs::write(&path, to_xml(&old))?;
-    let editor = std::env::var("VISUAL").or_else(|_| std::env::var("EDITOR")).unwrap_or_else(|_| "vi".into());
-    let status = std::process::Command::new(&editor)
-        .arg(&path)
-        .status()
-        .with_context(|| format!("cannot run editor {editor}"))?;
-    if !status.success() {
-        anyhow::bail!("editor {editor} failed ({status}); network '{name}' unchanged");
-    }
-    let text = std::fs::read_to_string(&path)?;
+    let text = super::editor::edit_text(store, &format!("{name}.xml"), &to_xml(&old), &format!("network '{name}'"))?;
     let mut new = lifecycle::prepare(store, &text).map_err(|e| anyhow::anyhow!("{e}; network '{name}' unchanged"))?;
     if new.name != name {
         anyhow::bail!("net-edit cannot rename network '{name}' to '{}'; network unchanged", new.name);
@@ -284,32 +273,6 @@ fn edit(ctx: &Ctx, name: &str) -> anyhow::Result<()> {
     let note = if lifecycle::load_state(store, name).is_some() { " (takes effect at the next net-start)" } else { "" };
     ctx.out.done(format!("Network {name} XML configuration edited{note}."));
     Ok(())
-}
-
-fn tempfile_in(store: &crate::state::Store) -> anyhow::Result<TempDir> {
-    let base = store.paths.run.join("tmp");
-    std::fs::create_dir_all(&base)?;
-    TempDir::new(&base)
-}
-
-/// A temp directory removed on drop (kept small: tempfile is a test-only dependency).
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(base: &std::path::Path) -> anyhow::Result<TempDir> {
-        let p = base.join(format!("edit-{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir(&p)?;
-        Ok(TempDir(p))
-    }
-    fn path(&self) -> &std::path::Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 fn dhcp_leases(ctx: &Ctx, name: &str, mac: Option<&str>) -> anyhow::Result<()> {

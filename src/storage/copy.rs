@@ -40,38 +40,18 @@ pub fn copy_image(
         Format::Qcow2 => Some(Qcow2Writer::new(out, size, None)?),
         Format::Raw => None,
     };
-    let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Result<(u64, Vec<u8>, bool), CopyError>>(2);
-    let (empty_tx, empty_rx) = std::sync::mpsc::channel::<Vec<u8>>();
-    for _ in 0..3 {
-        empty_tx.send(vec![0u8; CHUNK]).expect("receiver alive");
-    }
-    std::thread::scope(|scope| -> Result<(), CopyError> {
-        scope.spawn(move || {
-            let mut off = 0u64;
-            while off < size {
-                let Ok(mut buf) = empty_rx.recv() else { return };
-                let len = (size - off).min(CHUNK as u64) as usize;
-                buf.truncate(len);
-                let msg = chain.read(off, &mut buf).map(|any| (off, buf, any)).map_err(CopyError::from);
-                let failed = msg.is_err();
-                if full_tx.send(msg).is_err() || failed {
-                    return;
-                }
-                off += len as u64;
-            }
-        });
-        for msg in full_rx {
-            let (off, mut buf, any) = msg?;
+    pipelined(
+        size,
+        |off, buf| chain.read(off, buf).map_err(CopyError::from),
+        |off, buf, any| {
             if any {
-                write_nonzero(&buf, off, writer.as_mut(), out).map_err(werr)?;
+                write_nonzero(buf, off, writer.as_mut(), out).map_err(werr)?;
             }
             start_writeback(out);
             progress(off + buf.len() as u64, size);
-            buf.resize(CHUNK, 0);
-            let _ = empty_tx.send(buf);
-        }
-        Ok(())
-    })?;
+            Ok(())
+        },
+    )?;
     match writer {
         Some(w) => {
             w.finish().map_err(werr)?;
@@ -82,6 +62,47 @@ pub fn copy_image(
         progress(0, 0);
     }
     Ok(size)
+}
+
+/// Run `read` (fills a buffer for an offset, says whether any byte is non-zero) on a
+/// thread of its own and `write` on this one, `CHUNK` bytes at a time over `size` bytes,
+/// with three buffers going round. The first error of either side ends both.
+fn pipelined<E: Send>(
+    size: u64,
+    mut read: impl FnMut(u64, &mut [u8]) -> Result<bool, E> + Send,
+    mut write: impl FnMut(u64, &[u8], bool) -> Result<(), E>,
+) -> Result<(), E> {
+    let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Result<(u64, Vec<u8>, bool), E>>(2);
+    let (empty_tx, empty_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    for _ in 0..3 {
+        empty_tx.send(vec![0u8; CHUNK]).expect("receiver alive");
+    }
+    std::thread::scope(|scope| {
+        // Owned in here so that an early return (a write error) drops both ends the reader
+        // may be blocked on; otherwise the scope would wait forever to join it.
+        let empty_tx = empty_tx;
+        scope.spawn(move || {
+            let mut off = 0u64;
+            while off < size {
+                let Ok(mut buf) = empty_rx.recv() else { return };
+                let len = (size - off).min(CHUNK as u64) as usize;
+                buf.truncate(len);
+                let msg = read(off, &mut buf).map(|any| (off, buf, any));
+                let failed = msg.is_err();
+                if full_tx.send(msg).is_err() || failed {
+                    return;
+                }
+                off += len as u64;
+            }
+        });
+        for msg in full_rx {
+            let (off, mut buf, any) = msg?;
+            write(off, &buf, any)?;
+            buf.resize(CHUNK, 0);
+            let _ = empty_tx.send(buf);
+        }
+        Ok(())
+    })
 }
 
 /// Write the non-zero clusters of `chunk` (guest offset `off`), each run with one call.
@@ -140,4 +161,90 @@ pub fn copy_bytes(
     }
     out.set_len(len).map_err(werr)?;
     Ok(len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::Duration;
+
+    /// Run `pipelined` on a thread, failing the test if it has not returned within a minute.
+    fn within_a_minute<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(f()).unwrap());
+        rx.recv_timeout(Duration::from_secs(60)).expect("the copy pipeline hung")
+    }
+
+    /// A slow failing write (a filling tmpfs) while the reader has run ahead and waits for a
+    /// free buffer: the error comes back instead of the pipeline hanging, which it used to.
+    #[test]
+    fn a_slow_write_error_with_the_reader_ahead_returns_instead_of_hanging() {
+        let reads = std::sync::Arc::new(AtomicU64::new(0));
+        let r = reads.clone();
+        let result = within_a_minute(move || {
+            pipelined(
+                64 * CHUNK as u64,
+                |_, _| {
+                    r.fetch_add(1, Ordering::SeqCst);
+                    Ok(true)
+                },
+                |off, _, _| {
+                    std::thread::sleep(Duration::from_millis(200));
+                    Err(format!("no space at {off}"))
+                },
+            )
+        });
+        assert_eq!(result, Err("no space at 0".to_string()));
+        // Three buffers: the reader got exactly three chunks ahead, then stopped.
+        assert_eq!(reads.load(Ordering::SeqCst), 3);
+    }
+
+    #[test]
+    fn a_read_error_ends_the_copy_after_the_chunks_before_it() {
+        let result = within_a_minute(|| {
+            let mut written = vec![];
+            let r = pipelined(
+                10 * CHUNK as u64 + 5,
+                |off, buf| {
+                    buf.fill(1);
+                    if off == 4 * CHUNK as u64 {
+                        Err("bad sector".to_string())
+                    } else {
+                        Ok(true)
+                    }
+                },
+                |off, buf, _| {
+                    written.push((off, buf.len()));
+                    Ok(())
+                },
+            );
+            (r, written)
+        });
+        assert_eq!(result.0, Err("bad sector".to_string()));
+        assert_eq!(result.1, (0..4).map(|i| (i * CHUNK as u64, CHUNK)).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn every_chunk_arrives_once_in_order_with_a_short_tail() {
+        let written = within_a_minute(|| {
+            let mut written = vec![];
+            pipelined::<()>(
+                3 * CHUNK as u64 + 7,
+                |off, buf| {
+                    buf.fill((off / CHUNK as u64) as u8);
+                    Ok(off != CHUNK as u64)
+                },
+                |off, buf, any| {
+                    assert!(buf.iter().all(|&b| b as u64 == off / CHUNK as u64));
+                    written.push((off, buf.len(), any));
+                    Ok(())
+                },
+            )
+            .unwrap();
+            written
+        });
+        let c = CHUNK as u64;
+        assert_eq!(written, vec![(0, CHUNK, true), (c, CHUNK, false), (2 * c, CHUNK, true), (3 * c, 7, true)]);
+    }
 }

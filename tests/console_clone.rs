@@ -104,12 +104,7 @@ fn console_types_detaches_refuses_second_writer_and_force_takes_over() {
     a.send(format!("echo {token}\r").as_bytes());
     a.expect_n(&token, 2, 20); // typed, then printed by the guest
                                // A second writer is refused; a read-only viewer sees output but cannot type.
-    let o = Command::new(env!("CARGO_BIN_EXE_kvmctl"))
-        .arg("--root")
-        .arg(h.k.root())
-        .args(["console", "c1"])
-        .output()
-        .unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_kvmctl")).arg("--root").arg(h.k.root()).args(["console", "c1"]).bounded();
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("in use by another session"));
     let mut v = h.console(&["c1", "--readonly"]);
@@ -180,8 +175,7 @@ fn hundred_attach_detach_cycles_leak_no_fd_in_the_supervisor() {
             .arg(h.k.root())
             .args(["console", "f1", "--timeout", "0"])
             .stdin(std::process::Stdio::null())
-            .output()
-            .unwrap();
+            .bounded();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     }
     std::thread::sleep(Duration::from_millis(300));
@@ -313,7 +307,7 @@ fn failed_clone_leaves_no_file_and_no_definition() {
         ns = h.ns.name,
         r = h.k.root().display()
     );
-    let o = Command::new("unshare").args(["-m", "--propagation", "private", "sh", "-c", &script]).output().unwrap();
+    let o = Command::new("unshare").args(["-m", "--propagation", "private", "sh", "-c", &script]).bounded();
     assert_eq!(o.status.code(), Some(1), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stderr).contains("No space left"), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "", "no partial disk");

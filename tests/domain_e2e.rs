@@ -146,8 +146,7 @@ fn import_on_default_nat_network_boots_leases_and_follows_the_lifecycle() {
             .args(["edit", "vm1"])
             .env("EDITOR", &editor)
             .env_remove("VISUAL")
-            .output()
-            .unwrap()
+            .bounded()
     };
     assert!(edit("s/^memory_mib = 256/memory_mib = 192/").status.success());
     assert!(h.ok(&["dominfo", "vm1"]).contains("Max memory:     196608 KiB"));

@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use common::{have_program, require, sh};
+use common::{have_program, require, sh, Bounded};
 use kvmctl::media::location::LAYOUTS;
 use kvmctl::media::{build_seed, find_boot_files, BootFile, CloudInitOpts, Iso, IsoWriter, MediaError, Naming};
 
@@ -499,7 +499,7 @@ fn writer_output_passes_isoinfo_with_rock_ridge_and_joliet() {
         for want in ["/meta-data", "/user-data", "/network-config", "/docs/Some.Long-File name (v2).txt"] {
             assert!(lines.contains(&want), "isoinfo {mode}: {want} in {lines:?}");
         }
-        let x = Command::new("isoinfo").args([mode, "-i", dev, "-x", "/meta-data"]).output().unwrap();
+        let x = Command::new("isoinfo").args([mode, "-i", dev, "-x", "/meta-data"]).bounded();
         assert_eq!(x.stdout, b"instance-id: iid-1\nlocal-hostname: vm1\n");
     }
     let plain = sh("isoinfo", &["-f", "-i", dev]);
@@ -723,8 +723,7 @@ fn host_kernel_loop_mount_in_private_namespace_shows_seed_files() {
         .args(["-m", "--propagation", "private", "sh", "-c", script, "sh"])
         .arg(&iso)
         .arg(&mnt)
-        .output()
-        .unwrap();
+        .bounded();
     let err = String::from_utf8_lossy(&o.stderr);
     if !o.status.success() {
         // This host's kernel may lack iso9660 or loop devices; the guest test covers Linux.

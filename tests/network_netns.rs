@@ -385,8 +385,7 @@ fn net_edit(t: &Topo, name: &str, sed: &str) -> std::process::Output {
         .args(["net-edit", name])
         .env("EDITOR", &editor)
         .env_remove("VISUAL")
-        .output()
-        .unwrap()
+        .bounded()
 }
 
 #[test]

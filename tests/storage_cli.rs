@@ -92,7 +92,7 @@ fn pool_target_that_is_not_writable_is_refused() {
         t = t.display(),
         r = k.root().display()
     );
-    let o = Command::new("unshare").args(["-m", "--propagation", "private", "sh", "-c", &script]).output().unwrap();
+    let o = Command::new("unshare").args(["-m", "--propagation", "private", "sh", "-c", &script]).bounded();
     let e = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{e}");
     assert!(e.contains("pool 'ro'") && e.contains("is not writable"), "{e}");
@@ -425,9 +425,25 @@ fn disk_full_mid_copy_leaves_no_partial_file() {
         s = small.display(),
         r = r.display()
     );
-    let o = Command::new("unshare").args(["-m", "--propagation", "private", "sh", "-c", &script]).output().unwrap();
+    let o = Command::new("unshare").args(["-m", "--propagation", "private", "sh", "-c", &script]).bounded();
     let e = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{e}");
     assert!(e.contains("No space left on device"), "{e}");
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "", "the pool holds no partial file");
+}
+
+/// The tests' own watchdog: a command that outlives its limit is killed and fails the test
+/// with its argv and output, instead of stalling the whole run.
+#[test]
+fn a_hung_command_fails_its_test_naming_it() {
+    let started = std::time::Instant::now();
+    let r = std::panic::catch_unwind(|| {
+        bounded_output_within(
+            Command::new("sh").args(["-c", "echo before-hang; exec sleep 60"]),
+            std::time::Duration::from_secs(1),
+        )
+    });
+    let msg = *r.expect_err("a hung command must panic").downcast::<String>().unwrap();
+    assert!(msg.contains("hung:") && msg.contains("sleep 60") && msg.contains("before-hang"), "{msg}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
 }

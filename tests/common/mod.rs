@@ -23,13 +23,12 @@ impl Kvm {
 
     /// The same command, run inside network namespace `ns`.
     pub fn in_ns(&self, ns: &netns::Netns, args: &[&str]) -> Output {
-        Command::new("ip")
-            .args(["netns", "exec", &ns.name, env!("CARGO_BIN_EXE_kvmctl"), "--root"])
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &ns.name, env!("CARGO_BIN_EXE_kvmctl"), "--root"])
             .arg(self.root())
             .args(args)
-            .env_remove("KVMCTL_ROOT")
-            .output()
-            .unwrap()
+            .env_remove("KVMCTL_ROOT");
+        bounded_output(&mut c)
     }
 
     /// In namespace `ns`, require success; returns stdout.
@@ -62,7 +61,7 @@ impl Kvm {
     }
 
     pub fn run(&self, args: &[&str]) -> Output {
-        self.cmd().args(args).output().unwrap()
+        bounded_output(self.cmd().args(args))
     }
 
     /// Run and require success; returns stdout.
@@ -92,9 +91,79 @@ impl Kvm {
     }
 }
 
+/// How long one command of a test may run before it counts as hung (`KVMCTL_TEST_CMD_TIMEOUT`
+/// seconds, default 300): a hang then fails its own test, naming the command, instead of
+/// stalling the whole run.
+fn command_limit() -> std::time::Duration {
+    let secs = std::env::var("KVMCTL_TEST_CMD_TIMEOUT").ok().and_then(|s| s.parse().ok()).unwrap_or(300);
+    std::time::Duration::from_secs(secs)
+}
+
+/// `Command::output`, but a command still running after `command_limit()` is killed and the
+/// test panics with its argv and what it printed so far.
+pub fn bounded_output(cmd: &mut Command) -> Output {
+    bounded_output_within(cmd, command_limit())
+}
+
+pub fn bounded_output_within(cmd: &mut Command, limit: std::time::Duration) -> Output {
+    use std::io::Read;
+    use std::process::Stdio;
+    let argv = format!("{:?}", cmd);
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {argv}: {e}"));
+    let drain = |r: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let out = drain(child.stdout.take().map(|r| Box::new(r) as Box<dyn Read + Send>));
+    let err = drain(child.stderr.take().map(|r| Box::new(r) as Box<dyn Read + Send>));
+    let deadline = std::time::Instant::now() + limit;
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            // Children that inherited the pipes may keep them open: do not wait for them.
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            let got = |h: std::thread::JoinHandle<Vec<u8>>| {
+                if h.is_finished() {
+                    String::from_utf8_lossy(&h.join().unwrap()).into_owned()
+                } else {
+                    "(still open)".to_string()
+                }
+            };
+            panic!("hung: {argv} still running after {limit:?}, killed\nstdout: {}\nstderr: {}", got(out), got(err));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    Output { status, stdout: out.join().unwrap(), stderr: err.join().unwrap() }
+}
+
+/// `.bounded()` on a command builder: `bounded_output` of it.
+pub trait Bounded {
+    fn bounded(&mut self) -> Output;
+}
+
+impl Bounded for Command {
+    fn bounded(&mut self) -> Output {
+        bounded_output(self)
+    }
+}
+
 /// Run a helper program and require success; returns stdout.
 pub fn sh(program: &str, args: &[&str]) -> String {
-    let o = Command::new(program).args(args).output().unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    let o = bounded_output(Command::new(program).args(args));
     assert!(o.status.success(), "{program} {args:?} failed: {}", String::from_utf8_lossy(&o.stderr));
     String::from_utf8(o.stdout).unwrap()
 }

@@ -3,6 +3,7 @@
 //! Nothing touches the host's own interfaces, routes, sysctls or firewall.
 #![allow(dead_code)]
 
+use super::Bounded;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -25,7 +26,7 @@ impl Netns {
 
     /// Run a program inside the namespace.
     pub fn exec(&self, argv: &[&str]) -> Output {
-        Command::new("ip").args(["netns", "exec", &self.name]).args(argv).output().expect("ip netns exec")
+        Command::new("ip").args(["netns", "exec", &self.name]).args(argv).bounded()
     }
 
     /// Run inside the namespace and require success; returns stdout.
@@ -56,7 +57,7 @@ impl Netns {
     }
 
     pub fn pids(&self) -> Vec<i32> {
-        let o = Command::new("ip").args(["netns", "pids", &self.name]).output().expect("ip netns pids");
+        let o = Command::new("ip").args(["netns", "pids", &self.name]).bounded();
         String::from_utf8_lossy(&o.stdout).split_whitespace().filter_map(|p| p.parse().ok()).collect()
     }
 }
@@ -79,7 +80,7 @@ impl Drop for Netns {
 }
 
 fn ip(args: &[&str]) {
-    let o = Command::new("ip").args(args).output().expect("ip");
+    let o = Command::new("ip").args(args).bounded();
     assert!(o.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&o.stderr));
 }
 

@@ -246,6 +246,55 @@ fn full_clone_copies_only_data_and_stays_sparse() {
     sh("qemu-img", &["compare", ov.to_str().unwrap(), flat.to_str().unwrap()]);
 }
 
+/// fsync calls on files whose path contains `needle`, made by `kvmctl args` (strace -y).
+fn fsyncs_of(k: &Kvm, needle: &str, args: &[&str]) -> usize {
+    let log = k.dir.path().join(format!("strace-{}.log", std::process::id()));
+    let mut c = Command::new("strace");
+    c.args(["-f", "-y", "-e", "trace=fsync,fdatasync", "-o"]).arg(&log).arg(env!("CARGO_BIN_EXE_kvmctl"));
+    c.arg("--root").arg(k.root()).args(args).env_remove("KVMCTL_ROOT");
+    let o = c.bounded();
+    assert!(o.status.success(), "strace kvmctl {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    let text = std::fs::read_to_string(&log).unwrap();
+    std::fs::remove_file(&log).unwrap();
+    text.lines().filter(|l| (l.contains("fsync(") || l.contains("fdatasync(")) && l.contains(needle)).count()
+}
+
+/// A full copy waits for the disk only with --sync (like qemu-img convert's default, it is
+/// otherwise left to writeback); either way the result is the same image.
+#[test]
+fn full_copies_fsync_only_with_sync() {
+    if !qemu_tools() || !require("strace", have_program("strace")) {
+        return;
+    }
+    let k = Kvm::new();
+    k.ok(&["vol-create-as", "default", "s.qcow2", "1G", "--format", "qcow2"]);
+    let s = k.images().join("s.qcow2");
+    qemu_write(&s, "qcow2", 0x42, 0, 3 << 20);
+    assert_eq!(fsyncs_of(&k, "fast.qcow2", &["vol-clone", "s.qcow2", "fast.qcow2", "--pool", "default"]), 0);
+    assert!(fsyncs_of(&k, "safe.qcow2", &["vol-clone", "s.qcow2", "safe.qcow2", "--pool", "default", "--sync"]) >= 1);
+    let raw = k.dir.path().join("in.raw");
+    sh("qemu-img", &["convert", "-O", "raw", s.to_str().unwrap(), raw.to_str().unwrap()]);
+    let r = raw.to_str().unwrap();
+    assert_eq!(fsyncs_of(&k, "imp1", &["vol-import", r, "--pool", "default", "--name", "imp1"]), 0);
+    assert!(fsyncs_of(&k, "imp2", &["vol-import", r, "--pool", "default", "--name", "imp2", "--sync"]) >= 1);
+    // An overlay is a few KiB of metadata: always made durable.
+    assert!(fsyncs_of(&k, "ov.qcow2", &["vol-clone", "s.qcow2", "ov.qcow2", "--pool", "default", "--linked"]) >= 1);
+    // The same for clone (virt-clone) of a VM's disks.
+    let def = k.dir.path().join("vm.toml");
+    std::fs::write(
+        &def,
+        format!("name = \"vm\"\nuuid = \"5b2a8a4e-0c1f-4c55-9d4e-2f1d7c3a9b10\"\nmemory_mib = 128\nvcpus = 1\n[[disks]]\npath = \"{}\"\nformat = \"qcow2\"\n", s.display()),
+    )
+    .unwrap();
+    k.ok(&["define", def.to_str().unwrap()]);
+    assert_eq!(fsyncs_of(&k, "images/.vmfast.qcow2", &["clone", "vm", "vmfast"]), 0);
+    assert!(fsyncs_of(&k, "images/.vmsafe.qcow2", &["clone", "vm", "vmsafe", "--sync"]) >= 1);
+    for name in ["fast.qcow2", "safe.qcow2", "imp1", "imp2"] {
+        let v = k.images().join(name);
+        sh("qemu-img", &["compare", s.to_str().unwrap(), v.to_str().unwrap()]);
+    }
+}
+
 #[test]
 fn linked_clone_is_an_overlay_and_protects_its_source() {
     if !qemu_tools() {

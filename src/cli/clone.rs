@@ -42,6 +42,9 @@ pub struct CloneArgs {
     /// Allocate the whole copy (raw disks).
     #[arg(long)]
     nonsparse: bool,
+    /// Return only once the copied disks are on stable storage (fsync).
+    #[arg(long)]
+    sync: bool,
     /// Print the new definition; create nothing.
     #[arg(long, alias = "print-xml")]
     print_definition: bool,
@@ -69,6 +72,7 @@ pub(super) fn clone_cmd(ctx: &Ctx, a: CloneArgs) -> anyhow::Result<()> {
         skip_copy: a.skip_copy,
         preserve_data: a.preserve_data,
         nonsparse: a.nonsparse,
+        sync: a.sync,
     };
     let _src = store.lock(Kind::Domain, &original)?;
     let _new = store.lock(Kind::Domain, &name)?;

@@ -104,6 +104,10 @@ pub enum VolCmd {
         newpool: Option<String>,
         #[arg(long)]
         linked: bool,
+        /// Return only once the copy is on stable storage (fsync). By default, as with
+        /// `qemu-img convert`, the kernel writes it back on its own schedule.
+        #[arg(long)]
+        sync: bool,
     },
     /// Bring an existing image (raw or qcow2) into a pool, converting with --format.
     VolImport {
@@ -114,6 +118,9 @@ pub enum VolCmd {
         name: Option<String>,
         #[arg(long)]
         format: Option<Format>,
+        /// Return only once the copy is on stable storage (fsync).
+        #[arg(long)]
+        sync: bool,
     },
 }
 
@@ -178,7 +185,7 @@ pub fn run(cmd: VolCmd, ctx: &Ctx) -> anyhow::Result<()> {
             let n = volume::download(&v, &file, &mut out.progress("download"))?;
             out.done(format!("Downloaded {} to {}", human(n), file.display()));
         }
-        VolCmd::VolClone { vol, newname, pool, newpool, linked } => {
+        VolCmd::VolClone { vol, newname, pool, newpool, linked, sync } => {
             let v = volume::resolve(store, pool.as_deref(), &vol)?;
             let target = newpool.or(v.pool.clone()).ok_or_else(|| {
                 anyhow::anyhow!(
@@ -186,11 +193,11 @@ pub fn run(cmd: VolCmd, ctx: &Ctx) -> anyhow::Result<()> {
                     v.path.display()
                 )
             })?;
-            volume::clone(store, &v, &target, &newname, linked, &mut out.progress("clone"))?;
+            volume::clone(store, &v, &target, &newname, linked, sync, &mut out.progress("clone"))?;
             out.done(format!("Vol {newname} cloned from {}", v.name));
         }
-        VolCmd::VolImport { file, pool, name, format } => {
-            let v = volume::import(store, &file, &pool, name.as_deref(), format, &mut out.progress("import"))?;
+        VolCmd::VolImport { file, pool, name, format, sync } => {
+            let v = volume::import(store, &file, &pool, name.as_deref(), format, sync, &mut out.progress("import"))?;
             out.done(format!("Vol {} imported into pool {pool}", v.name));
         }
     }

@@ -30,6 +30,8 @@ pub struct CloneOpts {
     /// `--preserve-data`: the `--file` paths exist and are used as they are.
     pub preserve_data: bool,
     pub nonsparse: bool,
+    /// Full copies: fsync them before they are linked into place.
+    pub sync: bool,
 }
 
 fn bad(name: &str, what: impl Into<String>) -> DomainError {
@@ -186,7 +188,7 @@ fn execute_disks(
                 let done = &done;
                 s.spawn(move || {
                     let to = p.to.as_ref().expect("planned");
-                    make_disk(&p.from, to, o.linked, o.nonsparse, &|d| {
+                    make_disk(&p.from, to, o.linked, o.nonsparse, o.sync, &|d| {
                         progress(done.fetch_add(d, std::sync::atomic::Ordering::Relaxed) + d, total)
                     })
                 })
@@ -209,7 +211,8 @@ fn execute_disks(
     }
     let mut placed = Vec::new();
     for (t, to) in temps {
-        if let Err(e) = t.commit_new(&to) {
+        let linked_in = if o.sync || o.linked { t.commit_new(&to) } else { t.link_new(&to) };
+        if let Err(e) = linked_in {
             placed.iter().for_each(|p: &PathBuf| drop(std::fs::remove_file(p)));
             return Err(bad(&def.name, format!("{}: {e}", to.display())));
         }
@@ -228,6 +231,7 @@ fn make_disk(
     to: &Path,
     linked: bool,
     nonsparse: bool,
+    sync: bool,
     progress: &dyn Fn(u64),
 ) -> Result<TempFile, String> {
     let info = image::inspect(from).map_err(|e| format!("{}: {e}", from.display()))?;
@@ -247,7 +251,7 @@ fn make_disk(
     } else {
         let out = tmp.file().try_clone().map_err(|e| e.to_string())?;
         let mut last = 0u64;
-        copy_image(from, &out, to, info.format, &mut |d, _| {
+        copy_image(from, &out, to, info.format, sync, &mut |d, _| {
             progress(d - last);
             last = d;
         })
@@ -263,7 +267,6 @@ fn make_disk(
             .map_err(|e| format!("fallocate: {e}"))?;
         }
     }
-    tmp.file().sync_all().map_err(|e| e.to_string())?;
     Ok(tmp)
 }
 

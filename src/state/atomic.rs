@@ -74,15 +74,23 @@ impl TempFile {
         Ok(())
     }
 
-    /// Move into place only if `dest` does not exist yet (link + unlink), for race-free creates.
+    /// Move into place only if `dest` does not exist yet (link + unlink), for race-free creates;
+    /// fsync before and the directory after.
     pub fn commit_new(mut self, dest: &Path) -> io::Result<()> {
-        let file = self.file.take().expect("temp file committed twice");
-        file.sync_all()?;
-        drop(file);
+        self.file().sync_all()?;
+        self.link_new(dest)?;
+        fsync_dir(dest.parent().unwrap_or(Path::new(".")))
+    }
+
+    /// `commit_new` without waiting for the disk: the file appears complete or not at all,
+    /// but its data reaches stable storage with the kernel's writeback. For bulk image data,
+    /// as `qemu-img convert` writes it; callers that must outlive a crash use `commit_new`.
+    pub fn link_new(mut self, dest: &Path) -> io::Result<()> {
+        drop(self.file.take().expect("temp file committed twice"));
         fs::hard_link(&self.path, dest)?;
         let _ = fs::remove_file(&self.path);
         self.path = PathBuf::new();
-        fsync_dir(dest.parent().unwrap_or(Path::new(".")))
+        Ok(())
     }
 }
 

@@ -25,12 +25,14 @@ pub enum CopyError {
 /// after every chunk. Returns the virtual size.
 ///
 /// A reader thread walks the source chain while this thread writes, so reading, zero
-/// detection and writing overlap; writeback to disk is started as the copy goes.
+/// detection and writing overlap. With `durable`, writeback to disk is started as the copy
+/// goes, so that the caller's final fsync has little left to wait for.
 pub fn copy_image(
     src: &Path,
     out: &File,
     out_path: &Path,
     format: Format,
+    durable: bool,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<u64, CopyError> {
     let mut chain = Chain::open(src)?;
@@ -47,7 +49,9 @@ pub fn copy_image(
             if any {
                 write_nonzero(buf, off, writer.as_mut(), out).map_err(werr)?;
             }
-            start_writeback(out);
+            if durable {
+                start_writeback(out);
+            }
             progress(off + buf.len() as u64, size);
             Ok(())
         },
@@ -105,13 +109,18 @@ fn pipelined<E: Send>(
     })
 }
 
-/// Write the non-zero clusters of `chunk` (guest offset `off`), each run with one call.
+/// Largest single write. Measured on ext4 (kernel 6.18): 4 MiB writes into the page cache
+/// now and then take 2-5x longer (a third of the copy's runs were slow), 1 MiB ones do not.
+const MAX_WRITE: usize = 1 << 20;
+
+/// Write the non-zero clusters of `chunk` (guest offset `off`), each run of up to
+/// `MAX_WRITE` bytes with one call.
 fn write_nonzero(chunk: &[u8], off: u64, mut writer: Option<&mut Qcow2Writer>, out: &File) -> std::io::Result<()> {
     let len = chunk.len();
     let mut i = 0;
     while i < len {
         let start = i;
-        while i < len && !is_zero(&chunk[i..(i + OUT_CLUSTER).min(len)]) {
+        while i < len && i - start < MAX_WRITE && !is_zero(&chunk[i..(i + OUT_CLUSTER).min(len)]) {
             i += OUT_CLUSTER;
         }
         let end = i.min(len);
@@ -121,8 +130,9 @@ fn write_nonzero(chunk: &[u8], off: u64, mut writer: Option<&mut Qcow2Writer>, o
                 Some(w) => w.write_clusters(g / OUT_CLUSTER as u64, &chunk[start..end])?,
                 None => std::os::unix::fs::FileExt::write_all_at(out, &chunk[start..end], g)?,
             }
+        } else {
+            i += OUT_CLUSTER; // an all-zero cluster: left as a hole
         }
-        i += OUT_CLUSTER;
     }
     Ok(())
 }
@@ -223,6 +233,32 @@ mod tests {
         });
         assert_eq!(result.0, Err("bad sector".to_string()));
         assert_eq!(result.1, (0..4).map(|i| (i * CHUNK as u64, CHUNK)).collect::<Vec<_>>());
+    }
+
+    /// Runs longer than `MAX_WRITE` are split without dropping a cluster; zero clusters
+    /// stay holes; a short tail is written.
+    #[test]
+    fn nonzero_runs_are_written_whole_in_bounded_pieces_and_zeros_stay_holes() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.raw");
+        let out = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).unwrap();
+        let mut chunk = vec![0u8; CHUNK];
+        let zero_at = MAX_WRITE + 3 * OUT_CLUSTER;
+        for (i, b) in chunk.iter_mut().enumerate() {
+            let in_zero = (zero_at..zero_at + OUT_CLUSTER).contains(&i);
+            *b = if in_zero { 0 } else { (i / OUT_CLUSTER) as u8 | 1 };
+        }
+        let tail = &chunk[..CHUNK - 100];
+        write_nonzero(tail, 0, None, &out).unwrap();
+        out.set_len(CHUNK as u64).unwrap();
+        let mut back = vec![0u8; CHUNK];
+        out.read_exact_at(&mut back, 0).unwrap();
+        assert!(back[..CHUNK - 100] == chunk[..CHUNK - 100], "data differs");
+        assert!(is_zero(&back[CHUNK - 100..]));
+        // The zero cluster was not written: a hole in the file.
+        let hole = unsafe { libc::lseek(std::os::fd::AsRawFd::as_raw_fd(&out), zero_at as i64, libc::SEEK_HOLE) };
+        assert_eq!(hole as usize, zero_at);
     }
 
     #[test]

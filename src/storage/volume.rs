@@ -141,9 +141,11 @@ impl NewVolume {
         self.tmp.file()
     }
 
-    fn commit(self) -> Result<VolRef, StorageError> {
+    /// Link the finished file into place; `durable`: fsync it first (and the directory after).
+    fn commit(self, durable: bool) -> Result<VolRef, StorageError> {
         let NewVolume { pool, name, dest, tmp } = self;
-        match tmp.commit_new(&dest) {
+        let linked = if durable { tmp.commit_new(&dest) } else { tmp.link_new(&dest) };
+        match linked {
             Ok(()) => Ok(VolRef { pool: Some(pool), name, path: dest }),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(StorageError::VolumeExists { pool, name }),
             Err(e) => Err(io_at(&dest)(e)),
@@ -182,7 +184,7 @@ pub fn create_as(store: &Store, pool_name: &str, name: &str, opts: &CreateOpts) 
             w.finish().map_err(io_at(&dest))?;
         }
     }
-    nv.commit()
+    nv.commit(true)
 }
 
 /// The backing reference for an overlay on volume `vol`: absolute path and its format.
@@ -278,12 +280,14 @@ pub fn resize(vref: &VolRef, capacity: u64, delta: bool, shrink: bool) -> Result
 }
 
 /// `vol-clone`: a full, sparse copy in the source's format, or a qcow2 overlay (`linked`).
+/// A full copy waits for the disk only with `sync` (an overlay, a few KiB, always does).
 pub fn clone(
     store: &Store,
     src: &VolRef,
     pool_name: &str,
     new_name: &str,
     linked: bool,
+    sync: bool,
     progress: Progress,
 ) -> Result<VolRef, StorageError> {
     check_not_in_use(&src.path, true, "shut the VM off (or pause it) before cloning its disk")?;
@@ -298,10 +302,9 @@ pub fn clone(
         Qcow2Writer::new(nv.file(), src_info.capacity, Some(backing))?.finish().map_err(io_at(&dest))?;
     } else {
         let out = nv.file().try_clone().map_err(io_at(&dest))?;
-        copy_image(&src.path, &out, &dest, src_info.format, progress)?;
+        copy_image(&src.path, &out, &dest, src_info.format, sync, progress)?;
     }
-    nv.file().sync_all().map_err(io_at(&dest))?;
-    nv.commit()
+    nv.commit(sync || linked)
 }
 
 /// `vol-import`: bring an image into a pool, converting to `format` if given.
@@ -311,6 +314,7 @@ pub fn import(
     pool_name: &str,
     name: Option<&str>,
     format: Option<Format>,
+    sync: bool,
     progress: Progress,
 ) -> Result<VolRef, StorageError> {
     let meta = fs::metadata(file).map_err(io_at(file))?;
@@ -325,9 +329,8 @@ pub fn import(
     let mut nv = NewVolume::begin(store, pool_name, &name)?;
     let dest = nv.dest.clone();
     let out = nv.file().try_clone().map_err(io_at(&dest))?;
-    copy_image(file, &out, &dest, format.unwrap_or(src_fmt), progress)?;
-    out.sync_all().map_err(io_at(&dest))?;
-    nv.commit()
+    copy_image(file, &out, &dest, format.unwrap_or(src_fmt), sync, progress)?;
+    nv.commit(sync)
 }
 
 /// `vol-upload`: replace the volume's content with a file's bytes, atomically.

@@ -444,3 +444,43 @@ fn net_create_runs_a_transient_network_that_vanishes_when_destroyed() {
     assert!(!t.k.ok_in(&t.host, &["net-list", "--all"]).contains(" tr "));
     assert!(t.host.exec(&["ip", "link", "show", "brtr"]).status.code() != Some(0));
 }
+
+/// `net-destroy`'s bridge removal returns when the kernel has unlisted the link (its own
+/// RTM_DELLINK announcement), not after its RCU teardown: the name is free and the index gone
+/// at once; a link already gone is fine; a delete the kernel refuses reports its error.
+#[test]
+fn detached_link_delete_returns_with_the_link_gone_and_reports_refusals() {
+    use kvmctl::network::unlink::delete_link_detached;
+    use std::time::Duration;
+    if !require("root and network namespaces", can_netns()) {
+        return;
+    }
+    // A thread of its own in a private network namespace (namespaces are per thread; the
+    // `ip` children and the delete's helper inherit it).
+    std::thread::spawn(|| {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let index_of = |name: &str| {
+            let c = std::ffi::CString::new(name).unwrap();
+            // SAFETY: c is a valid NUL-terminated string.
+            let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+            (i != 0).then_some(i)
+        };
+        for _ in 0..5 {
+            sh("ip", &["link", "add", "kvt0", "type", "bridge"]);
+            sh("ip", &["addr", "add", "10.77.0.1/24", "dev", "kvt0"]);
+            sh("ip", &["link", "set", "kvt0", "up"]);
+            let idx = index_of("kvt0").expect("bridge created");
+            delete_link_detached(idx, Duration::from_secs(30)).unwrap();
+            assert_eq!(index_of("kvt0"), None, "the link is gone when the call returns");
+            // Gone twice is not an error.
+            delete_link_detached(idx, Duration::from_secs(30)).unwrap();
+        }
+        // The loopback device cannot be deleted: the kernel's refusal comes back.
+        let lo = index_of("lo").unwrap();
+        let e = delete_link_detached(lo, Duration::from_secs(30)).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EOPNOTSUPP), "{e}");
+        assert_eq!(index_of("lo"), Some(lo));
+    })
+    .join()
+    .unwrap();
+}

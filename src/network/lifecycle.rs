@@ -463,7 +463,8 @@ fn spawn_dnsmasq(name: &str, dir: &Path, files: &dnsmasq::DnsmasqFiles) -> Resul
 }
 
 /// `net-destroy`: remove everything the start created, and nothing else. The three removals
-/// are independent and run together: dnsmasq's exit, the table, the bridge's unregistering.
+/// are independent and run together: dnsmasq's exit, the table, the bridge's unregistering
+/// (done when the bridge has left the namespace: see `unlink`).
 pub async fn destroy(store: &Store, nl: &Netlink, name: &str) -> Result<(), LifecycleError> {
     let st = load_state(store, name).ok_or_else(|| LifecycleError::Inactive(name.into()))?;
     let dir = run_dir(store, name);
@@ -480,7 +481,15 @@ pub async fn destroy(store: &Store, nl: &Netlink, name: &str) -> Result<(), Life
     let bridge = async {
         if st.bridge_created {
             if let Some(l) = nl.link(&st.bridge).await? {
-                nl.delete_link(l.index).await?;
+                let index = l.index;
+                let wait = std::time::Duration::from_secs(30);
+                tokio::task::spawn_blocking(move || super::unlink::delete_link_detached(index, wait))
+                    .await
+                    .expect("unlink task")
+                    .map_err(|e| LifecycleError::Invalid {
+                        name: name.into(),
+                        what: format!("cannot delete bridge {}: {e}", st.bridge),
+                    })?;
             }
         }
         Ok::<(), LifecycleError>(())

@@ -15,6 +15,7 @@ pub mod libvirt_xml;
 pub mod lifecycle;
 pub mod netlink;
 mod nftnl;
+pub mod unlink;
 pub mod update;
 mod validate;
 mod xml_dom;

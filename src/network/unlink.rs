@@ -92,6 +92,8 @@ fn helper(req: RawFd, result: RawFd, msg: &[u8; REQ_LEN]) -> ! {
             libc::syscall(libc::SYS_close_range, lo + 1, hi - 1, 0 as libc::c_uint);
         }
         libc::syscall(libc::SYS_close_range, hi + 1, libc::c_uint::MAX, 0 as libc::c_uint);
+        // Named for whoever looks at `ps` in the few ms it lives.
+        libc::prctl(libc::PR_SET_NAME, c"kvmctl-unlink".as_ptr());
         let mut addr: libc::sockaddr_nl = std::mem::zeroed();
         addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
         let errno: i32;
@@ -136,7 +138,8 @@ fn helper(req: RawFd, result: RawFd, msg: &[u8; REQ_LEN]) -> ! {
 }
 
 /// Delete link `index`; return once it is gone from the namespace (or was already), with
-/// the kernel's final teardown left to a helper process. Waits at most `timeout`.
+/// the kernel's final teardown left to a helper process (`kvmctl-unlink`, gone
+/// a few tens of ms later). Waits at most `timeout`.
 pub fn delete_link_detached(index: u32, timeout: Duration) -> io::Result<()> {
     let monitor = netlink_socket(RTMGRP_LINK)?;
     let req = netlink_socket(0)?;

@@ -462,17 +462,23 @@ fn spawn_dnsmasq(name: &str, dir: &Path, files: &dnsmasq::DnsmasqFiles) -> Resul
     Ok(pid)
 }
 
-/// `net-destroy`: remove everything the start created, and nothing else. The three removals
-/// are independent and run together: dnsmasq's exit, the table, the bridge's unregistering
-/// (done when the bridge has left the namespace: see `unlink`).
+/// `net-destroy`: remove everything the start created, and nothing else: the nftables table
+/// (committed at once), then dnsmasq's exit and the bridge's unregistering together (done
+/// when the bridge has left the namespace: see `unlink`).
 pub async fn destroy(store: &Store, nl: &Netlink, name: &str) -> Result<(), LifecycleError> {
     let st = load_state(store, name).ok_or_else(|| LifecycleError::Inactive(name.into()))?;
     let dir = run_dir(store, name);
     let conf = RunFiles::new(&dir).conf;
-    // The netfilter socket's close waits for the kernel's commit cleanup (~10 ms): on a
-    // thread of its own, it overlaps the bridge's unregistering.
-    let table =
-        st.table.clone().map(|t| std::thread::spawn(move || super::nftnl::delete_inet_table(&t).map_err(|e| (t, e))));
+    // The table first (committed in under a millisecond); its socket stays open until the
+    // bridge is gone, since closing it holds the nftables lock that the bridge's
+    // unregistering needs (see `nftnl`).
+    let table_sock = match &st.table {
+        Some(t) => Some(super::nftnl::delete_inet_table_keep_socket(t).map_err(|e| LifecycleError::Invalid {
+            name: name.into(),
+            what: format!("cannot delete nftables table inet {t}: {e}"),
+        })?),
+        None => None,
+    };
     let dnsmasq = async {
         if let Some(pid) = st.dnsmasq_pid {
             stop_dnsmasq(pid, &conf).await;
@@ -495,10 +501,7 @@ pub async fn destroy(store: &Store, nl: &Netlink, name: &str) -> Result<(), Life
         Ok::<(), LifecycleError>(())
     };
     let ((), r) = tokio::join!(dnsmasq, bridge);
-    if let Some(Err((t, e))) = table.map(|h| h.join().expect("table thread")) {
-        let what = format!("cannot delete nftables table inet {t}: {e}");
-        return Err(LifecycleError::Invalid { name: name.into(), what });
-    }
+    drop(table_sock);
     r?;
     fs::remove_dir_all(&dir).map_err(io_at(&dir))?;
     Ok(())

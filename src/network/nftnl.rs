@@ -39,6 +39,14 @@ fn string_attr(ty: u16, s: &str) -> Vec<u8> {
 
 /// Delete table `inet <table>`; a table that is already gone is not an error.
 pub fn delete_inet_table(table: &str) -> io::Result<()> {
+    delete_inet_table_keep_socket(table).map(drop)
+}
+
+/// `delete_inet_table`, returning once the deletion is committed, with the socket still open.
+/// Closing it makes the kernel flush its clean-up of the deleted table while holding the
+/// nftables commit lock (~15 ms), and every link removal in the namespace waits for that lock
+/// meanwhile: callers that remove a link too close the socket after it.
+pub fn delete_inet_table_keep_socket(table: &str) -> io::Result<OwnedFd> {
     // SAFETY: plain socket(2) call; the fd is owned right away.
     let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, NETLINK_NETFILTER) };
     if fd < 0 {
@@ -85,7 +93,7 @@ pub fn delete_inet_table(table: &str) -> io::Result<()> {
             if ty == NLMSG_ERROR && seq == 2 {
                 let err = i32::from_ne_bytes(reply[off + 16..off + 20].try_into().unwrap());
                 return match -err {
-                    0 | libc::ENOENT => Ok(()),
+                    0 | libc::ENOENT => Ok(sock),
                     e => Err(io::Error::from_raw_os_error(e)),
                 };
             }

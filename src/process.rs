@@ -14,6 +14,19 @@ pub enum ProcessError {
     Failed { argv: String, status: String, stderr: String },
 }
 
+/// The first executable file called `name` in a PATH directory (what exec would run), found
+/// with one stat per directory instead of one failed exec per directory.
+pub fn find_program(name: &str) -> Option<std::path::PathBuf> {
+    find_in_path(name, &std::env::var_os("PATH")?)
+}
+
+fn find_in_path(name: &str, path: &OsStr) -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    std::env::split_paths(path)
+        .map(|d| d.join(name))
+        .find(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
+}
+
 /// Output of a successful run.
 pub struct Output {
     pub stdout: String,
@@ -52,4 +65,27 @@ where
         });
     }
     Ok(Output { stdout: String::from_utf8_lossy(&out.stdout).into_owned() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn find_program_takes_the_first_executable_in_path() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let (a, b) = (d.path().join("a"), d.path().join("b"));
+        std::fs::create_dir_all(&a).unwrap();
+        std::fs::create_dir_all(&b).unwrap();
+        // In a: present but not executable; in b: executable.
+        std::fs::write(a.join("tool"), "").unwrap();
+        std::fs::write(b.join("tool"), "").unwrap();
+        std::fs::set_permissions(b.join("tool"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = std::env::join_paths([&a, &b]).unwrap();
+        let found = find_in_path("tool", &path);
+        let missing = find_in_path("no-such-tool-here", &path);
+        assert_eq!(found, Some(b.join("tool")));
+        assert_eq!(missing, None);
+    }
 }

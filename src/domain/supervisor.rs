@@ -433,7 +433,9 @@ async fn launch(rd: &RunDir, argv: &[String], hub: &Arc<Hub>) -> Result<(Child, 
         let _ = std::fs::remove_file(p);
     }
     let log = OpenOptions::new().create(true).append(true).open(rd.qemu_log()).map_err(|e| e.to_string())?;
-    let mut cmd = Command::new("qemu-system-x86_64");
+    let qemu = crate::process::find_program("qemu-system-x86_64")
+        .ok_or("cannot run qemu-system-x86_64: not found in PATH (is qemu-system-x86 installed?)")?;
+    let mut cmd = Command::new(qemu);
     cmd.args(argv).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::from(log));
     // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe; qemu dies with its supervisor.
     unsafe {

@@ -5,10 +5,11 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::netns::{can_netns, Netns};
+use common::netns::can_netns;
 use common::pty::Pty;
+use common::vmhost::VmHost;
 use common::*;
 
 fn guest() -> PathBuf {
@@ -24,36 +25,18 @@ fn prereqs() -> bool {
     )
 }
 
-struct Host {
-    k: Kvm,
-    ns: Netns,
+type Host = VmHost;
+
+/// A host with the tiny guest's disk imported into its default pool.
+fn host() -> Host {
+    let h = VmHost::new("k");
+    h.ok(&["-q", "vol-import", guest().join("tiny.qcow2").to_str().unwrap(), "--pool", "default"]);
+    h
 }
 
 impl Host {
-    fn new() -> Host {
-        let h = Host { k: Kvm::new(), ns: Netns::new("k") };
-        h.ok(&["-q", "vol-import", guest().join("tiny.qcow2").to_str().unwrap(), "--pool", "default"]);
-        h
-    }
-    fn ok(&self, args: &[&str]) -> String {
-        self.k.ok_in(&self.ns, args)
-    }
-    fn fails(&self, args: &[&str]) -> String {
-        self.k.fails_in(&self.ns, 1, args)
-    }
-    fn console_log(&self, vm: &str) -> String {
-        std::fs::read_to_string(self.k.root().join(format!("run/domains/{vm}/console.log"))).unwrap_or_default()
-    }
     fn wait_ready(&self, vm: &str, n: usize) -> String {
-        let t0 = Instant::now();
-        loop {
-            let log = self.console_log(vm);
-            if log.matches("KVMCTL-GUEST-READY").count() >= n {
-                return log;
-            }
-            assert!(t0.elapsed() < Duration::from_secs(120), "{vm} not ready:\n{log}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        self.wait_console(vm, "KVMCTL-GUEST-READY", n, 120)
     }
     /// A VM from a linked clone of the tiny disk.
     fn vm(&self, name: &str, net: &str) {
@@ -76,7 +59,7 @@ impl Host {
         ]);
     }
     /// `kvmctl console ...` under a pty (the console needs no namespace: it talks to a socket).
-    fn console(&self, args: &[&str]) -> Pty {
+    fn console_pty(&self, args: &[&str]) -> Pty {
         let mut c = Command::new(env!("CARGO_BIN_EXE_kvmctl"));
         c.arg("--root").arg(self.k.root()).arg("console").args(args);
         Pty::spawn(c)
@@ -93,10 +76,10 @@ fn console_types_detaches_refuses_second_writer_and_force_takes_over() {
     if !prereqs() {
         return;
     }
-    let h = Host::new();
+    let h = host();
     h.vm("c1", "none");
     h.wait_ready("c1", 1);
-    let mut a = h.console(&["c1"]);
+    let mut a = h.console_pty(&["c1"]);
     a.expect("Escape character is ^]", 10);
     // The last screenful is replayed on attach: the guest's prompt is already there.
     a.expect("kvmctl-guest:~#", 10);
@@ -107,15 +90,15 @@ fn console_types_detaches_refuses_second_writer_and_force_takes_over() {
     let o = Command::new(env!("CARGO_BIN_EXE_kvmctl")).arg("--root").arg(h.k.root()).args(["console", "c1"]).bounded();
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("in use by another session"));
-    let mut v = h.console(&["c1", "--readonly"]);
+    let mut v = h.console_pty(&["c1", "--readonly"]);
     v.expect("(read-only)", 10);
     a.send(b"echo seen-by-viewer\r");
     v.expect_n("seen-by-viewer", 2, 20);
     v.send(b"echo typed-by-viewer\r");
     std::thread::sleep(Duration::from_millis(1500));
-    assert!(!h.console_log("c1").contains("typed-by-viewer"), "a viewer's keys reach nobody");
+    assert!(!h.console("c1").contains("typed-by-viewer"), "a viewer's keys reach nobody");
     // --force takes over; the first session is told and detached.
-    let mut b = h.console(&["c1", "--force"]);
+    let mut b = h.console_pty(&["c1", "--force"]);
     b.expect("Escape character", 10);
     a.expect("another session took over this console", 10);
     a.wait_exit(5);
@@ -135,7 +118,7 @@ fn console_log_keeps_the_boot_and_pipes_work_for_scripts() {
     if !prereqs() {
         return;
     }
-    let h = Host::new();
+    let h = host();
     h.vm("l1", "none");
     h.wait_ready("l1", 1);
     let mut child = Command::new(env!("CARGO_BIN_EXE_kvmctl"))
@@ -157,7 +140,7 @@ fn console_log_keeps_the_boot_and_pipes_work_for_scripts() {
     assert!(log.contains("SYSLINUX") && log.contains("KVMCTL-GUEST-READY") && log.contains("42-piped"), "{log}");
     let tail = h.ok(&["console", "l1", "--log", "--tail", "2"]);
     assert!(tail.lines().count() <= 2 && !tail.contains("SYSLINUX"), "{tail}");
-    assert!(h.fails(&["console", "l1"]).contains("is not running"));
+    assert!(h.fails(1, &["console", "l1"]).contains("is not running"));
 }
 
 #[test]
@@ -165,7 +148,7 @@ fn hundred_attach_detach_cycles_leak_no_fd_in_the_supervisor() {
     if !prereqs() {
         return;
     }
-    let h = Host::new();
+    let h = host();
     h.vm("f1", "none");
     h.wait_ready("f1", 1);
     let before = h.supervisor_fds("f1");
@@ -188,10 +171,10 @@ fn clones_full_and_linked_boot_side_by_side_with_their_own_identity() {
     if !prereqs() {
         return;
     }
-    let h = Host::new();
+    let h = host();
     h.vm("src", "network=default");
     h.wait_ready("src", 1);
-    assert!(h.fails(&["clone", "src", "bad"]).contains("is running: shut it off"));
+    assert!(h.fails(1, &["clone", "src", "bad"]).contains("is running: shut it off"));
     h.ok(&["destroy", "src"]);
     h.ok(&["clone", "src", "full1"]);
     h.ok(&["clone", "--original", "src", "--name", "lnk1", "--linked"]);
@@ -199,9 +182,9 @@ fn clones_full_and_linked_boot_side_by_side_with_their_own_identity() {
     assert!(qemu_img_info(&img.join("full1.qcow2"))["backing-filename"].is_null(), "a full clone stands alone");
     assert_eq!(qemu_img_info(&img.join("lnk1.qcow2"))["backing-filename"], img.join("src.qcow2").to_str().unwrap());
     // The source is protected while a linked clone exists.
-    assert!(h.fails(&["start", "src"]).contains("has linked clones (lnk1)"));
-    assert!(h.fails(&["undefine", "src", "--remove-all-storage"]).contains("has linked clones (lnk1)"));
-    assert!(h.fails(&["vol-delete", "src.qcow2", "--pool", "default"]).contains("default/lnk1.qcow2"));
+    assert!(h.fails(1, &["start", "src"]).contains("has linked clones (lnk1)"));
+    assert!(h.fails(1, &["undefine", "src", "--remove-all-storage"]).contains("has linked clones (lnk1)"));
+    assert!(h.fails(1, &["vol-delete", "src.qcow2", "--pool", "default"]).contains("default/lnk1.qcow2"));
     // Clones run together on one network: own MACs, own leases.
     h.ok(&["start", "full1"]);
     h.ok(&["start", "lnk1"]);
@@ -263,7 +246,7 @@ fn failed_clone_leaves_no_file_and_no_definition() {
     if !prereqs() {
         return;
     }
-    let h = Host::new();
+    let h = host();
     h.ok(&["-q", "vol-clone", "tiny.qcow2", "two-a.qcow2", "--pool", "default"]);
     h.ok(&["-q", "vol-create-as", "default", "two-b.qcow2", "64M", "--format", "qcow2"]);
     h.ok(&[
@@ -284,7 +267,8 @@ fn failed_clone_leaves_no_file_and_no_definition() {
     h.ok(&["destroy", "two"]);
     // The second disk's destination cannot be written: the first disk's copy must go too.
     let good = h.k.dir.path().join("ok.qcow2");
-    let e = h.fails(&["clone", "two", "two-c", "--file", good.to_str().unwrap(), "--file", "/nonexistent-dir/x.qcow2"]);
+    let e =
+        h.fails(1, &["clone", "two", "two-c", "--file", good.to_str().unwrap(), "--file", "/nonexistent-dir/x.qcow2"]);
     assert!(e.contains("/nonexistent-dir/x.qcow2"), "{e}");
     assert!(!good.exists());
     assert_eq!(
@@ -401,7 +385,7 @@ fn install_and_start_console_attach_on_a_terminal() {
     if !prereqs() {
         return;
     }
-    let h = Host::new();
+    let h = host();
     h.ok(&["-q", "vol-clone", "tiny.qcow2", "t1.qcow2", "--pool", "default", "--linked"]);
     let in_ns = |args: &[&str]| {
         let mut c = Command::new("ip");

@@ -6,7 +6,8 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::netns::{can_netns, Netns};
+use common::netns::can_netns;
+use common::vmhost::VmHost;
 use common::*;
 
 fn guest_dir() -> PathBuf {
@@ -23,36 +24,9 @@ fn prereqs() -> bool {
 }
 
 /// A state root and a namespace playing the host; VMs are destroyed on drop.
-struct Host {
-    k: Kvm,
-    ns: Netns,
-}
+type Host = VmHost;
 
 impl Host {
-    fn new() -> Host {
-        Host { k: Kvm::new(), ns: Netns::new("d") }
-    }
-    fn ok(&self, args: &[&str]) -> String {
-        self.k.ok_in(&self.ns, args)
-    }
-    fn fails(&self, args: &[&str]) -> String {
-        self.k.fails_in(&self.ns, 1, args)
-    }
-    fn console(&self, vm: &str) -> String {
-        std::fs::read_to_string(self.k.root().join(format!("run/domains/{vm}/console.log"))).unwrap_or_default()
-    }
-    /// Wait until the console log has `n` lines containing `pat`; returns the log.
-    fn wait_console(&self, vm: &str, pat: &str, n: usize, secs: u64) -> String {
-        let t0 = Instant::now();
-        loop {
-            let log = self.console(vm);
-            if log.matches(pat).count() >= n {
-                return log;
-            }
-            assert!(t0.elapsed() < Duration::from_secs(secs), "{vm}: no {pat} (x{n}) within {secs}s; console:\n{log}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
     /// A linked clone of the tiny guest disk in the default pool.
     fn disk(&self, name: &str) {
         if !self.k.images().join("tiny.qcow2").exists() {
@@ -79,7 +53,7 @@ fn import_on_default_nat_network_boots_leases_and_follows_the_lifecycle() {
     if !prereqs() {
         return;
     }
-    let h = Host::new();
+    let h = Host::new("d");
     h.disk("vm1.qcow2");
     let out = h.k.in_ns(
         &h.ns,
@@ -117,10 +91,10 @@ fn import_on_default_nat_network_boots_leases_and_follows_the_lifecycle() {
     assert!(h.ok(&["shutdown", "vm1", "--timeout", "60"]).contains("is shut down"));
     assert_eq!(h.ok(&["domstate", "vm1", "--reason"]).trim(), "shut off (shutdown)");
     assert!(h.qemu_pids().is_empty());
-    assert!(h.fails(&["shutdown", "vm1"]).contains("domain 'vm1' is not running"));
+    assert!(h.fails(1, &["shutdown", "vm1"]).contains("domain 'vm1' is not running"));
     // start again; suspend/resume; reboot; destroy.
     h.ok(&["start", "vm1"]);
-    assert!(h.fails(&["start", "vm1"]).contains("domain 'vm1' is already running"));
+    assert!(h.fails(1, &["start", "vm1"]).contains("domain 'vm1' is already running"));
     h.wait_console("vm1", "KVMCTL-GUEST-READY", 1, 90);
     h.ok(&["suspend", "vm1"]);
     assert_eq!(h.ok(&["domstate", "vm1", "--reason"]).trim(), "paused (user)");
@@ -171,7 +145,7 @@ fn direct_kernel_boot_with_extra_args_on_user_networking() {
     if !prereqs() {
         return;
     }
-    let h = Host::new();
+    let h = Host::new("d");
     let g = guest_dir();
     let boot = format!("kernel={},initrd={}", g.join("vmlinuz").display(), g.join("initramfs.cpio.gz").display());
     h.ok(&[
@@ -210,7 +184,7 @@ fn killed_qemu_is_noticed_and_on_crash_applies() {
     if !prereqs() {
         return;
     }
-    let h = Host::new();
+    let h = Host::new("d");
     h.disk("c1.qcow2");
     h.ok(&[
         "install",
@@ -258,7 +232,7 @@ fn up_starts_autostart_networks_and_vms() {
     if !prereqs() {
         return;
     }
-    let h = Host::new();
+    let h = Host::new("d");
     h.disk("a1.qcow2");
     h.ok(&["install", "--name", "a1", "--memory", "256", "--disk", "vol=default/a1.qcow2", "--import", "--autostart"]);
     h.ok(&["destroy", "a1"]);
@@ -275,7 +249,7 @@ fn install_bad_input_is_refused_and_leaves_nothing() {
     if !prereqs() {
         return;
     }
-    let h = Host::new();
+    let h = Host::new("d");
     h.disk("b1.qcow2");
     let base = ["install", "--memory", "128", "--noautoconsole"];
     let run = |extra: &[&str]| {
@@ -330,7 +304,7 @@ fn install_bad_input_is_refused_and_leaves_nothing() {
         err(&["--name", "b2", "--disk", "vol=default/b1.qcow2", "--import"], 1).contains("already used by domain 'b1'")
     );
     assert!(err(&["--name", "b1", "--disk", "size=1", "--import"], 1).contains("already defined"));
-    assert!(h.fails(&["undefine", "b1"]).contains("is running"));
+    assert!(h.fails(1, &["undefine", "b1"]).contains("is running"));
     h.ok(&["destroy", "b1"]);
     let names: Vec<String> = std::fs::read_dir(h.k.images())
         .unwrap()
@@ -348,7 +322,7 @@ fn disk_held_by_another_qemu_is_refused() {
     if !prereqs() || !require("qemu-nbd", have_program("qemu-nbd")) {
         return;
     }
-    let h = Host::new();
+    let h = Host::new("d");
     h.disk("held.qcow2");
     let sock = h.k.dir.path().join("nbd.sock");
     let mut nbd = std::process::Command::new("qemu-nbd")
@@ -366,18 +340,21 @@ fn disk_held_by_another_qemu_is_refused() {
     while !sock.exists() && t0.elapsed() < Duration::from_secs(5) {
         std::thread::sleep(Duration::from_millis(10));
     }
-    let e = h.fails(&[
-        "install",
-        "--name",
-        "h1",
-        "--memory",
-        "128",
-        "--disk",
-        "vol=default/held.qcow2",
-        "--import",
-        "--network",
-        "none",
-    ]);
+    let e = h.fails(
+        1,
+        &[
+            "install",
+            "--name",
+            "h1",
+            "--memory",
+            "128",
+            "--disk",
+            "vol=default/held.qcow2",
+            "--import",
+            "--network",
+            "none",
+        ],
+    );
     nbd.kill().unwrap();
     nbd.wait().unwrap();
     assert!(e.contains("in use by a running qemu"), "{e}");

@@ -5,9 +5,9 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
-use common::netns::{can_netns, Netns};
+use common::netns::can_netns;
+use common::vmhost::VmHost;
 use common::*;
 
 fn out() -> PathBuf {
@@ -26,41 +26,9 @@ fn prereqs() -> bool {
     )
 }
 
-struct Host {
-    k: Kvm,
-    ns: Netns,
-}
+type Host = VmHost;
 
 impl Host {
-    fn new() -> Host {
-        Host { k: Kvm::new(), ns: Netns::new("i") }
-    }
-    fn ok(&self, args: &[&str]) -> String {
-        self.k.ok_in(&self.ns, args)
-    }
-    fn fails(&self, code: i32, args: &[&str]) -> String {
-        self.k.fails_in(&self.ns, code, args)
-    }
-    fn log(&self, vm: &str) -> String {
-        let d = self.k.root().join(format!("run/domains/{vm}"));
-        let old = std::fs::read_to_string(d.join("console.log.1")).unwrap_or_default();
-        old + &std::fs::read_to_string(d.join("console.log")).unwrap_or_default()
-    }
-    fn wait(&self, vm: &str, pat: &str, n: usize, secs: u64) -> String {
-        let t0 = Instant::now();
-        loop {
-            let l = self.log(vm);
-            if l.matches(pat).count() >= n {
-                return l;
-            }
-            if t0.elapsed() > Duration::from_secs(secs) {
-                let sup = std::fs::read_to_string(self.k.root().join(format!("run/domains/{vm}/supervisor.log")))
-                    .unwrap_or_default();
-                panic!("{vm}: no {pat} x{n} in {secs}s:\n{l}\n--- supervisor.log:\n{sup}");
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
     fn nothing_left(&self, vm: &str) {
         assert_eq!(self.ok(&["list", "--all", "--name"]), "", "no definition");
         assert!(!self.k.root().join(format!("run/domains/{vm}")).exists(), "no runtime dir");
@@ -74,7 +42,7 @@ fn cdrom_install_writes_the_disk_then_boots_from_it() {
     if !prereqs() {
         return;
     }
-    let h = Host::new();
+    let h = Host::new("i");
     let iso = out().join("tiny-installer.iso");
     h.ok(&[
         "install",
@@ -91,7 +59,7 @@ fn cdrom_install_writes_the_disk_then_boots_from_it() {
         "--wait",
         "3",
     ]);
-    let log = h.wait("inst", "KVMCTL-GUEST-READY", 1, 120);
+    let log = h.wait_console_with_previous("inst", "KVMCTL-GUEST-READY", 1, 120);
     assert!(log.contains("KVMCTL-INSTALL-DONE"), "{log}");
     assert!(
         log.lines().any(|l| l.starts_with("KVMCTL-CMDLINE") && l.contains("kvmctl.installed=1")),
@@ -104,7 +72,7 @@ fn cdrom_install_writes_the_disk_then_boots_from_it() {
     assert!(!h.ok(&["dumpxml", "inst"]).contains("cdrom"));
     h.ok(&["destroy", "inst"]);
     h.ok(&["start", "inst"]);
-    h.wait("inst", "KVMCTL-GUEST-READY", 1, 120);
+    h.wait_console_with_previous("inst", "KVMCTL-GUEST-READY", 1, 120);
     let this_boot = std::fs::read_to_string(h.k.root().join("run/domains/inst/console.log")).unwrap();
     assert!(!this_boot.contains("KVMCTL-INSTALL"), "the second start boots the disk, not the installer:\n{this_boot}");
     h.ok(&["destroy", "inst"]);
@@ -115,7 +83,7 @@ fn location_tree_and_iso_boot_their_kernel_with_extra_args() {
     if !prereqs() {
         return;
     }
-    let h = Host::new();
+    let h = Host::new("i");
     for (vm, loc, marker) in [("ld", out().join("location"), "tree-1"), ("li", out().join("location.iso"), "iso-2")] {
         let args = format!("console=ttyS0 kvmctl.marker={marker}");
         let o = h.k.in_ns(
@@ -142,13 +110,13 @@ fn location_tree_and_iso_boot_their_kernel_with_extra_args() {
             "{}",
             String::from_utf8_lossy(&o.stderr)
         );
-        let log = h.wait(vm, "KVMCTL-GUEST-READY", 1, 120);
+        let log = h.wait_console_with_previous(vm, "KVMCTL-GUEST-READY", 1, 120);
         let cmdline = log.lines().find(|l| l.starts_with("KVMCTL-CMDLINE")).unwrap();
         assert!(cmdline.contains(&format!("kvmctl.marker={marker}")), "{cmdline}");
         h.ok(&["destroy", vm]);
     }
     // The ISO stayed attached as a CD for the installer.
-    assert!(h.log("li").contains("KVMCTL-DISK: sr0"), "{}", h.log("li"));
+    assert!(h.console_with_previous("li").contains("KVMCTL-DISK: sr0"), "{}", h.console_with_previous("li"));
 }
 
 #[test]
@@ -156,7 +124,7 @@ fn pxe_boots_from_the_networks_tftp() {
     if !prereqs() {
         return;
     }
-    let h = Host::new();
+    let h = Host::new("i");
     let xml = format!(
         "<network><name>pxe</name><forward mode='nat'/><bridge name='brpxe' stp='off'/>\
          <ip address='192.168.177.1' netmask='255.255.255.0'><tftp root='{}'/>\
@@ -167,7 +135,7 @@ fn pxe_boots_from_the_networks_tftp() {
     std::fs::write(&f, xml).unwrap();
     h.ok(&["net-define", f.to_str().unwrap()]);
     h.ok(&["install", "--name", "px", "--memory", "256", "--pxe", "--disk", "size=1", "--network", "network=pxe"]);
-    let log = h.wait("px", "KVMCTL-GUEST-READY", 1, 240);
+    let log = h.wait_console_with_previous("px", "KVMCTL-GUEST-READY", 1, 240);
     assert!(log.contains("PXELINUX") && log.contains("192.168.177."), "{log}");
     h.ok(&["destroy", "px"]);
 }
@@ -177,7 +145,7 @@ fn cloud_init_seed_sets_hostname_and_marker_on_the_first_boot_only() {
     if !prereqs() {
         return;
     }
-    let h = Host::new();
+    let h = Host::new("i");
     h.ok(&["-q", "vol-import", out().join("tiny.qcow2").to_str().unwrap(), "--pool", "default"]);
     let ud = h.k.dir.path().join("user-data");
     std::fs::write(&ud, "#cloud-config\nhostname: seeded-vm\nkvmctl_marker: m-77\n").unwrap();
@@ -196,14 +164,14 @@ fn cloud_init_seed_sets_hostname_and_marker_on_the_first_boot_only() {
         "--network",
         "none",
     ]);
-    let log = h.wait("ci", "KVMCTL-GUEST-READY", 1, 120);
+    let log = h.wait_console_with_previous("ci", "KVMCTL-GUEST-READY", 1, 120);
     assert!(
         log.contains("KVMCTL-CLOUDINIT: hostname=seeded-vm") && log.contains("KVMCTL-CLOUDINIT: marker=m-77"),
         "{log}"
     );
     // A reboot ends the first boot: the seed is gone.
     h.ok(&["reboot", "ci"]);
-    let log = h.wait("ci", "KVMCTL-GUEST-READY", 2, 120);
+    let log = h.wait_console_with_previous("ci", "KVMCTL-GUEST-READY", 2, 120);
     let second = &log[log.find("KVMCTL-GUEST-READY").unwrap()..];
     assert!(!second.contains("KVMCTL-CLOUDINIT"), "{log}");
     h.ok(&["destroy", "ci"]);
@@ -235,7 +203,7 @@ fn uefi_boot_reaches_the_guest_and_undefine_nvram_removes_its_store() {
     if !prereqs() {
         return;
     }
-    let h = Host::new();
+    let h = Host::new("i");
     h.ok(&["-q", "vol-import", out().join("tiny-uefi.qcow2").to_str().unwrap(), "--pool", "default"]);
     h.ok(&[
         "install",
@@ -251,7 +219,7 @@ fn uefi_boot_reaches_the_guest_and_undefine_nvram_removes_its_store() {
         "--network",
         "none",
     ]);
-    let log = h.wait("ue", "KVMCTL-GUEST-READY", 1, 180);
+    let log = h.wait_console_with_previous("ue", "KVMCTL-GUEST-READY", 1, 180);
     assert!(log.contains("KVMCTL-FIRMWARE: uefi"), "{log}");
     h.ok(&["destroy", "ue"]);
     let nvram = h.k.root().join("nvram/ue_VARS.fd");
@@ -266,7 +234,7 @@ fn bad_install_media_are_refused_and_leave_nothing() {
     if !prereqs() {
         return;
     }
-    let h = Host::new();
+    let h = Host::new("i");
     let base = ["install", "--name", "bad", "--memory", "128", "--network", "none", "--disk", "size=1"];
     let with = |extra: &[&str]| -> Vec<String> { base.iter().chain(extra).map(|s| s.to_string()).collect() };
     let run = |extra: &[&str], code: i32| {

@@ -3,6 +3,7 @@
 
 pub mod netns;
 pub mod pty;
+pub mod vmhost;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

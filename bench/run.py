@@ -4,6 +4,7 @@
 Usage: bench/run.py [path/to/kvmctl]   (make bench)
 Prints a Markdown table; the numbers in BENCHMARKS.md come from it.
 """
+import contextlib
 import json
 import os
 import shutil
@@ -147,6 +148,39 @@ def pid_of(pidfile):
         return None
 
 
+@contextlib.contextmanager
+def libvirt_daemon(ns, hide_kvm=False):
+    """libvirtd (and virtlogd if none runs) inside namespace `ns`; yields the virsh argv once
+    the daemon answers, and stops what it started on the way out. `hide_kvm`: libvirtd runs in
+    a private mount namespace where /dev/kvm is /dev/null (see libvirt_vms)."""
+    started = []
+    try:
+        os.makedirs("/var/log/libvirt", exist_ok=True)
+        if pid_of("/run/virtlogd.pid") is None:
+            run(["virtlogd", "-d"])
+            started.append("/run/virtlogd.pid")
+        started.append("/run/libvirtd.pid")
+        if hide_kvm:
+            run(["unshare", "-m", "--propagation", "private", "sh", "-c",
+                 f"mount --bind /dev/null /dev/kvm && exec nsenter --net=/run/netns/{ns.name} libvirtd -d"])
+        else:
+            run(ns.argv(["libvirtd", "-d"]))
+        v = ns.argv(["virsh", "-q", "-c", "qemu:///system"])
+        for _ in range(100):
+            if subprocess.run(v + ["net-list", "--all"], capture_output=True).returncode == 0:
+                break
+            time.sleep(0.1)
+        yield v
+    finally:
+        for pf in started:
+            pid = pid_of(pf)
+            if pid:
+                try:
+                    os.kill(pid, 15)
+                except ProcessLookupError:
+                    pass
+
+
 def bench_network(tmp):
     """net-start / net-destroy of a NAT network with DHCP: kvmctl vs libvirt, each in its own netns."""
     if not shutil.which("libvirtd") or not shutil.which("virsh"):
@@ -156,46 +190,33 @@ def bench_network(tmp):
     os.makedirs(root)
     os.chmod(tmp, 0o755)
     kns, lns = Namespace(f"kvbench{os.getpid()}"), Namespace(f"lvpeer{os.getpid()}")
-    started = []
     try:
         k = kns.argv([KVMCTL, "--root", root, "-q"])
         run(k + ["net-list", "--all"])  # defines 'default' (virbr0, 192.168.122.0/24, NAT, DHCP)
-        os.makedirs("/var/log/libvirt", exist_ok=True)
-        if pid_of("/run/virtlogd.pid") is None:
-            run(["virtlogd", "-d"])
-            started.append("/run/virtlogd.pid")
-        run(lns.argv(["libvirtd", "-d"]))
-        started.append("/run/libvirtd.pid")
-        v = lns.argv(["virsh", "-q", "-c", "qemu:///system"])
-        for _ in range(100):
-            if subprocess.run(v + ["net-list", "--all"], capture_output=True).returncode == 0:
-                break
-            time.sleep(0.1)
-        ts, td, ls, ld = [], [], [], []
-        for _ in range(10):
-            ts.append(timed(k + ["net-start", "default"]))
-            ls.append(timed(v + ["net-start", "default"]))
-            td.append(timed(k + ["net-destroy", "default"]))
-            ld.append(timed(v + ["net-destroy", "default"]))
-        # The kernel's own floor: unregistering a bare bridge (no kvmctl involved).
-        floor = []
-        for _ in range(10):
-            run(kns.argv(["ip", "link", "add", "kvfloor0", "type", "bridge"]))
-            floor.append(timed(kns.argv(["ip", "link", "del", "kvfloor0"])))
-        ver = run(["libvirtd", "--version"]).split()[-1]
-        row("net-start NAT+DHCP", statistics.median(ts), statistics.median(ls), f"libvirt {ver} virsh net-start", "<= 40 ms")
-        row("net-destroy NAT+DHCP", statistics.median(td), statistics.median(ld), f"libvirt {ver} virsh net-destroy", "<= 40 ms")
-        row("kernel floor: ip link del of a bare bridge", statistics.median(floor), 0, "-", "-", "part of every net-destroy")
+        with libvirt_daemon(lns) as v:
+            network_rows(k, v, kns)
     finally:
-        for pf in started:
-            pid = pid_of(pf)
-            if pid:
-                try:
-                    os.kill(pid, 15)
-                except ProcessLookupError:
-                    pass
         kns.close()
         lns.close()
+
+
+def network_rows(k, v, kns):
+    """net-start / net-destroy, kvmctl (`k`) and virsh (`v`) alternating; the bare-bridge floor."""
+    ts, td, ls, ld = [], [], [], []
+    for _ in range(10):
+        ts.append(timed(k + ["net-start", "default"]))
+        ls.append(timed(v + ["net-start", "default"]))
+        td.append(timed(k + ["net-destroy", "default"]))
+        ld.append(timed(v + ["net-destroy", "default"]))
+    # The kernel's own floor: unregistering a bare bridge (no kvmctl involved).
+    floor = []
+    for _ in range(10):
+        run(kns.argv(["ip", "link", "add", "kvfloor0", "type", "bridge"]))
+        floor.append(timed(kns.argv(["ip", "link", "del", "kvfloor0"])))
+    ver = run(["libvirtd", "--version"]).split()[-1]
+    row("net-start NAT+DHCP", statistics.median(ts), statistics.median(ls), f"libvirt {ver} virsh net-start", "<= 40 ms")
+    row("net-destroy NAT+DHCP", statistics.median(td), statistics.median(ld), f"libvirt {ver} virsh net-destroy", "<= 40 ms")
+    row("kernel floor: ip link del of a bare bridge", statistics.median(floor), 0, "-", "-", "part of every net-destroy")
 
 
 GUEST = os.path.abspath("images/out")
@@ -295,8 +316,8 @@ def libvirt_vms(tmp):
     """libvirt's VM numbers, from virt-install / virsh / virt-clone against a libvirtd in its own
     network namespace. /dev/kvm is hidden from it (a bind mount of /dev/null in a private mount
     namespace): on this nested host KVM opens but never runs a vCPU, and a libvirtd that sees
-    it re-probes qemu's capabilities on every domain creation (2.5 min per virt-install) because
-    its cached probe says "no KVM". The guest and devices match kvmctl's VM: pc machine, virtio
+    it re-probes qemu's capabilities on every domain creation (2.5 min per virt-install; our
+    reading: its cached probe never confirms the KVM it sees). The guest and devices match kvmctl's VM: pc machine, virtio
     disk and NIC, 256 MiB, TCG. Returns medians in ms, or {} when libvirt is not installed."""
     if not shutil.which("libvirtd") or not shutil.which("virt-install"):
         print("bench: libvirt is not installed (make bench installs it); no libvirt VM peers", file=sys.stderr)
@@ -306,60 +327,47 @@ def libvirt_vms(tmp):
     d = os.path.join(tmp, "lv")
     os.makedirs(d)
     os.chmod(d, 0o755)
-    v = ns.argv(["virsh", "-q", "-c", "qemu:///system"])
-    out, started = {}, ["/run/libvirtd.pid"]
     try:
-        if pid_of("/run/virtlogd.pid") is None:
-            run(["virtlogd", "-d"])
-            started.append("/run/virtlogd.pid")
-        run(["unshare", "-m", "--propagation", "private", "sh", "-c",
-             f"mount --bind /dev/null /dev/kvm && exec nsenter --net=/run/netns/{ns.name} libvirtd -d"])
-        for _ in range(100):
-            if subprocess.run(v + ["net-list", "--all"], capture_output=True).returncode == 0:
-                break
-            time.sleep(0.1)
-        run(v + ["net-start", "default"])
-        common = ["--connect", "qemu:///system", "--memory", "256", "--vcpus", "1", "--machine", "pc", "--import",
-                  "--graphics", "none", "--osinfo", "detect=on,require=off", "--virt-type", "qemu", "--noautoconsole"]
-        inst, ready, stop = [], [], []
-        for i in range(3):
-            disk, log = os.path.join(d, f"l{i}.qcow2"), os.path.join(d, f"l{i}.log")
-            shutil.copy(os.path.join(GUEST, "tiny.qcow2"), disk)
-            os.sync()
-            t0 = time.perf_counter()
-            run(ns.argv(["virt-install", "--name", f"l{i}", "--disk", f"path={disk},format=qcow2,bus=virtio",
-                         "--network", "network=default,model=virtio", "--serial", f"file,path={log}"] + common))
-            inst.append((time.perf_counter() - t0) * 1000)
-            ready.append(inst[-1] + wait_for(log, "KVMCTL-GUEST-READY eth0=1"))
-            stop.append(timed(v + ["destroy", f"l{i}"]))
-            run(v + ["undefine", f"l{i}", "--remove-all-storage"])
-        # virt-clone --auto-clone of a stopped VM whose disk holds 16 MiB.
-        src = os.path.join(d, "c16.qcow2")
-        run(["qemu-img", "create", "-q", "-f", "qcow2", src, "64M"])
-        run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x61 0 16M", src])
-        run(ns.argv(["virt-install", "--name", "c16", "--disk", f"path={src},format=qcow2,bus=virtio",
-                     "--network", "none"] + common))
-        run(v + ["destroy", "c16"])
-        clones = []
-        for i in range(5):
-            clones.append(timed(ns.argv(["virt-clone", "--connect", "qemu:///system", "--original", "c16",
-                                         "--name", f"c16-{i}", "--auto-clone"])))
-        for i in range(5):
-            run(v + ["undefine", f"c16-{i}", "--remove-all-storage"])
-        run(v + ["undefine", "c16", "--remove-all-storage"])
-        run(v + ["net-destroy", "default"])
-        med = statistics.median
-        out = {"install": med(inst), "ready": med(ready), "destroy": med(stop), "clone": med(clones)}
+        with libvirt_daemon(ns, hide_kvm=True) as v:
+            return libvirt_vm_medians(ns, v, d)
     finally:
-        for pf in started:
-            pid = pid_of(pf)
-            if pid:
-                try:
-                    os.kill(pid, 15)
-                except ProcessLookupError:
-                    pass
         ns.close()
-    return out
+
+
+def libvirt_vm_medians(ns, v, d):
+    """virt-install, ready, virsh destroy and virt-clone medians (ms), disks under `d`."""
+    run(v + ["net-start", "default"])
+    common = ["--connect", "qemu:///system", "--memory", "256", "--vcpus", "1", "--machine", "pc", "--import",
+              "--graphics", "none", "--osinfo", "detect=on,require=off", "--virt-type", "qemu", "--noautoconsole"]
+    inst, ready, stop = [], [], []
+    for i in range(3):
+        disk, log = os.path.join(d, f"l{i}.qcow2"), os.path.join(d, f"l{i}.log")
+        shutil.copy(os.path.join(GUEST, "tiny.qcow2"), disk)
+        os.sync()
+        t0 = time.perf_counter()
+        run(ns.argv(["virt-install", "--name", f"l{i}", "--disk", f"path={disk},format=qcow2,bus=virtio",
+                     "--network", "network=default,model=virtio", "--serial", f"file,path={log}"] + common))
+        inst.append((time.perf_counter() - t0) * 1000)
+        ready.append(inst[-1] + wait_for(log, "KVMCTL-GUEST-READY eth0=1"))
+        stop.append(timed(v + ["destroy", f"l{i}"]))
+        run(v + ["undefine", f"l{i}", "--remove-all-storage"])
+    # virt-clone --auto-clone of a stopped VM whose disk holds 16 MiB.
+    src = os.path.join(d, "c16.qcow2")
+    run(["qemu-img", "create", "-q", "-f", "qcow2", src, "64M"])
+    run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x61 0 16M", src])
+    run(ns.argv(["virt-install", "--name", "c16", "--disk", f"path={src},format=qcow2,bus=virtio",
+                 "--network", "none"] + common))
+    run(v + ["destroy", "c16"])
+    clones = []
+    for i in range(5):
+        clones.append(timed(ns.argv(["virt-clone", "--connect", "qemu:///system", "--original", "c16",
+                                     "--name", f"c16-{i}", "--auto-clone"])))
+    for i in range(5):
+        run(v + ["undefine", f"c16-{i}", "--remove-all-storage"])
+    run(v + ["undefine", "c16", "--remove-all-storage"])
+    run(v + ["net-destroy", "default"])
+    med = statistics.median
+    return {"install": med(inst), "ready": med(ready), "destroy": med(stop), "clone": med(clones)}
 
 
 def bench_domains(tmp):

@@ -59,7 +59,7 @@ fn cdrom_install_writes_the_disk_then_boots_from_it() {
         "--wait",
         "3",
     ]);
-    let log = h.wait_console_with_previous("inst", "KVMCTL-GUEST-READY", 1, 120);
+    let log = h.wait_console_with_previous("inst", "KVMCTL-GUEST-READY", 1, 300);
     assert!(log.contains("KVMCTL-INSTALL-DONE"), "{log}");
     assert!(
         log.lines().any(|l| l.starts_with("KVMCTL-CMDLINE") && l.contains("kvmctl.installed=1")),
@@ -72,7 +72,7 @@ fn cdrom_install_writes_the_disk_then_boots_from_it() {
     assert!(!h.ok(&["dumpxml", "inst"]).contains("cdrom"));
     h.ok(&["destroy", "inst"]);
     h.ok(&["start", "inst"]);
-    h.wait_console_with_previous("inst", "KVMCTL-GUEST-READY", 1, 120);
+    h.wait_console_with_previous("inst", "KVMCTL-GUEST-READY", 1, 300);
     let this_boot = std::fs::read_to_string(h.k.root().join("run/domains/inst/console.log")).unwrap();
     assert!(!this_boot.contains("KVMCTL-INSTALL"), "the second start boots the disk, not the installer:\n{this_boot}");
     h.ok(&["destroy", "inst"]);
@@ -110,7 +110,7 @@ fn location_tree_and_iso_boot_their_kernel_with_extra_args() {
             "{}",
             String::from_utf8_lossy(&o.stderr)
         );
-        let log = h.wait_console_with_previous(vm, "KVMCTL-GUEST-READY", 1, 120);
+        let log = h.wait_console_with_previous(vm, "KVMCTL-GUEST-READY", 1, 300);
         let cmdline = log.lines().find(|l| l.starts_with("KVMCTL-CMDLINE")).unwrap();
         assert!(cmdline.contains(&format!("kvmctl.marker={marker}")), "{cmdline}");
         h.ok(&["destroy", vm]);
@@ -135,7 +135,7 @@ fn pxe_boots_from_the_networks_tftp() {
     std::fs::write(&f, xml).unwrap();
     h.ok(&["net-define", f.to_str().unwrap()]);
     h.ok(&["install", "--name", "px", "--memory", "256", "--pxe", "--disk", "size=1", "--network", "network=pxe"]);
-    let log = h.wait_console_with_previous("px", "KVMCTL-GUEST-READY", 1, 240);
+    let log = h.wait_console_with_previous("px", "KVMCTL-GUEST-READY", 1, 300);
     assert!(log.contains("PXELINUX") && log.contains("192.168.177."), "{log}");
     h.ok(&["destroy", "px"]);
 }
@@ -164,14 +164,14 @@ fn cloud_init_seed_sets_hostname_and_marker_on_the_first_boot_only() {
         "--network",
         "none",
     ]);
-    let log = h.wait_console_with_previous("ci", "KVMCTL-GUEST-READY", 1, 120);
+    let log = h.wait_console_with_previous("ci", "KVMCTL-GUEST-READY", 1, 300);
     assert!(
         log.contains("KVMCTL-CLOUDINIT: hostname=seeded-vm") && log.contains("KVMCTL-CLOUDINIT: marker=m-77"),
         "{log}"
     );
     // A reboot ends the first boot: the seed is gone.
     h.ok(&["reboot", "ci"]);
-    let log = h.wait_console_with_previous("ci", "KVMCTL-GUEST-READY", 2, 120);
+    let log = h.wait_console_with_previous("ci", "KVMCTL-GUEST-READY", 2, 300);
     let second = &log[log.find("KVMCTL-GUEST-READY").unwrap()..];
     assert!(!second.contains("KVMCTL-CLOUDINIT"), "{log}");
     h.ok(&["destroy", "ci"]);
@@ -219,7 +219,7 @@ fn uefi_boot_reaches_the_guest_and_undefine_nvram_removes_its_store() {
         "--network",
         "none",
     ]);
-    let log = h.wait_console_with_previous("ue", "KVMCTL-GUEST-READY", 1, 180);
+    let log = h.wait_console_with_previous("ue", "KVMCTL-GUEST-READY", 1, 300);
     assert!(log.contains("KVMCTL-FIRMWARE: uefi"), "{log}");
     h.ok(&["destroy", "ue"]);
     let nvram = h.k.root().join("nvram/ue_VARS.fd");

@@ -77,9 +77,9 @@ impl Topo {
             "-q",
             "-f",
             "-t",
-            "8",
+            "10",
             "-T",
-            "1",
+            "3",
             "-s",
             self.script.to_str().unwrap(),
         ]);
@@ -103,7 +103,7 @@ impl Drop for Server {
 fn tcp_server(ns: &Netns, addr: &str, port: u16) -> Server {
     let code = format!(
         "import socket,sys\ns=socket.socket(socket.AF_INET6 if ':' in '{addr}' else socket.AF_INET)\n\
-         s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('{addr}',{port}))\ns.listen(1)\ns.settimeout(8)\n\
+         s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('{addr}',{port}))\ns.listen(1)\ns.settimeout(60)\n\
          print('READY',flush=True)\nc,a=s.accept()\nprint('PEER',a[0],flush=True)\n"
     );
     let mut child = std::process::Command::new("ip")
@@ -130,9 +130,10 @@ fn peer_of(mut server: Server) -> String {
     s.lines().find_map(|l| l.strip_prefix("PEER ")).unwrap_or("").to_string()
 }
 
-/// Try a TCP connection from `ns` (2 s timeout): true if it was accepted.
+/// Try a TCP connection from `ns` (10 s timeout, far above a connection's setup time inside
+/// one machine): true if it was accepted.
 fn connect(ns: &Netns, addr: &str, port: u16) -> bool {
-    let code = format!("import socket\ns=socket.create_connection(('{addr}',{port}),timeout=2)\ns.close()\n");
+    let code = format!("import socket\ns=socket.create_connection(('{addr}',{port}),timeout=10)\ns.close()\n");
     ns.exec(&["python3", "-c", &code]).status.success()
 }
 

@@ -1,26 +1,9 @@
-//! `--accel auto|kvm|tcg`: does KVM really work on this host?
+//! Step 3 of the probe: a tiny guest run through the KVM ioctls in a forked child.
 //!
-//! `/dev/kvm` opening is not enough. On nested hosts without VMX exposed (no `vmx`/`svm` in
-//! `/proc/cpuinfo`) `KVM_CREATE_VM` and even a bare `KVM_RUN` of a `hlt` succeed, but the vCPU
-//! is emulated about a thousand times slower than native: qemu gets through SeaBIOS and then
-//! appears to hang forever in the guest kernel. So [`probe`] decides in steps:
-//!
-//! 1. `/dev/kvm` opens read-write and reports API version 12;
-//! 2. `/proc/cpuinfo` has a `vmx` or `svm` flag (absent: unusable, no need to run anything);
-//! 3. a tiny guest, run through the KVM ioctls in a forked child, switches from real mode to
-//!    protected mode and runs 40 million loop iterations (~15 ms natively). The child is
-//!    SIGKILLed at a deadline (500 ms); it reports progress through a pipe so the verdict can
-//!    say how far it got.
-//!
-//! The verdict is cached per host boot in `<cache_dir>/accel.json`, keyed by
-//! `/proc/sys/kernel/random/boot_id`. [`probe`] blocks for up to the deadline: call it from
-//! `spawn_blocking` in async code. x86_64 hosts only.
+//! The guest switches from real mode to protected mode and runs a [`Workload`] of `dec; jnz`
+//! loops, writing one byte to a pipe per finished chunk, and is SIGKILLed at a deadline.
 
-use std::fmt;
-use std::fs;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::path::Path;
-use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -28,227 +11,19 @@ use nix::fcntl::OFlag;
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, pipe2, ForkResult, Pid};
-use serde::{Deserialize, Serialize};
-use thiserror::Error;
-use tracing::{debug, info, warn};
+use tracing::debug;
 
-/// How long the test guest may run before it is killed and KVM declared unusable.
-pub const GUEST_DEADLINE: Duration = Duration::from_millis(500);
+use super::{AccelVerdict, ProbeStep};
 
-/// Name of the cache file inside the cache directory.
-pub const CACHE_FILE: &str = "accel.json";
-
-/// Bump when the probe changes, so older cached verdicts are not trusted.
-const PROBE_VERSION: u32 = 1;
-const BOOT_ID_PATH: &str = "/proc/sys/kernel/random/boot_id";
-
-#[derive(Debug, Error)]
-pub enum AccelError {
-    #[error("--accel kvm requested, but {reason}")]
-    KvmUnusable { reason: String },
-    #[error("unknown accelerator {value:?} (expected auto, kvm or tcg)")]
-    Unknown { value: String },
+/// How much the test guest computes: `chunks` times `iterations` loop turns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Workload {
+    pub chunks: u32,
+    pub iterations: u32,
 }
 
-/// The accelerator asked for on the command line.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Accel {
-    #[default]
-    Auto,
-    Kvm,
-    Tcg,
-}
-
-impl Accel {
-    /// The name used on the command line and in qemu's `-accel`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Accel::Auto => "auto",
-            Accel::Kvm => "kvm",
-            Accel::Tcg => "tcg",
-        }
-    }
-}
-
-impl fmt::Display for Accel {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Accel {
-    type Err = AccelError;
-
-    fn from_str(s: &str) -> Result<Accel, AccelError> {
-        match s {
-            "auto" => Ok(Accel::Auto),
-            "kvm" => Ok(Accel::Kvm),
-            "tcg" => Ok(Accel::Tcg),
-            _ => Err(AccelError::Unknown { value: s.to_string() }),
-        }
-    }
-}
-
-/// Which step of the probe decided the verdict.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ProbeStep {
-    DevKvm,
-    CpuFlags,
-    TestGuest,
-}
-
-/// Whether KVM works here, and why.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AccelVerdict {
-    pub kvm_usable: bool,
-    /// One human line, e.g. "KVM unusable: /proc/cpuinfo has no vmx/svm flag (...)".
-    pub reason: String,
-    pub decided_by: ProbeStep,
-    /// How long the probe took when it actually ran.
-    pub probe_ms: u64,
-    /// True when read from the per-boot cache instead of probing now.
-    #[serde(skip)]
-    pub cached: bool,
-}
-
-impl AccelVerdict {
-    fn new(kvm_usable: bool, decided_by: ProbeStep, reason: String) -> AccelVerdict {
-        AccelVerdict { kvm_usable, reason, decided_by, probe_ms: 0, cached: false }
-    }
-}
-
-impl fmt::Display for AccelVerdict {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.reason)?;
-        if self.cached {
-            f.write_str(" (cached for this boot)")?;
-        }
-        Ok(())
-    }
-}
-
-/// The accelerator to put on qemu's command line, and what to tell the user about it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Resolution {
-    /// `Kvm` or `Tcg`, never `Auto`.
-    pub accel: Accel,
-    /// Set when `auto` fell back to TCG: one line for the user.
-    pub notice: Option<String>,
-}
-
-/// Turn the requested accelerator into the one to use.
-pub fn resolve(requested: Accel, verdict: &AccelVerdict) -> Result<Resolution, AccelError> {
-    match (requested, verdict.kvm_usable) {
-        (Accel::Tcg, _) => Ok(Resolution { accel: Accel::Tcg, notice: None }),
-        (_, true) => Ok(Resolution { accel: Accel::Kvm, notice: None }),
-        (Accel::Auto, false) => {
-            Ok(Resolution { accel: Accel::Tcg, notice: Some(format!("{}; using TCG", verdict.reason)) })
-        }
-        (Accel::Kvm, false) => Err(AccelError::KvmUnusable { reason: verdict.reason.clone() }),
-    }
-}
-
-/// Probe KVM, or reuse this boot's verdict from `<cache_dir>/accel.json`.
-pub fn probe(cache_dir: &Path) -> AccelVerdict {
-    let boot_id = fs::read_to_string(BOOT_ID_PATH).ok().map(|s| s.trim().to_string());
-    if let Some(verdict) = boot_id.as_deref().and_then(|id| load_cache(cache_dir, id)) {
-        debug!(usable = verdict.kvm_usable, reason = %verdict.reason, "KVM verdict from cache");
-        return verdict;
-    }
-    let verdict = probe_uncached();
-    // A /dev/kvm failure is instant to find again and may change (module load, group membership).
-    if verdict.decided_by != ProbeStep::DevKvm {
-        if let Some(id) = &boot_id {
-            store_cache(cache_dir, id, &verdict);
-        }
-    }
-    verdict
-}
-
-/// Run every step of the probe now, ignoring the cache.
-pub fn probe_uncached() -> AccelVerdict {
-    let start = Instant::now();
-    let mut verdict = if let Err(reason) = check_dev_kvm() {
-        AccelVerdict::new(false, ProbeStep::DevKvm, format!("KVM unusable: {reason}"))
-    } else if !cpuinfo_allows_kvm() {
-        let reason = "KVM unusable: /proc/cpuinfo has no vmx/svm flag (nested virtualization without VMX)";
-        AccelVerdict::new(false, ProbeStep::CpuFlags, reason.to_string())
-    } else {
-        probe_guest(GUEST_DEADLINE)
-    };
-    verdict.probe_ms = start.elapsed().as_millis() as u64;
-    info!(usable = verdict.kvm_usable, reason = %verdict.reason, ms = verdict.probe_ms, "KVM probe");
-    verdict
-}
-
-/// True if the `flags` line of a `/proc/cpuinfo` text has `vmx` (Intel) or `svm` (AMD).
-pub fn cpu_has_virt_flag(cpuinfo: &str) -> bool {
-    cpuinfo
-        .lines()
-        .filter(|l| l.split(':').next().is_some_and(|k| k.trim() == "flags"))
-        .any(|l| l.split(':').nth(1).unwrap_or("").split_whitespace().any(|f| f == "vmx" || f == "svm"))
-}
-
-/// An unreadable `/proc/cpuinfo` decides nothing: the test guest will.
-fn cpuinfo_allows_kvm() -> bool {
-    match fs::read_to_string("/proc/cpuinfo") {
-        Ok(text) => cpu_has_virt_flag(&text),
-        Err(e) => {
-            warn!(error = %e, "cannot read /proc/cpuinfo; relying on the test guest");
-            true
-        }
-    }
-}
-
-fn check_dev_kvm() -> Result<(), String> {
-    let file = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .map_err(|e| format!("cannot open /dev/kvm read-write: {e}"))?;
-    // SAFETY: KVM_GET_API_VERSION takes no argument and only returns an int; the fd is open.
-    let version = unsafe { libc::ioctl(file.as_raw_fd(), kvm::GET_API_VERSION, 0) };
-    if version != 12 {
-        return Err(format!("/dev/kvm reports API version {version}, expected 12"));
-    }
-    Ok(())
-}
-
-#[derive(Serialize, Deserialize)]
-struct CacheFile {
-    probe_version: u32,
-    boot_id: String,
-    verdict: AccelVerdict,
-}
-
-fn load_cache(cache_dir: &Path, boot_id: &str) -> Option<AccelVerdict> {
-    let text = fs::read_to_string(cache_dir.join(CACHE_FILE)).ok()?;
-    let cache: CacheFile = match serde_json::from_str(&text) {
-        Ok(c) => c,
-        Err(e) => {
-            warn!(error = %e, "ignoring unreadable KVM verdict cache");
-            return None;
-        }
-    };
-    if cache.probe_version != PROBE_VERSION || cache.boot_id != boot_id {
-        return None;
-    }
-    Some(AccelVerdict { cached: true, ..cache.verdict })
-}
-
-fn store_cache(cache_dir: &Path, boot_id: &str, verdict: &AccelVerdict) {
-    let cache = CacheFile { probe_version: PROBE_VERSION, boot_id: boot_id.to_string(), verdict: verdict.clone() };
-    let write = || -> std::io::Result<()> {
-        fs::create_dir_all(cache_dir)?;
-        let json = serde_json::to_vec_pretty(&cache).map_err(std::io::Error::other)?;
-        crate::state::runtime_write(&cache_dir.join(CACHE_FILE), &json)
-    };
-    if let Err(e) = write() {
-        warn!(error = %e, dir = %cache_dir.display(), "cannot cache the KVM verdict");
-    }
-}
+/// The probe's workload: 40 million iterations, ~15 ms on a native vCPU.
+pub const PROBE_WORKLOAD: Workload = Workload { chunks: 40, iterations: 1_000_000 };
 
 enum ChildEnd {
     Exited(i32),
@@ -257,20 +32,27 @@ enum ChildEnd {
     WaitFailed(Errno),
 }
 
-/// Run the test guest in a forked child, killed at `deadline`.
+/// Run the probe's workload in a forked child, killed at `deadline`.
 pub fn probe_guest(deadline: Duration) -> AccelVerdict {
+    run_guest(PROBE_WORKLOAD, deadline)
+}
+
+/// Run `work` in the test guest in a forked child, killed at `deadline`.
+/// Both counts are at least 1 (a 0 would make the guest's `dec; jnz` loop 2^32 times).
+pub fn run_guest(work: Workload, deadline: Duration) -> AccelVerdict {
+    let work = Workload { chunks: work.chunks.max(1), iterations: work.iterations.max(1) };
     let start = Instant::now();
     let (progress_rd, progress_wr) = match pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK) {
         Ok(p) => p,
         Err(e) => return guest_verdict(false, format!("cannot create a pipe for the test guest: {e}")),
     };
     let parent = nix::unistd::getpid();
-    // SAFETY: the child runs only `guest::run` (raw prctl/open/ioctl/mmap/write syscalls on
+    // SAFETY: the child runs only `code::run` (raw prctl/open/ioctl/mmap/write syscalls on
     // stack data, no allocation, no locks) and then `_exit`, so forking a multithreaded process
     // is sound: nothing in the child depends on state other threads may have held.
     match unsafe { fork() } {
         Ok(ForkResult::Child) => {
-            let code = guest::run(parent.as_raw(), progress_wr.as_raw_fd());
+            let code = code::run(parent.as_raw(), progress_wr.as_raw_fd(), work);
             // SAFETY: `_exit` ends the child without running destructors or atexit handlers
             // that belong to the parent's state.
             unsafe { libc::_exit(code) }
@@ -279,7 +61,7 @@ pub fn probe_guest(deadline: Duration) -> AccelVerdict {
             drop(progress_wr);
             let end = wait_until(child, deadline);
             let chunks = count_progress(&progress_rd);
-            guest_outcome(end, chunks, start.elapsed(), deadline)
+            guest_outcome(end, chunks, work, start.elapsed(), deadline)
         }
         Err(e) => guest_verdict(false, format!("cannot fork the test guest: {e}")),
     }
@@ -325,15 +107,19 @@ fn count_progress(rd: &OwnedFd) -> u32 {
     total
 }
 
-fn guest_outcome(end: ChildEnd, chunks: u32, elapsed: Duration, deadline: Duration) -> AccelVerdict {
+fn guest_outcome(end: ChildEnd, chunks: u32, work: Workload, elapsed: Duration, deadline: Duration) -> AccelVerdict {
     let ms = elapsed.as_millis();
     match end {
-        ChildEnd::Exited(0) => guest_verdict(
+        ChildEnd::Exited(0) if chunks == work.chunks => guest_verdict(
             true,
             format!("KVM usable: test guest entered protected mode and finished its work in {ms} ms"),
         ),
-        ChildEnd::Exited(code) => {
-            guest_verdict(false, format!("KVM unusable: test guest failed: {}", guest::failure(code)))
+        ChildEnd::Exited(0) => guest_verdict(
+            false,
+            format!("KVM unusable: test guest reported {chunks} of {} work chunks before finishing", work.chunks),
+        ),
+        ChildEnd::Exited(status) => {
+            guest_verdict(false, format!("KVM unusable: test guest failed: {}", code::failure(status)))
         }
         ChildEnd::Signaled(sig) => guest_verdict(false, format!("KVM unusable: test guest died of {sig}")),
         ChildEnd::WaitFailed(e) => guest_verdict(false, format!("KVM unusable: cannot wait for the test guest: {e}")),
@@ -342,15 +128,26 @@ fn guest_outcome(end: ChildEnd, chunks: u32, elapsed: Duration, deadline: Durati
             format!(
                 "KVM unusable: test guest vCPU finished {chunks} of {} work chunks in {} ms \
                  (native KVM needs ~15 ms); the vCPU does not run natively",
-                guest::CHUNKS,
+                work.chunks,
                 deadline.as_millis()
             ),
         ),
     }
 }
 
+/// What a test guest failure says when the host's KVM refused a step (as opposed to a fault
+/// of the probe itself: a wrong result, an unexpected exit, no memory).
+pub const HOST_REFUSALS: [&str; 6] = [
+    "cannot open /dev/kvm",
+    "KVM_CREATE_VM failed",
+    "KVM_SET_USER_MEMORY_REGION failed",
+    "KVM_CREATE_VCPU failed",
+    "cannot set the vCPU registers",
+    "KVM_RUN failed",
+];
+
 /// KVM ioctl numbers and the x86 structures they use (from `linux/kvm.h`).
-mod kvm {
+pub(super) mod kvm {
     use nix::sys::ioctl::ioctl_num_type;
     use nix::{request_code_none, request_code_read, request_code_write};
 
@@ -419,13 +216,12 @@ mod kvm {
     const _: () = assert!(std::mem::size_of::<MemoryRegion>() == 32);
 }
 
-/// The test guest. Everything here runs in the forked child: raw syscalls only.
-mod guest {
+/// The test guest's code and its runner. Everything here runs in the forked child: raw
+/// syscalls only.
+mod code {
     use super::kvm;
     use std::os::fd::RawFd;
 
-    /// Work chunks of one million `dec; jnz` iterations each.
-    pub const CHUNKS: u32 = 40;
     const MEM_SIZE: usize = 0x10000;
     const CODE_ADDR: usize = 0x1000;
     const PORT_PROGRESS: u16 = 0x10;
@@ -443,7 +239,7 @@ mod guest {
     ///        mov $0x4b564d21,%eax; mov $0x11,%dx; out %eax,%dx; hlt
     /// gdt: null; 0x00cf9a000000ffff (code); 0x00cf92000000ffff (data); gdtr: limit, gdt
     /// ```
-    const CODE: [u8; 110] = [
+    pub(super) const CODE: [u8; 110] = [
         0xfa, 0x66, 0x0f, 0x01, 0x16, 0x68, 0x10, 0x0f, 0x20, 0xc0, 0x66, 0x83, 0xc8, 0x01, 0x0f, 0x22, 0xc0, 0x66,
         0xea, 0x19, 0x10, 0x00, 0x00, 0x08, 0x00, 0x66, 0xb8, 0x10, 0x00, 0x8e, 0xd8, 0x8e, 0xc0, 0x8e, 0xd0, 0xbc,
         0x00, 0x80, 0x00, 0x00, 0xbb, 0x28, 0x00, 0x00, 0x00, 0xb9, 0x40, 0x42, 0x0f, 0x00, 0x49, 0x75, 0xfd, 0x89,
@@ -452,6 +248,11 @@ mod guest {
         0x00, 0x00, 0x00, 0x9a, 0xcf, 0x00, 0xff, 0xff, 0x00, 0x00, 0x00, 0x92, 0xcf, 0x00, 0x17, 0x00, 0x50, 0x10,
         0x00, 0x00,
     ];
+
+    /// Offsets of the imm32 operands of `mov $40,%ebx` (bb 28 00 00 00) and
+    /// `mov $1000000,%ecx` (b9 40 42 0f 00) in CODE.
+    const CHUNKS_IMM: usize = 41;
+    const ITERATIONS_IMM: usize = 46;
 
     /// Exit codes of the child, one per failing step.
     const STEPS: [(i32, &str); 10] = [
@@ -472,7 +273,7 @@ mod guest {
     }
 
     /// Dies with the parent, so a parent killed mid-probe leaves no crawling guest behind.
-    pub fn run(parent: libc::pid_t, progress: RawFd) -> i32 {
+    pub fn run(parent: libc::pid_t, progress: RawFd, work: super::Workload) -> i32 {
         // SAFETY: prctl(PR_SET_PDEATHSIG) and getppid are plain syscalls without pointers.
         let orphaned = unsafe {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 || libc::getppid() != parent
@@ -480,13 +281,13 @@ mod guest {
         if orphaned {
             return 19;
         }
-        match setup() {
+        match setup(work) {
             Ok((vcpu, run)) => run_loop(vcpu, run, progress),
             Err(code) => code,
         }
     }
 
-    fn setup() -> Result<(libc::c_int, *mut u8), i32> {
+    fn setup(work: super::Workload) -> Result<(libc::c_int, *mut u8), i32> {
         // SAFETY: plain syscalls on fds this function owns; every result is checked.
         let (kvm_fd, vm) = unsafe {
             let kvm_fd = libc::open(c"/dev/kvm".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
@@ -498,7 +299,7 @@ mod guest {
         if vm < 0 {
             return Err(11);
         }
-        load_memory(vm)?;
+        load_memory(vm, work)?;
         // SAFETY: vm is a VM fd of this process; KVM_CREATE_VCPU takes the vCPU id by value.
         let vcpu = unsafe { libc::ioctl(vm, kvm::CREATE_VCPU, 0) };
         if vcpu < 0 {
@@ -509,7 +310,17 @@ mod guest {
         Ok((vcpu, run))
     }
 
-    fn load_memory(vm: libc::c_int) -> Result<(), i32> {
+    /// The code with the workload's counts in its two immediates (`mov $chunks,%ebx` and
+    /// `mov $iterations,%ecx`); a copy on the stack, no allocation.
+    pub(super) fn code(work: super::Workload) -> [u8; CODE.len()] {
+        let mut code = CODE;
+        code[CHUNKS_IMM..CHUNKS_IMM + 4].copy_from_slice(&work.chunks.to_le_bytes());
+        code[ITERATIONS_IMM..ITERATIONS_IMM + 4].copy_from_slice(&work.iterations.to_le_bytes());
+        code
+    }
+
+    fn load_memory(vm: libc::c_int, work: super::Workload) -> Result<(), i32> {
+        let code = code(work);
         let flags = libc::MAP_SHARED | libc::MAP_ANONYMOUS;
         // SAFETY: a fresh anonymous mapping; nothing else refers to it.
         let mem =
@@ -518,7 +329,7 @@ mod guest {
             return Err(12);
         }
         // SAFETY: CODE_ADDR + CODE.len() is inside the MEM_SIZE bytes just mapped.
-        unsafe { std::ptr::copy_nonoverlapping(CODE.as_ptr(), mem.cast::<u8>().add(CODE_ADDR), CODE.len()) };
+        unsafe { std::ptr::copy_nonoverlapping(code.as_ptr(), mem.cast::<u8>().add(CODE_ADDR), code.len()) };
         let region = kvm::MemoryRegion {
             slot: 0,
             flags: 0,
@@ -601,43 +412,6 @@ mod guest {
 mod tests {
     use super::*;
 
-    fn verdict(usable: bool) -> AccelVerdict {
-        AccelVerdict::new(usable, ProbeStep::CpuFlags, "KVM unusable: because".to_string())
-    }
-
-    #[test]
-    fn cpu_flag_detection_reads_only_the_flags_line() {
-        assert!(cpu_has_virt_flag("processor\t: 0\nflags\t\t: fpu vme vmx sse\n"));
-        assert!(cpu_has_virt_flag("flags\t\t: fpu svm\n"));
-        assert!(!cpu_has_virt_flag("flags\t\t: fpu vmxx hypervisor\nmodel name\t: vmx svm\n"));
-        assert!(!cpu_has_virt_flag(""));
-    }
-
-    #[test]
-    fn resolve_auto_falls_back_to_tcg_with_a_notice() {
-        let r = resolve(Accel::Auto, &verdict(false)).unwrap();
-        assert_eq!(r.accel, Accel::Tcg);
-        assert_eq!(r.notice.as_deref(), Some("KVM unusable: because; using TCG"));
-        let r = resolve(Accel::Auto, &verdict(true)).unwrap();
-        assert_eq!(r, Resolution { accel: Accel::Kvm, notice: None });
-    }
-
-    #[test]
-    fn resolve_kvm_requested_but_unusable_names_the_reason() {
-        let err = resolve(Accel::Kvm, &verdict(false)).unwrap_err().to_string();
-        assert!(err.contains("because"), "{err}");
-        assert_eq!(resolve(Accel::Kvm, &verdict(true)).unwrap().accel, Accel::Kvm);
-        assert_eq!(resolve(Accel::Tcg, &verdict(true)).unwrap().accel, Accel::Tcg);
-    }
-
-    #[test]
-    fn accel_parses_and_prints() {
-        for a in [Accel::Auto, Accel::Kvm, Accel::Tcg] {
-            assert_eq!(a.to_string().parse::<Accel>().unwrap(), a);
-        }
-        assert!("hvf".parse::<Accel>().is_err());
-    }
-
     #[test]
     fn ioctl_numbers_match_linux_headers() {
         assert_eq!(kvm::CREATE_VM, 0xAE01);
@@ -649,12 +423,26 @@ mod tests {
     }
 
     #[test]
-    fn cache_is_keyed_by_boot_id() {
-        let dir = tempfile::tempdir().unwrap();
-        store_cache(dir.path(), "boot-a", &verdict(false));
-        let cached = load_cache(dir.path(), "boot-a").unwrap();
-        assert!(cached.cached);
-        assert_eq!(cached.reason, "KVM unusable: because");
-        assert!(load_cache(dir.path(), "boot-b").is_none());
+    fn workload_is_patched_into_the_two_mov_immediates() {
+        assert_eq!(code::code(PROBE_WORKLOAD), code::CODE, "the probe's workload is the code as assembled");
+        let code = code::code(Workload { chunks: 2, iterations: 0x0102_0304 });
+        assert_eq!(code[40..45], [0xbb, 2, 0, 0, 0], "mov $2,%ebx");
+        assert_eq!(code[45..50], [0xb9, 4, 3, 2, 1], "mov $0x01020304,%ecx");
+    }
+
+    #[test]
+    fn outcome_needs_every_chunk_reported() {
+        let work = Workload { chunks: 3, iterations: 1 };
+        let d = Duration::from_millis(500);
+        let done = guest_outcome(ChildEnd::Exited(0), 3, work, d, d);
+        assert!(done.kvm_usable, "{done}");
+        let short = guest_outcome(ChildEnd::Exited(0), 2, work, d, d);
+        assert!(!short.kvm_usable && short.reason.contains("2 of 3"), "{short}");
+        let killed = guest_outcome(ChildEnd::Killed, 1, work, d, d);
+        assert!(!killed.kvm_usable && killed.reason.contains("1 of 3 work chunks in 500 ms"), "{killed}");
+        let refused = guest_outcome(ChildEnd::Exited(17), 0, work, d, d);
+        assert!(HOST_REFUSALS.iter().any(|r| refused.reason.contains(r)), "{refused}");
+        let wrong = guest_outcome(ChildEnd::Exited(18), 0, work, d, d);
+        assert!(!HOST_REFUSALS.iter().any(|r| wrong.reason.contains(r)), "{wrong}");
     }
 }

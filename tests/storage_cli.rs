@@ -496,3 +496,105 @@ fn a_hung_command_fails_its_test_naming_it() {
     assert!(msg.contains("hung:") && msg.contains("sleep 60") && msg.contains("before-hang"), "{msg}");
     assert!(started.elapsed() < std::time::Duration::from_secs(30));
 }
+
+/// A file outside every pool that a hostile image header names as its backing file.
+fn host_secret(k: &Kvm) -> std::path::PathBuf {
+    k.ok(&["pool-list"]); // the default pool's directory exists from the first command on
+    let secret = k.dir.path().join("host-secret.raw");
+    std::fs::write(&secret, b"KVMCTL-HOST-SECRET\n".repeat(4096)).unwrap();
+    secret
+}
+
+/// A raw disk whose guest wrote a qcow2 header onto it, naming `backing` as its backing file.
+fn raw_disk_with_guest_qcow2_header(k: &Kvm, name: &str, backing: &Path) -> std::path::PathBuf {
+    let hdr = k.dir.path().join(format!("{name}.hdr"));
+    sh(
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", "-b", backing.to_str().unwrap(), "-F", "raw", hdr.to_str().unwrap(), "1M"],
+    );
+    let mut bytes = std::fs::read(&hdr).unwrap();
+    bytes.resize(4 << 20, 0);
+    let disk = k.images().join(name);
+    std::fs::write(&disk, &bytes).unwrap();
+    disk
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn clone_reads_a_raw_disk_as_raw_even_with_a_guest_written_qcow2_header() {
+    if !qemu_tools() {
+        return;
+    }
+    let k = Kvm::new();
+    let secret = host_secret(&k);
+    let disk = raw_disk_with_guest_qcow2_header(&k, "vm.img", &secret);
+    let def = k.dir.path().join("vm.toml");
+    std::fs::write(
+        &def,
+        format!(
+            "name = \"vm\"\nuuid = \"8d0e3c2a-54f1-4c9e-a3b7-1f2e3d4c5b6a\"\nmemory_mib = 64\nvcpus = 1\n[[disks]]\npath = \"{}\"\nformat = \"raw\"\n",
+            disk.display()
+        ),
+    )
+    .unwrap();
+    k.ok(&["define", def.to_str().unwrap()]);
+    // Full clone (virt-clone) and vol-clone copy the disk's bytes as they are: the header is
+    // guest data, and the host file it names is never opened.
+    k.ok(&["clone", "vm", "vm2"]);
+    k.ok(&["vol-clone", "vm.img", "copy.img", "--pool", "default"]);
+    for copy in ["vm2.img", "copy.img"] {
+        let c = k.images().join(copy);
+        sh("qemu-img", &["compare", "-q", "-f", "raw", "-F", "raw", disk.to_str().unwrap(), c.to_str().unwrap()]);
+        assert!(!contains(&std::fs::read(&c).unwrap(), b"KVMCTL-HOST-SECRET"), "{copy} holds the host file");
+    }
+    // vol-info reads it as the definition records it.
+    let info = k.json(&["vol-info", "vm.img", "--pool", "default"]);
+    assert_eq!(info["format"], "raw", "{info}");
+    assert_eq!(info["capacity"], 4 << 20, "{info}");
+    // A linked clone's overlay records the source's format, raw: qemu never probes it either.
+    k.ok(&["clone", "vm", "vm3", "--linked"]);
+    let ov = sh("qemu-img", &["info", "--output=json", k.images().join("vm3.img").to_str().unwrap()]);
+    let ov: serde_json::Value = serde_json::from_str(&ov).unwrap();
+    assert_eq!(ov["backing-filename-format"], "raw", "{ov}");
+    assert_eq!(ov["virtual-size"], 4 << 20, "{ov}");
+}
+
+#[test]
+fn backing_files_are_followed_only_inside_pools_with_a_recorded_format() {
+    if !qemu_tools() {
+        return;
+    }
+    let k = Kvm::new();
+    let secret = host_secret(&k);
+    // A qcow2 in the pool whose backing file is a host file outside every pool.
+    let out = k.images().join("out.qcow2");
+    sh(
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", "-b", secret.to_str().unwrap(), "-F", "raw", out.to_str().unwrap(), "1M"],
+    );
+    let e = k.fails(1, &["vol-clone", "out.qcow2", "out2", "--pool", "default"]);
+    assert!(e.contains("host-secret.raw") && e.contains("outside every storage pool"), "{e}");
+    let e = k.fails(1, &["vol-import", out.to_str().unwrap(), "--pool", "default", "--name", "imp"]);
+    assert!(e.contains("outside every storage pool"), "{e}");
+    let left: Vec<String> =
+        std::fs::read_dir(k.images()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(left, ["out.qcow2"], "nothing was left behind");
+
+    // Inside a pool, with the format recorded: followed.
+    k.ok(&["vol-create-as", "default", "base.img", "1M"]);
+    k.ok(&["vol-create-as", "default", "ov.qcow2", "1M", "--format", "qcow2", "--backing-vol", "base.img"]);
+    k.ok(&["vol-clone", "ov.qcow2", "flat", "--pool", "default"]);
+    // The same overlay with its backing-format extension made unknown: refused, not probed.
+    let ov = k.images().join("ov.qcow2");
+    let mut bytes = std::fs::read(&ov).unwrap();
+    let at = bytes.windows(4).position(|w| w == [0xe2, 0x79, 0x2a, 0xca]).expect("backing format extension");
+    bytes[at..at + 4].copy_from_slice(&[0x00, 0x00, 0x00, 0x42]);
+    let nofmt = k.images().join("nofmt.qcow2");
+    std::fs::write(&nofmt, &bytes).unwrap();
+    let e = k.fails(1, &["vol-clone", "nofmt.qcow2", "flat2", "--pool", "default"]);
+    assert!(e.contains("has no recorded format") && e.contains("never probes"), "{e}");
+    assert!(!k.images().join("flat2").exists());
+}

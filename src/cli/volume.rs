@@ -137,7 +137,7 @@ pub fn run(cmd: VolCmd, ctx: &Ctx) -> anyhow::Result<()> {
         VolCmd::VolList { pool, pool_opt, details } => list(ctx, &pool.or(pool_opt).unwrap_or_default(), details)?,
         VolCmd::VolInfo { vol, pool } => {
             let v = volume::resolve(store, pool.as_deref(), &vol)?;
-            let info = volume::info(&v)?;
+            let info = volume::info(store, &v)?;
             if out.json {
                 #[derive(Serialize)]
                 struct J<'a> {
@@ -172,7 +172,7 @@ pub fn run(cmd: VolCmd, ctx: &Ctx) -> anyhow::Result<()> {
         }
         VolCmd::VolResize { vol, capacity, pool, delta, shrink } => {
             let v = volume::resolve(store, pool.as_deref(), &vol)?;
-            let new = volume::resize(&v, capacity, delta, shrink)?;
+            let new = volume::resize(store, &v, capacity, delta, shrink)?;
             out.done(format!("Size of volume '{}' successfully changed to {}", v.name, human(new)));
         }
         VolCmd::VolUpload { vol, file, pool } => {

@@ -12,7 +12,7 @@ use crate::paths::Kind;
 use crate::state::Store;
 use crate::state::TempFile;
 use crate::storage::copy::copy_image;
-use crate::storage::image::{self, Format};
+use crate::storage::image::{self, Format, Source};
 use crate::storage::qcow2::{self, Backing, Qcow2Writer};
 
 #[derive(Debug, Clone, Default)]
@@ -43,6 +43,8 @@ fn bad(name: &str, what: impl Into<String>) -> DomainError {
 pub struct DiskPlan {
     pub target: String,
     pub from: PathBuf,
+    /// The source disk's format as its definition records it (never probed).
+    pub format: Format,
     pub to: Option<PathBuf>,
 }
 
@@ -98,9 +100,11 @@ pub fn plan(store: &Store, o: &CloneOpts) -> Result<(DomainDef, Vec<DiskPlan>), 
     let mut files = o.files.iter();
     let mut n = 0;
     for (d, target) in def.disks.iter_mut().zip(targets) {
+        let format: Format =
+            d.format.to_string().parse().map_err(|e| bad(&o.original, format!("disk {target}: {e}")))?;
         // Read-only and shareable disks (CDs, shared data) are shared, not copied.
         if d.readonly || d.shareable || o.skip_copy.contains(&target) {
-            plans.push(DiskPlan { target, from: d.path.clone(), to: None });
+            plans.push(DiskPlan { target, from: d.path.clone(), format, to: None });
             continue;
         }
         let to = match files.next() {
@@ -115,7 +119,7 @@ pub fn plan(store: &Store, o: &CloneOpts) -> Result<(DomainDef, Vec<DiskPlan>), 
         } else if to.exists() {
             return Err(bad(&o.name, format!("disk {} already exists (name another with --file)", to.display())));
         }
-        plans.push(DiskPlan { target, from: d.path.clone(), to: Some(to.clone()) });
+        plans.push(DiskPlan { target, from: d.path.clone(), format, to: Some(to.clone()) });
         *d = DiskDef {
             path: to,
             created: true,
@@ -181,14 +185,16 @@ fn execute_disks(
     let work: Vec<&DiskPlan> = plans.iter().filter(|p| p.to.is_some()).collect();
     let total: u64 = work.iter().map(|p| std::fs::metadata(&p.from).map(|m| m.len()).unwrap_or(0)).sum();
     let done = std::sync::atomic::AtomicU64::new(0);
+    let policy = crate::storage::pool::backing_policy(store);
     let results: Vec<Result<TempFile, String>> = std::thread::scope(|s| {
         let handles: Vec<_> = work
             .iter()
             .map(|p| {
-                let done = &done;
+                let (done, policy) = (&done, &policy);
                 s.spawn(move || {
                     let to = p.to.as_ref().expect("planned");
-                    make_disk(&p.from, to, o.linked, o.nonsparse, o.sync, &|d| {
+                    let src = Source { path: &p.from, format: p.format, backing: policy };
+                    make_disk(src, to, o.linked, o.nonsparse, o.sync, &|d| {
                         progress(done.fetch_add(d, std::sync::atomic::Ordering::Relaxed) + d, total)
                     })
                 })
@@ -225,22 +231,24 @@ fn execute_disks(
     Ok(())
 }
 
-/// One new disk, written to a temp file beside its destination.
+/// One new disk, written to a temp file beside its destination; the source is read with the
+/// format its definition records.
 fn make_disk(
-    from: &Path,
+    src: Source,
     to: &Path,
     linked: bool,
     nonsparse: bool,
     sync: bool,
     progress: &dyn Fn(u64),
 ) -> Result<TempFile, String> {
-    let info = image::inspect(from).map_err(|e| format!("{}: {e}", from.display()))?;
+    let from = src.path;
+    let info = image::inspect_as(from, src.format).map_err(|e| format!("{}: {e}", from.display()))?;
     if let Some(p) = info.problem {
         return Err(format!("{}: {p}", from.display()));
     }
     let mut tmp = TempFile::new_beside(to, 0o600).map_err(|e| format!("{}: {e}", to.display()))?;
     if linked {
-        let backing = Backing { file: from.to_string_lossy().into_owned(), format: info.format.to_string() };
+        let backing = Backing { file: from.to_string_lossy().into_owned(), format: src.format.to_string() };
         if !qcow2::backing_name_fits(&backing.file) {
             return Err(format!("backing path {} is too long", backing.file));
         }
@@ -251,7 +259,7 @@ fn make_disk(
     } else {
         let out = tmp.file().try_clone().map_err(|e| e.to_string())?;
         let mut last = 0u64;
-        copy_image(from, &out, to, info.format, sync, &mut |d, _| {
+        copy_image(src, &out, to, src.format, sync, &mut |d, _| {
             progress(d - last);
             last = d;
         })
@@ -280,7 +288,9 @@ pub fn dependents(store: &Store, def: &DomainDef) -> Vec<String> {
             continue;
         }
         let Ok(other) = store.load::<DomainDef>(Kind::Domain, &n) else { continue };
-        let linked = other.disks.iter().any(|d| {
+        // Only a disk recorded as qcow2 has a header of its own: a raw disk's first bytes are
+        // the guest's, whatever they claim.
+        let linked = other.disks.iter().filter(|d| d.format == "qcow2").any(|d| {
             qcow2::read_header(&d.path)
                 .ok()
                 .and_then(|h| h.backing_file)

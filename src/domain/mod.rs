@@ -22,22 +22,35 @@ use crate::state::Store;
 
 /// `(domain name, disk path)` for every disk of every defined domain.
 pub fn disk_users(store: &Store) -> Vec<(String, PathBuf)> {
-    let mut users = Vec::new();
-    let Ok(names) = store.list(Kind::Domain) else {
-        return users;
-    };
-    for name in names {
-        let Ok(def) = store.load::<toml::Table>(Kind::Domain, &name) else {
-            continue;
-        };
-        let disks = def.get("disks").and_then(|d| d.as_array()).cloned().unwrap_or_default();
-        for d in disks {
+    disk_records(store).into_iter().map(|(name, path, _)| (name, path)).collect()
+}
+
+/// `(domain name, disk path, recorded format)` for every disk of every defined domain, read
+/// from the TOML itself so that a definition this version cannot load still counts.
+fn disk_records(store: &Store) -> Vec<(String, PathBuf, Option<String>)> {
+    let mut out = Vec::new();
+    for name in store.list(Kind::Domain).unwrap_or_default() {
+        let Ok(def) = store.load::<toml::Table>(Kind::Domain, &name) else { continue };
+        for d in def.get("disks").and_then(|d| d.as_array()).into_iter().flatten() {
             if let Some(p) = d.get("path").and_then(|p| p.as_str()) {
-                users.push((name.clone(), PathBuf::from(p)));
+                let format = d.get("format").and_then(|f| f.as_str()).map(str::to_string);
+                out.push((name.clone(), PathBuf::from(p), format));
             }
         }
     }
-    users
+    out
+}
+
+/// `(domain name, canonical disk path, recorded format)` for every defined domain disk that
+/// records a format.
+pub fn recorded_formats(store: &Store) -> Vec<(String, PathBuf, String)> {
+    disk_records(store)
+        .into_iter()
+        .filter_map(|(name, path, format)| {
+            let canon = std::fs::canonicalize(&path).unwrap_or(path);
+            Some((name, canon, format?))
+        })
+        .collect()
 }
 
 /// Names of the domains whose disks include `path`.

@@ -4,7 +4,7 @@
 use std::fs::File;
 use std::path::Path;
 
-use super::image::{is_zero, Chain, ChainError, Format};
+use super::image::{is_zero, Chain, ChainError, Format, Source};
 use super::qcow2::{Qcow2Error, Qcow2Writer};
 
 /// Bytes read per step; a multiple of the output cluster size.
@@ -21,14 +21,14 @@ pub enum CopyError {
     Write { path: String, source: std::io::Error },
 }
 
-/// Copy `src` into `out` (an empty file) as `format`; `progress(done, total)` is called
-/// after every chunk. Returns the virtual size.
+/// Copy `src` (read with its recorded format) into `out` (an empty file) as `format`;
+/// `progress(done, total)` is called after every chunk. Returns the virtual size.
 ///
 /// A reader thread walks the source chain while this thread writes, so reading, zero
 /// detection and writing overlap. With `durable`, writeback to disk is started as the copy
 /// goes, so that the caller's final fsync has little left to wait for.
 pub fn copy_image(
-    src: &Path,
+    src: Source,
     out: &File,
     out_path: &Path,
     format: Format,

@@ -57,8 +57,15 @@ pub struct ImageInfo {
     pub problem: Option<String>,
 }
 
-/// Inspect an image; never fails on a damaged image (the damage goes into `problem`).
+/// Inspect an image of unknown format (probed: for files no definition records); never fails
+/// on a damaged image (the damage goes into `problem`).
 pub fn inspect(path: &Path) -> io::Result<ImageInfo> {
+    inspect_as(path, detect(path)?)
+}
+
+/// Inspect an image as `format`, the format recorded for it: a raw disk whose content looks
+/// like qcow2 (a guest can write any header onto it) is still raw.
+pub fn inspect_as(path: &Path, format: Format) -> io::Result<ImageInfo> {
     let meta = std::fs::metadata(path)?;
     let mut info = ImageInfo {
         format: Format::Raw,
@@ -73,8 +80,13 @@ pub fn inspect(path: &Path) -> io::Result<ImageInfo> {
         info.problem = Some("not a regular file".into());
         return Ok(info);
     }
-    if detect(path)? == Format::Qcow2 {
+    if format == Format::Qcow2 {
         info.format = Format::Qcow2;
+        if !qcow2::is_qcow2(path)? {
+            info.capacity = 0;
+            info.problem = Some("recorded as qcow2, but it has no qcow2 header".into());
+            return Ok(info);
+        }
         match qcow2::read_header(path) {
             Ok(h) => {
                 info.capacity = h.size;
@@ -127,6 +139,67 @@ pub enum ChainError {
     TooDeep { path: PathBuf, max: usize },
     #[error("{path}: backing file '{backing}' not found")]
     MissingBacking { path: PathBuf, backing: String },
+    #[error(
+        "{path}: backing file '{backing}' is outside every storage pool (kvmctl follows backing \
+         files only inside pools: import or move it into one)"
+    )]
+    BackingOutsidePools { path: PathBuf, backing: String },
+    #[error(
+        "{path}: backing file '{backing}' has no recorded format, and kvmctl never probes one \
+         (record it: qemu-img rebase -u -F raw|qcow2 -b '{backing}' {path})"
+    )]
+    BackingFormatUnrecorded { path: PathBuf, backing: String },
+    #[error("{path}: backing file '{backing}' has format '{format}', which kvmctl does not read")]
+    BackingFormatUnsupported { path: PathBuf, backing: String, format: String },
+}
+
+/// Where backing files may be followed: the storage pools' directories. A backing file
+/// elsewhere (a host file a header names) or whose format its overlay does not record is
+/// refused, never opened or probed.
+#[derive(Debug, Clone, Default)]
+pub struct BackingPolicy {
+    dirs: Vec<PathBuf>,
+}
+
+impl BackingPolicy {
+    /// Backing files may live in `dirs` (canonicalized; missing ones are left out).
+    pub fn within(dirs: impl IntoIterator<Item = PathBuf>) -> BackingPolicy {
+        BackingPolicy { dirs: dirs.into_iter().filter_map(|d| std::fs::canonicalize(d).ok()).collect() }
+    }
+
+    /// The backing file `backing` named by the qcow2 `overlay` with recorded format `format`:
+    /// its path and format, if it may be followed.
+    fn follow(&self, overlay: &Path, backing: &str, format: Option<&str>) -> Result<(PathBuf, Format), ChainError> {
+        let err_path = || (overlay.to_path_buf(), backing.to_string());
+        let resolved = qcow2::resolve_backing(overlay, backing);
+        let Ok(canon) = std::fs::canonicalize(&resolved) else {
+            let (path, backing) = err_path();
+            return Err(ChainError::MissingBacking { path, backing });
+        };
+        if !canon.parent().is_some_and(|dir| self.dirs.iter().any(|d| d == dir)) {
+            let (path, backing) = err_path();
+            return Err(ChainError::BackingOutsidePools { path, backing });
+        }
+        let format = match format {
+            None => {
+                let (path, backing) = err_path();
+                return Err(ChainError::BackingFormatUnrecorded { path, backing });
+            }
+            Some(f) => f.parse::<Format>().map_err(|_| {
+                let (path, backing) = err_path();
+                ChainError::BackingFormatUnsupported { path, backing, format: f.to_string() }
+            })?,
+        };
+        Ok((canon, format))
+    }
+}
+
+/// An image to read: its path, the format recorded for it, and where its backing files may be.
+#[derive(Debug, Clone, Copy)]
+pub struct Source<'a> {
+    pub path: &'a Path,
+    pub format: Format,
+    pub backing: &'a BackingPolicy,
 }
 
 enum Layer {
@@ -143,28 +216,22 @@ pub struct Chain {
 const MAX_CHAIN: usize = 16;
 
 impl Chain {
-    pub fn open(path: &Path) -> Result<Chain, ChainError> {
+    /// Open `src` with its recorded format; each backing file is followed only as its
+    /// overlay records it and only where `src.backing` allows.
+    pub fn open(src: Source) -> Result<Chain, ChainError> {
+        let path = src.path;
         let mut layers = Vec::new();
-        let mut next = Some((path.to_path_buf(), None::<Format>));
+        let mut next = Some((path.to_path_buf(), src.format));
         while let Some((p, fmt)) = next.take() {
             if layers.len() == MAX_CHAIN {
                 return Err(ChainError::TooDeep { path: path.into(), max: MAX_CHAIN });
             }
             let ioe = |source| ChainError::Io { path: p.clone(), source };
-            let fmt = match fmt {
-                Some(f) => f,
-                None => detect(&p).map_err(ioe)?,
-            };
             match fmt {
                 Format::Qcow2 => {
                     let r = Qcow2Reader::open(&p)?;
                     if let Some(b) = &r.header.backing_file {
-                        let bp = qcow2::resolve_backing(&p, b);
-                        if !bp.exists() {
-                            return Err(ChainError::MissingBacking { path: p.clone(), backing: b.clone() });
-                        }
-                        let bf = r.header.backing_format.as_deref().and_then(|f| f.parse().ok());
-                        next = Some((bp, bf));
+                        next = Some(src.backing.follow(&p, b, r.header.backing_format.as_deref())?);
                     }
                     layers.push(Layer::Qcow2(r));
                 }

@@ -232,6 +232,12 @@ pub struct BrokenDef {
     pub error: String,
 }
 
+/// Backing files may be followed inside any defined pool's directory, and nowhere else.
+pub fn backing_policy(store: &Store) -> super::image::BackingPolicy {
+    let pools = list(store).unwrap_or_default();
+    super::image::BackingPolicy::within(pools.into_iter().flatten().map(|p| p.target))
+}
+
 /// Every defined pool, with unreadable definitions reported rather than hidden.
 pub fn list(store: &Store) -> Result<Vec<Result<PoolDef, BrokenDef>>, StorageError> {
     Ok(store

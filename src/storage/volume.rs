@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::copy::{copy_bytes, copy_image};
 use super::error::{io_at, StorageError};
-use super::image::{self, Format, ImageInfo, InUse};
+use super::image::{self, Format, ImageInfo, InUse, Source};
 use super::pool::{self, PoolDef, PoolState};
 use super::qcow2::{self, Backing, Qcow2Writer};
 use crate::state::TempFile;
@@ -83,6 +83,7 @@ pub struct VolEntry {
 
 pub fn list(store: &Store, pool_name: &str) -> Result<Vec<VolEntry>, StorageError> {
     let def = pool::active(store, pool_name)?;
+    let recorded = domain::recorded_formats(store);
     let mut out = Vec::new();
     for entry in fs::read_dir(&def.target).map_err(io_at(&def.target))? {
         let entry = entry.map_err(io_at(&def.target))?;
@@ -92,7 +93,8 @@ pub fn list(store: &Store, pool_name: &str) -> Result<Vec<VolEntry>, StorageErro
             continue;
         }
         let path = entry.path();
-        let (info, error) = match image::inspect(&path) {
+        let inspected = format_of(&recorded, &path).and_then(|f| image::inspect_as(&path, f).map_err(io_at(&path)));
+        let (info, error) = match inspected {
             Ok(i) => (Some(i), None),
             Err(e) => (None, Some(e.to_string())),
         };
@@ -102,8 +104,10 @@ pub fn list(store: &Store, pool_name: &str) -> Result<Vec<VolEntry>, StorageErro
     Ok(out)
 }
 
-pub fn info(vref: &VolRef) -> Result<ImageInfo, StorageError> {
-    image::inspect(&vref.path).map_err(io_at(&vref.path))
+/// What the volume is, read with its recorded format.
+pub fn info(store: &Store, vref: &VolRef) -> Result<ImageInfo, StorageError> {
+    let format = recorded_format(store, &vref.path)?;
+    image::inspect_as(&vref.path, format).map_err(io_at(&vref.path))
 }
 
 /// Refuse when a running qemu holds the image in a way that conflicts with `need`.
@@ -191,15 +195,18 @@ pub fn create_as(store: &Store, pool_name: &str, name: &str, opts: &CreateOpts) 
 fn backing_for(store: &Store, pool_name: &str, vol: &str, fmt: Option<Format>) -> Result<Backing, StorageError> {
     let b = resolve(store, Some(pool_name), vol).or_else(|_| resolve(store, None, vol))?;
     check_not_in_use(&b.path, true, "a backing file must not change under its overlays; shut the VM off first")?;
-    let detected = image::detect(&b.path).map_err(io_at(&b.path))?;
-    if detected == Format::Qcow2 {
+    let format = match fmt {
+        Some(f) => f,
+        None => recorded_format(store, &b.path)?,
+    };
+    if format == Format::Qcow2 {
         qcow2::read_header(&b.path)?;
     }
     let file = b.path.to_string_lossy().into_owned();
     if !qcow2::backing_name_fits(&file) {
         return Err(StorageError::Invalid(format!("backing path {file} is too long")));
     }
-    Ok(Backing { file, format: fmt.unwrap_or(detected).to_string() })
+    Ok(Backing { file, format: format.to_string() })
 }
 
 /// Volumes in active pools whose backing file is `path`.
@@ -237,8 +244,8 @@ pub fn delete(store: &Store, vref: &VolRef, force: bool) -> Result<(), StorageEr
 }
 
 /// `vol-resize`: `capacity` is absolute, or added to the current size with `delta`.
-pub fn resize(vref: &VolRef, capacity: u64, delta: bool, shrink: bool) -> Result<u64, StorageError> {
-    let info = info(vref)?;
+pub fn resize(store: &Store, vref: &VolRef, capacity: u64, delta: bool, shrink: bool) -> Result<u64, StorageError> {
+    let info = info(store, vref)?;
     if let Some(p) = info.problem {
         return Err(StorageError::Invalid(format!("volume {}: {p}", vref.path.display())));
     }
@@ -291,20 +298,49 @@ pub fn clone(
     progress: Progress,
 ) -> Result<VolRef, StorageError> {
     check_not_in_use(&src.path, true, "shut the VM off (or pause it) before cloning its disk")?;
-    let src_info = info(src)?;
+    let src_info = info(store, src)?;
+    let src_format = src_info.format;
     if let Some(p) = &src_info.problem {
         return Err(StorageError::Invalid(format!("volume {}: {p}", src.path.display())));
     }
     let mut nv = NewVolume::begin(store, pool_name, new_name)?;
     let dest = nv.dest.clone();
     if linked {
-        let backing = Backing { file: src.path.to_string_lossy().into_owned(), format: src_info.format.to_string() };
+        let backing = Backing { file: src.path.to_string_lossy().into_owned(), format: src_format.to_string() };
         Qcow2Writer::new(nv.file(), src_info.capacity, Some(backing))?.finish().map_err(io_at(&dest))?;
     } else {
         let out = nv.file().try_clone().map_err(io_at(&dest))?;
-        copy_image(&src.path, &out, &dest, src_info.format, sync, progress)?;
+        let policy = pool::backing_policy(store);
+        let source = Source { path: &src.path, format: src_format, backing: &policy };
+        copy_image(source, &out, &dest, src_format, sync, progress)?;
     }
     nv.commit(sync || linked)
+}
+
+/// The format recorded for the image at `path`: the one a defined VM's disk records for it
+/// (whatever its content looks like: a guest may write a qcow2 header onto its raw disk), else
+/// the one its content shows (a volume no definition names, as libvirt's directory pools probe).
+fn recorded_format(store: &Store, path: &Path) -> Result<Format, StorageError> {
+    format_of(&domain::recorded_formats(store), path)
+}
+
+/// [`recorded_format`] against `recorded` (from `domain::recorded_formats`, read once). Two
+/// VMs recording different formats for one file is refused.
+fn format_of(recorded: &[(String, PathBuf, String)], path: &Path) -> Result<Format, StorageError> {
+    let canon = fs::canonicalize(path).map_err(io_at(path))?;
+    let users: Vec<&(String, PathBuf, String)> = recorded.iter().filter(|(_, p, _)| *p == canon).collect();
+    match users.as_slice() {
+        [] => image::detect(path).map_err(io_at(path)),
+        [(_, _, f), rest @ ..] if rest.iter().all(|(_, _, g)| g == f) => f.parse().map_err(StorageError::Invalid),
+        _ => {
+            let named: Vec<String> = users.iter().map(|(d, _, f)| format!("domain '{d}' ({f})")).collect();
+            Err(StorageError::Invalid(format!(
+                "volume {}: its users record different formats: {}",
+                path.display(),
+                named.join(", ")
+            )))
+        }
+    }
 }
 
 /// `vol-import`: bring an image into a pool, converting to `format` if given.
@@ -325,11 +361,14 @@ pub fn import(
         Some(n) => n.to_string(),
         None => file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
     };
+    // Import is where a format is probed: the file comes from outside kvmctl.
     let src_fmt = image::detect(file).map_err(io_at(file))?;
+    let policy = pool::backing_policy(store);
     let mut nv = NewVolume::begin(store, pool_name, &name)?;
     let dest = nv.dest.clone();
     let out = nv.file().try_clone().map_err(io_at(&dest))?;
-    copy_image(file, &out, &dest, format.unwrap_or(src_fmt), sync, progress)?;
+    let source = Source { path: file, format: src_fmt, backing: &policy };
+    copy_image(source, &out, &dest, format.unwrap_or(src_fmt), sync, progress)?;
     nv.commit(sync)
 }
 

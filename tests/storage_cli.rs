@@ -314,8 +314,11 @@ fn linked_clone_is_an_overlay_and_protects_its_source() {
     // A write in the clone leaves the source as it was.
     qemu_write(&lc, "qcow2", 0x99, 0, 4096);
     sh("qemu-io", &["-f", "qcow2", "-c", "read -P 0x42 0 4096", base.to_str().unwrap()]);
-    let e = k.fails(1, &["vol-delete", "base.qcow2", "--pool", "default"]);
-    assert!(e.contains("volume default/lc.qcow2") && e.contains("--force"), "{e}");
+    // Nothing under an overlay is deleted, not even with --force.
+    for force in [&[][..], &["--force"][..]] {
+        let e = k.fails(1, &[&["vol-delete", "base.qcow2", "--pool", "default"][..], force].concat());
+        assert!(e.contains("overlay volume default/lc.qcow2") && e.contains("remove them first"), "{e}");
+    }
     k.ok(&["vol-delete", "lc.qcow2", "--pool", "default"]);
     k.ok(&["vol-delete", "base.qcow2", "--pool", "default"]);
 }
@@ -597,4 +600,54 @@ fn backing_files_are_followed_only_inside_pools_with_a_recorded_format() {
     let e = k.fails(1, &["vol-clone", "nofmt.qcow2", "flat2", "--pool", "default"]);
     assert!(e.contains("has no recorded format") && e.contains("never probes"), "{e}");
     assert!(!k.images().join("flat2").exists());
+}
+
+#[test]
+fn nothing_under_an_overlay_is_changed_and_the_refusal_names_it() {
+    if !qemu_tools() {
+        return;
+    }
+    let k = Kvm::new();
+    k.ok(&["vol-create-as", "default", "base.qcow2", "8M", "--format", "qcow2"]);
+    let base = k.images().join("base.qcow2");
+    sh("qemu-io", &["-f", "qcow2", "-c", "write -P 0x5a 0 1M", base.to_str().unwrap()]);
+    k.ok(&["vol-clone", "base.qcow2", "ov.qcow2", "--pool", "default", "--linked"]);
+    let ov = k.images().join("ov.qcow2");
+    let def = k.dir.path().join("b.toml");
+    std::fs::write(
+        &def,
+        format!(
+            "name = \"b\"\nuuid = \"0c5e6f2a-8d1b-4f3e-9a7c-2b4d6e8f0a1c\"\nmemory_mib = 64\nvcpus = 1\n\
+             [[disks]]\npath = \"{}\"\nformat = \"qcow2\"\n",
+            base.display()
+        ),
+    )
+    .unwrap();
+    k.ok(&["define", def.to_str().unwrap()]);
+    let named = |e: &str| e.contains("overlay volume default/ov.qcow2");
+    // start (it would write the disk the overlay reads through), shrink, upload, delete even
+    // with --force: each refused, naming the overlay.
+    let e = k.fails(1, &["start", "b"]);
+    assert!(named(&e) && e.contains("refusing to start"), "{e}");
+    let e = k.fails(1, &["vol-resize", "base.qcow2", "4M", "--shrink", "--pool", "default"]);
+    assert!(named(&e) && e.contains("refusing to shrink"), "{e}");
+    k.ok(&["vol-resize", "base.qcow2", "16M", "--pool", "default"]); // growing changes nothing it reads
+    let junk = k.dir.path().join("junk");
+    std::fs::write(&junk, vec![1u8; 1 << 20]).unwrap();
+    let e = k.fails(1, &["vol-upload", "base.qcow2", junk.to_str().unwrap(), "--pool", "default"]);
+    assert!(named(&e) && e.contains("refusing to overwrite"), "{e}");
+    let e = k.fails(1, &["vol-delete", "base.qcow2", "--pool", "default", "--force"]);
+    assert!(named(&e) && e.contains("refusing to delete"), "{e}");
+    // undefine --remove-all-storage keeps the disk the overlay needs, names it, and goes on.
+    let o = k.run(&["undefine", "b", "--remove-all-storage"]);
+    assert!(o.status.success(), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("keeping") && named(&err), "{err}");
+    assert!(base.exists());
+    // The overlay still reads the base's data.
+    sh("qemu-img", &["check", "-q", ov.to_str().unwrap()]);
+    sh("qemu-io", &["-f", "qcow2", "-c", "read -P 0x5a 0 1M", ov.to_str().unwrap()]);
+    // Once the overlay is gone, the base is free again.
+    k.ok(&["vol-delete", "ov.qcow2", "--pool", "default"]);
+    k.ok(&["vol-delete", "base.qcow2", "--pool", "default"]);
 }

@@ -18,6 +18,7 @@ use crate::domain::libvirt_xml;
 use crate::domain::lifecycle::{self, DomainError};
 use crate::domain::runtime::{self, RunDir, VmState};
 use crate::domain::supervisor::Request;
+use crate::inventory::Inventory;
 use crate::paths::Kind;
 
 #[derive(Debug, Subcommand)]
@@ -429,12 +430,12 @@ fn undefine(ctx: &Ctx, name: &str, remove_storage: bool, nvram: bool, keep_nvram
     }
     let mut removed = Vec::new();
     if remove_storage {
-        refuse_if_linked(store, &def, "delete its disks")?;
-        let others: Vec<(String, PathBuf)> =
-            crate::domain::disk_users(store).into_iter().filter(|(n, _)| n != name).collect();
+        // Each disk another VM or an overlay needs is kept and named; the rest are removed.
+        let inventory = Inventory::read(store);
         for d in def.disks.iter().filter(|d| !d.readonly) {
-            if let Some((o, _)) = others.iter().find(|(_, p)| p == &d.path) {
-                eprintln!("warning: keeping {}: also used by domain '{o}'", d.path.display());
+            let users = inventory.users_of(&d.path, Some(name));
+            if !users.is_empty() {
+                eprintln!("warning: keeping {}: used by {users}", d.path.display());
                 continue;
             }
             match std::fs::remove_file(&d.path) {
@@ -481,14 +482,15 @@ fn edit(ctx: &Ctx, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A VM whose disks back linked clones must not change (virt-manager issue 443).
+/// A VM whose disks back overlays (linked clones, `vol-clone --linked` volumes) must not
+/// change them (virt-manager issue 443).
 fn refuse_if_linked(store: &crate::state::Store, def: &DomainDef, what: &str) -> anyhow::Result<()> {
-    let deps = crate::domain::clone::dependents(store, def);
-    if !deps.is_empty() {
+    let overlays = Inventory::read(store).overlays_on_disks_of(&def.name);
+    if !overlays.is_empty() {
         bail!(
-            "domain '{}' has linked clones ({}): their disks are overlays on its disks; refusing to {what}",
+            "domain '{}' has disks that back overlays ({}): they read through its disks; refusing to {what}",
             def.name,
-            deps.join(", ")
+            overlays.join(", ")
         );
     }
     Ok(())

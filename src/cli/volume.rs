@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use super::output::{info_block, table};
 use super::Ctx;
+use crate::inventory::Inventory;
 use crate::size::{human, parse_size};
 use crate::storage::volume::{self, CreateOpts, VolRef};
 use crate::storage::Format;
@@ -167,17 +168,19 @@ pub fn run(cmd: VolCmd, ctx: &Ctx) -> anyhow::Result<()> {
         VolCmd::VolPath { vol, pool } => println!("{}", volume::resolve(store, pool.as_deref(), &vol)?.path.display()),
         VolCmd::VolDelete { vol, pool, force } => {
             let v = volume::resolve(store, pool.as_deref(), &vol)?;
-            volume::delete(store, &v, force)?;
+            volume::delete(&v, force, &Inventory::read(store).users_of(&v.path, None))?;
             out.done(format!("Vol {vol} deleted"));
         }
         VolCmd::VolResize { vol, capacity, pool, delta, shrink } => {
             let v = volume::resolve(store, pool.as_deref(), &vol)?;
-            let new = volume::resize(store, &v, capacity, delta, shrink)?;
+            let users = Inventory::read(store).users_of(&v.path, None);
+            let new = volume::resize(store, &v, capacity, delta, shrink, &users)?;
             out.done(format!("Size of volume '{}' successfully changed to {}", v.name, human(new)));
         }
         VolCmd::VolUpload { vol, file, pool } => {
             let v = volume::resolve(store, pool.as_deref(), &vol)?;
-            let n = volume::upload(&v, &file, &mut out.progress("upload"))?;
+            let users = Inventory::read(store).users_of(&v.path, None);
+            let n = volume::upload(&v, &file, &users, &mut out.progress("upload"))?;
             out.done(format!("Uploaded {} into {}", human(n), v.name));
         }
         VolCmd::VolDownload { vol, file, pool } => {

@@ -277,29 +277,3 @@ fn make_disk(
     }
     Ok(tmp)
 }
-
-/// Other VMs whose disks are overlays on one of `def`'s writable disks (linked clones).
-pub fn dependents(store: &Store, def: &DomainDef) -> Vec<String> {
-    let mine: Vec<PathBuf> =
-        def.disks.iter().filter(|d| !d.readonly).filter_map(|d| std::fs::canonicalize(&d.path).ok()).collect();
-    let mut out = Vec::new();
-    for n in store.list(Kind::Domain).unwrap_or_default() {
-        if n == def.name {
-            continue;
-        }
-        let Ok(other) = store.load::<DomainDef>(Kind::Domain, &n) else { continue };
-        // Only a disk recorded as qcow2 has a header of its own: a raw disk's first bytes are
-        // the guest's, whatever they claim.
-        let linked = other.disks.iter().filter(|d| d.format == "qcow2").any(|d| {
-            qcow2::read_header(&d.path)
-                .ok()
-                .and_then(|h| h.backing_file)
-                .and_then(|b| std::fs::canonicalize(qcow2::resolve_backing(&d.path, &b)).ok())
-                .is_some_and(|b| mine.contains(&b))
-        });
-        if linked {
-            out.push(n);
-        }
-    }
-    out
-}

@@ -22,19 +22,31 @@ use crate::state::Store;
 
 /// `(domain name, disk path)` for every disk of every defined domain.
 pub fn disk_users(store: &Store) -> Vec<(String, PathBuf)> {
-    disk_records(store).into_iter().map(|(name, path, _)| (name, path)).collect()
+    disk_records(store).into_iter().map(|r| (r.domain, r.path)).collect()
 }
 
-/// `(domain name, disk path, recorded format)` for every disk of every defined domain, read
-/// from the TOML itself so that a definition this version cannot load still counts.
-fn disk_records(store: &Store) -> Vec<(String, PathBuf, Option<String>)> {
+/// One disk of a defined domain, as its definition records it.
+pub struct DiskRecord {
+    pub domain: String,
+    pub path: PathBuf,
+    pub format: Option<String>,
+    pub readonly: bool,
+}
+
+/// Every disk of every defined domain, read from the TOML itself so that a definition this
+/// version cannot load still counts.
+pub fn disk_records(store: &Store) -> Vec<DiskRecord> {
     let mut out = Vec::new();
     for name in store.list(Kind::Domain).unwrap_or_default() {
         let Ok(def) = store.load::<toml::Table>(Kind::Domain, &name) else { continue };
         for d in def.get("disks").and_then(|d| d.as_array()).into_iter().flatten() {
             if let Some(p) = d.get("path").and_then(|p| p.as_str()) {
-                let format = d.get("format").and_then(|f| f.as_str()).map(str::to_string);
-                out.push((name.clone(), PathBuf::from(p), format));
+                out.push(DiskRecord {
+                    domain: name.clone(),
+                    path: PathBuf::from(p),
+                    format: d.get("format").and_then(|f| f.as_str()).map(str::to_string),
+                    readonly: d.get("readonly").and_then(|r| r.as_bool()).unwrap_or(false),
+                });
             }
         }
     }
@@ -46,9 +58,9 @@ fn disk_records(store: &Store) -> Vec<(String, PathBuf, Option<String>)> {
 pub fn recorded_formats(store: &Store) -> Vec<(String, PathBuf, String)> {
     disk_records(store)
         .into_iter()
-        .filter_map(|(name, path, format)| {
-            let canon = std::fs::canonicalize(&path).unwrap_or(path);
-            Some((name, canon, format?))
+        .filter_map(|r| {
+            let canon = std::fs::canonicalize(&r.path).unwrap_or(r.path);
+            Some((r.domain, canon, r.format?))
         })
         .collect()
 }

@@ -52,6 +52,8 @@ pub enum StorageError {
     InUse { path: PathBuf, how: &'static str, hint: &'static str },
     #[error("volume {path} is used by {users}; pass --force to delete it anyway")]
     UsedBy { path: PathBuf, users: String },
+    #[error("volume {path} is the backing file of {overlays}: refusing to {what} it (they read through it); remove them first")]
+    UnderOverlays { path: PathBuf, overlays: String, what: &'static str },
     #[error("volume {path}: new capacity {new} is smaller than the current {old}; pass --shrink to shrink it (data beyond the new end is lost)")]
     ShrinkRefused { path: PathBuf, new: String, old: String },
     #[error("volume {path}: capacity must be greater than zero")]

@@ -10,6 +10,7 @@ use super::error::{io_at, StorageError};
 use super::image::{self, Format, ImageInfo, InUse, Source};
 use super::pool::{self, PoolDef, PoolState};
 use super::qcow2::{self, Backing, Qcow2Writer};
+use super::Users;
 use crate::state::TempFile;
 use crate::{domain, names, process, size, state::Store};
 
@@ -209,32 +210,13 @@ fn backing_for(store: &Store, pool_name: &str, vol: &str, fmt: Option<Format>) -
     Ok(Backing { file, format: format.to_string() })
 }
 
-/// Volumes in active pools whose backing file is `path`.
-fn overlays_of(store: &Store, path: &Path) -> Vec<String> {
-    let mut deps = Vec::new();
-    for p in active_pools(store).unwrap_or_default() {
-        for v in list(store, &p.name).unwrap_or_default() {
-            if let Some(b) = v.info.as_ref().and_then(|i| i.backing_file.as_ref()) {
-                let bp = qcow2::resolve_backing(&v.path, b);
-                if fs::canonicalize(&bp).ok().as_deref() == Some(path) {
-                    deps.push(format!("volume {}/{}", p.name, v.name));
-                }
-            }
-        }
-    }
-    deps
-}
-
-pub fn delete(store: &Store, vref: &VolRef, force: bool) -> Result<(), StorageError> {
+/// `vol-delete`: refused while overlays read through the volume (always) or a defined VM uses
+/// it (unless `force`); `users` comes from the caller's inventory.
+pub fn delete(vref: &VolRef, force: bool, users: &Users) -> Result<(), StorageError> {
     check_not_in_use(&vref.path, false, "stop the VM first")?;
-    if !force {
-        let canon = fs::canonicalize(&vref.path).map_err(io_at(&vref.path))?;
-        let mut users: Vec<String> =
-            domain::domains_using(store, &canon).into_iter().map(|d| format!("domain '{d}'")).collect();
-        users.extend(overlays_of(store, &canon));
-        if !users.is_empty() {
-            return Err(StorageError::UsedBy { path: vref.path.clone(), users: users.join(", ") });
-        }
+    users.refuse_overlays(&vref.path, "delete")?;
+    if !force && !users.domains.is_empty() {
+        return Err(StorageError::UsedBy { path: vref.path.clone(), users: users.to_string() });
     }
     fs::remove_file(&vref.path).map_err(io_at(&vref.path))?;
     if let Some(dir) = vref.path.parent() {
@@ -244,7 +226,15 @@ pub fn delete(store: &Store, vref: &VolRef, force: bool) -> Result<(), StorageEr
 }
 
 /// `vol-resize`: `capacity` is absolute, or added to the current size with `delta`.
-pub fn resize(store: &Store, vref: &VolRef, capacity: u64, delta: bool, shrink: bool) -> Result<u64, StorageError> {
+/// Shrinking is refused under overlays (`users`): the data they read through it would go.
+pub fn resize(
+    store: &Store,
+    vref: &VolRef,
+    capacity: u64,
+    delta: bool,
+    shrink: bool,
+    users: &Users,
+) -> Result<u64, StorageError> {
     let info = info(store, vref)?;
     if let Some(p) = info.problem {
         return Err(StorageError::Invalid(format!("volume {}: {p}", vref.path.display())));
@@ -263,6 +253,9 @@ pub fn resize(store: &Store, vref: &VolRef, capacity: u64, delta: bool, shrink: 
             new: size::human(new),
             old: size::human(info.capacity),
         });
+    }
+    if new < info.capacity {
+        users.refuse_overlays(&vref.path, "shrink")?;
     }
     check_not_in_use(&vref.path, false, "resize a running VM's disk with its block_resize, or shut it off first")?;
     match info.format {
@@ -373,8 +366,10 @@ pub fn import(
 }
 
 /// `vol-upload`: replace the volume's content with a file's bytes, atomically.
-pub fn upload(vref: &VolRef, file: &Path, progress: Progress) -> Result<u64, StorageError> {
+/// Refused under overlays (`users`): replacing the bytes would change what they read.
+pub fn upload(vref: &VolRef, file: &Path, users: &Users, progress: Progress) -> Result<u64, StorageError> {
     check_not_in_use(&vref.path, false, "stop the VM first")?;
+    users.refuse_overlays(&vref.path, "overwrite")?;
     let src = File::open(file).map_err(io_at(file))?;
     let mut tmp = TempFile::new_beside(&vref.path, 0o600).map_err(io_at(&vref.path))?;
     let n = copy_bytes(&src, tmp.file(), &vref.path, progress)?;

@@ -15,7 +15,7 @@ pub mod runtime;
 pub mod supervisor;
 pub mod tap;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use crate::paths::Kind;
 use crate::state::Store;
@@ -63,14 +63,4 @@ pub fn recorded_formats(store: &Store) -> Vec<(String, PathBuf, String)> {
             Some((r.domain, canon, r.format?))
         })
         .collect()
-}
-
-/// Names of the domains whose disks include `path`.
-pub fn domains_using(store: &Store, path: &Path) -> Vec<String> {
-    let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
-    let want = canon(path);
-    let mut names: Vec<String> =
-        disk_users(store).into_iter().filter(|(_, p)| canon(p) == want).map(|(n, _)| n).collect();
-    names.dedup();
-    names
 }

@@ -77,13 +77,13 @@ pub fn plan(store: &Store, o: &CloneOpts) -> Result<(DomainDef, Vec<DiskPlan>), 
             None | Some("RANDOM") => super::install::random_mac(&used),
             Some(m) => {
                 let p: crate::network::MacAddr = m.parse().map_err(|e| bad(&o.name, format!("--mac {m}: {e}")))?;
-                if p.is_multicast() || p.is_zero() || used.contains(&p.to_string()) {
+                if p.is_multicast() || p.is_zero() || used.contains(&p) {
                     return Err(bad(&o.name, format!("--mac {m}: must be unicast, non-zero and unused")));
                 }
-                p.to_string()
+                p
             }
         };
-        used.insert(nic.mac.clone());
+        used.insert(nic.mac);
     }
     // A UEFI VM's variable store is copied for the clone (execute copies it).
     if let super::definition::Firmware::Uefi { nvram, .. } = &mut def.firmware {
@@ -119,7 +119,7 @@ pub fn plan(store: &Store, o: &CloneOpts) -> Result<(DomainDef, Vec<DiskPlan>), 
         *d = DiskDef {
             path: to,
             created: true,
-            format: if o.linked { "qcow2".into() } else { d.format.clone() },
+            format: if o.linked { crate::storage::image::Format::Qcow2 } else { d.format },
             ..d.clone()
         };
     }

@@ -387,4 +387,14 @@ mod tests {
         assert!(text.contains("[[disks]]") && text.contains("type = \"network\""), "{text}");
         assert_eq!(toml::from_str::<DomainDef>(&text).unwrap(), d);
     }
+
+    #[test]
+    fn cache_default_written_by_earlier_versions_reads_as_no_cache_option() {
+        let text = "name = \"v\"\nmemory_mib = 64\nvcpus = 1\n[[disks]]\npath = \"/d\"\nformat = \"raw\"\ncache = \"default\"\n";
+        let d: DomainDef = toml::from_str(text).unwrap();
+        assert_eq!(d.disks[0].cache, None);
+        assert!(!toml::to_string(&d).unwrap().contains("cache"));
+        let e = toml::from_str::<DomainDef>(&text.replace("\"default\"", "\"none,x\"")).unwrap_err().to_string();
+        assert!(e.contains("cache \"none,x\" is not one of none, writeback, writethrough, unsafe, directsync"), "{e}");
+    }
 }

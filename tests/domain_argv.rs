@@ -9,13 +9,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kvmctl::domain::argv::{render, RenderEnv};
+use kvmctl::domain::argv::{render, ArgvError, RenderEnv};
 use kvmctl::domain::definition::*;
 
 fn disk(path: &str, format: &str, bus: DiskBus, device: DiskDevice) -> DiskDef {
     DiskDef {
         path: path.into(),
-        format: format.into(),
+        format: format.parse().unwrap(),
         bus,
         device,
         cache: None,
@@ -26,7 +26,7 @@ fn disk(path: &str, format: &str, bus: DiskBus, device: DiskDevice) -> DiskDef {
 }
 
 fn nic(source: NicSource, model: NicModel, mac: &str) -> NicDef {
-    NicDef { source, model, mac: mac.into() }
+    NicDef { source, model, mac: mac.parse().unwrap() }
 }
 
 fn base(name: &str) -> DomainDef {
@@ -64,14 +64,14 @@ fn cases() -> Vec<(&'static str, DomainDef, Accel)> {
     let mut ro = disk("@D/shared.raw", "raw", DiskBus::Virtio, DiskDevice::Disk);
     ro.readonly = true;
     ro.shareable = true;
-    ro.cache = Some("none".into());
+    ro.cache = Some(CacheMode::None);
     d.disks.push(ro);
     v.push(("disk-buses-cdrom-boot-order", d, Accel::Tcg));
 
     let mut d = base("nics");
-    d.machine = "q35".into();
-    d.cpu = Some("qemu64".into());
-    d.graphics = Graphics::Vnc { listen: "127.0.0.1".into() };
+    d.machine = "q35".parse().unwrap();
+    d.cpu = Some("qemu64".parse().unwrap());
+    d.graphics = Graphics::Vnc { listen: "127.0.0.1".parse().unwrap() };
     d.nics.push(nic(NicSource::Bridge { bridge: "br0".into() }, NicModel::E1000, "52:54:00:00:00:03"));
     d.nics.push(nic(NicSource::Network { network: "n".into() }, NicModel::Rtl8139, "52:54:00:00:00:04"));
     d.nics.push(nic(NicSource::User, NicModel::Virtio, "52:54:00:00:00:05"));
@@ -88,7 +88,51 @@ fn cases() -> Vec<(&'static str, DomainDef, Accel)> {
     let mut d = base("kvm");
     d.disks.push(disk("@D/vm.qcow2", "qcow2", DiskBus::Virtio, DiskDevice::Disk));
     v.push(("kvm-accel", d, Accel::Kvm));
+
+    v.push(("commas-in-every-free-form-field", commas(), Accel::Tcg));
     v
+}
+
+/// Issue 10: a comma in every free-form value the renderer places in an option string. Each
+/// is doubled (the name, disk and firmware paths, the socket paths: see `golden_run`) or,
+/// where qemu takes the whole argument (-kernel, -append), passed as it is. The typed fields
+/// (format, cache, bus, MAC, machine, CPU, VNC address) cannot hold one: see
+/// `typed_fields_refuse_a_comma_when_read`; an initrd path with one is refused.
+fn commas() -> DomainDef {
+    let mut d = base("com,ma");
+    d.machine = "pc-i440fx-7.2".parse().unwrap();
+    d.cpu = Some("Opteron_G1".parse().unwrap());
+    d.firmware = Firmware::Uefi { code: "@D/OVMF,CODE.fd".into(), nvram: "@D/uefi,VARS.fd".into() };
+    d.kernel = Some(KernelBoot {
+        kernel: "@D/vm,linuz".into(),
+        initrd: Some("@D/initrd".into()),
+        cmdline: "console=ttyS0,115200 kvmctl.marker=a,b".into(),
+    });
+    let caches = [CacheMode::Writeback, CacheMode::Writethrough, CacheMode::Unsafe, CacheMode::Directsync];
+    let disks = [
+        ("@D/vd,a.qcow2", "qcow2", DiskBus::Virtio),
+        ("@D/sd,a.raw", "raw", DiskBus::Sata),
+        ("@D/sd,b.raw", "raw", DiskBus::Scsi),
+        ("@D/hd,a.raw", "raw", DiskBus::Ide),
+    ];
+    for ((path, format, bus), cache) in disks.into_iter().zip(caches) {
+        let mut dd = disk(path, format, bus, DiskDevice::Disk);
+        dd.cache = Some(cache);
+        d.disks.push(dd);
+    }
+    d.disks.push(disk("@D/c,d.iso", "raw", DiskBus::Virtio, DiskDevice::Cdrom));
+    d.nics.push(nic(NicSource::Bridge { bridge: "br0".into() }, NicModel::Virtio, "52:54:00:00:00:07"));
+    d.nics.push(nic(NicSource::User, NicModel::E1000, "52:54:00:00:00:08"));
+    d
+}
+
+/// The runtime dir a golden is rendered with: with a comma for the comma case.
+fn golden_run(case: &str) -> &'static Path {
+    if case.starts_with("commas") {
+        Path::new("/run/kvm,ctl/domains/com,ma")
+    } else {
+        Path::new("/run/kvmctl/domains/x")
+    }
 }
 
 /// Render a case with the data dir and runtime paths given; tap NICs get `fds`.
@@ -96,7 +140,8 @@ fn render_case(def: &DomainDef, accel: Accel, data: &str, run: &Path, fds: &[Opt
     let mut def = def.clone();
     let fix = |p: &mut PathBuf| *p = PathBuf::from(p.display().to_string().replace("@D", data));
     def.disks.iter_mut().for_each(|d| fix(&mut d.path));
-    if let Firmware::Uefi { nvram, .. } = &mut def.firmware {
+    if let Firmware::Uefi { code, nvram } = &mut def.firmware {
+        fix(code);
         fix(nvram);
     }
     if let Some(k) = def.kernel.as_mut() {
@@ -113,7 +158,7 @@ fn render_case(def: &DomainDef, accel: Accel, data: &str, run: &Path, fds: &[Opt
         vhost: false,
         vnc_display: 0,
     };
-    render(&def, &env)
+    render(&def, &env).unwrap()
 }
 
 #[test]
@@ -122,7 +167,7 @@ fn qemu_argv_matches_goldens() {
     let regen = std::env::var("KVMCTL_REGEN_GOLDEN").as_deref() == Ok("1");
     for (name, def, accel) in cases() {
         let fds: Vec<_> = def.nics.iter().map(|n| if n.source == NicSource::User { None } else { Some(3) }).collect();
-        let argv = render_case(&def, accel, "/var/lib/kvmctl/images", Path::new("/run/kvmctl/domains/x"), &fds);
+        let argv = render_case(&def, accel, "/var/lib/kvmctl/images", golden_run(name), &fds);
         let text = argv.join("\n") + "\n";
         let file = dir.join(format!("{name}.argv"));
         if regen {
@@ -131,6 +176,106 @@ fn qemu_argv_matches_goldens() {
             let want = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
             assert_eq!(text, want, "golden {name} differs (KVMCTL_REGEN_GOLDEN=1 to regenerate)");
         }
+    }
+}
+
+/// The comma golden, read for what it must show (so a regenerated golden cannot lose it).
+#[test]
+fn comma_golden_doubles_every_comma_in_option_strings() {
+    let (_, def, accel) = cases().into_iter().find(|(n, _, _)| n.starts_with("commas")).unwrap();
+    let argv = render_case(&def, accel, "/img", golden_run("commas"), &[Some(3), None]);
+    let after = |flag: &str| -> Vec<&str> { argv.windows(2).filter(|w| w[0] == flag).map(|w| w[1].as_str()).collect() };
+    assert_eq!(after("-name"), ["guest=com,,ma,debug-threads=on"]);
+    assert_eq!(
+        after("-chardev"),
+        [
+            "socket,id=qmp,path=/run/kvm,,ctl/domains/com,,ma/qmp.sock,server=on,wait=off",
+            "socket,id=serial0,path=/run/kvm,,ctl/domains/com,,ma/console.sock,server=on,wait=off"
+        ]
+    );
+    let drives = after("-drive");
+    assert_eq!(drives[0], "if=pflash,format=raw,readonly=on,file=/img/OVMF,,CODE.fd");
+    assert_eq!(drives[1], "if=pflash,format=raw,file=/img/uefi,,VARS.fd");
+    assert_eq!(drives[2], "file=/img/vd,,a.qcow2,format=qcow2,if=none,id=drive0,cache=writeback");
+    assert_eq!(drives[5], "file=/img/hd,,a.raw,format=raw,if=none,id=drive3,cache=directsync");
+    assert_eq!(drives[6], "file=/img/c,,d.iso,format=raw,if=none,id=drive4,readonly=on");
+    assert_eq!(drives.len(), 7);
+    // qemu takes these arguments whole: no option syntax, nothing to escape.
+    assert_eq!(after("-kernel"), ["/img/vm,linuz"]);
+    assert_eq!(after("-append"), ["console=ttyS0,115200 kvmctl.marker=a,b"]);
+    assert_eq!(after("-machine"), ["pc-i440fx-7.2"]);
+    assert_eq!(after("-cpu"), ["Opteron_G1"]);
+}
+
+/// What no escaping makes safe is refused by the renderer itself.
+#[test]
+fn renderer_refuses_relative_image_paths_and_an_initrd_with_a_comma() {
+    let env = RenderEnv {
+        accel: Accel::Tcg,
+        qmp_socket: Path::new("/r/q"),
+        serial_socket: Path::new("/r/s"),
+        tap_fds: &[],
+        vhost: false,
+        vnc_display: 0,
+    };
+    let mut d = base("rel");
+    d.disks.push(disk(
+        r#"json:{"file":{"driver":"file","filename":"/etc/shadow"}}"#,
+        "raw",
+        DiskBus::Virtio,
+        DiskDevice::Disk,
+    ));
+    let e = render(&d, &env).unwrap_err();
+    assert!(matches!(&e, ArgvError::RelativePath { field, .. } if field == "disk 1"), "{e}");
+    assert!(e.to_string().starts_with("disk 1 path \"json:{"), "{e}");
+    let mut d = base("rel");
+    d.firmware = Firmware::Uefi { code: "/usr/share/OVMF/OVMF_CODE.fd".into(), nvram: "nbd:localhost:10809".into() };
+    let e = render(&d, &env).unwrap_err();
+    assert_eq!(e, ArgvError::RelativePath { field: "firmware.nvram".into(), path: "nbd:localhost:10809".into() });
+    let mut d = base("initrd");
+    d.kernel = Some(KernelBoot { kernel: "/k".into(), initrd: Some("/i,/etc/shadow".into()), cmdline: String::new() });
+    let e = render(&d, &env).unwrap_err().to_string();
+    assert_eq!(
+        e,
+        "kernel.initrd path \"/i,/etc/shadow\" holds a ',' (qemu's multiboot loader splits -initrd at commas)"
+    );
+}
+
+/// A definition file's typed fields: a value with a comma (or an `=`) is refused when the
+/// file is read, naming the field and the value, so it never reaches the renderer.
+#[test]
+fn typed_fields_refuse_a_comma_when_read() {
+    let good = "name = \"t\"\nmemory_mib = 64\nvcpus = 1\nmachine = \"pc\"\ncpu = \"max\"\n\
+                [graphics]\ntype = \"vnc\"\nlisten = \"127.0.0.1\"\n\
+                [[disks]]\npath = \"/d\"\nformat = \"raw\"\ncache = \"none\"\nbus = \"virtio\"\n\
+                [[nics]]\ntype = \"user\"\nmodel = \"virtio\"\nmac = \"52:54:00:00:00:01\"\n";
+    let d: DomainDef = toml::from_str(good).unwrap();
+    assert_eq!((d.disks[0].format, d.disks[0].cache), (DiskFormat::Raw, Some(CacheMode::None)));
+    // (field as written, with a comma, what the error must say)
+    let cases = [
+        (
+            "format = \"raw\"",
+            "format = \"raw,file=/etc/shadow\"",
+            "unknown variant `raw,file=/etc/shadow`, expected `qcow2` or `raw`",
+        ),
+        (
+            "cache = \"none\"",
+            "cache = \"none,file=/etc/shadow\"",
+            "cache \"none,file=/etc/shadow\" is not one of none, writeback",
+        ),
+        ("bus = \"virtio\"", "bus = \"virtio,x=y\"", "unknown variant `virtio,x=y`"),
+        ("model = \"virtio\"", "model = \"virtio,x=y\"", "unknown variant `virtio,x=y`"),
+        ("machine = \"pc\"", "machine = \"pc,accel=kvm\"", "machine \"pc,accel=kvm\" may hold only letters"),
+        ("cpu = \"max\"", "cpu = \"max,+vmx\"", "cpu \"max,+vmx\" may hold only letters"),
+        ("cpu = \"max\"", "cpu = \"max=1\"", "cpu \"max=1\" may hold only letters"),
+        ("mac = \"52:54:00:00:00:01\"", "mac = \"52:54:00:00:00:01,x\"", "'52:54:00:00:00:01,x' is not a MAC address"),
+        ("listen = \"127.0.0.1\"", "listen = \"127.0.0.1,to=99\"", "listen \"127.0.0.1,to=99\" is not an IP address"),
+    ];
+    for (from, to, want) in cases {
+        let text = good.replace(from, to);
+        assert_ne!(text, good, "{from}");
+        let e = toml::from_str::<DomainDef>(&text).unwrap_err().to_string();
+        assert!(e.contains(want), "{to}: {e}");
     }
 }
 
@@ -155,10 +300,10 @@ fn every_golden_argv_is_accepted_by_qemu() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().to_str().unwrap();
-    for f in ["vm.qcow2", "sata.qcow2"] {
+    for f in ["vm.qcow2", "sata.qcow2", "vd,a.qcow2"] {
         common::sh("qemu-img", &["create", "-q", "-f", "qcow2", &format!("{data}/{f}"), "64M"]);
     }
-    for f in ["scsi.raw", "ide,comma.raw", "cd.iso", "shared.raw"] {
+    for f in ["scsi.raw", "ide,comma.raw", "cd.iso", "shared.raw", "sd,a.raw", "sd,b.raw", "hd,a.raw", "c,d.iso"] {
         std::fs::write(tmp.path().join(f), vec![0u8; 1 << 20]).unwrap();
     }
     // qemu loads -kernel at machine init (before -S takes effect): it must be a real kernel.
@@ -167,16 +312,20 @@ fn every_golden_argv_is_accepted_by_qemu() {
         return;
     }
     std::fs::copy(guest.join("vmlinuz"), tmp.path().join("vmlinuz")).unwrap();
+    std::fs::copy(guest.join("vmlinuz"), tmp.path().join("vm,linuz")).unwrap();
     std::fs::copy(guest.join("initramfs.cpio.gz"), tmp.path().join("initrd")).unwrap();
     if !common::require("OVMF (apt: ovmf)", Path::new("/usr/share/OVMF/OVMF_VARS.fd").exists()) {
         return;
     }
     std::fs::copy("/usr/share/OVMF/OVMF_VARS.fd", tmp.path().join("uefi_VARS.fd")).unwrap();
+    std::fs::copy("/usr/share/OVMF/OVMF_VARS.fd", tmp.path().join("uefi,VARS.fd")).unwrap();
+    std::fs::copy("/usr/share/OVMF/OVMF_CODE.fd", tmp.path().join("OVMF,CODE.fd")).unwrap();
     // The host's KVM is not a prerequisite: a KVM case runs with -accel kvm only where the
     // project's own probe says KVM is usable here.
     let verdict = kvmctl::domain::accel::probe(tmp.path());
     for (name, def, accel) in cases() {
-        let run = tmp.path().join(format!("run-{name}"));
+        // A comma in every runtime path too: the QMP and serial socket paths are escaped.
+        let run = tmp.path().join(format!("run,{name}"));
         std::fs::create_dir(&run).unwrap();
         let taps: Vec<Option<OwnedFd>> =
             def.nics.iter().map(|n| (n.source != NicSource::User).then(tap_in_private_netns)).collect();

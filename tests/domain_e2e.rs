@@ -269,11 +269,13 @@ fn install_bad_input_is_refused_and_leaves_nothing() {
     assert!(err(&["--name", "x", "--import"], 1).contains("--import needs a --disk"));
     assert!(err(&["--name", "x", "--disk", "size=1"], 1).contains("no install source"));
     assert!(err(&["--name", "x", "--disk", "size=1,sise=2", "--import"], 2).contains("unknown key 'sise'"));
-    assert!(err(&["--name", "x", "--vcpus", "0", "--disk", "size=1", "--import"], 1).contains("--vcpus 0"));
-    assert!(err(&["--name", "x", "--vcpus", "4096", "--disk", "size=1", "--import"], 1).contains("--vcpus 4096"));
+    assert!(err(&["--name", "x", "--vcpus", "0", "--disk", "size=1", "--import"], 1)
+        .contains("domain 'x': vcpus 0: must be between 1 and the host's"));
+    assert!(err(&["--name", "x", "--vcpus", "4096", "--disk", "size=1", "--import"], 1)
+        .contains("domain 'x': vcpus 4096: must be between 1 and the host's"));
     assert!(err(&["--name", "x/y", "--disk", "size=1", "--import"], 1).contains("'/'"));
     let o = h.k.in_ns(&h.ns, &["install", "--name", "x", "--memory", "0", "--disk", "size=1", "--import"]);
-    assert!(String::from_utf8_lossy(&o.stderr).contains("--memory 0"));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("domain 'x': memory 0 MiB: must be between 1 and the host's"));
     // --accel kvm where the probe says KVM cannot run is refused, with its reason, before
     // anything runs. (Where KVM is usable there is nothing to refuse.)
     let probe_dir = tempfile::tempdir().unwrap();
@@ -286,12 +288,33 @@ fn install_bad_input_is_refused_and_leaves_nothing() {
         assert!(e.contains("--accel kvm requested, but KVM unusable"), "{e}");
         assert!(e.contains(verdict.reason.trim_start_matches("KVM unusable: ")), "{e}");
     }
-    // qemu itself refuses: its own message, and the volume this install created is removed.
+    // A CPU model qemu does not have is refused before anything is created.
     let e = err(
         &["--name", "q", "--disk", "pool=default,size=1", "--import", "--cpu", "no-such-cpu", "--network", "none"],
         1,
     );
-    assert!(e.contains("unable to find CPU model 'no-such-cpu'"), "{e}");
+    assert!(e.contains("cpu \"no-such-cpu\" is not a CPU model of qemu-system-x86_64"), "{e}");
+    assert!(!h.k.images().join("q.qcow2").exists());
+    assert!(!h.k.root().join("run/domains/q").exists());
+    // qemu itself refuses (host needs KVM): its own message, and the volume this install
+    // created is removed.
+    let e = err(
+        &[
+            "--name",
+            "q",
+            "--disk",
+            "pool=default,size=1",
+            "--import",
+            "--accel",
+            "tcg",
+            "--cpu",
+            "host",
+            "--network",
+            "none",
+        ],
+        1,
+    );
+    assert!(e.contains("CPU model 'host' requires KVM"), "{e}");
     assert!(!h.k.images().join("q.qcow2").exists());
     assert!(!h.k.root().join("run/domains/q").exists());
     // A disk used by another defined VM; a name already defined.

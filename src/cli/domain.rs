@@ -13,6 +13,7 @@ use super::console::{attach, console_cmd, ConsoleArgs};
 use super::install::{install_cmd, InstallArgs};
 use super::output::{info_block, table, yes_no};
 use super::Ctx;
+use crate::domain::define;
 use crate::domain::definition::{DomainDef, NicSource};
 use crate::domain::libvirt_xml;
 use crate::domain::lifecycle::{self, DomainError};
@@ -118,11 +119,13 @@ pub fn run(cmd: DomCmd, ctx: &Ctx) -> anyhow::Result<()> {
         DomCmd::List { all, name, uuid } => list(ctx, all, name, uuid)?,
         DomCmd::Define { file } => {
             let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
-            let def: DomainDef = toml::from_str(&text)
-                .with_context(|| format!("{}: not a valid kvmctl domain definition", file.display()))?;
-            crate::names::validate("domain", &def.name)?;
-            let _l = store.lock(Kind::Domain, &def.name)?;
-            store.save(Kind::Domain, &def.name, &def)?;
+            let not_valid = || format!("{}: not a valid kvmctl domain definition", file.display());
+            let name = define::parse(&text, None).with_context(not_valid)?.name;
+            crate::names::validate("domain", &name)?;
+            let _l = store.lock(Kind::Domain, &name)?;
+            let previous = define::previous(store, &name);
+            let def = define::parse(&text, previous.as_ref()).with_context(not_valid)?;
+            define::save(store, &def, previous.as_ref())?;
             out.done(format!("Domain '{}' defined from {}", def.name, file.display()));
         }
         DomCmd::Dumpxml { domain } => print!("{}", libvirt_xml::to_xml(&lifecycle::current_def(store, &domain)?)),
@@ -130,7 +133,7 @@ pub fn run(cmd: DomCmd, ctx: &Ctx) -> anyhow::Result<()> {
         DomCmd::Start { domain, console } => {
             {
                 let _l = store.lock(Kind::Domain, &domain)?;
-                let def: DomainDef = store.load(Kind::Domain, &domain)?;
+                let def = define::load(store, &domain)?;
                 refuse_if_linked(store, &def, "start it for writing")?;
                 lifecycle::start(store, &def, false, &notify)?;
             }
@@ -328,7 +331,7 @@ fn domiflist(ctx: &Ctx, name: &str) -> anyhow::Result<()> {
             };
             let iface =
                 if n.source == NicSource::User { "-".into() } else { taps.next().unwrap_or_else(|| "-".into()) };
-            vec![iface, ty.into(), src, format!("{:?}", n.model).to_lowercase(), n.mac.clone()]
+            vec![iface, ty.into(), src, format!("{:?}", n.model).to_lowercase(), n.mac.to_string()]
         })
         .collect();
     if ctx.out.json {
@@ -363,11 +366,11 @@ fn domifaddr(ctx: &Ctx, name: &str) -> anyhow::Result<()> {
                 let Some(st) = crate::network::lifecycle::load_state(store, network) else { continue };
                 for l in crate::network::lifecycle::current_leases(store, &st)
                     .into_iter()
-                    .filter(|l| l.mac.as_deref() == Some(&n.mac))
+                    .filter(|l| l.mac.as_deref() == Some(n.mac.to_string().as_str()))
                 {
                     rows.push(IfAddr {
                         name: iface.clone(),
-                        mac: n.mac.clone(),
+                        mac: n.mac.to_string(),
                         protocol: "ipv4",
                         address: format!("{}/{}", l.ip, l.prefix),
                         source: format!("lease ({network})"),
@@ -387,7 +390,7 @@ fn domifaddr(ctx: &Ctx, name: &str) -> anyhow::Result<()> {
                 if let Some(ip) = usernet_guest_addr(&text, &format!("net{idx}")) {
                     rows.push(IfAddr {
                         name: "-".into(),
-                        mac: n.mac.clone(),
+                        mac: n.mac.to_string(),
                         protocol: "ipv4",
                         address: format!("{ip}/24"),
                         source: "user-mode DHCP (QMP)".into(),
@@ -468,8 +471,8 @@ fn edit(ctx: &Ctx, name: &str) -> anyhow::Result<()> {
         &toml::to_string_pretty(&old)?,
         &format!("domain '{name}'"),
     )?;
-    let new: DomainDef =
-        toml::from_str(&text).map_err(|e| anyhow::anyhow!("invalid definition, domain '{name}' unchanged: {e}"))?;
+    let new = define::parse(&text, Some(&old))
+        .map_err(|e| anyhow::anyhow!("invalid definition, domain '{name}' unchanged: {e}"))?;
     if new.name != name {
         bail!("edit cannot rename domain '{name}' to '{}'; domain unchanged", new.name);
     }
@@ -477,7 +480,7 @@ fn edit(ctx: &Ctx, name: &str) -> anyhow::Result<()> {
         ctx.out.done(format!("Domain '{name}' XML configuration not changed."));
         return Ok(());
     }
-    store.save(Kind::Domain, name, &new)?;
+    define::save(store, &new, Some(&old)).with_context(|| format!("domain '{name}' unchanged"))?;
     ctx.out.done(format!("Domain '{name}' edited (takes effect at the next start)."));
     Ok(())
 }
@@ -516,7 +519,7 @@ fn up(ctx: &Ctx) -> anyhow::Result<()> {
     drop(nl);
     drop(rt);
     for name in store.list(Kind::Domain)? {
-        let Ok(def) = store.load::<DomainDef>(Kind::Domain, &name) else { continue };
+        let Ok(def) = define::load(store, &name) else { continue };
         if !def.autostart || RunDir::of(store, &name).alive() {
             continue;
         }

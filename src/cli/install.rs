@@ -10,7 +10,7 @@ use clap::Args;
 use super::console::attach;
 use super::Ctx;
 use crate::domain::accel::Accel;
-use crate::domain::definition::{DomainDef, Graphics, KernelBoot, NicSource};
+use crate::domain::definition::{CpuModel, DomainDef, Graphics, KernelBoot, MachineType, NicSource};
 use crate::domain::install::{self, Created, InstallOpts};
 use crate::domain::lifecycle;
 use crate::domain::options::{split_kv, DiskSpec, NetSpec};
@@ -26,9 +26,9 @@ pub struct InstallArgs {
     memory: u64,
     #[arg(long, default_value_t = 1)]
     vcpus: u32,
-    /// qemu CPU model (default: host under KVM, max under TCG).
+    /// qemu CPU model, one of `qemu-system-x86_64 -cpu help` (default: host under KVM, max under TCG).
     #[arg(long)]
-    cpu: Option<String>,
+    cpu: Option<CpuModel>,
     /// path=P | vol=POOL/NAME | pool=P,size=GiB | size=GiB, with format=, bus=, cache=, device=, readonly=, shareable=, backing_store=
     #[arg(long)]
     disk: Vec<DiskSpec>,
@@ -61,8 +61,9 @@ pub struct InstallArgs {
     /// virt-install's --virt-type: kvm or qemu (= tcg).
     #[arg(long, conflicts_with = "accel")]
     virt_type: Option<String>,
+    /// qemu machine type, one of `qemu-system-x86_64 -machine help` (default: pc).
     #[arg(long)]
-    machine: Option<String>,
+    machine: Option<MachineType>,
     /// Print the definition and the qemu argv; create and start nothing.
     #[arg(long)]
     dry_run: bool,
@@ -136,12 +137,12 @@ fn parse_graphics(g: &str) -> anyhow::Result<Graphics> {
     match items.first().map(|(k, _)| k.as_str()) {
         Some("none") => Ok(Graphics::None),
         Some("vnc") => {
-            let listen = items
-                .iter()
-                .find(|(k, _)| k == "listen")
-                .and_then(|(_, v)| v.clone())
-                .unwrap_or_else(|| "127.0.0.1".into());
-            Ok(Graphics::Vnc { listen })
+            let listen =
+                items.iter().find(|(k, _)| k == "listen").and_then(|(_, v)| v.as_deref()).unwrap_or("127.0.0.1");
+            match listen.parse() {
+                Ok(listen) => Ok(Graphics::Vnc { listen }),
+                Err(_) => bail!("--graphics '{g}': listen='{listen}' is not an IP address"),
+            }
         }
         _ => bail!("--graphics '{g}': use none or vnc[,listen=ADDR]"),
     }
@@ -239,10 +240,9 @@ fn install_steps(
             vhost: crate::domain::tap::vhost_available(),
             vnc_display: 0,
         };
-        println!(
-            "# qemu argv (tap fds are opened at start)\nqemu-system-x86_64 {}",
-            crate::domain::argv::render(&def, &env).join(" ")
-        );
+        let argv = crate::domain::argv::render(&def, &env)
+            .map_err(|source| lifecycle::DomainError::Definition { name: def.name.clone(), source: source.into() })?;
+        println!("# qemu argv (tap fds are opened at start)\nqemu-system-x86_64 {}", argv.join(" "));
         return Ok(());
     }
     if !transient {
@@ -304,10 +304,10 @@ impl Sources {
 /// The first boot of a phased install (the saved definition is the system after it), and
 /// whether a guest power-off ends the VM instead of booting the installed system.
 fn first_boot(ctx: &Ctx, def: &DomainDef, src: &Sources, rd: &RunDir) -> anyhow::Result<Option<(DomainDef, bool)>> {
-    use crate::domain::definition::{Action, DiskBus, DiskDef, DiskDevice};
+    use crate::domain::definition::{Action, DiskBus, DiskDef, DiskDevice, DiskFormat};
     let cd = |path: PathBuf| DiskDef {
-        path,
-        format: "raw".into(),
+        path: std::path::absolute(&path).unwrap_or(path),
+        format: DiskFormat::Raw,
         bus: DiskBus::Ide,
         device: DiskDevice::Cdrom,
         cache: None,

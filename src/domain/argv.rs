@@ -1,8 +1,54 @@
 //! Definition -> qemu argv: a pure function of the definition and what was probed before.
+//!
+//! Every value placed in a qemu option string (`key=value,key=value`) is either of a closed
+//! type (formats, cache modes, buses, MACs, machine types and CPU models, addresses, numbers)
+//! or escaped here (`,` doubled: names, paths). What cannot be made safe is refused: a
+//! relative image path (qemu reads `json:{...}` or `nbd:...` as an image spec, not a file) and
+//! an initrd path holding a comma (qemu's multiboot loader splits `-initrd` at commas).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
 
 use super::definition::{Accel, DiskBus, DiskDevice, DomainDef, Firmware, Graphics, NicModel, NicSource};
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ArgvError {
+    #[error("{field} path \"{path}\" is not absolute (qemu would read a relative name as an image spec such as json: or nbd:)")]
+    RelativePath { field: String, path: String },
+    #[error("kernel.initrd path \"{path}\" holds a ',' (qemu's multiboot loader splits -initrd at commas)")]
+    CommaInInitrd { path: String },
+}
+
+fn shown(p: &Path) -> String {
+    p.display().to_string().escape_debug().to_string()
+}
+
+/// The paths qemu's block layer opens (`-drive file=`), by the definition field they come from.
+fn image_paths(def: &DomainDef) -> Vec<(String, &PathBuf)> {
+    let mut v: Vec<(String, &PathBuf)> =
+        def.disks.iter().enumerate().map(|(i, d)| (format!("disk {}", i + 1), &d.path)).collect();
+    if let Firmware::Uefi { code, nvram } = &def.firmware {
+        v.push(("firmware.code".into(), code));
+        v.push(("firmware.nvram".into(), nvram));
+    }
+    v
+}
+
+/// Refuse what the renderer cannot make safe (see the module doc).
+pub fn check(def: &DomainDef) -> Result<(), ArgvError> {
+    for (field, p) in image_paths(def) {
+        if !p.is_absolute() {
+            return Err(ArgvError::RelativePath { field, path: shown(p) });
+        }
+    }
+    if let Some(i) = def.kernel.as_ref().and_then(|k| k.initrd.as_ref()) {
+        if i.as_os_str().as_encoded_bytes().contains(&b',') {
+            return Err(ArgvError::CommaInInitrd { path: shown(i) });
+        }
+    }
+    Ok(())
+}
 
 /// What the renderer needs beyond the definition; probing happens before, not here.
 #[derive(Debug, Clone)]
@@ -21,15 +67,17 @@ pub struct RenderEnv<'a> {
 
 /// The qemu argv (without the program name). qemu starts paused (`-S`): the supervisor
 /// connects QMP and the console first, then sends `cont`.
-pub fn render(def: &DomainDef, env: &RenderEnv) -> Vec<String> {
+pub fn render(def: &DomainDef, env: &RenderEnv) -> Result<Vec<String>, ArgvError> {
+    check(def)?;
     let mut a = Args::default();
     let accel = if env.accel == Accel::Kvm { "kvm" } else { "tcg" };
-    let cpu = def.cpu.clone().unwrap_or_else(|| if env.accel == Accel::Kvm { "host" } else { "max" }.into());
-    a.push(["-name", &format!("guest={},debug-threads=on", def.name)]);
+    let default_cpu = if env.accel == Accel::Kvm { "host" } else { "max" };
+    let cpu = def.cpu.as_ref().map_or(default_cpu, |c| c.as_str());
+    a.push(["-name", &format!("guest={},debug-threads=on", escape(&def.name))]);
     a.push(["-uuid", &def.uuid.to_string()]);
-    a.push(["-machine", &def.machine]);
+    a.push(["-machine", &escape(def.machine.as_str())]);
     a.push(["-accel", accel]);
-    a.push(["-cpu", &cpu]);
+    a.push(["-cpu", cpu]);
     a.push(["-m", &format!("{}M", def.memory_mib)]);
     a.push(["-smp", &def.vcpus.to_string()]);
     a.flag("-nodefaults");
@@ -40,24 +88,30 @@ pub fn render(def: &DomainDef, env: &RenderEnv) -> Vec<String> {
         a.flag("-no-reboot");
     }
     a.push(["-rtc", "base=utc"]);
-    a.push(["-chardev", &format!("socket,id=qmp,path={},server=on,wait=off", env.qmp_socket.display())]);
+    a.push(["-chardev", &format!("socket,id=qmp,path={},server=on,wait=off", escape_path(env.qmp_socket))]);
     a.push(["-mon", "chardev=qmp,mode=control"]);
-    a.push(["-chardev", &format!("socket,id=serial0,path={},server=on,wait=off", env.serial_socket.display())]);
+    let serial = escape_path(env.serial_socket);
+    a.push(["-chardev", &format!("socket,id=serial0,path={serial},server=on,wait=off")]);
     a.push(["-serial", "chardev:serial0"]);
     match &def.graphics {
         Graphics::None => a.push(["-display", "none"]),
-        Graphics::Vnc { listen } => {
-            a.push(["-vnc", &format!("{listen}:{}", env.vnc_display)]);
+        Graphics::Vnc { listen: std::net::IpAddr::V4(ip) } => {
+            a.push(["-vnc", &format!("{ip}:{}", env.vnc_display)]);
+            a.push(["-device", "VGA"]);
+        }
+        Graphics::Vnc { listen: std::net::IpAddr::V6(ip) } => {
+            a.push(["-vnc", &format!("[{ip}]:{}", env.vnc_display)]);
             a.push(["-device", "VGA"]);
         }
     }
     if let Firmware::Uefi { code, nvram } = &def.firmware {
-        a.push(["-drive", &format!("if=pflash,format=raw,readonly=on,file={}", escape(&code.display().to_string()))]);
-        a.push(["-drive", &format!("if=pflash,format=raw,file={}", escape(&nvram.display().to_string()))]);
+        a.push(["-drive", &format!("if=pflash,format=raw,readonly=on,file={}", escape_path(code))]);
+        a.push(["-drive", &format!("if=pflash,format=raw,file={}", escape_path(nvram))]);
     }
     if def.boot_menu {
         a.push(["-boot", "menu=on"]);
     }
+    // -kernel, -initrd and -append are taken whole by qemu (no option parsing, no escaping).
     if let Some(k) = &def.kernel {
         a.push(["-kernel", &k.kernel.display().to_string()]);
         if let Some(i) = &k.initrd {
@@ -69,7 +123,7 @@ pub fn render(def: &DomainDef, env: &RenderEnv) -> Vec<String> {
     }
     disks(def, &mut a);
     nics(def, env, &mut a);
-    a.0
+    Ok(a.0)
 }
 
 #[derive(Default)]
@@ -98,9 +152,8 @@ fn disks(def: &DomainDef, a: &mut Args) {
     let (mut seen_hd, mut seen_cd) = (false, false);
     for (i, d) in def.disks.iter().enumerate() {
         let cd = d.device == DiskDevice::Cdrom;
-        let mut drive =
-            format!("file={},format={},if=none,id=drive{i}", escape(&d.path.display().to_string()), d.format);
-        if let Some(c) = &d.cache {
+        let mut drive = format!("file={},format={},if=none,id=drive{i}", escape_path(&d.path), d.format);
+        if let Some(c) = d.cache {
             drive.push_str(&format!(",cache={c}"));
         }
         if d.readonly || cd {
@@ -165,6 +218,10 @@ fn nics(def: &DomainDef, env: &RenderEnv, a: &mut Args) {
 }
 
 /// qemu option values use ',' as separator; a literal comma is written ',,'.
-fn escape(v: &str) -> String {
+pub fn escape(v: &str) -> String {
     v.replace(',', ",,")
+}
+
+fn escape_path(p: &Path) -> String {
+    escape(&p.display().to_string())
 }

@@ -79,13 +79,13 @@ pub fn plan(store: &Store, o: &CloneOpts) -> Result<(DomainDef, Vec<DiskPlan>), 
             None | Some("RANDOM") => super::install::random_mac(&used),
             Some(m) => {
                 let p: crate::network::MacAddr = m.parse().map_err(|e| bad(&o.name, format!("--mac {m}: {e}")))?;
-                if p.is_multicast() || p.is_zero() || used.contains(&p.to_string()) {
+                if p.is_multicast() || p.is_zero() || used.contains(&p) {
                     return Err(bad(&o.name, format!("--mac {m}: must be unicast, non-zero and unused")));
                 }
-                p.to_string()
+                p
             }
         };
-        used.insert(nic.mac.clone());
+        used.insert(nic.mac);
     }
     // A UEFI VM's variable store is copied for the clone (execute copies it).
     if let super::definition::Firmware::Uefi { nvram, .. } = &mut def.firmware {
@@ -100,8 +100,7 @@ pub fn plan(store: &Store, o: &CloneOpts) -> Result<(DomainDef, Vec<DiskPlan>), 
     let mut files = o.files.iter();
     let mut n = 0;
     for (d, target) in def.disks.iter_mut().zip(targets) {
-        let format: Format =
-            d.format.to_string().parse().map_err(|e| bad(&o.original, format!("disk {target}: {e}")))?;
+        let format = d.format;
         // Read-only and shareable disks (CDs, shared data) are shared, not copied.
         if d.readonly || d.shareable || o.skip_copy.contains(&target) {
             plans.push(DiskPlan { target, from: d.path.clone(), format, to: None });
@@ -123,7 +122,7 @@ pub fn plan(store: &Store, o: &CloneOpts) -> Result<(DomainDef, Vec<DiskPlan>), 
         *d = DiskDef {
             path: to,
             created: true,
-            format: if o.linked { "qcow2".into() } else { d.format.clone() },
+            format: if o.linked { Format::Qcow2 } else { d.format },
             ..d.clone()
         };
     }

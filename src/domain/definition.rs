@@ -1,11 +1,166 @@
 //! The persistent definition of a domain (VM): `<root>/domains/<name>.toml`.
 
+use std::fmt;
+use std::net::IpAddr;
 use std::path::PathBuf;
+use std::str::FromStr;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use thiserror::Error;
 use uuid::Uuid;
 
 pub use super::accel::Accel;
+pub use crate::network::MacAddr;
+pub use crate::storage::image::Format as DiskFormat;
+
+/// A value of the definition that is not one of its closed set or not in its syntax. Every
+/// value that reaches a qemu option string is one of these types, so a comma or an `=` in
+/// it is refused when the definition is read, before anything is rendered.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ValueError {
+    #[error("{field} \"{value}\" is not one of {allowed}")]
+    NotOneOf { field: &'static str, value: String, allowed: &'static str },
+    #[error("{field} \"{value}\" {why}")]
+    BadSyntax { field: &'static str, value: String, why: &'static str },
+}
+
+/// qemu's disk cache modes (`-drive cache=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheMode {
+    None,
+    Writeback,
+    Writethrough,
+    Unsafe,
+    Directsync,
+}
+
+impl CacheMode {
+    pub const ALLOWED: &'static str = "none, writeback, writethrough, unsafe, directsync";
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheMode::None => "none",
+            CacheMode::Writeback => "writeback",
+            CacheMode::Writethrough => "writethrough",
+            CacheMode::Unsafe => "unsafe",
+            CacheMode::Directsync => "directsync",
+        }
+    }
+
+    /// virt-install's `cache=`: one of the modes, or `default` (qemu's own choice: no option).
+    pub fn parse_or_default(s: &str) -> Result<Option<CacheMode>, ValueError> {
+        if s == "default" {
+            return Ok(None);
+        }
+        s.parse().map(Some)
+    }
+}
+
+impl fmt::Display for CacheMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for CacheMode {
+    type Err = ValueError;
+    fn from_str(s: &str) -> Result<Self, ValueError> {
+        let all =
+            [CacheMode::None, CacheMode::Writeback, CacheMode::Writethrough, CacheMode::Unsafe, CacheMode::Directsync];
+        all.into_iter().find(|m| m.as_str() == s).ok_or_else(|| ValueError::NotOneOf {
+            field: "cache",
+            value: s.escape_debug().to_string(),
+            allowed: Self::ALLOWED,
+        })
+    }
+}
+
+/// `cache = "default"` (written by earlier versions for virt-install's cache=default) reads as
+/// no cache option.
+fn cache_mode<'de, D: Deserializer<'de>>(d: D) -> Result<Option<CacheMode>, D::Error> {
+    match Option::<String>::deserialize(d)? {
+        None => Ok(None),
+        Some(s) => CacheMode::parse_or_default(&s).map_err(serde::de::Error::custom),
+    }
+}
+
+/// `listen`: an IP address (a host name or an option suffix never reaches `-vnc`).
+fn ip_addr<'de, D: Deserializer<'de>>(d: D) -> Result<IpAddr, D::Error> {
+    let s = String::deserialize(d)?;
+    s.parse().map_err(|_| {
+        serde::de::Error::custom(ValueError::BadSyntax {
+            field: "listen",
+            value: s.escape_debug().to_string(),
+            why: "is not an IP address",
+        })
+    })
+}
+
+/// The characters of a qemu machine type or CPU model name: qemu's own names use only
+/// letters, digits, `.`, `_` and `-` (`pc-i440fx-7.2`, `Opteron_G5`, `Skylake-Client-v4`).
+fn qemu_name(field: &'static str, s: &str) -> Result<String, ValueError> {
+    let bad = |why| ValueError::BadSyntax { field, value: s.escape_debug().to_string(), why };
+    let Some(first) = s.chars().next() else { return Err(bad("is empty")) };
+    if s.len() > 64 {
+        return Err(bad("is longer than 64 bytes"));
+    }
+    if !first.is_ascii_alphanumeric() || !s.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+        return Err(bad("may hold only letters, digits, '.', '_' and '-' (starting with a letter or digit)"));
+    }
+    Ok(s.to_string())
+}
+
+macro_rules! qemu_name_type {
+    ($(#[$doc:meta])* $ty:ident, $field:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+        pub struct $ty(String);
+
+        impl $ty {
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl FromStr for $ty {
+            type Err = ValueError;
+            fn from_str(s: &str) -> Result<Self, ValueError> {
+                qemu_name($field, s).map($ty)
+            }
+        }
+
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl Serialize for $ty {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+qemu_name_type!(
+    /// A qemu machine type (`-machine`): its syntax here, its existence in qemu's list at
+    /// define, install, edit and start (`domain::validate`).
+    MachineType,
+    "machine"
+);
+qemu_name_type!(
+    /// A qemu CPU model (`-cpu`), without feature flags: `max,+vmx` is refused.
+    CpuModel,
+    "cpu"
+);
 
 /// What to do when the guest powers off, reboots or crashes (libvirt's on_* elements).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,15 +192,14 @@ pub enum DiskDevice {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DiskDef {
     pub path: PathBuf,
-    /// qcow2 or raw.
-    pub format: String,
+    pub format: DiskFormat,
     #[serde(default)]
     pub bus: DiskBus,
     #[serde(default)]
     pub device: DiskDevice,
-    /// qemu cache mode (none, writeback, writethrough, unsafe, directsync).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cache: Option<String>,
+    /// qemu's cache mode; none: qemu's default.
+    #[serde(default, deserialize_with = "cache_mode", skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheMode>,
     #[serde(default)]
     pub readonly: bool,
     #[serde(default)]
@@ -81,7 +235,7 @@ pub struct NicDef {
     pub source: NicSource,
     #[serde(default)]
     pub model: NicModel,
-    pub mac: String,
+    pub mac: MacAddr,
 }
 
 /// Direct kernel boot.
@@ -98,7 +252,10 @@ pub struct KernelBoot {
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum Graphics {
     None,
-    Vnc { listen: String },
+    Vnc {
+        #[serde(deserialize_with = "ip_addr")]
+        listen: IpAddr,
+    },
 }
 
 /// Firmware: SeaBIOS (qemu's default) or OVMF with a per-VM NVRAM (variable store) copy.
@@ -116,16 +273,18 @@ pub enum Firmware {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DomainDef {
     pub name: String,
+    /// Generated when a definition given to `define` has none, as virsh does.
+    #[serde(default = "Uuid::new_v4")]
     pub uuid: Uuid,
     pub memory_mib: u64,
     pub vcpus: u32,
     /// qemu -cpu model; None: `host` under KVM, `max` under TCG.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cpu: Option<String>,
+    pub cpu: Option<CpuModel>,
     #[serde(default)]
     pub accel: Accel,
     #[serde(default = "default_machine")]
-    pub machine: String,
+    pub machine: MachineType,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub os_variant: Option<String>,
     #[serde(default)]
@@ -154,8 +313,8 @@ pub struct DomainDef {
     pub nics: Vec<NicDef>,
 }
 
-fn default_machine() -> String {
-    "pc".into()
+fn default_machine() -> MachineType {
+    MachineType("pc".into())
 }
 fn destroy() -> Action {
     Action::Destroy
@@ -206,10 +365,10 @@ mod tests {
         let mut d = DomainDef::new("vm1", 256, 1);
         d.disks.push(DiskDef {
             path: "/var/lib/kvmctl/images/vm1.qcow2".into(),
-            format: "qcow2".into(),
+            format: DiskFormat::Qcow2,
             bus: DiskBus::Virtio,
             device: DiskDevice::Disk,
-            cache: None,
+            cache: Some(CacheMode::Writeback),
             readonly: false,
             shareable: false,
             created: true,
@@ -217,11 +376,25 @@ mod tests {
         d.nics.push(NicDef {
             source: NicSource::Network { network: "default".into() },
             model: NicModel::Virtio,
-            mac: "52:54:00:12:34:56".into(),
+            mac: "52:54:00:12:34:56".parse().unwrap(),
         });
-        d.nics.push(NicDef { source: NicSource::User, model: NicModel::E1000, mac: "52:54:00:12:34:57".into() });
+        let mac = "52:54:00:12:34:57".parse().unwrap();
+        d.nics.push(NicDef { source: NicSource::User, model: NicModel::E1000, mac });
+        d.machine = "pc-q35-7.2".parse().unwrap();
+        d.cpu = Some("Opteron_G5".parse().unwrap());
+        d.graphics = Graphics::Vnc { listen: "::1".parse().unwrap() };
         let text = toml::to_string_pretty(&d).unwrap();
         assert!(text.contains("[[disks]]") && text.contains("type = \"network\""), "{text}");
         assert_eq!(toml::from_str::<DomainDef>(&text).unwrap(), d);
+    }
+
+    #[test]
+    fn cache_default_written_by_earlier_versions_reads_as_no_cache_option() {
+        let text = "name = \"v\"\nmemory_mib = 64\nvcpus = 1\n[[disks]]\npath = \"/d\"\nformat = \"raw\"\ncache = \"default\"\n";
+        let d: DomainDef = toml::from_str(text).unwrap();
+        assert_eq!(d.disks[0].cache, None);
+        assert!(!toml::to_string(&d).unwrap().contains("cache"));
+        let e = toml::from_str::<DomainDef>(&text.replace("\"default\"", "\"none,x\"")).unwrap_err().to_string();
+        assert!(e.contains("cache \"none,x\" is not one of none, writeback, writethrough, unsafe, directsync"), "{e}");
     }
 }

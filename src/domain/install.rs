@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use super::definition::*;
 use super::lifecycle::DomainError;
 use super::options::{DiskSource, DiskSpec, NetKind, NetSpec};
-use crate::network::MacAddr;
+use super::validate;
 use crate::paths::Kind;
 use crate::state::Store;
 use crate::storage::image::{self, Format};
@@ -19,7 +19,7 @@ pub struct InstallOpts {
     pub name: String,
     pub memory_mib: u64,
     pub vcpus: u32,
-    pub cpu: Option<String>,
+    pub cpu: Option<CpuModel>,
     pub disks: Vec<DiskSpec>,
     pub networks: Vec<NetSpec>,
     pub import: bool,
@@ -28,7 +28,7 @@ pub struct InstallOpts {
     pub os_variant: Option<String>,
     pub autostart: bool,
     pub accel: Accel,
-    pub machine: Option<String>,
+    pub machine: Option<MachineType>,
 }
 
 /// Files this install created, to remove on failure.
@@ -53,31 +53,13 @@ fn bad(name: &str, what: impl Into<String>) -> DomainError {
     DomainError::Invalid { name: name.into(), what: what.into() }
 }
 
-fn host_limits() -> (u64, u32) {
-    let mem_kib = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find(|l| l.starts_with("MemTotal:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        })
-        .unwrap_or(u64::MAX / 1024);
-    let cpus = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
-    (mem_kib / 1024, cpus)
-}
-
-/// Check the options and build the definition; with `dry_run` nothing is created.
+/// Check the options and build the definition; with `dry_run` nothing is created. The
+/// definition passes the checks `define` and `start` make (`validate`): those that need no
+/// disk before any disk is created, all of them at the end.
 pub fn build(store: &Store, o: &InstallOpts, dry_run: bool, created: &mut Created) -> Result<DomainDef, DomainError> {
     crate::names::validate("domain", &o.name).map_err(|e| bad(&o.name, e.to_string()))?;
     if store.exists(Kind::Domain, &o.name) {
         return Err(bad(&o.name, "is already defined (undefine it or pick another --name)"));
-    }
-    let (mem, cpus) = host_limits();
-    if o.memory_mib == 0 || o.memory_mib > mem {
-        return Err(bad(&o.name, format!("--memory {} MiB: must be between 1 and the host's {mem} MiB", o.memory_mib)));
-    }
-    if o.vcpus == 0 || o.vcpus > cpus {
-        return Err(bad(&o.name, format!("--vcpus {}: must be between 1 and the host's {cpus}", o.vcpus)));
     }
     if o.import && o.disks.is_empty() {
         return Err(bad(&o.name, "--import needs a --disk to boot from"));
@@ -98,10 +80,6 @@ pub fn build(store: &Store, o: &InstallOpts, dry_run: bool, created: &mut Create
     if let Some(m) = &o.machine {
         def.machine = m.clone();
     }
-    let users = super::disk_users(store);
-    for (i, spec) in o.disks.iter().enumerate() {
-        def.disks.push(disk(store, &o.name, i, spec, &users, dry_run, created)?);
-    }
     let mut used_macs = defined_macs(store);
     let specs = if o.networks.is_empty() { vec![default_nic(store)] } else { o.networks.clone() };
     for spec in specs {
@@ -109,6 +87,16 @@ pub fn build(store: &Store, o: &InstallOpts, dry_run: bool, created: &mut Create
             def.nics.push(nic);
         }
     }
+    // Everything but the disks, before any disk is created.
+    let invalid = |source| DomainError::Definition { name: o.name.clone(), source };
+    let caps = super::qemu_caps::probe(&store.paths.run).map_err(|e| invalid(e.into()))?;
+    validate::check_def(&def, &validate::HostLimits::probe(), &caps)
+        .and_then(|()| validate::check_relations(&def, &validate::others(store, &def.name), validate::Purpose::New))
+        .map_err(invalid)?;
+    for (i, spec) in o.disks.iter().enumerate() {
+        def.disks.push(disk(store, &o.name, i, spec, dry_run, created)?);
+    }
+    validate::check(store, &def, validate::Purpose::New)?;
     Ok(def)
 }
 
@@ -118,18 +106,19 @@ fn default_nic(store: &Store) -> NetSpec {
     NetSpec { kind, model: NicModel::Virtio, mac: None }
 }
 
-/// The MACs of every defined VM (lowercase), to keep new ones unique.
-pub(crate) fn defined_macs(store: &Store) -> HashSet<String> {
+/// The MACs of every defined VM, to keep new ones unique.
+pub(crate) fn defined_macs(store: &Store) -> HashSet<MacAddr> {
     let mut macs = HashSet::new();
     for n in store.list(Kind::Domain).unwrap_or_default() {
         if let Ok(d) = store.load::<DomainDef>(Kind::Domain, &n) {
-            macs.extend(d.nics.into_iter().map(|n| n.mac.to_lowercase()));
+            macs.extend(d.nics.into_iter().map(|n| n.mac));
         }
     }
     macs
 }
 
-fn nic(store: &Store, vm: &str, spec: &NetSpec, used: &mut HashSet<String>) -> Result<Option<NicDef>, DomainError> {
+/// A NIC for `spec`; its MAC is checked (unicast, unused) with the rest of the definition.
+fn nic(store: &Store, vm: &str, spec: &NetSpec, used: &mut HashSet<MacAddr>) -> Result<Option<NicDef>, DomainError> {
     let source = match &spec.kind {
         NetKind::None => return Ok(None),
         NetKind::User => NicSource::User,
@@ -143,28 +132,18 @@ fn nic(store: &Store, vm: &str, spec: &NetSpec, used: &mut HashSet<String>) -> R
     };
     let mac = match &spec.mac {
         Some(m) if m.eq_ignore_ascii_case("RANDOM") => random_mac(used),
-        Some(m) => {
-            let parsed: MacAddr = m.parse().map_err(|e| bad(vm, format!("--network mac={m}: {e}")))?;
-            if parsed.is_multicast() || parsed.is_zero() {
-                return Err(bad(vm, format!("--network mac={m}: a NIC needs a unicast, non-zero MAC")));
-            }
-            let m = parsed.to_string();
-            if used.contains(&m) {
-                return Err(bad(vm, format!("--network mac={m}: already used by another VM")));
-            }
-            m
-        }
+        Some(m) => m.parse().map_err(|e| bad(vm, format!("--network mac={m}: {e}")))?,
         None => random_mac(used),
     };
-    used.insert(mac.clone());
+    used.insert(mac);
     Ok(Some(NicDef { source, model: spec.model, mac }))
 }
 
 /// `52:54:00:xx:xx:xx`, unique among the MACs given.
-pub fn random_mac(used: &HashSet<String>) -> String {
+pub fn random_mac(used: &HashSet<MacAddr>) -> MacAddr {
     loop {
         let b = *uuid::Uuid::new_v4().as_bytes();
-        let m = format!("52:54:00:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2]);
+        let m = MacAddr([0x52, 0x54, 0x00, b[0], b[1], b[2]]);
         if !used.contains(&m) {
             return m;
         }
@@ -176,7 +155,6 @@ fn disk(
     vm: &str,
     index: usize,
     spec: &DiskSpec,
-    users: &[(String, PathBuf)],
     dry_run: bool,
     created: &mut Created,
 ) -> Result<DiskDef, DomainError> {
@@ -215,7 +193,7 @@ fn disk(
                     capacity: gib(spec.size_gib.unwrap_or(0.0)),
                     format: Format::Qcow2,
                     backing_vol: spec.backing_store.clone(),
-                    backing_format: spec.backing_format.as_deref().and_then(|f| f.parse().ok()),
+                    backing_format: spec.backing_format,
                     prealloc_metadata: false,
                 };
                 volume::create_as(store, pool, &name, &opts)
@@ -226,34 +204,18 @@ fn disk(
             path
         }
     };
-    let cdrom = spec.device == DiskDevice::Cdrom;
-    let readonly = spec.readonly || cdrom;
-    if !readonly && !spec.shareable {
-        let canon = std::fs::canonicalize(&path).unwrap_or(path.clone());
-        if let Some((other, _)) = users.iter().find(|(_, p)| std::fs::canonicalize(p).unwrap_or(p.clone()) == canon) {
-            return Err(bad(
-                vm,
-                format!(
-                    "--disk {}: already used by domain '{other}' (add shareable=on or readonly=on)",
-                    path.display()
-                ),
-            ));
-        }
-    }
-    if !was_created && image::qemu_lock_holder(&path).ok().flatten().is_some() && !readonly {
-        return Err(bad(vm, format!("--disk {}: is in use by a running qemu", path.display())));
-    }
-    let format = match &spec.format {
-        Some(f) => f.clone(),
-        None if dry_run && was_created => "qcow2".into(),
-        None => image::detect(&path).map_err(|e| bad(vm, format!("--disk {}: {e}", path.display())))?.to_string(),
+    let readonly = spec.readonly || spec.device == DiskDevice::Cdrom;
+    let format = match spec.format {
+        Some(f) => f,
+        None if dry_run && was_created => DiskFormat::Qcow2,
+        None => image::detect(&path).map_err(|e| bad(vm, format!("--disk {}: {e}", path.display())))?,
     };
     Ok(DiskDef {
         path,
         format,
         bus: spec.bus.unwrap_or(DiskBus::Virtio),
         device: spec.device,
-        cache: spec.cache.clone(),
+        cache: spec.cache,
         readonly,
         shareable: spec.shareable,
         created: was_created,
@@ -268,12 +230,11 @@ fn gib(g: f64) -> u64 {
 fn create_file(vm: &str, p: &Path, size_gib: f64, spec: &DiskSpec) -> Result<(), DomainError> {
     let fail = |e: String| bad(vm, format!("--disk path={}: {e}", p.display()));
     let file = std::fs::OpenOptions::new().write(true).create_new(true).open(p).map_err(|e| fail(e.to_string()))?;
-    let r = match spec.format.as_deref().unwrap_or("qcow2") {
-        "raw" => file.set_len(gib(size_gib)).map_err(|e| e.to_string()),
-        "qcow2" => crate::storage::qcow2::Qcow2Writer::new(&file, gib(size_gib), None)
+    let r = match spec.format.unwrap_or(DiskFormat::Qcow2) {
+        DiskFormat::Raw => file.set_len(gib(size_gib)).map_err(|e| e.to_string()),
+        DiskFormat::Qcow2 => crate::storage::qcow2::Qcow2Writer::new(&file, gib(size_gib), None)
             .map_err(|e| e.to_string())
             .and_then(|w| w.finish().map(|_| ()).map_err(|e| e.to_string())),
-        other => Err(format!("format={other}: kvmctl creates qcow2 or raw disks")),
     };
     if let Err(e) = r {
         drop(file);

@@ -52,7 +52,7 @@ pub fn to_xml(def: &DomainDef) -> String {
     x += &format!(
         "  <vcpu placement='static'>{}</vcpu>\n  <os>\n    <type arch='x86_64' machine='{}'>hvm</type>\n",
         def.vcpus,
-        esc(&def.machine)
+        esc(def.machine.as_str())
     );
     if let Some(k) = &def.kernel {
         x += &format!("    <kernel>{}</kernel>\n", esc(&k.kernel.display().to_string()));
@@ -69,7 +69,7 @@ pub fn to_xml(def: &DomainDef) -> String {
     }
     x += "  </os>\n  <features>\n    <acpi/>\n  </features>\n";
     match &def.cpu {
-        Some(m) => x += &format!("  <cpu mode='custom'>\n    <model>{}</model>\n  </cpu>\n", esc(m)),
+        Some(m) => x += &format!("  <cpu mode='custom'>\n    <model>{}</model>\n  </cpu>\n", esc(m.as_str())),
         None => x += "  <cpu mode='host-passthrough'/>\n",
     }
     x += &format!(
@@ -80,9 +80,9 @@ pub fn to_xml(def: &DomainDef) -> String {
     );
     for (d, target) in def.disks.iter().zip(target_names(def)) {
         let dev = if d.device == DiskDevice::Cdrom { "cdrom" } else { "disk" };
-        x += &format!("    <disk type='file' device='{dev}'>\n      <driver name='qemu' type='{}'", esc(&d.format));
+        x += &format!("    <disk type='file' device='{dev}'>\n      <driver name='qemu' type='{}'", d.format);
         if let Some(c) = &d.cache {
-            x += &format!(" cache='{}'", esc(c));
+            x += &format!(" cache='{c}'");
         }
         x += &format!(
             "/>\n      <source file='{}'/>\n      <target dev='{target}' bus='{}'/>\n",
@@ -112,7 +112,7 @@ pub fn to_xml(def: &DomainDef) -> String {
     }
     x += "    <serial type='pty'>\n      <target port='0'/>\n    </serial>\n    <console type='pty'>\n      <target type='serial' port='0'/>\n    </console>\n";
     if let Graphics::Vnc { listen } = &def.graphics {
-        x += &format!("    <graphics type='vnc' port='-1' autoport='yes' listen='{}'/>\n", esc(listen));
+        x += &format!("    <graphics type='vnc' port='-1' autoport='yes' listen='{listen}'/>\n");
     }
     x += "  </devices>\n</domain>\n";
     x

@@ -33,6 +33,8 @@ pub enum DomainError {
     NotRunning(String),
     #[error("domain '{name}': {what}")]
     Invalid { name: String, what: String },
+    #[error("domain '{name}': {source}")]
+    Definition { name: String, source: super::validate::ValidateError },
     #[error("domain '{name}': network '{net}': {source}")]
     Network { name: String, net: String, source: Box<netlife::LifecycleError> },
     #[error("domain '{name}': {source}")]
@@ -168,6 +170,11 @@ pub fn start_phased(
     if rd.alive() {
         return Err(DomainError::Running(name.clone()));
     }
+    // A definition file may be hand-written: what define and install refuse, start refuses too.
+    super::validate::check(store, def, super::validate::Purpose::Start)?;
+    if let Some(p) = &phase {
+        super::validate::check(store, p.next, super::validate::Purpose::Start)?;
+    }
     let verdict = accel::probe(&store.paths.run);
     let res =
         accel::resolve(def.accel, &verdict).map_err(|source| DomainError::Accel { name: name.clone(), source })?;
@@ -190,12 +197,14 @@ pub fn start_phased(
         vhost: tap::vhost_available(),
         vnc_display: vnc_display(store, name),
     };
-    let argv = render(def, &env);
+    let unsafe_value =
+        |source| DomainError::Definition { name: name.clone(), source: super::validate::ValidateError::Argv(source) };
+    let argv = render(def, &env).map_err(unsafe_value)?;
     write_run_files(&rd, def, &argv, &taps, res.accel, transient)?;
     let _ = fs::remove_file(rd.next_boot());
     if let Some(p) = phase {
         let nb = NextBoot {
-            argv: render(p.next, &env),
+            argv: render(p.next, &env).map_err(unsafe_value)?,
             def: p.next.clone(),
             noreboot: p.noreboot,
             poweroff_stops: p.poweroff_stops,

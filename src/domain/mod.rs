@@ -5,15 +5,18 @@ pub mod accel;
 pub mod argv;
 pub mod clone;
 pub mod console_hub;
+pub mod define;
 pub mod definition;
 pub mod install;
 pub mod libvirt_xml;
 pub mod lifecycle;
 pub mod options;
+pub mod qemu_caps;
 pub mod qmp;
 pub mod runtime;
 pub mod supervisor;
 pub mod tap;
+pub mod validate;
 
 use std::path::PathBuf;
 

@@ -6,7 +6,7 @@ use std::str::FromStr;
 
 use thiserror::Error;
 
-use super::definition::{DiskBus, DiskDevice, NicModel};
+use super::definition::{CacheMode, DiskBus, DiskDevice, DiskFormat, NicModel};
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum OptionError {
@@ -74,14 +74,24 @@ pub struct DiskSpec {
     pub source: DiskSource,
     /// GiB, as virt-install (decimals allowed).
     pub size_gib: Option<f64>,
-    pub format: Option<String>,
+    pub format: Option<DiskFormat>,
     pub bus: Option<DiskBus>,
     pub device: DiskDevice,
-    pub cache: Option<String>,
+    pub cache: Option<CacheMode>,
     pub readonly: bool,
     pub shareable: bool,
     pub backing_store: Option<String>,
-    pub backing_format: Option<String>,
+    pub backing_format: Option<DiskFormat>,
+}
+
+/// `format=` and `backing_format=`: the formats kvmctl opens (qemu's other drivers are not
+/// offered; a value like `raw,file=/x` never reaches qemu).
+fn disk_format(key: &str, v: &str) -> Result<DiskFormat, OptionError> {
+    match v {
+        "raw" => Ok(DiskFormat::Raw),
+        "qcow2" => Ok(DiskFormat::Qcow2),
+        _ => Err(bad("disk", key, v, "one of raw, qcow2")),
+    }
 }
 
 impl FromStr for DiskSpec {
@@ -121,7 +131,7 @@ impl FromStr for DiskSpec {
                     }
                     spec.size_gib = Some(n);
                 }
-                "format" => spec.format = Some(val()?),
+                "format" => spec.format = Some(disk_format("format", &val()?)?),
                 "bus" => {
                     let v = val()?;
                     spec.bus = Some(match v.as_str() {
@@ -142,10 +152,8 @@ impl FromStr for DiskSpec {
                 }
                 "cache" => {
                     let v = val()?;
-                    if !["none", "writeback", "writethrough", "unsafe", "directsync", "default"].contains(&v.as_str()) {
-                        return Err(bad(O, "cache", &v, "one of none, writeback, writethrough, unsafe, directsync"));
-                    }
-                    spec.cache = Some(v);
+                    spec.cache = CacheMode::parse_or_default(&v)
+                        .map_err(|_| bad(O, "cache", &v, format!("one of {}, default", CacheMode::ALLOWED)))?;
                 }
                 "readonly" => spec.readonly = on_off(O, &k, v.as_deref())?,
                 "shareable" => spec.shareable = on_off(O, &k, v.as_deref())?,
@@ -153,7 +161,7 @@ impl FromStr for DiskSpec {
                     on_off(O, &k, v.as_deref())?;
                 }
                 "backing_store" => spec.backing_store = Some(val()?),
-                "backing_format" => spec.backing_format = Some(val()?),
+                "backing_format" => spec.backing_format = Some(disk_format("backing_format", &val()?)?),
                 _ => return Err(OptionError::UnknownKey { opt: O, key: k, input: input.into() }),
             }
         }
@@ -245,7 +253,9 @@ mod tests {
     fn disk_specs_like_virt_install() {
         let d: DiskSpec = "path=/x.qcow2,size=5,format=qcow2,bus=sata,cache=none".parse().unwrap();
         assert_eq!(d.source, DiskSource::Path("/x.qcow2".into()));
-        assert_eq!((d.size_gib, d.bus, d.cache.as_deref()), (Some(5.0), Some(DiskBus::Sata), Some("none")));
+        assert_eq!((d.size_gib, d.bus, d.cache), (Some(5.0), Some(DiskBus::Sata), Some(CacheMode::None)));
+        assert_eq!(d.format, Some(DiskFormat::Qcow2));
+        assert_eq!("path=/x,cache=default".parse::<DiskSpec>().unwrap().cache, None);
         let d: DiskSpec = "vol=default/tiny.qcow2".parse().unwrap();
         assert_eq!(d.source, DiskSource::Volume { pool: "default".into(), name: "tiny.qcow2".into() });
         let d: DiskSpec = "size=1".parse().unwrap();
@@ -264,6 +274,25 @@ mod tests {
         assert!(e.contains("size='-1'"), "{e}");
         assert!("pool=default".parse::<DiskSpec>().is_err());
         assert!("vol=nopoolslash".parse::<DiskSpec>().unwrap_err().to_string().contains("vol=POOL/NAME"));
+    }
+
+    /// Issue 10: `,,` is a literal comma, so `format=raw,,file=/etc/shadow` is one value that
+    /// used to reach qemu as `format=raw,file=/etc/shadow`.
+    #[test]
+    fn option_values_holding_a_comma_are_refused() {
+        let e = "path=/tmp/d.qcow2,format=raw,,file=/etc/shadow".parse::<DiskSpec>().unwrap_err().to_string();
+        assert_eq!(e, "--disk: format='raw,file=/etc/shadow' is not valid: one of raw, qcow2");
+        let e = "path=/x,cache=none,,file=/etc/shadow".parse::<DiskSpec>().unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "--disk: cache='none,file=/etc/shadow' is not valid: one of none, writeback, writethrough, unsafe, directsync, default"
+        );
+        let e = "size=1,backing_store=b,backing_format=qcow2,,x".parse::<DiskSpec>().unwrap_err().to_string();
+        assert!(e.contains("backing_format='qcow2,x'"), "{e}");
+        let e = "path=/x,bus=virtio,,y".parse::<DiskSpec>().unwrap_err().to_string();
+        assert!(e.contains("bus='virtio,y'"), "{e}");
+        let e = "network=default,model=virtio,,x".parse::<NetSpec>().unwrap_err().to_string();
+        assert!(e.contains("model='virtio,x'"), "{e}");
     }
 
     #[test]

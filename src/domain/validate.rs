@@ -1,0 +1,342 @@
+//! What a definition must satisfy before it is saved or started: one set of checks, called by
+//! `install`, `define`, `edit` and `start` (and `up`). The types of the definition already
+//! refuse malformed values when it is read (formats, cache modes, MAC syntax, machine and CPU
+//! names); here are the checks that need the host, qemu's own lists, or the other VMs.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+use uuid::Uuid;
+
+use super::argv::{self, ArgvError};
+use super::definition::{DiskDef, DomainDef, MacAddr};
+use super::lifecycle::DomainError;
+use super::qemu_caps::{self, CapsError, QemuCaps};
+use super::runtime::RunDir;
+use crate::names::NameError;
+use crate::paths::Kind;
+use crate::state::Store;
+use crate::storage::image;
+
+/// The device classes `boot_order` may name.
+pub const BOOT_CLASSES: [&str; 3] = ["hd", "cdrom", "network"];
+
+#[derive(Debug, Error)]
+pub enum ValidateError {
+    #[error(transparent)]
+    Name(#[from] NameError),
+    #[error("memory {value} MiB: must be between 1 and the host's {host} MiB")]
+    Memory { value: u64, host: u64 },
+    #[error("vcpus {value}: must be between 1 and the host's {host}")]
+    VcpusHost { value: u32, host: u32 },
+    #[error("vcpus {value}: machine type '{machine}' takes at most {max}")]
+    VcpusMachine { value: u32, machine: String, max: u32 },
+    #[error("machine \"{value}\" is not a machine type of {qemu} (`{} -machine help` lists them)", qemu_caps::QEMU)]
+    Machine { value: String, qemu: String },
+    #[error("cpu \"{value}\" is not a CPU model of {qemu} (`{} -cpu help` lists them)", qemu_caps::QEMU)]
+    Cpu { value: String, qemu: String },
+    #[error("boot_order \"{value}\" is not one of hd, cdrom, network")]
+    BootOrder { value: String },
+    #[error("nic {index}: mac {mac} is {what}: a NIC needs a unicast, non-zero MAC")]
+    MacKind { index: usize, mac: MacAddr, what: &'static str },
+    #[error("nic {index}: mac {mac} is already used by {by}")]
+    MacUsed { index: usize, mac: MacAddr, by: String },
+    #[error("uuid {uuid} is already used by domain '{other}'")]
+    UuidUsed { uuid: Uuid, other: String },
+    #[error("disk {index}: {path} is already used by domain '{other}' (make it shareable or readonly to share it)")]
+    DiskUsed { index: usize, path: String, other: String },
+    #[error("disk {index}: {path} is in use by a running qemu")]
+    DiskLocked { index: usize, path: String },
+    #[error(transparent)]
+    Argv(#[from] ArgvError),
+    #[error("cannot check the machine type and CPU model: {0}")]
+    Caps(#[from] CapsError),
+}
+
+/// The host's memory and CPUs, the bounds of `memory_mib` and `vcpus`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostLimits {
+    pub memory_mib: u64,
+    pub cpus: u32,
+}
+
+impl HostLimits {
+    pub fn probe() -> HostLimits {
+        let mem_kib = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|t| {
+                t.lines()
+                    .find(|l| l.starts_with("MemTotal:"))
+                    .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            })
+            .unwrap_or(u64::MAX / 1024);
+        let cpus = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
+        HostLimits { memory_mib: mem_kib / 1024, cpus }
+    }
+}
+
+/// Why the definition is checked: the cross-VM disk check applies to the disks it adds.
+#[derive(Debug, Clone, Copy)]
+pub enum Purpose<'a> {
+    /// install, or define of a new name: every disk is new.
+    New,
+    /// define or edit of an existing VM: disks it had already are not checked again
+    /// (`clone --skip-copy` shares a writable disk on purpose).
+    Update { previous: &'a DomainDef },
+    /// start: nothing is added; qemu's image locks are checked.
+    Start,
+}
+
+/// The checks that need only the definition, the host and qemu's lists.
+pub fn check_def(def: &DomainDef, host: &HostLimits, caps: &QemuCaps) -> Result<(), ValidateError> {
+    crate::names::validate("domain", &def.name)?;
+    if def.memory_mib == 0 || def.memory_mib > host.memory_mib {
+        return Err(ValidateError::Memory { value: def.memory_mib, host: host.memory_mib });
+    }
+    if def.vcpus == 0 || def.vcpus > host.cpus {
+        return Err(ValidateError::VcpusHost { value: def.vcpus, host: host.cpus });
+    }
+    let machine = caps
+        .machine(def.machine.as_str())
+        .ok_or_else(|| ValidateError::Machine { value: def.machine.to_string(), qemu: caps.qemu.clone() })?;
+    if def.vcpus > machine.cpu_max {
+        return Err(ValidateError::VcpusMachine {
+            value: def.vcpus,
+            machine: def.machine.to_string(),
+            max: machine.cpu_max,
+        });
+    }
+    if let Some(cpu) = def.cpu.as_ref().filter(|c| !caps.has_cpu(c.as_str())) {
+        return Err(ValidateError::Cpu { value: cpu.to_string(), qemu: caps.qemu.clone() });
+    }
+    if let Some(b) = def.boot_order.iter().find(|b| !BOOT_CLASSES.contains(&b.as_str())) {
+        return Err(ValidateError::BootOrder { value: b.escape_debug().to_string() });
+    }
+    for (i, n) in def.nics.iter().enumerate() {
+        let what = if n.mac.is_zero() {
+            "all zero"
+        } else if n.mac.0 == [0xff; 6] {
+            "the broadcast address"
+        } else if n.mac.is_multicast() {
+            "multicast"
+        } else {
+            continue;
+        };
+        return Err(ValidateError::MacKind { index: i + 1, mac: n.mac, what });
+    }
+    argv::check(def)?;
+    Ok(())
+}
+
+/// The other defined VMs, as far as they can be read.
+pub fn others(store: &Store, name: &str) -> Vec<DomainDef> {
+    let names = store.list(Kind::Domain).unwrap_or_default();
+    names.iter().filter(|n| *n != name).filter_map(|n| store.load::<DomainDef>(Kind::Domain, n).ok()).collect()
+}
+
+/// The checks against the other VMs: MACs and UUIDs are unique; a writable disk the
+/// definition adds is not another VM's.
+pub fn check_relations(def: &DomainDef, others: &[DomainDef], purpose: Purpose) -> Result<(), ValidateError> {
+    if let Some(o) = others.iter().find(|o| o.uuid == def.uuid) {
+        return Err(ValidateError::UuidUsed { uuid: def.uuid, other: o.name.clone() });
+    }
+    let mut seen: HashSet<MacAddr> = HashSet::new();
+    for (i, n) in def.nics.iter().enumerate() {
+        let by = if !seen.insert(n.mac) {
+            "another NIC of this domain".to_string()
+        } else if let Some(o) = others.iter().find(|o| o.nics.iter().any(|m| m.mac == n.mac)) {
+            format!("domain '{}'", o.name)
+        } else {
+            continue;
+        };
+        return Err(ValidateError::MacUsed { index: i + 1, mac: n.mac, by });
+    }
+    let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let had: Vec<PathBuf> = match purpose {
+        Purpose::New => Vec::new(),
+        Purpose::Update { previous } => previous.disks.iter().map(|d| canon(&d.path)).collect(),
+        Purpose::Start => return Ok(()),
+    };
+    for (i, d) in def.disks.iter().enumerate().filter(|(_, d)| writable(d)) {
+        let p = canon(&d.path);
+        if had.contains(&p) {
+            continue;
+        }
+        if let Some(o) = others.iter().find(|o| o.disks.iter().any(|od| canon(&od.path) == p)) {
+            let path = d.path.display().to_string();
+            return Err(ValidateError::DiskUsed { index: i + 1, path, other: o.name.clone() });
+        }
+    }
+    Ok(())
+}
+
+/// A disk this VM writes to without sharing it.
+fn writable(d: &DiskDef) -> bool {
+    !d.readonly && !d.shareable && d.device != super::definition::DiskDevice::Cdrom
+}
+
+/// Writable disks held by a running qemu (qemu's image locks), unless this VM itself runs.
+fn check_locks(store: &Store, def: &DomainDef) -> Result<(), ValidateError> {
+    if RunDir::of(store, &def.name).alive() {
+        return Ok(());
+    }
+    for (i, d) in
+        def.disks.iter().enumerate().filter(|(_, d)| !d.readonly && d.device != super::definition::DiskDevice::Cdrom)
+    {
+        if image::qemu_lock_holder(&d.path).ok().flatten().is_some() {
+            return Err(ValidateError::DiskLocked { index: i + 1, path: d.path.display().to_string() });
+        }
+    }
+    Ok(())
+}
+
+/// Every check, with the host and qemu probed (qemu's lists cached, see `qemu_caps`).
+pub fn check(store: &Store, def: &DomainDef, purpose: Purpose) -> Result<(), DomainError> {
+    let wrap = |source| DomainError::Definition { name: def.name.clone(), source };
+    let caps = qemu_caps::probe(&store.paths.run).map_err(|e| wrap(e.into()))?;
+    check_def(def, &HostLimits::probe(), &caps).map_err(wrap)?;
+    check_relations(def, &others(store, &def.name), purpose).map_err(wrap)?;
+    check_locks(store, def).map_err(wrap)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::definition::{DiskBus, DiskDevice, DiskFormat, NicDef, NicModel, NicSource};
+    use crate::domain::qemu_caps::Machine;
+
+    fn caps() -> QemuCaps {
+        let m = |name: &str, alias: Option<&str>, cpu_max| Machine {
+            name: name.into(),
+            alias: alias.map(str::to_string),
+            cpu_max,
+        };
+        QemuCaps {
+            qemu: "qemu-system-x86_64 7.2.22".into(),
+            machines: vec![m("pc-i440fx-7.2", Some("pc"), 255), m("isapc", None, 1)],
+            cpus: vec!["max".into(), "qemu64".into()],
+        }
+    }
+
+    const HOST: HostLimits = HostLimits { memory_mib: 4096, cpus: 8 };
+
+    fn def(name: &str) -> DomainDef {
+        DomainDef::new(name, 256, 1)
+    }
+
+    fn disk(path: &str) -> DiskDef {
+        DiskDef {
+            path: path.into(),
+            format: DiskFormat::Qcow2,
+            bus: DiskBus::Virtio,
+            device: DiskDevice::Disk,
+            cache: None,
+            readonly: false,
+            shareable: false,
+            created: false,
+        }
+    }
+
+    fn nic(mac: &str) -> NicDef {
+        NicDef { source: NicSource::User, model: NicModel::Virtio, mac: mac.parse().unwrap() }
+    }
+
+    fn err(d: &DomainDef) -> String {
+        check_def(d, &HOST, &caps()).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn memory_and_vcpus_are_bounded_by_host_and_machine_type() {
+        check_def(&def("ok"), &HOST, &caps()).unwrap();
+        let mut d = def("m");
+        d.memory_mib = 0;
+        assert_eq!(err(&d), "memory 0 MiB: must be between 1 and the host's 4096 MiB");
+        d.memory_mib = 4097;
+        assert_eq!(err(&d), "memory 4097 MiB: must be between 1 and the host's 4096 MiB");
+        let mut d = def("v");
+        d.vcpus = 0;
+        assert_eq!(err(&d), "vcpus 0: must be between 1 and the host's 8");
+        d.vcpus = 9;
+        assert_eq!(err(&d), "vcpus 9: must be between 1 and the host's 8");
+        d.vcpus = 2;
+        d.machine = "isapc".parse().unwrap();
+        assert_eq!(err(&d), "vcpus 2: machine type 'isapc' takes at most 1");
+    }
+
+    #[test]
+    fn machine_and_cpu_come_from_qemus_lists() {
+        let mut d = def("m");
+        d.machine = "pc-i440fx-7.2".parse().unwrap();
+        check_def(&d, &HOST, &caps()).unwrap();
+        d.machine = "virt".parse().unwrap();
+        assert_eq!(
+            err(&d),
+            "machine \"virt\" is not a machine type of qemu-system-x86_64 7.2.22 (`qemu-system-x86_64 -machine help` lists them)"
+        );
+        let mut d = def("c");
+        d.cpu = Some("qemu64".parse().unwrap());
+        check_def(&d, &HOST, &caps()).unwrap();
+        d.cpu = Some("Skylake-Nope".parse().unwrap());
+        assert!(err(&d).starts_with("cpu \"Skylake-Nope\" is not a CPU model of qemu-system-x86_64 7.2.22"));
+    }
+
+    #[test]
+    fn a_nic_needs_a_unicast_nonzero_mac() {
+        for (mac, what) in [
+            ("00:00:00:00:00:00", "all zero"),
+            ("ff:ff:ff:ff:ff:ff", "the broadcast address"),
+            ("01:00:5e:00:00:01", "multicast"),
+            ("53:54:00:00:00:01", "multicast"),
+        ] {
+            let mut d = def("n");
+            d.nics.push(nic("52:54:00:00:00:01"));
+            d.nics.push(nic(mac));
+            assert_eq!(err(&d), format!("nic 2: mac {mac} is {what}: a NIC needs a unicast, non-zero MAC"));
+        }
+    }
+
+    #[test]
+    fn name_boot_order_and_paths_are_checked() {
+        let mut d = def("a,b");
+        assert!(err(&d).contains("domain name 'a,b' contains ','"), "{}", err(&d));
+        d = def("b");
+        d.boot_order = vec!["hd".into(), "floppy".into()];
+        assert_eq!(err(&d), "boot_order \"floppy\" is not one of hd, cdrom, network");
+        d = def("p");
+        d.disks.push(disk("images/x.qcow2"));
+        assert!(err(&d).starts_with("disk 1 path \"images/x.qcow2\" is not absolute"), "{}", err(&d));
+    }
+
+    #[test]
+    fn macs_uuids_and_writable_disks_are_not_shared_with_other_vms() {
+        let mut other = def("other");
+        other.nics.push(nic("52:54:00:00:00:01"));
+        other.disks.push(disk("/nonexistent/other.qcow2"));
+        let others = [other.clone()];
+        let mut d = def("new");
+        d.nics.push(nic("52:54:00:00:00:01"));
+        let e = check_relations(&d, &others, Purpose::New).unwrap_err().to_string();
+        assert_eq!(e, "nic 1: mac 52:54:00:00:00:01 is already used by domain 'other'");
+        d.nics = vec![nic("52:54:00:00:00:02"), nic("52:54:00:00:00:02")];
+        let e = check_relations(&d, &others, Purpose::New).unwrap_err().to_string();
+        assert_eq!(e, "nic 2: mac 52:54:00:00:00:02 is already used by another NIC of this domain");
+        d.nics.pop();
+        d.uuid = other.uuid;
+        let e = check_relations(&d, &others, Purpose::New).unwrap_err().to_string();
+        assert_eq!(e, format!("uuid {} is already used by domain 'other'", other.uuid));
+        d.uuid = Uuid::new_v4();
+        d.disks.push(disk("/nonexistent/other.qcow2"));
+        let e = check_relations(&d, &others, Purpose::New).unwrap_err().to_string();
+        assert!(e.starts_with("disk 1: /nonexistent/other.qcow2 is already used by domain 'other'"), "{e}");
+        // Shared on purpose, or a disk the VM already had (clone --skip-copy), or at start.
+        let previous = d.clone();
+        check_relations(&d, &others, Purpose::Update { previous: &previous }).unwrap();
+        check_relations(&d, &others, Purpose::Start).unwrap();
+        d.disks[0].shareable = true;
+        check_relations(&d, &others, Purpose::New).unwrap();
+        d.disks[0].shareable = false;
+        d.disks[0].readonly = true;
+        check_relations(&d, &others, Purpose::New).unwrap();
+    }
+}

@@ -4,10 +4,13 @@
 
 mod common;
 
+use std::io::BufRead;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kvmctl::domain::argv::{render, RenderEnv};
 use kvmctl::domain::definition::*;
@@ -91,8 +94,8 @@ fn cases() -> Vec<(&'static str, DomainDef, Accel)> {
     v
 }
 
-/// Render a case with the data dir and runtime paths given; tap NICs get `fds`.
-fn render_case(def: &DomainDef, accel: Accel, data: &str, run: &Path, fds: &[Option<i32>]) -> Vec<String> {
+/// Render a case with the data dir given; qemu's sockets are fds `socks`, tap NICs get `fds`.
+fn render_case(def: &DomainDef, accel: Accel, data: &str, socks: (i32, i32), fds: &[Option<i32>]) -> Vec<String> {
     let mut def = def.clone();
     let fix = |p: &mut PathBuf| *p = PathBuf::from(p.display().to_string().replace("@D", data));
     def.disks.iter_mut().for_each(|d| fix(&mut d.path));
@@ -105,14 +108,7 @@ fn render_case(def: &DomainDef, accel: Accel, data: &str, run: &Path, fds: &[Opt
             fix(i);
         }
     }
-    let env = RenderEnv {
-        accel,
-        qmp_socket: &run.join("qmp.sock"),
-        serial_socket: &run.join("console.sock"),
-        tap_fds: fds,
-        vhost: false,
-        vnc_display: 0,
-    };
+    let env = RenderEnv { accel, qmp_fd: socks.0, serial_fd: socks.1, tap_fds: fds, vhost: false, vnc_display: 0 };
     render(&def, &env)
 }
 
@@ -122,7 +118,7 @@ fn qemu_argv_matches_goldens() {
     let regen = std::env::var("KVMCTL_REGEN_GOLDEN").as_deref() == Ok("1");
     for (name, def, accel) in cases() {
         let fds: Vec<_> = def.nics.iter().map(|n| if n.source == NicSource::User { None } else { Some(3) }).collect();
-        let argv = render_case(&def, accel, "/var/lib/kvmctl/images", Path::new("/run/kvmctl/domains/x"), &fds);
+        let argv = render_case(&def, accel, "/var/lib/kvmctl/images", (4, 5), &fds);
         let text = argv.join("\n") + "\n";
         let file = dir.join(format!("{name}.argv"));
         if regen {
@@ -178,27 +174,37 @@ fn every_golden_argv_is_accepted_by_qemu() {
         let taps: Vec<Option<OwnedFd>> =
             def.nics.iter().map(|n| (n.source != NicSource::User).then(tap_in_private_netns)).collect();
         let fds: Vec<Option<i32>> = taps.iter().map(|t| t.as_ref().map(|f| f.as_raw_fd())).collect();
-        for t in taps.iter().flatten() {
-            nix::fcntl::fcntl(t.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty())).unwrap();
+        let (qmp, console) = (run.join("qmp.sock"), run.join("console.sock"));
+        let socks = [UnixListener::bind(&qmp).unwrap(), UnixListener::bind(&console).unwrap()];
+        let argv = render_case(&def, accel, data, (socks[0].as_raw_fd(), socks[1].as_raw_fd()), &fds);
+        let inherit: Vec<i32> = fds.iter().flatten().copied().chain(socks.iter().map(|s| s.as_raw_fd())).collect();
+        let mut cmd = Command::new("qemu-system-x86_64");
+        cmd.args(&argv).stderr(Stdio::piped());
+        // SAFETY: only fcntl (async-signal-safe) between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || inherit.iter().try_for_each(|fd| kvmctl::domain::tap::clear_cloexec_fd(*fd)));
         }
-        let argv = render_case(&def, accel, data, &run, &fds);
-        let mut child = Command::new("qemu-system-x86_64").args(&argv).stderr(Stdio::piped()).spawn().unwrap();
-        let qmp = run.join("qmp.sock");
-        let start = Instant::now();
-        while !qmp.exists() && start.elapsed() < Duration::from_secs(20) {
-            if let Some(status) = child.try_wait().unwrap() {
-                let out = child.wait_with_output().unwrap();
-                panic!("{name}: qemu refused the argv ({status}): {}", String::from_utf8_lossy(&out.stderr));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        assert!(qmp.exists(), "{name}: qemu did not open its QMP socket");
-        std::thread::sleep(Duration::from_millis(100));
-        if child.try_wait().unwrap().is_some() {
+        let mut child = cmd.spawn().unwrap();
+        // qemu holds the listeners now: if it exits, the connection below ends at once.
+        drop(socks);
+        // qemu greets on QMP once it has parsed the whole argv and built the machine.
+        let greeting = qmp_greeting(&qmp);
+        if !greeting.starts_with("{\"QMP\"") || child.try_wait().unwrap().is_some() {
+            let _ = child.kill();
             let out = child.wait_with_output().unwrap();
-            panic!("{name}: qemu exited: {}", String::from_utf8_lossy(&out.stderr));
+            panic!("{name}: qemu refused the argv ({greeting:?}): {}", String::from_utf8_lossy(&out.stderr));
         }
         child.kill().unwrap();
         child.wait().unwrap();
     }
+}
+
+/// The first line qemu sends on its QMP socket (empty if qemu exits instead). The read has a
+/// generous watchdog against a hang.
+fn qmp_greeting(qmp: &Path) -> String {
+    let Ok(s) = UnixStream::connect(qmp) else { return String::new() };
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut line = String::new();
+    let _ = std::io::BufReader::new(s).read_line(&mut line);
+    line
 }

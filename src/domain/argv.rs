@@ -1,7 +1,5 @@
 //! Definition -> qemu argv: a pure function of the definition and what was probed before.
 
-use std::path::Path;
-
 use super::definition::{Accel, DiskBus, DiskDevice, DomainDef, Firmware, Graphics, NicModel, NicSource};
 
 /// What the renderer needs beyond the definition; probing happens before, not here.
@@ -9,8 +7,10 @@ use super::definition::{Accel, DiskBus, DiskDevice, DomainDef, Firmware, Graphic
 pub struct RenderEnv<'a> {
     /// The resolved accelerator (never `Auto`).
     pub accel: Accel,
-    pub qmp_socket: &'a Path,
-    pub serial_socket: &'a Path,
+    /// qemu's listening QMP and serial sockets, bound by kvmctl in the VM's private runtime
+    /// dir and inherited by qemu at these fd numbers.
+    pub qmp_fd: i32,
+    pub serial_fd: i32,
     /// Tap fd for each NIC in order (`None` for user-mode NICs).
     pub tap_fds: &'a [Option<i32>],
     /// `/dev/vhost-net` is usable.
@@ -40,9 +40,9 @@ pub fn render(def: &DomainDef, env: &RenderEnv) -> Vec<String> {
         a.flag("-no-reboot");
     }
     a.push(["-rtc", "base=utc"]);
-    a.push(["-chardev", &format!("socket,id=qmp,path={},server=on,wait=off", env.qmp_socket.display())]);
+    a.push(["-chardev", &format!("socket,id=qmp,fd={},server=on,wait=off", env.qmp_fd)]);
     a.push(["-mon", "chardev=qmp,mode=control"]);
-    a.push(["-chardev", &format!("socket,id=serial0,path={},server=on,wait=off", env.serial_socket.display())]);
+    a.push(["-chardev", &format!("socket,id=serial0,fd={},server=on,wait=off", env.serial_fd)]);
     a.push(["-serial", "chardev:serial0"]);
     match &def.graphics {
         Graphics::None => a.push(["-display", "none"]),

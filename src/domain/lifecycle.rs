@@ -14,14 +14,14 @@ use thiserror::Error;
 use super::accel::{self, Accel};
 use super::argv::{render, RenderEnv};
 use super::definition::{DomainDef, NicSource};
-use super::runtime::{now_secs, NextBoot, RunDir, RunState, VmState};
+use super::runtime::{now_secs, NextBoot, QemuSockets, RunDir, RunState, VmState};
 use super::supervisor::{self, Reply, Request};
 use super::tap;
 use crate::network::lifecycle as netlife;
 use crate::network::netlink::Netlink;
 use crate::network::NetworkDef;
 use crate::paths::Kind;
-use crate::state::{runtime_write, Store, StoreError};
+use crate::state::{open_private, runtime_write, Store, StoreError};
 
 #[derive(Debug, Error)]
 pub enum DomainError {
@@ -180,12 +180,13 @@ pub fn start_phased(
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(io_at("tokio"))?;
         rt.block_on(open_taps(store, def, notify))?
     };
-    fs::create_dir_all(&rd.dir).map_err(io_at(&rd.dir))?;
+    rd.create().map_err(io_at(&rd.dir))?;
+    let socks = rd.bind_qemu_sockets().map_err(io_at(&rd.dir))?;
     let fds: Vec<Option<i32>> = taps.iter().map(|t| t.as_ref().map(|t| t.fd.as_raw_fd())).collect();
     let env = RenderEnv {
         accel: res.accel,
-        qmp_socket: &rd.qmp(),
-        serial_socket: &rd.console_sock(),
+        qmp_fd: socks.qmp.as_raw_fd(),
+        serial_fd: socks.console.as_raw_fd(),
         tap_fds: &fds,
         vhost: tap::vhost_available(),
         vnc_display: vnc_display(store, name),
@@ -203,8 +204,8 @@ pub fn start_phased(
         let text = serde_json::to_string(&nb).expect("next boot serializes");
         runtime_write(&rd.next_boot(), text.as_bytes()).map_err(io_at(rd.next_boot()))?;
     }
-    let reply = spawn_supervisor(&rd, name, &taps)?;
-    drop(taps);
+    let reply = spawn_supervisor(&rd, name, &taps, &socks)?;
+    drop((taps, socks));
     Ok(reply)
 }
 
@@ -221,11 +222,12 @@ fn write_run_files(
     let argv_text = serde_json::to_string(argv).expect("argv serializes");
     runtime_write(&rd.argv(), argv_text.as_bytes()).map_err(io_at(rd.argv()))?;
     // A new boot, a new console log (the previous one is kept as console.log.1).
-    if rd.console_log().exists() {
-        let _ = fs::rename(rd.console_log(), rd.dir.join("console.log.1"));
+    let previous = rd.dir.join("console.log.1");
+    if fs::rename(rd.console_log(), &previous).is_ok() {
+        open_private(&previous, false).map_err(io_at(&previous))?;
     }
     for p in [rd.qemu_log(), rd.console_log()] {
-        fs::write(&p, b"").map_err(io_at(&p))?;
+        open_private(&p, true).map_err(io_at(&p))?;
     }
     let st = RunState {
         state: VmState::Shutoff,
@@ -247,15 +249,21 @@ fn vnc_display(store: &Store, name: &str) -> u16 {
 }
 
 /// Spawn `kvmctl __supervise` detached (own session), passing the taps, and wait for its word.
-fn spawn_supervisor(rd: &RunDir, name: &str, taps: &[Option<NicTap>]) -> Result<RunState, DomainError> {
+fn spawn_supervisor(
+    rd: &RunDir,
+    name: &str,
+    taps: &[Option<NicTap>],
+    socks: &QemuSockets,
+) -> Result<RunState, DomainError> {
     let (read_end, write_end) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| io_at("pipe")(e.into()))?;
-    let keep: Vec<i32> = taps.iter().flatten().map(|t| t.fd.as_raw_fd()).chain([write_end.as_raw_fd()]).collect();
-    let log = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(rd.supervisor_log())
-        .map_err(io_at(rd.supervisor_log()))?;
+    let keep: Vec<i32> = taps
+        .iter()
+        .flatten()
+        .map(|t| t.fd.as_raw_fd())
+        .chain([socks.qmp.as_raw_fd(), socks.console.as_raw_fd(), write_end.as_raw_fd()])
+        .collect();
+    let log = open_private(&rd.supervisor_log(), false).map_err(io_at(rd.supervisor_log()))?;
     let exe = std::env::current_exe().map_err(io_at("/proc/self/exe"))?;
     let mut cmd = Command::new(exe);
     cmd.args(["__supervise", "--dir"])

@@ -2,7 +2,7 @@
 //! owns qemu, holds QMP and the serial console, applies on_poweroff/on_reboot/on_crash, keeps
 //! `state.json` current, holds the VM's lock for its whole life, and answers `control.sock`.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
 use std::os::fd::{FromRawFd, RawFd};
 use std::path::PathBuf;
@@ -84,6 +84,10 @@ pub fn main_from_args(args: &[std::ffi::OsString]) -> ! {
         std::process::exit(2);
     };
     let _ = tracing_subscriber::fmt().with_max_level(tracing::Level::INFO).with_ansi(false).try_init();
+    // Whatever the caller's umask, what the supervisor creates is private (modes are also set
+    // explicitly where files are created).
+    // SAFETY: umask(2) only sets this process's file mode creation mask.
+    unsafe { libc::umask(0o077) };
     main(dir, fd)
 }
 
@@ -427,12 +431,10 @@ impl Supervisor {
     }
 }
 
-/// Start qemu (paused), connect its console and QMP, then let it run.
+/// Start qemu (paused), connect its console and QMP, then let it run. qemu's sockets were
+/// bound by `start` and are inherited: connections queue until qemu accepts them.
 async fn launch(rd: &RunDir, argv: &[String], hub: &Arc<Hub>) -> Result<(Child, QmpHandle, QmpEvents), String> {
-    for p in [rd.qmp(), rd.console_sock()] {
-        let _ = std::fs::remove_file(p);
-    }
-    let log = OpenOptions::new().create(true).append(true).open(rd.qemu_log()).map_err(|e| e.to_string())?;
+    let log = crate::state::open_private(&rd.qemu_log(), false).map_err(|e| e.to_string())?;
     let qemu = crate::process::find_program("qemu-system-x86_64")
         .ok_or("cannot run qemu-system-x86_64: not found in PATH (is qemu-system-x86 installed?)")?;
     let mut cmd = Command::new(qemu);
@@ -445,18 +447,16 @@ async fn launch(rd: &RunDir, argv: &[String], hub: &Arc<Hub>) -> Result<(Child, 
         });
     }
     let mut child = cmd.spawn().map_err(|e| format!("cannot run qemu-system-x86_64: {e}"))?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !(rd.qmp().exists() && rd.console_sock().exists()) {
-        if let Ok(Some(status)) = child.try_wait() {
+    let connected = tokio::select! {
+        r = tokio::time::timeout(STARTUP, connect_and_run(rd, hub)) => {
+            r.unwrap_or_else(|_| Err(format!("qemu did not answer on QMP within {} s", STARTUP.as_secs())))
+        }
+        status = child.wait() => {
+            let status = status.map(|s| s.to_string()).unwrap_or_default();
             return Err(format!("qemu exited ({status}):\n{}", RunDir::tail(&rd.qemu_log(), 6)));
         }
-        if tokio::time::Instant::now() > deadline {
-            let _ = child.start_kill();
-            return Err("qemu did not open its QMP socket within 30 s".into());
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    match connect_and_run(rd, hub).await {
+    };
+    match connected {
         Ok((qmp, events)) => Ok((child, qmp, events)),
         Err(e) => {
             // qemu may have refused something after opening its sockets: its own words first.
@@ -473,37 +473,25 @@ async fn launch(rd: &RunDir, argv: &[String], hub: &Arc<Hub>) -> Result<(Child, 
     }
 }
 
-/// Connect to a socket qemu is creating: its file appears at bind(), connections are
-/// accepted only after listen(), so a refused connection is retried for a moment.
-async fn connect_retry(path: &std::path::Path, what: &str) -> Result<UnixStream, String> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        match UnixStream::connect(path).await {
-            Ok(s) => return Ok(s),
-            Err(e)
-                if tokio::time::Instant::now() < deadline
-                    && matches!(e.kind(), std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound) =>
-            {
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-            Err(e) => return Err(format!("{what} socket: {e}")),
-        }
-    }
-}
+/// How long qemu may take from exec to its QMP greeting (a loaded host, TCG).
+const STARTUP: Duration = Duration::from_secs(30);
 
 async fn connect_and_run(rd: &RunDir, hub: &Arc<Hub>) -> Result<(QmpHandle, QmpEvents), String> {
-    let console = connect_retry(&rd.console_sock(), "console").await?;
+    let console = UnixStream::connect(rd.console_sock()).await.map_err(|e| format!("console socket: {e}"))?;
     hub.attach_serial(console).await;
-    let qmp_sock = connect_retry(&rd.qmp(), "QMP").await?;
-    let (qmp, events) = qmp::handshake(qmp_sock, qmp::DEFAULT_TIMEOUT).await.map_err(|e| e.to_string())?;
+    let qmp_sock = UnixStream::connect(rd.qmp()).await.map_err(|e| format!("QMP socket: {e}"))?;
+    let (qmp, events) = qmp::handshake(qmp_sock, STARTUP).await.map_err(|e| e.to_string())?;
+    let qmp = qmp.with_timeout(qmp::DEFAULT_TIMEOUT);
     qmp.execute(qapi::qmp::cont {}).await.map_err(|e| format!("cont: {e}"))?;
     Ok((qmp, events))
 }
 
 /// Accept control connections; each request goes to the main loop with a reply channel.
 fn serve_control(rd: &RunDir, hub: Arc<Hub>) -> Result<mpsc::Receiver<Pending>, String> {
-    let _ = std::fs::remove_file(rd.control());
-    let listener = UnixListener::bind(rd.control()).map_err(|e| format!("control socket: {e}"))?;
+    let listener = crate::state::bind_private(&rd.control())
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .and_then(UnixListener::from_std)
+        .map_err(|e| format!("control socket: {e}"))?;
     let (tx, rx) = mpsc::channel::<Pending>(16);
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {

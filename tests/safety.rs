@@ -1,0 +1,125 @@
+//! What kvmctl guarantees about private state and confinement (README "Safety"), each proved
+//! on a real VM (the tiny test guest, direct kernel boot, TCG, no NIC), inside a namespace.
+//! Needs root, qemu and images/out (images/build.sh).
+
+mod common;
+
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::netns::can_netns;
+use common::vmhost::VmHost;
+use common::*;
+
+fn guest_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("images/out")
+}
+
+fn prereqs() -> bool {
+    require(
+        "root, qemu-system-x86_64 and the test guest (images/build.sh)",
+        can_netns() && have_program("qemu-system-x86_64") && guest_dir().join("vmlinuz").exists(),
+    )
+}
+
+/// `kvmctl ARGS` inside the host's namespace, as a command to adjust before running.
+fn kvmctl(h: &VmHost, args: &[&str]) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", &h.ns.name, env!("CARGO_BIN_EXE_kvmctl"), "--root"])
+        .arg(h.k.root())
+        .args(args)
+        .env_remove("KVMCTL_ROOT");
+    c
+}
+
+fn must(o: Output, what: &str) -> String {
+    assert!(o.status.success(), "{what}: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8(o.stdout).unwrap()
+}
+
+/// `install` argv of a small VM that boots the test guest's kernel, with no NIC.
+fn install_args(name: &str) -> Vec<String> {
+    let g = guest_dir();
+    let boot = format!("kernel={},initrd={}", g.join("vmlinuz").display(), g.join("initramfs.cpio.gz").display());
+    ["install", "--name", name, "--memory", "128", "--boot", &boot, "--network", "none", "--noautoconsole"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+}
+
+fn run_dir(h: &VmHost, vm: &str) -> PathBuf {
+    h.k.root().join(format!("run/domains/{vm}"))
+}
+
+/// Every entry of `dir` (recursively) with its mode bits, sorted.
+fn modes(dir: &Path) -> Vec<(String, char, u32)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let meta = std::fs::symlink_metadata(e.path()).unwrap();
+        let ft = meta.file_type();
+        let kind = if ft.is_dir() {
+            'd'
+        } else if ft.is_socket() {
+            's'
+        } else if ft.is_file() {
+            'f'
+        } else {
+            '?'
+        };
+        out.push((e.file_name().to_string_lossy().into_owned(), kind, meta.permissions().mode() & 0o7777));
+        if ft.is_dir() {
+            out.extend(
+                modes(&e.path())
+                    .into_iter()
+                    .map(|(n, k, m)| (format!("{}/{n}", e.file_name().to_string_lossy()), k, m)),
+            );
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn vm_runtime_dir_files_and_sockets_are_private_under_umask_000() {
+    if !prereqs() {
+        return;
+    }
+    let h = VmHost::new("s");
+    let umask0 = |c: &mut Command| {
+        // SAFETY: umask(2) in the child before exec; async-signal-safe.
+        unsafe {
+            c.pre_exec(|| {
+                libc::umask(0);
+                Ok(())
+            });
+        }
+    };
+    let args = install_args("p1");
+    let mut c = kvmctl(&h, &args.iter().map(String::as_str).collect::<Vec<_>>());
+    umask0(&mut c);
+    must(c.bounded(), "install under umask 000");
+    h.wait_console("p1", "KVMCTL-GUEST-READY", 1, 120);
+    // A second boot under umask 000: the previous console log is kept, private too.
+    h.ok(&["destroy", "p1"]);
+    let mut c = kvmctl(&h, &["start", "p1"]);
+    umask0(&mut c);
+    must(c.bounded(), "start under umask 000");
+    h.wait_console("p1", "KVMCTL-GUEST-READY", 1, 120);
+    let dir = run_dir(&h, "p1");
+    let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o700, "{}", dir.display());
+    let entries = modes(&dir);
+    for want in
+        ["control.sock", "qmp.sock", "console.sock", "console.log", "console.log.1", "qemu.log", "supervisor.log"]
+    {
+        assert!(entries.iter().any(|(n, _, _)| n == want), "{want} missing: {entries:?}");
+    }
+    for (name, kind, mode) in &entries {
+        let want = if *kind == 'd' { 0o700 } else { 0o600 };
+        assert_eq!(*mode, want, "{name} ({kind}) is {mode:o}, not {want:o}: {entries:?}");
+    }
+    h.ok(&["destroy", "p1"]);
+}

@@ -123,3 +123,40 @@ fn vm_runtime_dir_files_and_sockets_are_private_under_umask_000() {
     }
     h.ok(&["destroy", "p1"]);
 }
+
+/// `kvmctl --root R ARGS` as uid/gid 65534 (nobody), optionally keeping CAP_DAC_OVERRIDE so
+/// that file modes do not stop it.
+fn kvmctl_as_nobody(h: &VmHost, past_file_modes: bool, args: &[&str]) -> Output {
+    let mut c = Command::new("setpriv");
+    c.args(["--reuid=65534", "--regid=65534", "--clear-groups"]);
+    if past_file_modes {
+        c.args(["--inh-caps=+dac_override", "--ambient-caps=+dac_override"]);
+    }
+    c.args(["--", env!("CARGO_BIN_EXE_kvmctl"), "--root"]).arg(h.k.root()).args(args).env_remove("KVMCTL_ROOT");
+    c.bounded()
+}
+
+#[test]
+fn control_socket_refuses_an_unprivileged_user() {
+    if !prereqs() || !require("setpriv (util-linux)", have_program("setpriv")) {
+        return;
+    }
+    let h = VmHost::new("s");
+    let args = install_args("p2");
+    must(kvmctl(&h, &args.iter().map(String::as_str).collect::<Vec<_>>()).bounded(), "install");
+    // Plain nobody: the 0700 run dir and the 0600 socket stop it.
+    let o = kvmctl_as_nobody(&h, false, &["suspend", "p2"]);
+    assert!(!o.status.success(), "nobody suspended the VM");
+    // nobody past the file modes reaches the socket: the supervisor checks the peer's uid.
+    let o = kvmctl_as_nobody(&h, true, &["suspend", "p2"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "nobody with CAP_DAC_OVERRIDE suspended the VM");
+    assert!(err.contains("permission denied: uid 65534 may not control this VM"), "{err}");
+    let log = std::fs::read_to_string(run_dir(&h, "p2").join("supervisor.log")).unwrap();
+    assert!(log.contains("control connection refused") && log.contains("uid=65534"), "{log}");
+    assert_eq!(h.ok(&["domstate", "p2"]).trim(), "running");
+    // root is still answered.
+    h.ok(&["suspend", "p2"]);
+    assert_eq!(h.ok(&["domstate", "p2"]).trim(), "paused");
+    h.ok(&["destroy", "p2"]);
+}

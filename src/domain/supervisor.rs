@@ -34,11 +34,9 @@ pub enum Request {
     Reset,
     Suspend,
     Resume,
-    /// A raw QMP command (for domifaddr of user NICs and the like).
-    Qmp {
-        command: String,
-        arguments: Value,
-    },
+    /// The addresses qemu's user-mode network (slirp) leases to the guest, one per user NIC
+    /// (`data`: a list of [`UsernetAddr`]).
+    UsernetAddrs,
     /// Turn this connection into a console session (raw bytes after the reply line).
     Console {
         #[serde(default)]
@@ -57,6 +55,15 @@ pub struct Reply {
     pub state: Option<RunState>,
     #[serde(default, skip_serializing_if = "Value::is_null")]
     pub data: Value,
+}
+
+/// A user-mode NIC's guest address, as slirp leases it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsernetAddr {
+    /// Index of the NIC in the definition.
+    pub nic: usize,
+    pub address: std::net::Ipv4Addr,
+    pub prefix: u8,
 }
 
 impl Reply {
@@ -83,7 +90,12 @@ pub fn main_from_args(args: &[std::ffi::OsString]) -> ! {
         eprintln!("usage: kvmctl __supervise --dir DIR --ready-fd N (started by kvmctl start)");
         std::process::exit(2);
     };
-    let _ = tracing_subscriber::fmt().with_max_level(tracing::Level::INFO).with_ansi(false).try_init();
+    // stderr is supervisor.log (stdout is /dev/null).
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_ansi(false)
+        .with_writer(std::io::stderr)
+        .try_init();
     // Whatever the caller's umask, what the supervisor creates is private (modes are also set
     // explicitly where files are created).
     // SAFETY: umask(2) only sets this process's file mode creation mask.
@@ -409,9 +421,9 @@ impl Supervisor {
                 return Reply::ok(&self.state);
             }
             Request::Console { .. } => return Reply::err("console requests are served by the control task"),
-            Request::Qmp { command, arguments } => {
-                return match self.qmp.execute_raw(&command, arguments).await {
-                    Ok(v) => Reply { data: v, ..Reply::ok(&self.state) },
+            Request::UsernetAddrs => {
+                return match self.usernet_addrs().await {
+                    Ok(v) => Reply { data: serde_json::to_value(v).unwrap_or_default(), ..Reply::ok(&self.state) },
                     Err(e) => Reply::err(e.to_string()),
                 }
             }
@@ -420,6 +432,21 @@ impl Supervisor {
             Ok(()) => Reply::ok(&self.state),
             Err(e) => Reply::err(e.to_string()),
         }
+    }
+
+    /// slirp's guest address of every user-mode NIC, from HMP `info network` (QMP has no
+    /// typed query for it in qemu 7.2).
+    async fn usernet_addrs(&self) -> Result<Vec<UsernetAddr>, qmp::QmpError> {
+        use super::definition::NicSource;
+        let cmd = qapi::qmp::human_monitor_command { command_line: "info network".into(), cpu_index: None };
+        let text = self.qmp.execute(cmd).await?;
+        let user = self.def.nics.iter().enumerate().filter(|(_, n)| n.source == NicSource::User);
+        Ok(user
+            .filter_map(|(nic, _)| {
+                let address = usernet_guest_addr(&text, &format!("net{nic}"))?;
+                Some(UsernetAddr { nic, address, prefix: 24 })
+            })
+            .collect())
     }
 
     fn finish(&mut self) {
@@ -486,6 +513,40 @@ async fn connect_and_run(rd: &RunDir, hub: &Arc<Hub>) -> Result<(QmpHandle, QmpE
     Ok((qmp, events))
 }
 
+/// The guest address slirp leases on netdev `id`, from HMP `info network`'s `net=` (the
+/// network address; slirp's DHCP starts at its 15th host address).
+fn usernet_guest_addr(text: &str, id: &str) -> Option<std::net::Ipv4Addr> {
+    let line = text.lines().find(|l| l.contains(&format!("{id}:")) && l.contains("type=user"))?;
+    let net: std::net::Ipv4Addr = line.split(',').find_map(|kv| kv.trim().strip_prefix("net="))?.parse().ok()?;
+    Some(std::net::Ipv4Addr::from(u32::from(net) + 15))
+}
+
+/// Who may use the control socket: root and the supervisor's own user. The socket is 0600 in
+/// a 0700 dir; this also refuses a peer that got past the file modes (CAP_DAC_OVERRIDE, an
+/// fd handed over).
+fn peer_allowed(stream: &UnixStream) -> Result<(), String> {
+    let cred = stream.peer_cred().map_err(|e| format!("cannot read the peer's credentials: {e}"))?;
+    let me = nix::unistd::geteuid().as_raw();
+    if cred.uid() == 0 || cred.uid() == me {
+        return Ok(());
+    }
+    tracing::warn!(uid = cred.uid(), pid = ?cred.pid(), "control connection refused: not root nor uid {me}");
+    Err(format!("permission denied: uid {} may not control this VM", cred.uid()))
+}
+
+/// Answer a refused peer's first line (read, bounded, so that it sees the answer rather than
+/// a broken pipe) with the refusal, and hang up.
+async fn refuse(stream: UnixStream, why: String) {
+    use tokio::io::AsyncReadExt;
+    let (r, mut w) = stream.into_split();
+    let mut line = String::new();
+    let mut reader = BufReader::new(r.take(4096));
+    let _ = tokio::time::timeout(Duration::from_secs(5), reader.read_line(&mut line)).await;
+    let mut out = serde_json::to_vec(&Reply::err(why)).unwrap_or_default();
+    out.push(b'\n');
+    let _ = w.write_all(&out).await;
+}
+
 /// Accept control connections; each request goes to the main loop with a reply channel.
 fn serve_control(rd: &RunDir, hub: Arc<Hub>) -> Result<mpsc::Receiver<Pending>, String> {
     let listener = crate::state::bind_private(&rd.control())
@@ -497,6 +558,9 @@ fn serve_control(rd: &RunDir, hub: Arc<Hub>) -> Result<mpsc::Receiver<Pending>, 
         while let Ok((stream, _)) = listener.accept().await {
             let (tx, hub) = (tx.clone(), hub.clone());
             tokio::spawn(async move {
+                if let Err(e) = peer_allowed(&stream) {
+                    return refuse(stream, e).await;
+                }
                 let (r, mut w) = stream.into_split();
                 let mut lines = BufReader::new(r).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
@@ -541,4 +605,25 @@ pub fn request(rd: &RunDir, req: &Request, timeout: Duration) -> Result<Reply, S
     let mut reply = String::new();
     StdBufReader::new(s).read_line(&mut reply).map_err(|e| format!("no reply from the supervisor: {e}"))?;
     serde_json::from_str(&reply).map_err(|e| format!("bad reply from the supervisor: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usernet_address_is_the_15th_host_of_the_netdevs_network() {
+        let text = "nic0: index=0,type=nic,model=virtio-net-pci,macaddr=52:54:00:00:00:02\r\n \\ net0: index=0,type=user,net=10.0.2.0,restrict=off\r\nnic1: index=0,type=nic,model=e1000,macaddr=52:54:00:00:00:03\r\n \\ net1: index=0,type=user,net=10.0.5.0,restrict=off\r\n";
+        assert_eq!(usernet_guest_addr(text, "net0"), Some("10.0.2.15".parse().unwrap()));
+        assert_eq!(usernet_guest_addr(text, "net1"), Some("10.0.5.15".parse().unwrap()));
+        assert_eq!(usernet_guest_addr(text, "net2"), None);
+    }
+
+    #[test]
+    fn control_protocol_has_no_raw_qmp_request() {
+        let raw = r#"{"op":"qmp","command":"human-monitor-command","arguments":{"command-line":"info network"}}"#;
+        assert!(serde_json::from_str::<Request>(raw).is_err());
+        let typed = serde_json::to_string(&Request::UsernetAddrs).unwrap();
+        assert!(matches!(serde_json::from_str(&typed).unwrap(), Request::UsernetAddrs));
+    }
 }

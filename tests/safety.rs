@@ -160,3 +160,83 @@ fn control_socket_refuses_an_unprivileged_user() {
     assert_eq!(h.ok(&["domstate", "p2"]).trim(), "paused");
     h.ok(&["destroy", "p2"]);
 }
+
+/// The supervisor's and qemu's pids, from the VM's state.json.
+fn vm_pids(h: &VmHost, vm: &str) -> (i32, i32) {
+    let st: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run_dir(h, vm).join("state.json")).unwrap()).unwrap();
+    (st["supervisor_pid"].as_i64().unwrap() as i32, st["qemu_pid"].as_i64().unwrap() as i32)
+}
+
+/// What each open fd of `pid` points to (`readlink /proc/PID/fd/N`).
+fn fd_targets(pid: i32) -> Vec<(i32, String)> {
+    let mut v: Vec<(i32, String)> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let fd = e.file_name().to_str()?.parse().ok()?;
+            Some((fd, std::fs::read_link(e.path()).ok()?.display().to_string()))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn start_leaves_no_caller_fd_open_in_the_supervisor_or_qemu() {
+    if !prereqs() || !require("flock (util-linux)", have_program("flock")) {
+        return;
+    }
+    let h = VmHost::new("s");
+    let args = install_args("p3");
+    must(kvmctl(&h, &args.iter().map(String::as_str).collect::<Vec<_>>()).bounded(), "install");
+    h.ok(&["destroy", "p3"]);
+    // `flock FILE kvmctl start p3`, with a pipe's write end on fd 7.
+    let lockfile = h.k.dir.path().join("caller.lock");
+    let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+    let mut c = Command::new("flock");
+    c.arg(&lockfile).args(["ip", "netns", "exec", &h.ns.name, env!("CARGO_BIN_EXE_kvmctl"), "--root"]);
+    c.arg(h.k.root()).args(["start", "p3"]).env_remove("KVMCTL_ROOT");
+    let w = std::os::fd::AsRawFd::as_raw_fd(&wr);
+    // SAFETY: dup2 in the child before exec; async-signal-safe.
+    unsafe {
+        c.pre_exec(move || {
+            if libc::dup2(w, 7) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    must(c.bounded(), "flock ... kvmctl start");
+    drop(wr);
+    // start has returned: the lock is free and the pipe has no writer left.
+    let o = Command::new("flock").args(["-n"]).arg(&lockfile).arg("true").bounded();
+    assert!(o.status.success(), "the caller's lock is still held while the VM runs");
+    nix::fcntl::fcntl(
+        std::os::fd::AsRawFd::as_raw_fd(&rd),
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    )
+    .unwrap();
+    let mut buf = [0u8; 1];
+    assert_eq!(nix::unistd::read(std::os::fd::AsRawFd::as_raw_fd(&rd), &mut buf), Ok(0), "fd 7's pipe has a writer");
+    // Neither process holds anything of its caller, nor qemu the supervisor's lock.
+    let (sup, qemu) = vm_pids(&h, "p3");
+    let pipe = std::fs::read_link(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&rd)))
+        .unwrap()
+        .display()
+        .to_string();
+    let lock = run_dir(&h, "p3").join("lock").display().to_string();
+    for (who, pid) in [("supervisor", sup), ("qemu", qemu)] {
+        let fds = fd_targets(pid);
+        assert!(
+            !fds.iter().any(|(_, t)| t == &lockfile.display().to_string()),
+            "{who} holds the caller's lock: {fds:?}"
+        );
+        assert!(!fds.iter().any(|(_, t)| t == &pipe), "{who} holds the caller's pipe (fd 7): {fds:?}");
+        if who == "qemu" {
+            assert!(!fds.iter().any(|(_, t)| t == &lock), "qemu holds the supervisor's lock file: {fds:?}");
+        }
+    }
+    assert_eq!(h.ok(&["domstate", "p3"]).trim(), "running");
+    h.ok(&["destroy", "p3"]);
+}

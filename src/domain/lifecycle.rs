@@ -257,30 +257,33 @@ fn spawn_supervisor(
 ) -> Result<RunState, DomainError> {
     let (read_end, write_end) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| io_at("pipe")(e.into()))?;
-    let keep: Vec<i32> = taps
+    let for_qemu: Vec<i32> = taps
         .iter()
         .flatten()
         .map(|t| t.fd.as_raw_fd())
-        .chain([socks.qmp.as_raw_fd(), socks.console.as_raw_fd(), write_end.as_raw_fd()])
+        .chain([socks.qmp.as_raw_fd(), socks.console.as_raw_fd()])
         .collect();
+    let keep: Vec<i32> = for_qemu.iter().copied().chain([write_end.as_raw_fd()]).collect();
+    let qemu_fds = for_qemu.iter().map(|fd| fd.to_string()).collect::<Vec<_>>().join(",");
     let log = open_private(&rd.supervisor_log(), false).map_err(io_at(rd.supervisor_log()))?;
     let exe = std::env::current_exe().map_err(io_at("/proc/self/exe"))?;
     let mut cmd = Command::new(exe);
     cmd.args(["__supervise", "--dir"])
         .arg(&rd.dir)
         .args(["--ready-fd", &write_end.as_raw_fd().to_string()])
+        .args(["--qemu-fds", &qemu_fds])
         .env("KVMCTL_LOG", std::env::var("KVMCTL_LOG").unwrap_or_else(|_| "info".into()))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::from(log));
-    // SAFETY: only async-signal-safe calls (setsid, fcntl) between fork and exec.
+    let limit = crate::process::fd_limit();
+    // SAFETY: only async-signal-safe calls (setsid, close_range, fcntl) between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
             libc::setsid();
-            for fd in &keep {
-                tap::clear_cloexec_fd(*fd)?;
-            }
-            Ok(())
+            // The supervisor gets the taps, qemu's sockets and the ready pipe; nothing this
+            // command inherited (a caller's lock, a pipe) outlives it in the VM's processes.
+            crate::process::inherit_only(&keep, limit)
         });
     }
     let mut child = cmd.spawn().map_err(io_at("kvmctl __supervise"))?;

@@ -75,21 +75,28 @@ impl Reply {
     }
 }
 
-/// `kvmctl __supervise --dir DIR --ready-fd N` (started by `start`; not for direct use).
+/// `kvmctl __supervise --dir DIR --ready-fd N --qemu-fds A,B,..` (started by `start`; not for
+/// direct use). The qemu fds (taps, qemu's listening sockets) are inherited at the numbers the
+/// qemu argv names, and are the only fds qemu gets.
 pub fn main_from_args(args: &[std::ffi::OsString]) -> ! {
     let mut it = args.iter();
-    let (mut dir, mut fd) = (None, None);
+    let (mut dir, mut fd, mut qemu_fds) = (None, None, None);
     while let Some(a) = it.next() {
         match a.to_str() {
             Some("--dir") => dir = it.next().map(PathBuf::from),
             Some("--ready-fd") => fd = it.next().and_then(|v| v.to_str()?.parse::<RawFd>().ok()),
+            Some("--qemu-fds") => qemu_fds = it.next().and_then(|v| parse_fds(v.to_str()?)),
             _ => {}
         }
     }
-    let (Some(dir), Some(fd)) = (dir, fd) else {
-        eprintln!("usage: kvmctl __supervise --dir DIR --ready-fd N (started by kvmctl start)");
+    let (Some(dir), Some(fd), Some(qemu_fds)) = (dir, fd, qemu_fds) else {
+        eprintln!("usage: kvmctl __supervise --dir DIR --ready-fd N --qemu-fds A,B,.. (started by kvmctl start)");
         std::process::exit(2);
     };
+    for fd in &qemu_fds {
+        // Inherited without close-on-exec: only qemu's spawn hands them on.
+        let _ = nix::fcntl::fcntl(*fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
+    }
     // stderr is supervisor.log (stdout is /dev/null).
     let _ = tracing_subscriber::fmt()
         .with_max_level(tracing::Level::INFO)
@@ -100,18 +107,24 @@ pub fn main_from_args(args: &[std::ffi::OsString]) -> ! {
     // explicitly where files are created).
     // SAFETY: umask(2) only sets this process's file mode creation mask.
     unsafe { libc::umask(0o077) };
-    main(dir, fd)
+    main(dir, fd, qemu_fds)
+}
+
+/// `3,4,5` (or empty) -> the fd numbers; None if any is not a number.
+fn parse_fds(list: &str) -> Option<Vec<RawFd>> {
+    list.split(',').filter(|s| !s.is_empty()).map(|s| s.parse().ok()).collect()
 }
 
 /// The supervisor's life. Never returns.
-fn main(dir: PathBuf, ready_fd: RawFd) -> ! {
+fn main(dir: PathBuf, ready_fd: RawFd, qemu_fds: Vec<RawFd>) -> ! {
     // SAFETY: the fd number was passed by our parent, which opened it for us.
     let mut ready = unsafe { File::from_raw_fd(ready_fd) };
     let _ = nix::fcntl::fcntl(ready_fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
     let rd = RunDir { dir };
+    let qemu_fds: Arc<[RawFd]> = qemu_fds.into();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
     let code = rt.block_on(async {
-        match Supervisor::boot(&rd).await {
+        match Supervisor::boot(&rd, qemu_fds).await {
             Ok(mut sup) => {
                 let _ = ready.write_all(b"OK\n");
                 drop(ready);
@@ -205,11 +218,13 @@ struct Supervisor {
     /// Set during an install's first boot.
     next: Option<NextBoot>,
     hub: Arc<Hub>,
+    /// What qemu inherits (taps, its listening sockets), at the numbers its argv names.
+    qemu_fds: Arc<[RawFd]>,
     _lock: ObjectLock,
 }
 
 impl Supervisor {
-    async fn boot(rd: &RunDir) -> Result<Supervisor, String> {
+    async fn boot(rd: &RunDir, qemu_fds: Arc<[RawFd]>) -> Result<Supervisor, String> {
         let lock = match crate::state::try_lock_exclusive(&rd.lock()) {
             Ok(Some(l)) => l,
             Ok(None) => return Err("another supervisor holds this VM (already running)".into()),
@@ -222,7 +237,7 @@ impl Supervisor {
         let mut state = rd.read_state().unwrap_or_else(|| blank_state(false));
         state.supervisor_pid = std::process::id() as i32;
         let hub = Hub::new(rd.console_log());
-        let (child, qmp, events) = launch(rd, &argv, &hub).await?;
+        let (child, qmp, events) = launch(rd, &argv, &qemu_fds, &hub).await?;
         state.qemu_pid = child.id().map(|p| p as i32);
         state.state = VmState::Running;
         state.reason = "booted".into();
@@ -242,6 +257,7 @@ impl Supervisor {
             quitting: None,
             next: std::fs::read_to_string(rd.next_boot()).ok().and_then(|t| serde_json::from_str(&t).ok()),
             hub,
+            qemu_fds,
             _lock: lock,
         })
     }
@@ -357,7 +373,7 @@ impl Supervisor {
         if stop {
             return; // quitting is set: the exit is a clean stop
         }
-        match launch(&self.rd, &self.argv, &self.hub).await {
+        match launch(&self.rd, &self.argv, &self.qemu_fds, &self.hub).await {
             Ok((child, qmp, events)) => {
                 (self.child, self.qmp, self.events) = (child, qmp, events);
                 self.quitting = None;
@@ -388,7 +404,7 @@ impl Supervisor {
         let detail = status.map(|s| s.to_string()).unwrap_or_default();
         tracing::warn!(%detail, "qemu exited unexpectedly");
         if self.def.on_crash == Action::Restart && self.state.restarts < 10 {
-            match launch(&self.rd, &self.argv, &self.hub).await {
+            match launch(&self.rd, &self.argv, &self.qemu_fds, &self.hub).await {
                 Ok((child, qmp, events)) => {
                     (self.child, self.qmp, self.events) = (child, qmp, events);
                     self.state.qemu_pid = self.child.id().map(|p| p as i32);
@@ -460,17 +476,24 @@ impl Supervisor {
 
 /// Start qemu (paused), connect its console and QMP, then let it run. qemu's sockets were
 /// bound by `start` and are inherited: connections queue until qemu accepts them.
-async fn launch(rd: &RunDir, argv: &[String], hub: &Arc<Hub>) -> Result<(Child, QmpHandle, QmpEvents), String> {
+async fn launch(
+    rd: &RunDir,
+    argv: &[String],
+    fds: &Arc<[RawFd]>,
+    hub: &Arc<Hub>,
+) -> Result<(Child, QmpHandle, QmpEvents), String> {
     let log = crate::state::open_private(&rd.qemu_log(), false).map_err(|e| e.to_string())?;
     let qemu = crate::process::find_program("qemu-system-x86_64")
         .ok_or("cannot run qemu-system-x86_64: not found in PATH (is qemu-system-x86 installed?)")?;
     let mut cmd = Command::new(qemu);
     cmd.args(argv).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::from(log));
-    // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe; qemu dies with its supervisor.
+    let (keep, limit) = (fds.clone(), crate::process::fd_limit());
+    // SAFETY: prctl(PR_SET_PDEATHSIG), close_range and fcntl are async-signal-safe; qemu dies
+    // with its supervisor and gets only its own fds (not the lock, not control.sock).
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
+            crate::process::inherit_only(&keep, limit)
         });
     }
     let mut child = cmd.spawn().map_err(|e| format!("cannot run qemu-system-x86_64: {e}"))?;

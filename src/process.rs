@@ -67,9 +67,80 @@ where
     Ok(Output { stdout: String::from_utf8_lossy(&out.stdout).into_owned() })
 }
 
+/// In a forked child before exec (`CommandExt::pre_exec`): let exactly `keep` and the
+/// standard streams reach the program. Every other fd is marked close-on-exec
+/// (`close_range(CLOSE_RANGE_CLOEXEC)`: whatever the parent inherited from its own caller,
+/// such as `flock FILE kvmctl ...`'s lock or a pipe, goes away at exec, while std's own
+/// exec-error pipe still works until then); the fds in `keep` get close-on-exec cleared.
+/// `fallback_max` (from [`fd_limit`], read before the fork) bounds a per-fd loop on kernels
+/// without CLOSE_RANGE_CLOEXEC (before 5.11). Async-signal-safe: system calls only.
+pub fn inherit_only(keep: &[std::os::fd::RawFd], fallback_max: libc::c_int) -> std::io::Result<()> {
+    // SAFETY: close_range and fcntl only change descriptor flags of this (forked) process.
+    let r = unsafe {
+        libc::syscall(libc::SYS_close_range, 3 as libc::c_uint, libc::c_uint::MAX, libc::CLOSE_RANGE_CLOEXEC)
+    };
+    if r != 0 {
+        for fd in 3..fallback_max {
+            // SAFETY: as above; an fd that is not open is reported as EBADF and skipped.
+            unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+        }
+    }
+    for fd in keep {
+        // SAFETY: as above.
+        unsafe {
+            let flags = libc::fcntl(*fd, libc::F_GETFD);
+            if flags < 0 || libc::fcntl(*fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The fd limit a child starts with (bounds [`inherit_only`]'s fallback loop).
+pub fn fd_limit() -> libc::c_int {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes one rlimit struct, which `lim` is.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 1024;
+    }
+    lim.rlim_cur.min(1 << 20) as libc::c_int
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Does `/proc/self/fd/<fd>` exist in a child whose pre_exec first makes `fds` inheritable
+    /// (as fds inherited from a caller are), then runs `inherit_only(keep)`?
+    fn child_has_fd(fds: [i32; 2], keep: i32, probe: i32) -> bool {
+        use std::os::unix::process::CommandExt;
+        let limit = fd_limit();
+        let mut c = Command::new("test");
+        c.args(["-e", &format!("/proc/self/fd/{probe}")]);
+        // SAFETY: only fcntl and close_range between fork and exec.
+        unsafe {
+            c.pre_exec(move || {
+                for fd in fds {
+                    // SAFETY: flag change on an fd of this child.
+                    libc::fcntl(fd, libc::F_SETFD, 0);
+                }
+                inherit_only(&[keep], limit)
+            });
+        }
+        c.status().unwrap().success()
+    }
+
+    #[test]
+    fn inherit_only_passes_the_kept_fd_and_no_other() {
+        use std::os::fd::AsRawFd;
+        let d = tempfile::tempdir().unwrap();
+        let a = std::fs::File::create(d.path().join("a")).unwrap();
+        let b = std::fs::File::create(d.path().join("b")).unwrap();
+        let fds = [a.as_raw_fd(), b.as_raw_fd()];
+        assert!(child_has_fd(fds, fds[0], fds[0]));
+        assert!(!child_has_fd(fds, fds[0], fds[1]));
+    }
 
     #[test]
     fn find_program_takes_the_first_executable_in_path() {

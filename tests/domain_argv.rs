@@ -4,10 +4,13 @@
 
 mod common;
 
+use std::io::BufRead;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kvmctl::domain::argv::{render, ArgvError, RenderEnv};
 use kvmctl::domain::definition::*;
@@ -94,7 +97,7 @@ fn cases() -> Vec<(&'static str, DomainDef, Accel)> {
 }
 
 /// Issue 10: a comma in every free-form value the renderer places in an option string. Each
-/// is doubled (the name, disk and firmware paths, the socket paths: see `golden_run`) or,
+/// is doubled (the name, disk and firmware paths; qemu's sockets arrive as fds) or,
 /// where qemu takes the whole argument (-kernel, -append), passed as it is. The typed fields
 /// (format, cache, bus, MAC, machine, CPU, VNC address) cannot hold one: see
 /// `typed_fields_refuse_a_comma_when_read`; an initrd path with one is refused.
@@ -126,17 +129,8 @@ fn commas() -> DomainDef {
     d
 }
 
-/// The runtime dir a golden is rendered with: with a comma for the comma case.
-fn golden_run(case: &str) -> &'static Path {
-    if case.starts_with("commas") {
-        Path::new("/run/kvm,ctl/domains/com,ma")
-    } else {
-        Path::new("/run/kvmctl/domains/x")
-    }
-}
-
-/// Render a case with the data dir and runtime paths given; tap NICs get `fds`.
-fn render_case(def: &DomainDef, accel: Accel, data: &str, run: &Path, fds: &[Option<i32>]) -> Vec<String> {
+/// Render a case with the data dir given; qemu's sockets are fds `socks`, tap NICs get `fds`.
+fn render_case(def: &DomainDef, accel: Accel, data: &str, socks: (i32, i32), fds: &[Option<i32>]) -> Vec<String> {
     let mut def = def.clone();
     let fix = |p: &mut PathBuf| *p = PathBuf::from(p.display().to_string().replace("@D", data));
     def.disks.iter_mut().for_each(|d| fix(&mut d.path));
@@ -150,14 +144,7 @@ fn render_case(def: &DomainDef, accel: Accel, data: &str, run: &Path, fds: &[Opt
             fix(i);
         }
     }
-    let env = RenderEnv {
-        accel,
-        qmp_socket: &run.join("qmp.sock"),
-        serial_socket: &run.join("console.sock"),
-        tap_fds: fds,
-        vhost: false,
-        vnc_display: 0,
-    };
+    let env = RenderEnv { accel, qmp_fd: socks.0, serial_fd: socks.1, tap_fds: fds, vhost: false, vnc_display: 0 };
     render(&def, &env).unwrap()
 }
 
@@ -167,7 +154,7 @@ fn qemu_argv_matches_goldens() {
     let regen = std::env::var("KVMCTL_REGEN_GOLDEN").as_deref() == Ok("1");
     for (name, def, accel) in cases() {
         let fds: Vec<_> = def.nics.iter().map(|n| if n.source == NicSource::User { None } else { Some(3) }).collect();
-        let argv = render_case(&def, accel, "/var/lib/kvmctl/images", golden_run(name), &fds);
+        let argv = render_case(&def, accel, "/var/lib/kvmctl/images", (4, 5), &fds);
         let text = argv.join("\n") + "\n";
         let file = dir.join(format!("{name}.argv"));
         if regen {
@@ -183,15 +170,13 @@ fn qemu_argv_matches_goldens() {
 #[test]
 fn comma_golden_doubles_every_comma_in_option_strings() {
     let (_, def, accel) = cases().into_iter().find(|(n, _, _)| n.starts_with("commas")).unwrap();
-    let argv = render_case(&def, accel, "/img", golden_run("commas"), &[Some(3), None]);
+    let argv = render_case(&def, accel, "/img", (4, 5), &[Some(3), None]);
     let after = |flag: &str| -> Vec<&str> { argv.windows(2).filter(|w| w[0] == flag).map(|w| w[1].as_str()).collect() };
     assert_eq!(after("-name"), ["guest=com,,ma,debug-threads=on"]);
+    // qemu's sockets arrive as fds: no path in -chardev at all.
     assert_eq!(
         after("-chardev"),
-        [
-            "socket,id=qmp,path=/run/kvm,,ctl/domains/com,,ma/qmp.sock,server=on,wait=off",
-            "socket,id=serial0,path=/run/kvm,,ctl/domains/com,,ma/console.sock,server=on,wait=off"
-        ]
+        ["socket,id=qmp,fd=4,server=on,wait=off", "socket,id=serial0,fd=5,server=on,wait=off"]
     );
     let drives = after("-drive");
     assert_eq!(drives[0], "if=pflash,format=raw,readonly=on,file=/img/OVMF,,CODE.fd");
@@ -210,14 +195,7 @@ fn comma_golden_doubles_every_comma_in_option_strings() {
 /// What no escaping makes safe is refused by the renderer itself.
 #[test]
 fn renderer_refuses_relative_image_paths_and_an_initrd_with_a_comma() {
-    let env = RenderEnv {
-        accel: Accel::Tcg,
-        qmp_socket: Path::new("/r/q"),
-        serial_socket: Path::new("/r/s"),
-        tap_fds: &[],
-        vhost: false,
-        vnc_display: 0,
-    };
+    let env = RenderEnv { accel: Accel::Tcg, qmp_fd: 4, serial_fd: 5, tap_fds: &[], vhost: false, vnc_display: 0 };
     let mut d = base("rel");
     d.disks.push(disk(
         r#"json:{"file":{"driver":"file","filename":"/etc/shadow"}}"#,
@@ -324,55 +302,54 @@ fn every_golden_argv_is_accepted_by_qemu() {
     // project's own probe says KVM is usable here.
     let verdict = kvmctl::domain::accel::probe(tmp.path());
     for (name, def, accel) in cases() {
-        // A comma in every runtime path too: the QMP and serial socket paths are escaped.
+        // A comma in the runtime path too: qemu gets its sockets as fds, never as paths.
         let run = tmp.path().join(format!("run,{name}"));
         std::fs::create_dir(&run).unwrap();
         let taps: Vec<Option<OwnedFd>> =
             def.nics.iter().map(|n| (n.source != NicSource::User).then(tap_in_private_netns)).collect();
         let fds: Vec<Option<i32>> = taps.iter().map(|t| t.as_ref().map(|f| f.as_raw_fd())).collect();
-        for t in taps.iter().flatten() {
-            nix::fcntl::fcntl(t.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty())).unwrap();
-        }
-        let argv = render_case(&def, accel, data, &run, &fds);
+        let (qmp, console) = (run.join("qmp.sock"), run.join("console.sock"));
+        let socks = [UnixListener::bind(&qmp).unwrap(), UnixListener::bind(&console).unwrap()];
+        let sock_fds = (socks[0].as_raw_fd(), socks[1].as_raw_fd());
+        let mut argv = render_case(&def, accel, data, sock_fds, &fds);
         if accel == Accel::Kvm && !verdict.kvm_usable {
             eprintln!("{name}: path: KVM unusable here ({verdict}): the argv runs with TCG swapped in");
-            let tcg = render_case(&def, Accel::Tcg, data, &run, &fds);
+            let tcg = render_case(&def, Accel::Tcg, data, sock_fds, &fds);
             assert_kvm_argv_differs_only_in_accel(&argv, &tcg);
             assert_qemu_knows("-accel", "kvm");
             assert_qemu_knows("-cpu", "host");
-            qemu_accepts(name, &tcg, &run);
+            argv = tcg;
         } else {
             eprintln!("{name}: path: started as rendered ({accel})");
-            qemu_accepts(name, &argv, &run);
         }
+        let inherit: Vec<i32> = fds.iter().flatten().copied().chain(socks.iter().map(|s| s.as_raw_fd())).collect();
+        let mut cmd = Command::new("qemu-system-x86_64");
+        cmd.args(&argv).stderr(Stdio::piped());
+        // SAFETY: only fcntl (async-signal-safe) between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || inherit.iter().try_for_each(|fd| kvmctl::domain::tap::clear_cloexec_fd(*fd)));
+        }
+        let mut child = cmd.spawn().unwrap();
+        // qemu holds the listeners now: if it exits, the connection below ends at once.
+        drop(socks);
+        qemu_accepts(name, &mut child, &qmp);
     }
 }
 
-/// Start qemu paused with `argv`; it must open its QMP socket and stay up.
-fn qemu_accepts(name: &str, argv: &[String], run: &Path) {
-    let mut child = Command::new("qemu-system-x86_64").args(argv).stderr(Stdio::piped()).spawn().unwrap();
-    let qmp = run.join("qmp.sock");
-    let start = Instant::now();
-    while !qmp.exists() && start.elapsed() < WATCHDOG {
-        if let Some(status) = child.try_wait().unwrap() {
-            let out = child.wait_with_output().unwrap();
-            panic!("{name}: qemu refused the argv ({status}): {}", String::from_utf8_lossy(&out.stderr));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(qmp.exists(), "{name}: qemu did not open its QMP socket");
-    std::thread::sleep(Duration::from_millis(100));
-    if child.try_wait().unwrap().is_some() {
-        let out = child.wait_with_output().unwrap();
-        panic!("{name}: qemu exited: {}", String::from_utf8_lossy(&out.stderr));
+/// qemu, started paused, must greet on QMP (it has parsed the whole argv and built the
+/// machine) and still be running.
+fn qemu_accepts(name: &str, child: &mut std::process::Child, qmp: &Path) {
+    let greeting = qmp_greeting(qmp);
+    if !greeting.starts_with("{\"QMP\"") || child.try_wait().unwrap().is_some() {
+        let _ = child.kill();
+        let mut err = String::new();
+        let _ = std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err);
+        let _ = child.wait();
+        panic!("{name}: qemu refused the argv ({greeting:?}): {err}");
     }
     child.kill().unwrap();
     child.wait().unwrap();
-    let _ = std::fs::remove_file(qmp);
 }
-
-/// Far above qemu's start-up time: only a hang trips it.
-const WATCHDOG: Duration = Duration::from_secs(120);
 
 /// The KVM argv is the TCG one with only the accelerator and the default CPU model changed.
 fn assert_kvm_argv_differs_only_in_accel(kvm: &[String], tcg: &[String]) {
@@ -395,4 +372,14 @@ fn assert_qemu_knows(option: &str, value: &str) {
         text.lines().any(|l| l.split_whitespace().any(|w| w == value)),
         "qemu's {option} help does not list {value}:\n{text}"
     );
+}
+
+/// The first line qemu sends on its QMP socket (empty if qemu exits instead). The read has a
+/// generous watchdog against a hang.
+fn qmp_greeting(qmp: &Path) -> String {
+    let Ok(s) = UnixStream::connect(qmp) else { return String::new() };
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut line = String::new();
+    let _ = std::io::BufReader::new(s).read_line(&mut line);
+    line
 }

@@ -18,7 +18,7 @@ use crate::domain::definition::{DomainDef, NicSource};
 use crate::domain::libvirt_xml;
 use crate::domain::lifecycle::{self, DomainError};
 use crate::domain::runtime::{self, RunDir, VmState};
-use crate::domain::supervisor::Request;
+use crate::domain::supervisor::{Request, UsernetAddr};
 use crate::inventory::Inventory;
 use crate::paths::Kind;
 
@@ -359,6 +359,7 @@ fn domifaddr(ctx: &Ctx, name: &str) -> anyhow::Result<()> {
     }
     let mut taps = rd.read_state().map(|s| s.taps).unwrap_or_default().into_iter();
     let mut rows = Vec::new();
+    let mut usernet: Option<Vec<UsernetAddr>> = None;
     for (idx, n) in def.nics.iter().enumerate() {
         match &n.source {
             NicSource::Network { network } => {
@@ -381,18 +382,16 @@ fn domifaddr(ctx: &Ctx, name: &str) -> anyhow::Result<()> {
                 taps.next();
             }
             NicSource::User => {
-                // qemu's user-mode network (slirp) leases its guest the 15th address of the
-                // network QMP reports for the NIC's netdev (`info network`: net=10.0.2.0).
-                let args = serde_json::json!({"command-line": "info network"});
-                let req = Request::Qmp { command: "human-monitor-command".into(), arguments: args };
-                let r = lifecycle::control(store, name, req, "domifaddr")?;
-                let text = r.data.as_str().unwrap_or_default().to_string();
-                if let Some(ip) = usernet_guest_addr(&text, &format!("net{idx}")) {
+                if usernet.is_none() {
+                    let r = lifecycle::control(store, name, Request::UsernetAddrs, "domifaddr")?;
+                    usernet = Some(serde_json::from_value(r.data).context("domifaddr: the supervisor's reply")?);
+                }
+                for a in usernet.iter().flatten().filter(|a| a.nic == idx) {
                     rows.push(IfAddr {
                         name: "-".into(),
                         mac: n.mac.to_string(),
                         protocol: "ipv4",
-                        address: format!("{ip}/24"),
+                        address: format!("{}/{}", a.address, a.prefix),
                         source: "user-mode DHCP (QMP)".into(),
                     });
                 }
@@ -406,14 +405,6 @@ fn domifaddr(ctx: &Ctx, name: &str) -> anyhow::Result<()> {
         rows.iter().map(|r| vec![r.name.clone(), r.mac.clone(), r.protocol.into(), r.address.clone()]).collect();
     print!("{}", table(&["Name", "MAC address", "Protocol", "Address"], &t));
     Ok(())
-}
-
-/// The guest address slirp leases on netdev `id`, from HMP `info network`'s `net=` (the
-/// network address; slirp's DHCP starts at its 15th host address).
-fn usernet_guest_addr(text: &str, id: &str) -> Option<std::net::Ipv4Addr> {
-    let line = text.lines().find(|l| l.contains(&format!("{id}:")) && l.contains("type=user"))?;
-    let net: std::net::Ipv4Addr = line.split(',').find_map(|kv| kv.trim().strip_prefix("net="))?.parse().ok()?;
-    Some(std::net::Ipv4Addr::from(u32::from(net) + 15))
 }
 
 fn undefine(ctx: &Ctx, name: &str, remove_storage: bool, nvram: bool, keep_nvram: bool) -> anyhow::Result<()> {

@@ -230,19 +230,21 @@ fn install_steps(
         println!("# definition\n{}", toml::to_string_pretty(&def)?);
         let verdict = crate::domain::accel::probe(&store.paths.run);
         let res = crate::domain::accel::resolve(def.accel, &verdict)?;
-        let rd = RunDir::of(store, &def.name);
-        let fds: Vec<Option<i32>> = def.nics.iter().map(|n| (n.source != NicSource::User).then_some(3)).collect();
+        let fds: Vec<Option<i32>> = def.nics.iter().map(|n| (n.source != NicSource::User).then_some(5)).collect();
         let env = crate::domain::argv::RenderEnv {
             accel: res.accel,
-            qmp_socket: &rd.qmp(),
-            serial_socket: &rd.console_sock(),
+            qmp_fd: 3,
+            serial_fd: 4,
             tap_fds: &fds,
             vhost: crate::domain::tap::vhost_available(),
             vnc_display: 0,
         };
         let argv = crate::domain::argv::render(&def, &env)
             .map_err(|source| lifecycle::DomainError::Definition { name: def.name.clone(), source: source.into() })?;
-        println!("# qemu argv (tap fds are opened at start)\nqemu-system-x86_64 {}", argv.join(" "));
+        println!(
+            "# qemu argv (sockets and taps are opened at start, as these fds)\nqemu-system-x86_64 {}",
+            argv.join(" ")
+        );
         return Ok(());
     }
     if !transient {
@@ -256,7 +258,7 @@ fn install_steps(
         }
     };
     let rd = RunDir::of(store, &def.name);
-    std::fs::create_dir_all(&rd.dir)?;
+    rd.create()?;
     match first_boot(ctx, &def, src, &rd)? {
         None => {
             lifecycle::start(store, &def, transient, &notify)?;

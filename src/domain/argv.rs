@@ -55,8 +55,10 @@ pub fn check(def: &DomainDef) -> Result<(), ArgvError> {
 pub struct RenderEnv<'a> {
     /// The resolved accelerator (never `Auto`).
     pub accel: Accel,
-    pub qmp_socket: &'a Path,
-    pub serial_socket: &'a Path,
+    /// qemu's listening QMP and serial sockets, bound by kvmctl in the VM's private runtime
+    /// dir and inherited by qemu at these fd numbers.
+    pub qmp_fd: i32,
+    pub serial_fd: i32,
     /// Tap fd for each NIC in order (`None` for user-mode NICs).
     pub tap_fds: &'a [Option<i32>],
     /// `/dev/vhost-net` is usable.
@@ -88,10 +90,9 @@ pub fn render(def: &DomainDef, env: &RenderEnv) -> Result<Vec<String>, ArgvError
         a.flag("-no-reboot");
     }
     a.push(["-rtc", "base=utc"]);
-    a.push(["-chardev", &format!("socket,id=qmp,path={},server=on,wait=off", escape_path(env.qmp_socket))]);
+    a.push(["-chardev", &format!("socket,id=qmp,fd={},server=on,wait=off", env.qmp_fd)]);
     a.push(["-mon", "chardev=qmp,mode=control"]);
-    let serial = escape_path(env.serial_socket);
-    a.push(["-chardev", &format!("socket,id=serial0,path={serial},server=on,wait=off")]);
+    a.push(["-chardev", &format!("socket,id=serial0,fd={},server=on,wait=off", env.serial_fd)]);
     a.push(["-serial", "chardev:serial0"]);
     match &def.graphics {
         Graphics::None => a.push(["-display", "none"]),

@@ -119,12 +119,7 @@ pub fn plan(store: &Store, o: &CloneOpts) -> Result<(DomainDef, Vec<DiskPlan>), 
             return Err(bad(&o.name, format!("disk {} already exists (name another with --file)", to.display())));
         }
         plans.push(DiskPlan { target, from: d.path.clone(), format, to: Some(to.clone()) });
-        *d = DiskDef {
-            path: to,
-            created: true,
-            format: if o.linked { Format::Qcow2 } else { d.format },
-            ..d.clone()
-        };
+        *d = DiskDef { path: to, created: true, format: if o.linked { Format::Qcow2 } else { d.format }, ..d.clone() };
     }
     Ok((def, plans))
 }

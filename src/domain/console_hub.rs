@@ -5,6 +5,7 @@
 use std::collections::VecDeque;
 use std::fs::OpenOptions;
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -58,7 +59,8 @@ impl Hub {
     }
 
     fn output(&self, data: &[u8]) {
-        if let Ok(mut f) = OpenOptions::new().create(true).append(true).open(&self.log) {
+        // console.log is created 0600 by `start`; a rotated-away one comes back 0600 too.
+        if let Ok(mut f) = OpenOptions::new().create(true).append(true).mode(0o600).open(&self.log) {
             let _ = f.write_all(data);
             if f.metadata().map(|m| m.len() > LOG_LIMIT).unwrap_or(false) {
                 let _ = std::fs::rename(&self.log, self.log.with_extension("log.1"));

@@ -14,14 +14,14 @@ use thiserror::Error;
 use super::accel::{self, Accel};
 use super::argv::{render, RenderEnv};
 use super::definition::{DomainDef, NicSource};
-use super::runtime::{now_secs, NextBoot, RunDir, RunState, VmState};
+use super::runtime::{now_secs, NextBoot, QemuSockets, RunDir, RunState, VmState};
 use super::supervisor::{self, Reply, Request};
 use super::tap;
 use crate::network::lifecycle as netlife;
 use crate::network::netlink::Netlink;
 use crate::network::NetworkDef;
 use crate::paths::Kind;
-use crate::state::{runtime_write, Store, StoreError};
+use crate::state::{open_private, runtime_write, Store, StoreError};
 
 #[derive(Debug, Error)]
 pub enum DomainError {
@@ -187,12 +187,13 @@ pub fn start_phased(
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(io_at("tokio"))?;
         rt.block_on(open_taps(store, def, notify))?
     };
-    fs::create_dir_all(&rd.dir).map_err(io_at(&rd.dir))?;
+    rd.create().map_err(io_at(&rd.dir))?;
+    let socks = rd.bind_qemu_sockets().map_err(io_at(&rd.dir))?;
     let fds: Vec<Option<i32>> = taps.iter().map(|t| t.as_ref().map(|t| t.fd.as_raw_fd())).collect();
     let env = RenderEnv {
         accel: res.accel,
-        qmp_socket: &rd.qmp(),
-        serial_socket: &rd.console_sock(),
+        qmp_fd: socks.qmp.as_raw_fd(),
+        serial_fd: socks.console.as_raw_fd(),
         tap_fds: &fds,
         vhost: tap::vhost_available(),
         vnc_display: vnc_display(store, name),
@@ -212,8 +213,8 @@ pub fn start_phased(
         let text = serde_json::to_string(&nb).expect("next boot serializes");
         runtime_write(&rd.next_boot(), text.as_bytes()).map_err(io_at(rd.next_boot()))?;
     }
-    let reply = spawn_supervisor(&rd, name, &taps)?;
-    drop(taps);
+    let reply = spawn_supervisor(&rd, name, &taps, &socks)?;
+    drop((taps, socks));
     Ok(reply)
 }
 
@@ -230,11 +231,12 @@ fn write_run_files(
     let argv_text = serde_json::to_string(argv).expect("argv serializes");
     runtime_write(&rd.argv(), argv_text.as_bytes()).map_err(io_at(rd.argv()))?;
     // A new boot, a new console log (the previous one is kept as console.log.1).
-    if rd.console_log().exists() {
-        let _ = fs::rename(rd.console_log(), rd.dir.join("console.log.1"));
+    let previous = rd.dir.join("console.log.1");
+    if fs::rename(rd.console_log(), &previous).is_ok() {
+        open_private(&previous, false).map_err(io_at(&previous))?;
     }
     for p in [rd.qemu_log(), rd.console_log()] {
-        fs::write(&p, b"").map_err(io_at(&p))?;
+        open_private(&p, true).map_err(io_at(&p))?;
     }
     let st = RunState {
         state: VmState::Shutoff,
@@ -256,32 +258,41 @@ fn vnc_display(store: &Store, name: &str) -> u16 {
 }
 
 /// Spawn `kvmctl __supervise` detached (own session), passing the taps, and wait for its word.
-fn spawn_supervisor(rd: &RunDir, name: &str, taps: &[Option<NicTap>]) -> Result<RunState, DomainError> {
+fn spawn_supervisor(
+    rd: &RunDir,
+    name: &str,
+    taps: &[Option<NicTap>],
+    socks: &QemuSockets,
+) -> Result<RunState, DomainError> {
     let (read_end, write_end) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| io_at("pipe")(e.into()))?;
-    let keep: Vec<i32> = taps.iter().flatten().map(|t| t.fd.as_raw_fd()).chain([write_end.as_raw_fd()]).collect();
-    let log = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(rd.supervisor_log())
-        .map_err(io_at(rd.supervisor_log()))?;
+    let for_qemu: Vec<i32> = taps
+        .iter()
+        .flatten()
+        .map(|t| t.fd.as_raw_fd())
+        .chain([socks.qmp.as_raw_fd(), socks.console.as_raw_fd()])
+        .collect();
+    let keep: Vec<i32> = for_qemu.iter().copied().chain([write_end.as_raw_fd()]).collect();
+    let qemu_fds = for_qemu.iter().map(|fd| fd.to_string()).collect::<Vec<_>>().join(",");
+    let log = open_private(&rd.supervisor_log(), false).map_err(io_at(rd.supervisor_log()))?;
     let exe = std::env::current_exe().map_err(io_at("/proc/self/exe"))?;
     let mut cmd = Command::new(exe);
     cmd.args(["__supervise", "--dir"])
         .arg(&rd.dir)
         .args(["--ready-fd", &write_end.as_raw_fd().to_string()])
+        .args(["--qemu-fds", &qemu_fds])
         .env("KVMCTL_LOG", std::env::var("KVMCTL_LOG").unwrap_or_else(|_| "info".into()))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::from(log));
-    // SAFETY: only async-signal-safe calls (setsid, fcntl) between fork and exec.
+    let limit = crate::process::fd_limit();
+    // SAFETY: only async-signal-safe calls (setsid, close_range, fcntl) between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
             libc::setsid();
-            for fd in &keep {
-                tap::clear_cloexec_fd(*fd)?;
-            }
-            Ok(())
+            // The supervisor gets the taps, qemu's sockets and the ready pipe; nothing this
+            // command inherited (a caller's lock, a pipe) outlives it in the VM's processes.
+            crate::process::inherit_only(&keep, limit)
         });
     }
     let mut child = cmd.spawn().map_err(io_at("kvmctl __supervise"))?;

@@ -2,12 +2,13 @@
 //! Liveness is the supervisor's OFD lock on `lock`: held = alive, whatever state.json says.
 
 use std::fs;
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::paths::Kind;
-use crate::state::{runtime_write, try_lock_exclusive, Store};
+use crate::state::{bind_private, private_dir, runtime_write, try_lock_exclusive, Store};
 
 /// Every file of one VM's runtime dir.
 #[derive(Debug, Clone)]
@@ -18,6 +19,10 @@ pub struct RunDir {
 impl RunDir {
     pub fn of(store: &Store, name: &str) -> RunDir {
         RunDir { dir: store.paths.run_dir(Kind::Domain).join(name) }
+    }
+    /// Create the dir, or repair it: 0700 whatever the umask (its parents 0755).
+    pub fn create(&self) -> std::io::Result<()> {
+        private_dir(&self.dir)
     }
     pub fn lock(&self) -> PathBuf {
         self.dir.join("lock")
@@ -55,6 +60,12 @@ impl RunDir {
         self.dir.join("next.json")
     }
 
+    /// Bind qemu's QMP and serial sockets (0600, in the 0700 dir) for qemu to inherit as
+    /// `-chardev socket,fd=N,server=on`: qemu creates no file and needs no access to the dir.
+    pub fn bind_qemu_sockets(&self) -> std::io::Result<QemuSockets> {
+        Ok(QemuSockets { qmp: bind_private(&self.qmp())?, console: bind_private(&self.console_sock())? })
+    }
+
     /// Is a supervisor holding this VM's lock?
     pub fn alive(&self) -> bool {
         if !self.lock().exists() {
@@ -77,6 +88,14 @@ impl RunDir {
         let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
         lines[lines.len().saturating_sub(n)..].join("\n")
     }
+}
+
+/// qemu's listening sockets, bound by kvmctl; the supervisor keeps them for the VM's life so
+/// that a restarted qemu gets the same ones.
+#[derive(Debug)]
+pub struct QemuSockets {
+    pub qmp: UnixListener,
+    pub console: UnixListener,
 }
 
 /// The second phase of an install: when the first boot ends (the installer powers off or

@@ -2,7 +2,7 @@
 //! owns qemu, holds QMP and the serial console, applies on_poweroff/on_reboot/on_crash, keeps
 //! `state.json` current, holds the VM's lock for its whole life, and answers `control.sock`.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
 use std::os::fd::{FromRawFd, RawFd};
 use std::path::PathBuf;
@@ -34,11 +34,9 @@ pub enum Request {
     Reset,
     Suspend,
     Resume,
-    /// A raw QMP command (for domifaddr of user NICs and the like).
-    Qmp {
-        command: String,
-        arguments: Value,
-    },
+    /// The addresses qemu's user-mode network (slirp) leases to the guest, one per user NIC
+    /// (`data`: a list of [`UsernetAddr`]).
+    UsernetAddrs,
     /// Turn this connection into a console session (raw bytes after the reply line).
     Console {
         #[serde(default)]
@@ -59,6 +57,15 @@ pub struct Reply {
     pub data: Value,
 }
 
+/// A user-mode NIC's guest address, as slirp leases it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsernetAddr {
+    /// Index of the NIC in the definition.
+    pub nic: usize,
+    pub address: std::net::Ipv4Addr,
+    pub prefix: u8,
+}
+
 impl Reply {
     fn ok(state: &RunState) -> Reply {
         Reply { ok: true, error: None, state: Some(state.clone()), data: Value::Null }
@@ -68,34 +75,56 @@ impl Reply {
     }
 }
 
-/// `kvmctl __supervise --dir DIR --ready-fd N` (started by `start`; not for direct use).
+/// `kvmctl __supervise --dir DIR --ready-fd N --qemu-fds A,B,..` (started by `start`; not for
+/// direct use). The qemu fds (taps, qemu's listening sockets) are inherited at the numbers the
+/// qemu argv names, and are the only fds qemu gets.
 pub fn main_from_args(args: &[std::ffi::OsString]) -> ! {
     let mut it = args.iter();
-    let (mut dir, mut fd) = (None, None);
+    let (mut dir, mut fd, mut qemu_fds) = (None, None, None);
     while let Some(a) = it.next() {
         match a.to_str() {
             Some("--dir") => dir = it.next().map(PathBuf::from),
             Some("--ready-fd") => fd = it.next().and_then(|v| v.to_str()?.parse::<RawFd>().ok()),
+            Some("--qemu-fds") => qemu_fds = it.next().and_then(|v| parse_fds(v.to_str()?)),
             _ => {}
         }
     }
-    let (Some(dir), Some(fd)) = (dir, fd) else {
-        eprintln!("usage: kvmctl __supervise --dir DIR --ready-fd N (started by kvmctl start)");
+    let (Some(dir), Some(fd), Some(qemu_fds)) = (dir, fd, qemu_fds) else {
+        eprintln!("usage: kvmctl __supervise --dir DIR --ready-fd N --qemu-fds A,B,.. (started by kvmctl start)");
         std::process::exit(2);
     };
-    let _ = tracing_subscriber::fmt().with_max_level(tracing::Level::INFO).with_ansi(false).try_init();
-    main(dir, fd)
+    for fd in &qemu_fds {
+        // Inherited without close-on-exec: only qemu's spawn hands them on.
+        let _ = nix::fcntl::fcntl(*fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
+    }
+    // stderr is supervisor.log (stdout is /dev/null).
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_ansi(false)
+        .with_writer(std::io::stderr)
+        .try_init();
+    // Whatever the caller's umask, what the supervisor creates is private (modes are also set
+    // explicitly where files are created).
+    // SAFETY: umask(2) only sets this process's file mode creation mask.
+    unsafe { libc::umask(0o077) };
+    main(dir, fd, qemu_fds)
+}
+
+/// `3,4,5` (or empty) -> the fd numbers; None if any is not a number.
+fn parse_fds(list: &str) -> Option<Vec<RawFd>> {
+    list.split(',').filter(|s| !s.is_empty()).map(|s| s.parse().ok()).collect()
 }
 
 /// The supervisor's life. Never returns.
-fn main(dir: PathBuf, ready_fd: RawFd) -> ! {
+fn main(dir: PathBuf, ready_fd: RawFd, qemu_fds: Vec<RawFd>) -> ! {
     // SAFETY: the fd number was passed by our parent, which opened it for us.
     let mut ready = unsafe { File::from_raw_fd(ready_fd) };
     let _ = nix::fcntl::fcntl(ready_fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
     let rd = RunDir { dir };
+    let qemu_fds: Arc<[RawFd]> = qemu_fds.into();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
     let code = rt.block_on(async {
-        match Supervisor::boot(&rd).await {
+        match Supervisor::boot(&rd, qemu_fds).await {
             Ok(mut sup) => {
                 let _ = ready.write_all(b"OK\n");
                 drop(ready);
@@ -189,11 +218,13 @@ struct Supervisor {
     /// Set during an install's first boot.
     next: Option<NextBoot>,
     hub: Arc<Hub>,
+    /// What qemu inherits (taps, its listening sockets), at the numbers its argv names.
+    qemu_fds: Arc<[RawFd]>,
     _lock: ObjectLock,
 }
 
 impl Supervisor {
-    async fn boot(rd: &RunDir) -> Result<Supervisor, String> {
+    async fn boot(rd: &RunDir, qemu_fds: Arc<[RawFd]>) -> Result<Supervisor, String> {
         let lock = match crate::state::try_lock_exclusive(&rd.lock()) {
             Ok(Some(l)) => l,
             Ok(None) => return Err("another supervisor holds this VM (already running)".into()),
@@ -206,7 +237,7 @@ impl Supervisor {
         let mut state = rd.read_state().unwrap_or_else(|| blank_state(false));
         state.supervisor_pid = std::process::id() as i32;
         let hub = Hub::new(rd.console_log());
-        let (child, qmp, events) = launch(rd, &argv, &hub).await?;
+        let (child, qmp, events) = launch(rd, &argv, &qemu_fds, &hub).await?;
         state.qemu_pid = child.id().map(|p| p as i32);
         state.state = VmState::Running;
         state.reason = "booted".into();
@@ -226,6 +257,7 @@ impl Supervisor {
             quitting: None,
             next: std::fs::read_to_string(rd.next_boot()).ok().and_then(|t| serde_json::from_str(&t).ok()),
             hub,
+            qemu_fds,
             _lock: lock,
         })
     }
@@ -341,7 +373,7 @@ impl Supervisor {
         if stop {
             return; // quitting is set: the exit is a clean stop
         }
-        match launch(&self.rd, &self.argv, &self.hub).await {
+        match launch(&self.rd, &self.argv, &self.qemu_fds, &self.hub).await {
             Ok((child, qmp, events)) => {
                 (self.child, self.qmp, self.events) = (child, qmp, events);
                 self.quitting = None;
@@ -372,7 +404,7 @@ impl Supervisor {
         let detail = status.map(|s| s.to_string()).unwrap_or_default();
         tracing::warn!(%detail, "qemu exited unexpectedly");
         if self.def.on_crash == Action::Restart && self.state.restarts < 10 {
-            match launch(&self.rd, &self.argv, &self.hub).await {
+            match launch(&self.rd, &self.argv, &self.qemu_fds, &self.hub).await {
                 Ok((child, qmp, events)) => {
                     (self.child, self.qmp, self.events) = (child, qmp, events);
                     self.state.qemu_pid = self.child.id().map(|p| p as i32);
@@ -405,9 +437,9 @@ impl Supervisor {
                 return Reply::ok(&self.state);
             }
             Request::Console { .. } => return Reply::err("console requests are served by the control task"),
-            Request::Qmp { command, arguments } => {
-                return match self.qmp.execute_raw(&command, arguments).await {
-                    Ok(v) => Reply { data: v, ..Reply::ok(&self.state) },
+            Request::UsernetAddrs => {
+                return match self.usernet_addrs().await {
+                    Ok(v) => Reply { data: serde_json::to_value(v).unwrap_or_default(), ..Reply::ok(&self.state) },
                     Err(e) => Reply::err(e.to_string()),
                 }
             }
@@ -416,6 +448,21 @@ impl Supervisor {
             Ok(()) => Reply::ok(&self.state),
             Err(e) => Reply::err(e.to_string()),
         }
+    }
+
+    /// slirp's guest address of every user-mode NIC, from HMP `info network` (QMP has no
+    /// typed query for it in qemu 7.2).
+    async fn usernet_addrs(&self) -> Result<Vec<UsernetAddr>, qmp::QmpError> {
+        use super::definition::NicSource;
+        let cmd = qapi::qmp::human_monitor_command { command_line: "info network".into(), cpu_index: None };
+        let text = self.qmp.execute(cmd).await?;
+        let user = self.def.nics.iter().enumerate().filter(|(_, n)| n.source == NicSource::User);
+        Ok(user
+            .filter_map(|(nic, _)| {
+                let address = usernet_guest_addr(&text, &format!("net{nic}"))?;
+                Some(UsernetAddr { nic, address, prefix: 24 })
+            })
+            .collect())
     }
 
     fn finish(&mut self) {
@@ -427,36 +474,39 @@ impl Supervisor {
     }
 }
 
-/// Start qemu (paused), connect its console and QMP, then let it run.
-async fn launch(rd: &RunDir, argv: &[String], hub: &Arc<Hub>) -> Result<(Child, QmpHandle, QmpEvents), String> {
-    for p in [rd.qmp(), rd.console_sock()] {
-        let _ = std::fs::remove_file(p);
-    }
-    let log = OpenOptions::new().create(true).append(true).open(rd.qemu_log()).map_err(|e| e.to_string())?;
+/// Start qemu (paused), connect its console and QMP, then let it run. qemu's sockets were
+/// bound by `start` and are inherited: connections queue until qemu accepts them.
+async fn launch(
+    rd: &RunDir,
+    argv: &[String],
+    fds: &Arc<[RawFd]>,
+    hub: &Arc<Hub>,
+) -> Result<(Child, QmpHandle, QmpEvents), String> {
+    let log = crate::state::open_private(&rd.qemu_log(), false).map_err(|e| e.to_string())?;
     let qemu = crate::process::find_program("qemu-system-x86_64")
         .ok_or("cannot run qemu-system-x86_64: not found in PATH (is qemu-system-x86 installed?)")?;
     let mut cmd = Command::new(qemu);
     cmd.args(argv).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::from(log));
-    // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe; qemu dies with its supervisor.
+    let (keep, limit) = (fds.clone(), crate::process::fd_limit());
+    // SAFETY: prctl(PR_SET_PDEATHSIG), close_range and fcntl are async-signal-safe; qemu dies
+    // with its supervisor and gets only its own fds (not the lock, not control.sock).
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
+            crate::process::inherit_only(&keep, limit)
         });
     }
     let mut child = cmd.spawn().map_err(|e| format!("cannot run qemu-system-x86_64: {e}"))?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !(rd.qmp().exists() && rd.console_sock().exists()) {
-        if let Ok(Some(status)) = child.try_wait() {
+    let connected = tokio::select! {
+        r = tokio::time::timeout(STARTUP, connect_and_run(rd, hub)) => {
+            r.unwrap_or_else(|_| Err(format!("qemu did not answer on QMP within {} s", STARTUP.as_secs())))
+        }
+        status = child.wait() => {
+            let status = status.map(|s| s.to_string()).unwrap_or_default();
             return Err(format!("qemu exited ({status}):\n{}", RunDir::tail(&rd.qemu_log(), 6)));
         }
-        if tokio::time::Instant::now() > deadline {
-            let _ = child.start_kill();
-            return Err("qemu did not open its QMP socket within 30 s".into());
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    match connect_and_run(rd, hub).await {
+    };
+    match connected {
         Ok((qmp, events)) => Ok((child, qmp, events)),
         Err(e) => {
             // qemu may have refused something after opening its sockets: its own words first.
@@ -473,42 +523,67 @@ async fn launch(rd: &RunDir, argv: &[String], hub: &Arc<Hub>) -> Result<(Child, 
     }
 }
 
-/// Connect to a socket qemu is creating: its file appears at bind(), connections are
-/// accepted only after listen(), so a refused connection is retried for a moment.
-async fn connect_retry(path: &std::path::Path, what: &str) -> Result<UnixStream, String> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        match UnixStream::connect(path).await {
-            Ok(s) => return Ok(s),
-            Err(e)
-                if tokio::time::Instant::now() < deadline
-                    && matches!(e.kind(), std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound) =>
-            {
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-            Err(e) => return Err(format!("{what} socket: {e}")),
-        }
-    }
-}
+/// How long qemu may take from exec to its QMP greeting (a loaded host, TCG).
+const STARTUP: Duration = Duration::from_secs(30);
 
 async fn connect_and_run(rd: &RunDir, hub: &Arc<Hub>) -> Result<(QmpHandle, QmpEvents), String> {
-    let console = connect_retry(&rd.console_sock(), "console").await?;
+    let console = UnixStream::connect(rd.console_sock()).await.map_err(|e| format!("console socket: {e}"))?;
     hub.attach_serial(console).await;
-    let qmp_sock = connect_retry(&rd.qmp(), "QMP").await?;
-    let (qmp, events) = qmp::handshake(qmp_sock, qmp::DEFAULT_TIMEOUT).await.map_err(|e| e.to_string())?;
+    let qmp_sock = UnixStream::connect(rd.qmp()).await.map_err(|e| format!("QMP socket: {e}"))?;
+    let (qmp, events) = qmp::handshake(qmp_sock, STARTUP).await.map_err(|e| e.to_string())?;
+    let qmp = qmp.with_timeout(qmp::DEFAULT_TIMEOUT);
     qmp.execute(qapi::qmp::cont {}).await.map_err(|e| format!("cont: {e}"))?;
     Ok((qmp, events))
 }
 
+/// The guest address slirp leases on netdev `id`, from HMP `info network`'s `net=` (the
+/// network address; slirp's DHCP starts at its 15th host address).
+fn usernet_guest_addr(text: &str, id: &str) -> Option<std::net::Ipv4Addr> {
+    let line = text.lines().find(|l| l.contains(&format!("{id}:")) && l.contains("type=user"))?;
+    let net: std::net::Ipv4Addr = line.split(',').find_map(|kv| kv.trim().strip_prefix("net="))?.parse().ok()?;
+    Some(std::net::Ipv4Addr::from(u32::from(net) + 15))
+}
+
+/// Who may use the control socket: root and the supervisor's own user. The socket is 0600 in
+/// a 0700 dir; this also refuses a peer that got past the file modes (CAP_DAC_OVERRIDE, an
+/// fd handed over).
+fn peer_allowed(stream: &UnixStream) -> Result<(), String> {
+    let cred = stream.peer_cred().map_err(|e| format!("cannot read the peer's credentials: {e}"))?;
+    let me = nix::unistd::geteuid().as_raw();
+    if cred.uid() == 0 || cred.uid() == me {
+        return Ok(());
+    }
+    tracing::warn!(uid = cred.uid(), pid = ?cred.pid(), "control connection refused: not root nor uid {me}");
+    Err(format!("permission denied: uid {} may not control this VM", cred.uid()))
+}
+
+/// Answer a refused peer's first line (read, bounded, so that it sees the answer rather than
+/// a broken pipe) with the refusal, and hang up.
+async fn refuse(stream: UnixStream, why: String) {
+    use tokio::io::AsyncReadExt;
+    let (r, mut w) = stream.into_split();
+    let mut line = String::new();
+    let mut reader = BufReader::new(r.take(4096));
+    let _ = tokio::time::timeout(Duration::from_secs(5), reader.read_line(&mut line)).await;
+    let mut out = serde_json::to_vec(&Reply::err(why)).unwrap_or_default();
+    out.push(b'\n');
+    let _ = w.write_all(&out).await;
+}
+
 /// Accept control connections; each request goes to the main loop with a reply channel.
 fn serve_control(rd: &RunDir, hub: Arc<Hub>) -> Result<mpsc::Receiver<Pending>, String> {
-    let _ = std::fs::remove_file(rd.control());
-    let listener = UnixListener::bind(rd.control()).map_err(|e| format!("control socket: {e}"))?;
+    let listener = crate::state::bind_private(&rd.control())
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .and_then(UnixListener::from_std)
+        .map_err(|e| format!("control socket: {e}"))?;
     let (tx, rx) = mpsc::channel::<Pending>(16);
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             let (tx, hub) = (tx.clone(), hub.clone());
             tokio::spawn(async move {
+                if let Err(e) = peer_allowed(&stream) {
+                    return refuse(stream, e).await;
+                }
                 let (r, mut w) = stream.into_split();
                 let mut lines = BufReader::new(r).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
@@ -553,4 +628,25 @@ pub fn request(rd: &RunDir, req: &Request, timeout: Duration) -> Result<Reply, S
     let mut reply = String::new();
     StdBufReader::new(s).read_line(&mut reply).map_err(|e| format!("no reply from the supervisor: {e}"))?;
     serde_json::from_str(&reply).map_err(|e| format!("bad reply from the supervisor: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usernet_address_is_the_15th_host_of_the_netdevs_network() {
+        let text = "nic0: index=0,type=nic,model=virtio-net-pci,macaddr=52:54:00:00:00:02\r\n \\ net0: index=0,type=user,net=10.0.2.0,restrict=off\r\nnic1: index=0,type=nic,model=e1000,macaddr=52:54:00:00:00:03\r\n \\ net1: index=0,type=user,net=10.0.5.0,restrict=off\r\n";
+        assert_eq!(usernet_guest_addr(text, "net0"), Some("10.0.2.15".parse().unwrap()));
+        assert_eq!(usernet_guest_addr(text, "net1"), Some("10.0.5.15".parse().unwrap()));
+        assert_eq!(usernet_guest_addr(text, "net2"), None);
+    }
+
+    #[test]
+    fn control_protocol_has_no_raw_qmp_request() {
+        let raw = r#"{"op":"qmp","command":"human-monitor-command","arguments":{"command-line":"info network"}}"#;
+        assert!(serde_json::from_str::<Request>(raw).is_err());
+        let typed = serde_json::to_string(&Request::UsernetAddrs).unwrap();
+        assert!(matches!(serde_json::from_str(&typed).unwrap(), Request::UsernetAddrs));
+    }
 }

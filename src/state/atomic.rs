@@ -14,8 +14,12 @@ pub fn atomic_write(path: &Path, data: &[u8]) -> io::Result<()> {
 
 /// Replace a file in the runtime dir (`/run`: gone at reboot anyway): still atomic for readers
 /// (temp file + rename), but without the fsyncs that only buy durability across a crash.
+/// The file is private (0600, whatever the umask); a file another program must read is made
+/// readable by its caller.
 pub fn runtime_write(path: &Path, data: &[u8]) -> io::Result<()> {
-    let mut tmp = TempFile::new_beside(path, 0o644)?;
+    use std::os::unix::fs::PermissionsExt;
+    let mut tmp = TempFile::new_beside(path, super::private::FILE_MODE)?;
+    tmp.file().set_permissions(fs::Permissions::from_mode(super::private::FILE_MODE))?;
     tmp.file().write_all(data)?;
     tmp.rename_into(path)
 }

@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use kvmctl::domain::argv::{render, ArgvError, RenderEnv};
+use kvmctl::domain::argv::{render, ArgvError, Handed, RenderEnv};
+use kvmctl::domain::confine;
 use kvmctl::domain::definition::*;
 
 fn disk(path: &str, format: &str, bus: DiskBus, device: DiskDevice) -> DiskDef {
@@ -129,8 +130,8 @@ fn commas() -> DomainDef {
     d
 }
 
-/// Render a case with the data dir given; qemu's sockets are fds `socks`, tap NICs get `fds`.
-fn render_case(def: &DomainDef, accel: Accel, data: &str, socks: (i32, i32), fds: &[Option<i32>]) -> Vec<String> {
+/// `def` with its data dir placeholder `@D` replaced by `data`.
+fn fixed(def: &DomainDef, data: &str) -> DomainDef {
     let mut def = def.clone();
     let fix = |p: &mut PathBuf| *p = PathBuf::from(p.display().to_string().replace("@D", data));
     def.disks.iter_mut().for_each(|d| fix(&mut d.path));
@@ -144,7 +145,23 @@ fn render_case(def: &DomainDef, accel: Accel, data: &str, socks: (i32, i32), fds
             fix(i);
         }
     }
-    let env = RenderEnv { accel, qmp_fd: socks.0, serial_fd: socks.1, tap_fds: fds, vhost: false, vnc_display: 0 };
+    def
+}
+
+/// Render a case with the data dir given; qemu's sockets are fds `socks`, tap NICs get `fds`,
+/// files are `files` (default: numbered from fd 10, as `install --dry-run` shows them).
+fn render_case(
+    def: &DomainDef,
+    accel: Accel,
+    data: &str,
+    socks: (i32, i32),
+    fds: &[Option<i32>],
+    files: Option<&Handed>,
+) -> Vec<String> {
+    let def = fixed(def, data);
+    let numbered = Handed::numbered(&def, 10, false);
+    let files = files.unwrap_or(&numbered);
+    let env = RenderEnv { accel, qmp_fd: socks.0, serial_fd: socks.1, tap_fds: fds, files, vnc_display: 0 };
     render(&def, &env).unwrap()
 }
 
@@ -154,7 +171,7 @@ fn qemu_argv_matches_goldens() {
     let regen = std::env::var("KVMCTL_REGEN_GOLDEN").as_deref() == Ok("1");
     for (name, def, accel) in cases() {
         let fds: Vec<_> = def.nics.iter().map(|n| if n.source == NicSource::User { None } else { Some(3) }).collect();
-        let argv = render_case(&def, accel, "/var/lib/kvmctl/images", (4, 5), &fds);
+        let argv = render_case(&def, accel, "/var/lib/kvmctl/images", (4, 5), &fds, None);
         let text = argv.join("\n") + "\n";
         let file = dir.join(format!("{name}.argv"));
         if regen {
@@ -170,7 +187,7 @@ fn qemu_argv_matches_goldens() {
 #[test]
 fn comma_golden_doubles_every_comma_in_option_strings() {
     let (_, def, accel) = cases().into_iter().find(|(n, _, _)| n.starts_with("commas")).unwrap();
-    let argv = render_case(&def, accel, "/img", (4, 5), &[Some(3), None]);
+    let argv = render_case(&def, accel, "/img", (4, 5), &[Some(3), None], None);
     let after = |flag: &str| -> Vec<&str> { argv.windows(2).filter(|w| w[0] == flag).map(|w| w[1].as_str()).collect() };
     assert_eq!(after("-name"), ["guest=com,,ma,debug-threads=on"]);
     // qemu's sockets arrive as fds: no path in -chardev at all.
@@ -178,15 +195,25 @@ fn comma_golden_doubles_every_comma_in_option_strings() {
         after("-chardev"),
         ["socket,id=qmp,fd=4,server=on,wait=off", "socket,id=serial0,fd=5,server=on,wait=off"]
     );
+    // Every file reaches qemu as an fd: its path is only the fd's label (opaque=, escaped).
+    let add_fd = after("-add-fd");
+    assert_eq!(add_fd[0], "fd=10,set=1,opaque=/img/OVMF,,CODE.fd");
+    assert_eq!(add_fd[1..3], ["fd=11,set=2,opaque=/img/uefi,,VARS.fd", "fd=12,set=2,opaque=/img/uefi,,VARS.fd"]);
+    assert_eq!(add_fd[3], "fd=13,set=3,opaque=/img/vd,,a.qcow2");
+    assert_eq!(add_fd[add_fd.len() - 1], "fd=21,set=7,opaque=/img/c,,d.iso");
     let drives = after("-drive");
-    assert_eq!(drives[0], "if=pflash,format=raw,readonly=on,file=/img/OVMF,,CODE.fd");
-    assert_eq!(drives[1], "if=pflash,format=raw,file=/img/uefi,,VARS.fd");
-    assert_eq!(drives[2], "file=/img/vd,,a.qcow2,format=qcow2,if=none,id=drive0,cache=writeback");
-    assert_eq!(drives[5], "file=/img/hd,,a.raw,format=raw,if=none,id=drive3,cache=directsync");
-    assert_eq!(drives[6], "file=/img/c,,d.iso,format=raw,if=none,id=drive4,readonly=on");
+    assert_eq!(drives[0], "if=pflash,format=raw,readonly=on,file=/dev/fdset/1");
+    assert_eq!(drives[1], "if=pflash,format=raw,file=/dev/fdset/2");
+    assert_eq!(drives[2], "file=/dev/fdset/3,format=qcow2,if=none,id=drive0,cache=writeback");
+    assert_eq!(drives[5], "file=/dev/fdset/6,format=raw,if=none,id=drive3,cache=directsync");
+    assert_eq!(drives[6], "file=/dev/fdset/7,format=raw,if=none,id=drive4,readonly=on");
     assert_eq!(drives.len(), 7);
+    assert_eq!(after("-kernel"), ["/proc/self/fd/22"]);
+    assert_eq!(after("-initrd"), ["/proc/self/fd/23"]);
+    let paths: Vec<&String> = argv.iter().filter(|a| a.contains("/img/")).collect();
+    assert!(paths.iter().all(|a| a.starts_with("fd=")), "a path outside -add-fd: {paths:?}");
+    assert_eq!(after("-sandbox"), [kvmctl::domain::argv::SANDBOX]);
     // qemu takes these arguments whole: no option syntax, nothing to escape.
-    assert_eq!(after("-kernel"), ["/img/vm,linuz"]);
     assert_eq!(after("-append"), ["console=ttyS0,115200 kvmctl.marker=a,b"]);
     assert_eq!(after("-machine"), ["pc-i440fx-7.2"]);
     assert_eq!(after("-cpu"), ["Opteron_G1"]);
@@ -195,7 +222,8 @@ fn comma_golden_doubles_every_comma_in_option_strings() {
 /// What no escaping makes safe is refused by the renderer itself.
 #[test]
 fn renderer_refuses_relative_image_paths_and_an_initrd_with_a_comma() {
-    let env = RenderEnv { accel: Accel::Tcg, qmp_fd: 4, serial_fd: 5, tap_fds: &[], vhost: false, vnc_display: 0 };
+    let files = Handed::default();
+    let env = RenderEnv { accel: Accel::Tcg, qmp_fd: 4, serial_fd: 5, tap_fds: &[], files: &files, vnc_display: 0 };
     let mut d = base("rel");
     d.disks.push(disk(
         r#"json:{"file":{"driver":"file","filename":"/etc/shadow"}}"#,
@@ -278,9 +306,14 @@ fn every_golden_argv_is_accepted_by_qemu() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().to_str().unwrap();
-    for f in ["vm.qcow2", "sata.qcow2", "vd,a.qcow2"] {
+    for f in ["base.qcow2", "sata.qcow2", "vd,a.qcow2"] {
         common::sh("qemu-img", &["create", "-q", "-f", "qcow2", &format!("{data}/{f}"), "64M"]);
     }
+    // vm.qcow2 is an overlay: its backing file is handed over as an fd too.
+    common::sh(
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", &format!("{data}/vm.qcow2")],
+    );
     for f in ["scsi.raw", "ide,comma.raw", "cd.iso", "shared.raw", "sd,a.raw", "sd,b.raw", "hd,a.raw", "c,d.iso"] {
         std::fs::write(tmp.path().join(f), vec![0u8; 1 << 20]).unwrap();
     }
@@ -292,6 +325,8 @@ fn every_golden_argv_is_accepted_by_qemu() {
     std::fs::copy(guest.join("vmlinuz"), tmp.path().join("vmlinuz")).unwrap();
     std::fs::copy(guest.join("vmlinuz"), tmp.path().join("vm,linuz")).unwrap();
     std::fs::copy(guest.join("initramfs.cpio.gz"), tmp.path().join("initrd")).unwrap();
+    // A boot file only root may read reaches the qemu user as a sealed copy.
+    std::fs::set_permissions(tmp.path().join("initrd"), std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     if !common::require("OVMF (apt: ovmf)", Path::new("/usr/share/OVMF/OVMF_VARS.fd").exists()) {
         return;
     }
@@ -301,6 +336,9 @@ fn every_golden_argv_is_accepted_by_qemu() {
     // The host's KVM is not a prerequisite: a KVM case runs with -accel kvm only where the
     // project's own probe says KVM is usable here.
     let verdict = kvmctl::domain::accel::probe(tmp.path());
+    // qemu runs as kvmctl runs it: as the qemu user, with no new privileges, every file an fd.
+    let creds = confine::qemu_creds().unwrap();
+    let policy = kvmctl::storage::image::BackingPolicy::within([tmp.path().to_path_buf()]);
     for (name, def, accel) in cases() {
         // A comma in the runtime path too: qemu gets its sockets as fds, never as paths.
         let run = tmp.path().join(format!("run,{name}"));
@@ -311,10 +349,12 @@ fn every_golden_argv_is_accepted_by_qemu() {
         let (qmp, console) = (run.join("qmp.sock"), run.join("console.sock"));
         let socks = [UnixListener::bind(&qmp).unwrap(), UnixListener::bind(&console).unwrap()];
         let sock_fds = (socks[0].as_raw_fd(), socks[1].as_raw_fd());
-        let mut argv = render_case(&def, accel, data, sock_fds, &fds);
+        let opened = confine::open(&[&fixed(&def, data)], &policy, true).unwrap();
+        let files = Some(&opened.handed[0]);
+        let mut argv = render_case(&def, accel, data, sock_fds, &fds, files);
         if accel == Accel::Kvm && !verdict.kvm_usable {
             eprintln!("{name}: path: KVM unusable here ({verdict}): the argv runs with TCG swapped in");
-            let tcg = render_case(&def, Accel::Tcg, data, sock_fds, &fds);
+            let tcg = render_case(&def, Accel::Tcg, data, sock_fds, &fds, files);
             assert_kvm_argv_differs_only_in_accel(&argv, &tcg);
             assert_qemu_knows("-accel", "kvm");
             assert_qemu_knows("-cpu", "host");
@@ -322,12 +362,17 @@ fn every_golden_argv_is_accepted_by_qemu() {
         } else {
             eprintln!("{name}: path: started as rendered ({accel})");
         }
-        let inherit: Vec<i32> = fds.iter().flatten().copied().chain(socks.iter().map(|s| s.as_raw_fd())).collect();
+        let inherit: Vec<i32> =
+            fds.iter().flatten().copied().chain(socks.iter().map(|s| s.as_raw_fd())).chain(opened.raw_fds()).collect();
         let mut cmd = Command::new("qemu-system-x86_64");
         cmd.args(&argv).stderr(Stdio::piped());
-        // SAFETY: only fcntl (async-signal-safe) between fork and exec.
+        let creds = creds.clone();
+        // SAFETY: only set*id, prctl and fcntl (async-signal-safe) between fork and exec.
         unsafe {
-            cmd.pre_exec(move || inherit.iter().try_for_each(|fd| kvmctl::domain::tap::clear_cloexec_fd(*fd)));
+            cmd.pre_exec(move || {
+                confine::enter(creds.as_ref())?;
+                inherit.iter().try_for_each(|fd| kvmctl::domain::tap::clear_cloexec_fd(*fd))
+            });
         }
         let mut child = cmd.spawn().unwrap();
         // qemu holds the listeners now: if it exits, the connection below ends at once.

@@ -240,3 +240,79 @@ fn start_leaves_no_caller_fd_open_in_the_supervisor_or_qemu() {
     assert_eq!(h.ok(&["domstate", "p3"]).trim(), "running");
     h.ok(&["destroy", "p3"]);
 }
+
+/// The `Name:\tvalue` field of a /proc status file.
+fn status_field<'a>(status: &'a str, name: &str) -> &'a str {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .unwrap_or_else(|| panic!("no {name} in:\n{status}"))
+        .trim()
+}
+
+#[test]
+fn qemu_runs_as_its_own_user_with_no_capabilities_sandboxed_holding_files_only_as_fds() {
+    if !prereqs() || !require("setpriv (util-linux)", have_program("setpriv")) {
+        return;
+    }
+    let h = VmHost::new("q");
+    let mut args = install_args("p4");
+    args.extend(["--disk".into(), "size=1".into()]);
+    must(kvmctl(&h, &args.iter().map(String::as_str).collect::<Vec<_>>()).bounded(), "install");
+    let (_, qemu) = vm_pids(&h, "p4");
+    let status = std::fs::read_to_string(format!("/proc/{qemu}/status")).unwrap();
+    let user = nix::unistd::User::from_name("kvmctl-qemu").unwrap().expect("start created the user kvmctl-qemu");
+    let uid = user.uid.to_string();
+    assert_eq!(status_field(&status, "Uid").split_whitespace().collect::<Vec<_>>(), [uid.as_str(); 4]);
+    let gid = user.gid.to_string();
+    assert_eq!(status_field(&status, "Gid").split_whitespace().collect::<Vec<_>>(), [gid.as_str(); 4]);
+    let groups = status_field(&status, "Groups");
+    assert!(!groups.split_whitespace().any(|g| g == "0"), "qemu is in group root: {groups}");
+    for caps in ["CapInh", "CapPrm", "CapEff", "CapAmb"] {
+        assert_eq!(status_field(&status, caps), "0000000000000000", "{caps}");
+    }
+    assert_eq!(status_field(&status, "NoNewPrivs"), "1");
+    assert_eq!(status_field(&status, "Seccomp"), "2", "qemu runs without its seccomp sandbox");
+    // qemu opened no image by name: every -drive names an fd set, and the disk is held as one.
+    let cmdline = std::fs::read(format!("/proc/{qemu}/cmdline")).unwrap();
+    let argv: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+    let drives: Vec<&String> = argv.windows(2).filter(|w| w[0] == "-drive").map(|w| &w[1]).collect();
+    assert!(!drives.is_empty() && drives.iter().all(|d| d.starts_with("file=/dev/fdset/")), "{drives:?}");
+    let disk = h.k.images().join("p4.qcow2").display().to_string();
+    assert!(fd_targets(qemu).iter().any(|(_, t)| *t == disk), "qemu does not hold {disk}");
+    // What a guest that took qemu over could open as qemu's user: not root's files.
+    let groups: Vec<&str> = groups.split_whitespace().collect();
+    let groups =
+        if groups.is_empty() { vec!["--clear-groups".to_string()] } else { vec!["--groups".into(), groups.join(",")] };
+    for file in ["/etc/shadow", &disk] {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid", &uid, "--regid", &gid]).args(&groups);
+        let o = c.args(["--no-new-privs", "head", "-c1", file]).bounded();
+        assert!(!o.status.success(), "qemu's user can read {file}");
+        assert!(String::from_utf8_lossy(&o.stderr).contains("Permission denied"), "{file}: {o:?}");
+    }
+    assert_eq!(h.ok(&["domstate", "p4"]).trim(), "running");
+    h.ok(&["destroy", "p4"]);
+}
+
+#[test]
+fn start_refuses_a_disk_whose_backing_file_lies_outside_the_pools() {
+    if !prereqs() {
+        return;
+    }
+    let h = VmHost::new("b");
+    // A qcow2 in the pool whose header names a host file as its backing file.
+    let outside = h.k.dir.path().join("host-secret.raw");
+    std::fs::write(&outside, b"host data").unwrap();
+    h.ok(&["pool-list", "--all"]); // the default pool exists from the first command on
+    let ov = h.k.images().join("ov.qcow2");
+    let ovs = ov.display().to_string();
+    sh("qemu-img", &["create", "-q", "-f", "qcow2", "-b", outside.to_str().unwrap(), "-F", "raw", &ovs, "64M"]);
+    let mut args = install_args("p5");
+    args.extend(["--disk".into(), format!("path={ovs},format=qcow2")]);
+    let o = kvmctl(&h, &args.iter().map(String::as_str).collect::<Vec<_>>()).bounded();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("domain 'p5'") && err.contains("outside every storage pool"), "{err}");
+    assert!(!run_dir(&h, "p5").join("qemu.argv").exists(), "qemu was set up anyway");
+}

@@ -230,19 +230,25 @@ fn install_steps(
         println!("# definition\n{}", toml::to_string_pretty(&def)?);
         let verdict = crate::domain::accel::probe(&store.paths.run);
         let res = crate::domain::accel::resolve(def.accel, &verdict)?;
-        let fds: Vec<Option<i32>> = def.nics.iter().map(|n| (n.source != NicSource::User).then_some(5)).collect();
+        let mut next = 5;
+        let mut number = || {
+            next += 1;
+            next - 1
+        };
+        let fds: Vec<Option<i32>> = def.nics.iter().map(|n| (n.source != NicSource::User).then(&mut number)).collect();
+        let files = crate::domain::argv::Handed::numbered(&def, number(), crate::domain::tap::vhost_available());
         let env = crate::domain::argv::RenderEnv {
             accel: res.accel,
             qmp_fd: 3,
             serial_fd: 4,
             tap_fds: &fds,
-            vhost: crate::domain::tap::vhost_available(),
+            files: &files,
             vnc_display: 0,
         };
         let argv = crate::domain::argv::render(&def, &env)
             .map_err(|source| lifecycle::DomainError::Definition { name: def.name.clone(), source: source.into() })?;
         println!(
-            "# qemu argv (sockets and taps are opened at start, as these fds)\nqemu-system-x86_64 {}",
+            "# qemu argv (sockets, taps and files are opened at start, as these fds)\nqemu-system-x86_64 {}",
             argv.join(" ")
         );
         return Ok(());

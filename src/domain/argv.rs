@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
-use super::definition::{Accel, DiskBus, DiskDevice, DomainDef, Firmware, Graphics, NicModel, NicSource};
+use super::definition::{Accel, DiskBus, DiskDevice, DiskFormat, DomainDef, Firmware, Graphics, NicModel, NicSource};
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ArgvError {
@@ -61,11 +61,85 @@ pub struct RenderEnv<'a> {
     pub serial_fd: i32,
     /// Tap fd for each NIC in order (`None` for user-mode NICs).
     pub tap_fds: &'a [Option<i32>],
-    /// `/dev/vhost-net` is usable.
-    pub vhost: bool,
+    /// The files qemu gets as fds (images, boot files, vhost-net): see `confine`.
+    pub files: &'a Handed,
     /// VNC display number, when graphics is VNC.
     pub vnc_display: u16,
 }
+
+/// One `-add-fd fd=N,set=S,opaque=PATH`: fd `N`, opened from `path`, in qemu fd set `S`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddFd {
+    pub fd: i32,
+    pub set: u32,
+    pub path: PathBuf,
+}
+
+/// A disk's image as qemu gets it: its fd set and, nearest first, each backing file's set and
+/// recorded format.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImageSets {
+    pub set: u32,
+    pub backing: Vec<(u32, DiskFormat)>,
+}
+
+/// What qemu gets as open fds instead of file names (opened by `confine::open`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Handed {
+    pub add_fd: Vec<AddFd>,
+    /// Per disk, in definition order.
+    pub disks: Vec<ImageSets>,
+    /// OVMF code and NVRAM sets.
+    pub firmware: Option<(u32, u32)>,
+    /// `-kernel` and `-initrd` fds (qemu reads `/proc/self/fd/N`).
+    pub kernel: Option<i32>,
+    pub initrd: Option<i32>,
+    /// A `/dev/vhost-net` fd per NIC (`None`: vhost off).
+    pub vhost: Vec<Option<i32>>,
+}
+
+impl Handed {
+    /// Fd numbers from `first` up, as [`confine::open`](super::confine::open) would assign
+    /// them for `def` without backing files: for `install --dry-run` and the goldens.
+    pub fn numbered(def: &DomainDef, first: i32, vhost: bool) -> Handed {
+        let mut h = Handed::default();
+        let mut fd = first;
+        let mut set = 1;
+        let mut add = |h: &mut Handed, path: &Path, writable: bool| -> u32 {
+            for _ in 0..if writable { 2 } else { 1 } {
+                h.add_fd.push(AddFd { fd, set, path: path.to_path_buf() });
+                fd += 1;
+            }
+            set += 1;
+            set - 1
+        };
+        if let Firmware::Uefi { code, nvram } = &def.firmware {
+            h.firmware = Some((add(&mut h, code, false), add(&mut h, nvram, true)));
+        }
+        for d in &def.disks {
+            let s = add(&mut h, &d.path, !(d.readonly || d.device == DiskDevice::Cdrom));
+            h.disks.push(ImageSets { set: s, backing: Vec::new() });
+        }
+        if let Some(k) = &def.kernel {
+            h.kernel = Some(fd);
+            fd += 1;
+            if k.initrd.is_some() {
+                h.initrd = Some(fd);
+                fd += 1;
+            }
+        }
+        for n in &def.nics {
+            let v = (vhost && n.source != NicSource::User).then_some(fd);
+            fd += i32::from(v.is_some());
+            h.vhost.push(v);
+        }
+        h
+    }
+}
+
+/// qemu's seccomp sandbox: no obsolete system calls, no set*id, no fork/exec, no scheduler
+/// or affinity changes.
+pub const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
 
 /// The qemu argv (without the program name). qemu starts paused (`-S`): the supervisor
 /// connects QMP and the console first, then sends `cont`.
@@ -90,6 +164,10 @@ pub fn render(def: &DomainDef, env: &RenderEnv) -> Result<Vec<String>, ArgvError
         a.flag("-no-reboot");
     }
     a.push(["-rtc", "base=utc"]);
+    a.push(["-sandbox", SANDBOX]);
+    for f in &env.files.add_fd {
+        a.push(["-add-fd", &format!("fd={},set={},opaque={}", f.fd, f.set, escape_path(&f.path))]);
+    }
     a.push(["-chardev", &format!("socket,id=qmp,fd={},server=on,wait=off", env.qmp_fd)]);
     a.push(["-mon", "chardev=qmp,mode=control"]);
     a.push(["-chardev", &format!("socket,id=serial0,fd={},server=on,wait=off", env.serial_fd)]);
@@ -105,24 +183,24 @@ pub fn render(def: &DomainDef, env: &RenderEnv) -> Result<Vec<String>, ArgvError
             a.push(["-device", "VGA"]);
         }
     }
-    if let Firmware::Uefi { code, nvram } = &def.firmware {
-        a.push(["-drive", &format!("if=pflash,format=raw,readonly=on,file={}", escape_path(code))]);
-        a.push(["-drive", &format!("if=pflash,format=raw,file={}", escape_path(nvram))]);
+    if let (Firmware::Uefi { .. }, Some((code, nvram))) = (&def.firmware, env.files.firmware) {
+        a.push(["-drive", &format!("if=pflash,format=raw,readonly=on,file=/dev/fdset/{code}")]);
+        a.push(["-drive", &format!("if=pflash,format=raw,file=/dev/fdset/{nvram}")]);
     }
     if def.boot_menu {
         a.push(["-boot", "menu=on"]);
     }
     // -kernel, -initrd and -append are taken whole by qemu (no option parsing, no escaping).
-    if let Some(k) = &def.kernel {
-        a.push(["-kernel", &k.kernel.display().to_string()]);
-        if let Some(i) = &k.initrd {
-            a.push(["-initrd", &i.display().to_string()]);
+    if let (Some(k), Some(kfd)) = (&def.kernel, env.files.kernel) {
+        a.push(["-kernel", &format!("/proc/self/fd/{kfd}")]);
+        if let (Some(_), Some(ifd)) = (&k.initrd, env.files.initrd) {
+            a.push(["-initrd", &format!("/proc/self/fd/{ifd}")]);
         }
         if !k.cmdline.is_empty() {
             a.push(["-append", &k.cmdline]);
         }
     }
-    disks(def, &mut a);
+    disks(def, env.files, &mut a);
     nics(def, env, &mut a);
     Ok(a.0)
 }
@@ -147,13 +225,20 @@ fn boot_index(def: &DomainDef, class: &str, first_of_class: bool) -> Option<usiz
     def.boot_order.iter().position(|c| c == class).map(|p| p + 1)
 }
 
-fn disks(def: &DomainDef, a: &mut Args) {
+fn disks(def: &DomainDef, files: &Handed, a: &mut Args) {
     let (mut ahci, mut scsi) = (false, false);
     let (mut ide_unit, mut sata_port, mut scsi_lun) = (0usize, 0usize, 0usize);
     let (mut seen_hd, mut seen_cd) = (false, false);
     for (i, d) in def.disks.iter().enumerate() {
         let cd = d.device == DiskDevice::Cdrom;
-        let mut drive = format!("file={},format={},if=none,id=drive{i}", escape_path(&d.path), d.format);
+        let sets = files.disks.get(i).cloned().unwrap_or_default();
+        let mut drive = format!("file=/dev/fdset/{},format={},if=none,id=drive{i}", sets.set, d.format);
+        // The backing chain as kvmctl read it, so qemu follows no header by name.
+        let mut prefix = String::new();
+        for (set, format) in &sets.backing {
+            prefix.push_str("backing.");
+            drive.push_str(&format!(",{prefix}driver={format},{prefix}file.filename=/dev/fdset/{set}"));
+        }
         if let Some(c) = d.cache {
             drive.push_str(&format!(",cache={c}"));
         }
@@ -200,10 +285,10 @@ fn nics(def: &DomainDef, env: &RenderEnv, a: &mut Args) {
     for (i, n) in def.nics.iter().enumerate() {
         let netdev = match (&n.source, env.tap_fds.get(i).copied().flatten()) {
             (NicSource::User, _) => format!("user,id=net{i}"),
-            (_, Some(fd)) => {
-                let vhost = if env.vhost { "on" } else { "off" };
-                format!("tap,id=net{i},fd={fd},vhost={vhost}")
-            }
+            (_, Some(fd)) => match env.files.vhost.get(i).copied().flatten() {
+                Some(v) => format!("tap,id=net{i},fd={fd},vhost=on,vhostfd={v}"),
+                None => format!("tap,id=net{i},fd={fd},vhost=off"),
+            },
             // A tap NIC without its fd cannot be rendered; the caller opens taps first.
             (_, None) => format!("tap,id=net{i}"),
         };

@@ -16,7 +16,7 @@ use super::argv::{render, RenderEnv};
 use super::definition::{DomainDef, NicSource};
 use super::runtime::{now_secs, NextBoot, QemuSockets, RunDir, RunState, VmState};
 use super::supervisor::{self, Reply, Request};
-use super::tap;
+use super::{confine, tap};
 use crate::network::lifecycle as netlife;
 use crate::network::netlink::Netlink;
 use crate::network::NetworkDef;
@@ -39,6 +39,8 @@ pub enum DomainError {
     Network { name: String, net: String, source: Box<netlife::LifecycleError> },
     #[error("domain '{name}': {source}")]
     Accel { name: String, source: accel::AccelError },
+    #[error("domain '{name}': {source}")]
+    Confine { name: String, source: super::confine::ConfineError },
     #[error("domain '{name}': tap for NIC {index}: {source}")]
     Tap { name: String, index: usize, source: tap::TapError },
     #[error("domain '{name}' failed to start: {reason}")]
@@ -187,25 +189,30 @@ pub fn start_phased(
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(io_at("tokio"))?;
         rt.block_on(open_taps(store, def, notify))?
     };
+    // qemu opens nothing by name and runs as its own user: open what it needs here.
+    let confine_err = |source| DomainError::Confine { name: name.clone(), source };
+    let creds = confine::qemu_creds().map_err(confine_err)?;
+    let boots: Vec<&DomainDef> = std::iter::once(def).chain(phase.map(|p| p.next)).collect();
+    let files = confine::open(&boots, &crate::storage::pool::backing_policy(store), true).map_err(confine_err)?;
     rd.create().map_err(io_at(&rd.dir))?;
     let socks = rd.bind_qemu_sockets().map_err(io_at(&rd.dir))?;
     let fds: Vec<Option<i32>> = taps.iter().map(|t| t.as_ref().map(|t| t.fd.as_raw_fd())).collect();
-    let env = RenderEnv {
+    let env = |files| RenderEnv {
         accel: res.accel,
         qmp_fd: socks.qmp.as_raw_fd(),
         serial_fd: socks.console.as_raw_fd(),
         tap_fds: &fds,
-        vhost: tap::vhost_available(),
+        files,
         vnc_display: vnc_display(store, name),
     };
     let unsafe_value =
         |source| DomainError::Definition { name: name.clone(), source: super::validate::ValidateError::Argv(source) };
-    let argv = render(def, &env).map_err(unsafe_value)?;
+    let argv = render(def, &env(&files.handed[0])).map_err(unsafe_value)?;
     write_run_files(&rd, def, &argv, &taps, res.accel, transient)?;
     let _ = fs::remove_file(rd.next_boot());
     if let Some(p) = phase {
         let nb = NextBoot {
-            argv: render(p.next, &env).map_err(unsafe_value)?,
+            argv: render(p.next, &env(&files.handed[1])).map_err(unsafe_value)?,
             def: p.next.clone(),
             noreboot: p.noreboot,
             poweroff_stops: p.poweroff_stops,
@@ -213,8 +220,8 @@ pub fn start_phased(
         let text = serde_json::to_string(&nb).expect("next boot serializes");
         runtime_write(&rd.next_boot(), text.as_bytes()).map_err(io_at(rd.next_boot()))?;
     }
-    let reply = spawn_supervisor(&rd, name, &taps, &socks)?;
-    drop((taps, socks));
+    let reply = spawn_supervisor(&rd, name, &taps, &socks, &files, creds.as_ref())?;
+    drop((taps, socks, files));
     Ok(reply)
 }
 
@@ -263,6 +270,8 @@ fn spawn_supervisor(
     name: &str,
     taps: &[Option<NicTap>],
     socks: &QemuSockets,
+    files: &confine::Opened,
+    creds: Option<&confine::Creds>,
 ) -> Result<RunState, DomainError> {
     let (read_end, write_end) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| io_at("pipe")(e.into()))?;
@@ -271,6 +280,7 @@ fn spawn_supervisor(
         .flatten()
         .map(|t| t.fd.as_raw_fd())
         .chain([socks.qmp.as_raw_fd(), socks.console.as_raw_fd()])
+        .chain(files.raw_fds())
         .collect();
     let keep: Vec<i32> = for_qemu.iter().copied().chain([write_end.as_raw_fd()]).collect();
     let qemu_fds = for_qemu.iter().map(|fd| fd.to_string()).collect::<Vec<_>>().join(",");
@@ -281,6 +291,7 @@ fn spawn_supervisor(
         .arg(&rd.dir)
         .args(["--ready-fd", &write_end.as_raw_fd().to_string()])
         .args(["--qemu-fds", &qemu_fds])
+        .args(creds.map(|c| ["--qemu-creds".to_string(), c.to_arg()]).into_iter().flatten())
         .env("KVMCTL_LOG", std::env::var("KVMCTL_LOG").unwrap_or_else(|_| "info".into()))
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -4,6 +4,7 @@
 pub mod accel;
 pub mod argv;
 pub mod clone;
+pub mod confine;
 pub mod console_hub;
 pub mod define;
 pub mod definition;

@@ -17,6 +17,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, oneshot};
 
+use super::confine::{self, Creds};
 use super::console_hub::Hub;
 use super::definition::{Action, DomainDef};
 use super::qmp::{self, QmpEvents, QmpHandle};
@@ -75,22 +76,27 @@ impl Reply {
     }
 }
 
-/// `kvmctl __supervise --dir DIR --ready-fd N --qemu-fds A,B,..` (started by `start`; not for
-/// direct use). The qemu fds (taps, qemu's listening sockets) are inherited at the numbers the
-/// qemu argv names, and are the only fds qemu gets.
+/// `kvmctl __supervise --dir DIR --ready-fd N --qemu-fds A,B,.. [--qemu-creds UID:GID:GROUPS]`
+/// (started by `start`; not for direct use). The qemu fds (taps, qemu's listening sockets,
+/// its images and boot files) are inherited at the numbers the qemu argv names, and are the
+/// only fds qemu gets; qemu runs with the credentials given (see `confine`).
 pub fn main_from_args(args: &[std::ffi::OsString]) -> ! {
     let mut it = args.iter();
-    let (mut dir, mut fd, mut qemu_fds) = (None, None, None);
+    let (mut dir, mut fd, mut qemu_fds, mut creds) = (None, None, None, None);
     while let Some(a) = it.next() {
         match a.to_str() {
             Some("--dir") => dir = it.next().map(PathBuf::from),
             Some("--ready-fd") => fd = it.next().and_then(|v| v.to_str()?.parse::<RawFd>().ok()),
             Some("--qemu-fds") => qemu_fds = it.next().and_then(|v| parse_fds(v.to_str()?)),
+            Some("--qemu-creds") => creds = it.next().and_then(|v| Creds::from_arg(v.to_str()?)),
             _ => {}
         }
     }
     let (Some(dir), Some(fd), Some(qemu_fds)) = (dir, fd, qemu_fds) else {
-        eprintln!("usage: kvmctl __supervise --dir DIR --ready-fd N --qemu-fds A,B,.. (started by kvmctl start)");
+        eprintln!(
+            "usage: kvmctl __supervise --dir DIR --ready-fd N --qemu-fds A,B,.. [--qemu-creds UID:GID:GROUPS] \
+             (started by kvmctl start)"
+        );
         std::process::exit(2);
     };
     for fd in &qemu_fds {
@@ -107,7 +113,7 @@ pub fn main_from_args(args: &[std::ffi::OsString]) -> ! {
     // explicitly where files are created).
     // SAFETY: umask(2) only sets this process's file mode creation mask.
     unsafe { libc::umask(0o077) };
-    main(dir, fd, qemu_fds)
+    main(dir, fd, Qemu { fds: qemu_fds.into(), creds })
 }
 
 /// `3,4,5` (or empty) -> the fd numbers; None if any is not a number.
@@ -115,16 +121,22 @@ fn parse_fds(list: &str) -> Option<Vec<RawFd>> {
     list.split(',').filter(|s| !s.is_empty()).map(|s| s.parse().ok()).collect()
 }
 
+/// How qemu is started: the fds it inherits (taps, its listening sockets, the files `start`
+/// opened for it), at the numbers its argv names, and the user it runs as.
+struct Qemu {
+    fds: Arc<[RawFd]>,
+    creds: Option<Creds>,
+}
+
 /// The supervisor's life. Never returns.
-fn main(dir: PathBuf, ready_fd: RawFd, qemu_fds: Vec<RawFd>) -> ! {
+fn main(dir: PathBuf, ready_fd: RawFd, qemu: Qemu) -> ! {
     // SAFETY: the fd number was passed by our parent, which opened it for us.
     let mut ready = unsafe { File::from_raw_fd(ready_fd) };
     let _ = nix::fcntl::fcntl(ready_fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
     let rd = RunDir { dir };
-    let qemu_fds: Arc<[RawFd]> = qemu_fds.into();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
     let code = rt.block_on(async {
-        match Supervisor::boot(&rd, qemu_fds).await {
+        match Supervisor::boot(&rd, qemu).await {
             Ok(mut sup) => {
                 let _ = ready.write_all(b"OK\n");
                 drop(ready);
@@ -218,13 +230,12 @@ struct Supervisor {
     /// Set during an install's first boot.
     next: Option<NextBoot>,
     hub: Arc<Hub>,
-    /// What qemu inherits (taps, its listening sockets), at the numbers its argv names.
-    qemu_fds: Arc<[RawFd]>,
+    qemu: Qemu,
     _lock: ObjectLock,
 }
 
 impl Supervisor {
-    async fn boot(rd: &RunDir, qemu_fds: Arc<[RawFd]>) -> Result<Supervisor, String> {
+    async fn boot(rd: &RunDir, qemu: Qemu) -> Result<Supervisor, String> {
         let lock = match crate::state::try_lock_exclusive(&rd.lock()) {
             Ok(Some(l)) => l,
             Ok(None) => return Err("another supervisor holds this VM (already running)".into()),
@@ -237,7 +248,7 @@ impl Supervisor {
         let mut state = rd.read_state().unwrap_or_else(|| blank_state(false));
         state.supervisor_pid = std::process::id() as i32;
         let hub = Hub::new(rd.console_log());
-        let (child, qmp, events) = launch(rd, &argv, &qemu_fds, &hub).await?;
+        let (child, qmp, events) = launch(rd, &argv, &qemu, &hub).await?;
         state.qemu_pid = child.id().map(|p| p as i32);
         state.state = VmState::Running;
         state.reason = "booted".into();
@@ -257,7 +268,7 @@ impl Supervisor {
             quitting: None,
             next: std::fs::read_to_string(rd.next_boot()).ok().and_then(|t| serde_json::from_str(&t).ok()),
             hub,
-            qemu_fds,
+            qemu,
             _lock: lock,
         })
     }
@@ -373,7 +384,7 @@ impl Supervisor {
         if stop {
             return; // quitting is set: the exit is a clean stop
         }
-        match launch(&self.rd, &self.argv, &self.qemu_fds, &self.hub).await {
+        match launch(&self.rd, &self.argv, &self.qemu, &self.hub).await {
             Ok((child, qmp, events)) => {
                 (self.child, self.qmp, self.events) = (child, qmp, events);
                 self.quitting = None;
@@ -404,7 +415,7 @@ impl Supervisor {
         let detail = status.map(|s| s.to_string()).unwrap_or_default();
         tracing::warn!(%detail, "qemu exited unexpectedly");
         if self.def.on_crash == Action::Restart && self.state.restarts < 10 {
-            match launch(&self.rd, &self.argv, &self.qemu_fds, &self.hub).await {
+            match launch(&self.rd, &self.argv, &self.qemu, &self.hub).await {
                 Ok((child, qmp, events)) => {
                     (self.child, self.qmp, self.events) = (child, qmp, events);
                     self.state.qemu_pid = self.child.id().map(|p| p as i32);
@@ -474,12 +485,34 @@ impl Supervisor {
     }
 }
 
+/// qemu removes the paths of its listening sockets when it exits; before it starts again
+/// (the installed system's boot, a restart after a crash) the paths are bound anew and the
+/// new listeners put at the fd numbers its argv names.
+fn restore_socket_paths(rd: &RunDir, fds: &[RawFd]) -> Result<(), String> {
+    use nix::sys::socket::{getsockname, UnixAddr};
+    let ours = [rd.qmp(), rd.console_sock()];
+    for &fd in fds {
+        let Ok(addr) = getsockname::<UnixAddr>(fd) else { continue };
+        let Some(path) = addr.path().map(PathBuf::from) else { continue };
+        if !ours.contains(&path) || path.exists() {
+            continue;
+        }
+        let l = crate::state::bind_private(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        // SAFETY: dup2 onto an fd this process owns (the old listener, closed by it).
+        if unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&l), fd) } < 0 {
+            return Err(format!("{}: {}", path.display(), std::io::Error::last_os_error()));
+        }
+        let _ = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
+    }
+    Ok(())
+}
+
 /// Start qemu (paused), connect its console and QMP, then let it run. qemu's sockets were
 /// bound by `start` and are inherited: connections queue until qemu accepts them.
 async fn launch(
     rd: &RunDir,
     argv: &[String],
-    fds: &Arc<[RawFd]>,
+    how: &Qemu,
     hub: &Arc<Hub>,
 ) -> Result<(Child, QmpHandle, QmpEvents), String> {
     let log = crate::state::open_private(&rd.qemu_log(), false).map_err(|e| e.to_string())?;
@@ -487,12 +520,15 @@ async fn launch(
         .ok_or("cannot run qemu-system-x86_64: not found in PATH (is qemu-system-x86 installed?)")?;
     let mut cmd = Command::new(qemu);
     cmd.args(argv).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::from(log));
-    let (keep, limit) = (fds.clone(), crate::process::fd_limit());
-    // SAFETY: prctl(PR_SET_PDEATHSIG), close_range and fcntl are async-signal-safe; qemu dies
-    // with its supervisor and gets only its own fds (not the lock, not control.sock).
+    restore_socket_paths(rd, &how.fds)?;
+    confine::release_image_locks(&how.fds);
+    let (keep, creds, limit) = (how.fds.clone(), how.creds.clone(), crate::process::fd_limit());
+    // SAFETY: set*id, prctl, close_range and fcntl are async-signal-safe. qemu runs as its own
+    // user with no new privileges, dies with its supervisor, and gets only its own fds (not
+    // the lock, not control.sock).
     unsafe {
         cmd.pre_exec(move || {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            confine::enter(creds.as_ref())?;
             crate::process::inherit_only(&keep, limit)
         });
     }

@@ -207,6 +207,24 @@ enum Layer {
     Raw { file: File, len: u64 },
 }
 
+/// The backing files of `src`, nearest first, each with the format its overlay records, by
+/// the rules of [`Chain::open`] (inside `src.backing`'s pools only, formats recorded, at most
+/// `MAX_CHAIN` deep). Only headers are read.
+pub fn backing_files(src: Source) -> Result<Vec<(PathBuf, Format)>, ChainError> {
+    let mut out = Vec::new();
+    let (mut p, mut fmt) = (src.path.to_path_buf(), src.format);
+    while fmt == Format::Qcow2 {
+        let h = qcow2::read_header(&p)?;
+        let Some(b) = &h.backing_file else { break };
+        if out.len() + 1 == MAX_CHAIN {
+            return Err(ChainError::TooDeep { path: src.path.into(), max: MAX_CHAIN });
+        }
+        (p, fmt) = src.backing.follow(&p, b, h.backing_format.as_deref())?;
+        out.push((p.clone(), fmt));
+    }
+    Ok(out)
+}
+
 /// A disk as the guest sees it: an image and its backing chain, top first.
 pub struct Chain {
     layers: Vec<Layer>,

@@ -79,6 +79,9 @@ fn cases() -> Vec<(&'static str, DomainDef, Accel)> {
     d.nics.push(nic(NicSource::Bridge { bridge: "br0".into() }, NicModel::E1000, "52:54:00:00:00:03"));
     d.nics.push(nic(NicSource::Network { network: "n".into() }, NicModel::Rtl8139, "52:54:00:00:00:04"));
     d.nics.push(nic(NicSource::User, NicModel::Virtio, "52:54:00:00:00:05"));
+    // q35's IDE is AHCI: one unit per bus.
+    d.disks.push(disk("@D/hd,a.raw", "raw", DiskBus::Ide, DiskDevice::Disk));
+    d.disks.push(disk("@D/c,d.iso", "raw", DiskBus::Ide, DiskDevice::Cdrom));
     v.push(("q35-vnc-nic-models", d, Accel::Tcg));
 
     let mut d = base("uefi");

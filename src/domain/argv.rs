@@ -258,7 +258,9 @@ fn disks(def: &DomainDef, files: &Handed, a: &mut Args) {
         let dev = match bus {
             DiskBus::Virtio => format!("virtio-blk-pci,drive=drive{i},id=disk{i}{boot}"),
             DiskBus::Ide => {
-                let (b, u) = (ide_unit / 2, ide_unit % 2);
+                // i440fx's IDE has two units per bus; q35's (AHCI) one per bus, ide.0 to ide.5.
+                let q35 = def.machine.as_str().contains("q35");
+                let (b, u) = if q35 { (ide_unit, 0) } else { (ide_unit / 2, ide_unit % 2) };
                 ide_unit += 1;
                 format!("ide-{kind},drive=drive{i},id=disk{i},bus=ide.{b},unit={u}{boot}")
             }

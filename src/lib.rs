@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod console;
 pub mod domain;
+pub mod fault;
 pub mod inventory;
 pub mod media;
 pub mod names;

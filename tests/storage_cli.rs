@@ -651,3 +651,78 @@ fn nothing_under_an_overlay_is_changed_and_the_refusal_names_it() {
     k.ok(&["vol-delete", "ov.qcow2", "--pool", "default"]);
     k.ok(&["vol-delete", "base.qcow2", "--pool", "default"]);
 }
+
+/// The hidden files in the default pool's directory (kvmctl's temp files).
+fn hidden_in_pool(k: &Kvm) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(k.images())
+        .unwrap()
+        .filter_map(|e| Some(e.ok()?.file_name().to_str()?.to_string()))
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Issue 11: a copy interrupted mid-way leaves no temp file. Ctrl+C, SIGTERM and SIGHUP remove
+/// it before the process dies of the signal; after SIGKILL the next command on the pool
+/// removes it (`pool-refresh` names it). Nothing half-made stays, and the retry succeeds.
+#[test]
+fn an_interrupted_copy_leaves_no_temp_file_and_the_retry_succeeds() {
+    use std::os::unix::process::ExitStatusExt;
+    if !qemu_tools() || !require("the fault-injection feature (make test has it)", cfg!(feature = "fault-injection")) {
+        return;
+    }
+    let k = Kvm::new();
+    k.ok(&["pool-list"]);
+    let src = k.dir.path().join("src.raw");
+    let data: Vec<u8> = (0..8u32 << 20).map(|i| (i % 251) as u8 + 1).collect();
+    std::fs::write(&src, &data).unwrap();
+    std::fs::copy(&src, k.images().join("vm.img")).unwrap();
+    let def = k.dir.path().join("vm.toml");
+    let disk = k.images().join("vm.img");
+    let toml = format!(
+        "name = \"vm\"\nmemory_mib = 64\nvcpus = 1\n[[disks]]\npath = \"{}\"\nformat = \"raw\"\n",
+        disk.display()
+    );
+    std::fs::write(&def, toml).unwrap();
+    k.ok(&["define", def.to_str().unwrap()]);
+    let srcs = src.to_str().unwrap();
+    let cases: [(&str, Vec<&str>, &str); 3] = [
+        ("vol-import.copy", vec!["vol-import", srcs, "--pool", "default", "--name", "imp.img"], "imp.img"),
+        ("vol-clone.copy", vec!["vol-clone", "vm.img", "copy.img", "--pool", "default"], "copy.img"),
+        ("clone.copy", vec!["clone", "vm", "vm2"], "vm2.img"),
+    ];
+    let signals = [("INT", libc::SIGINT), ("TERM", libc::SIGTERM), ("HUP", libc::SIGHUP), ("KILL", libc::SIGKILL)];
+    for (point, args, made) in &cases {
+        for (name, signo) in signals {
+            let o = bounded_output(k.cmd().args(args).env("KVMCTL_FAULT", format!("{point}:{name}")));
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert_eq!(o.status.signal(), Some(signo), "{point}:{name}: {:?} {err}", o.status);
+            assert!(err.contains(&format!("fault point {point}")), "{point}:{name}: {err}");
+            if signo == libc::SIGKILL {
+                let left = hidden_in_pool(&k);
+                assert_eq!(
+                    left.len(),
+                    1,
+                    "{point}: after SIGKILL the temp file is there until the next command: {left:?}"
+                );
+                let out = k.ok(&["pool-refresh", "default"]);
+                assert!(out.contains("Removed") && out.contains(&left[0]), "{point}: {out}");
+            }
+            assert_eq!(hidden_in_pool(&k), Vec::<String>::new(), "{point}:{name} left a temp file");
+            assert!(!k.images().join(made).exists(), "{point}:{name} left {made}");
+        }
+        assert!(k.fails(1, &["dominfo", "vm2"]).contains("not found"), "an interrupted clone defined vm2");
+        // The retry of the same command succeeds and copies every byte.
+        k.ok(args);
+        assert_eq!(std::fs::read(k.images().join(made)).unwrap(), data, "{point}: the retry's copy");
+    }
+    // A SIGKILLed writer's temp file also goes with any other command on the pool.
+    let o = bounded_output(
+        k.cmd().args(["vol-clone", "vm.img", "c2.img", "--pool", "default"]).env("KVMCTL_FAULT", "vol-clone.copy"),
+    );
+    assert_eq!(o.status.signal(), Some(libc::SIGKILL));
+    assert_eq!(hidden_in_pool(&k).len(), 1);
+    k.ok(&["vol-list", "default"]);
+    assert_eq!(hidden_in_pool(&k), Vec::<String>::new());
+}

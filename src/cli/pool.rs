@@ -147,6 +147,12 @@ pub fn run(cmd: PoolCmd, ctx: &Ctx) -> anyhow::Result<()> {
             print!("{}", info_block(&rows));
         }
         PoolCmd::PoolRefresh { pool } => {
+            let def = pool::load(store, &pool)?;
+            if pool::state(store, &def) == PoolState::Active {
+                for p in crate::state::interrupt::sweep_stale(&def.target) {
+                    out.done(format!("Removed {} (a temp file of an interrupted copy)", p.display()));
+                }
+            }
             let n = crate::storage::volume::list(store, &pool)?.len();
             out.done(format!("Pool {pool} refreshed ({n} volumes)"));
         }

@@ -253,7 +253,7 @@ fn make_disk(
     } else {
         let out = tmp.file().try_clone().map_err(|e| e.to_string())?;
         let mut last = 0u64;
-        copy_image(src, &out, to, src.format, sync, &mut |d, _| {
+        copy_image(src, &out, to, src.format, sync, "clone.copy", &mut |d, _| {
             progress(d - last);
             last = d;
         })

@@ -35,7 +35,8 @@ pub struct TempFile {
 }
 
 impl TempFile {
-    /// Create `.<name>.tmp-<pid>-<n>` in `dest`'s directory with `O_EXCL`.
+    /// Create `.<name>.tmp-<pid>.<start time>-<n>` in `dest`'s directory with `O_EXCL`
+    /// (removed on SIGINT/SIGTERM/SIGHUP, and by `interrupt::sweep_stale` once its writer died).
     pub fn new_beside(dest: &Path, mode: u32) -> io::Result<TempFile> {
         use std::sync::atomic::{AtomicU32, Ordering};
         static SEQ: AtomicU32 = AtomicU32::new(0);
@@ -43,9 +44,12 @@ impl TempFile {
         let base = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         loop {
             let n = SEQ.fetch_add(1, Ordering::Relaxed);
-            let path = dir.join(format!(".{base}.tmp-{}-{n}", std::process::id()));
+            let path = dir.join(format!(".{base}.tmp-{}-{n}", super::interrupt::writer_tag()));
             match OpenOptions::new().write(true).read(true).create_new(true).mode(mode).open(&path) {
-                Ok(file) => return Ok(TempFile { path, file: Some(file) }),
+                Ok(file) => {
+                    super::interrupt::register(&path);
+                    return Ok(TempFile { path, file: Some(file) });
+                }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
                 Err(e) => return Err(e),
             }
@@ -66,6 +70,7 @@ impl TempFile {
         file.sync_all()?;
         drop(file);
         fs::rename(&self.path, dest)?;
+        super::interrupt::unregister(&self.path);
         self.path = PathBuf::new();
         fsync_dir(dest.parent().unwrap_or(Path::new(".")))
     }
@@ -74,6 +79,7 @@ impl TempFile {
     pub fn rename_into(mut self, dest: &Path) -> io::Result<()> {
         drop(self.file.take());
         fs::rename(&self.path, dest)?;
+        super::interrupt::unregister(&self.path);
         self.path = PathBuf::new();
         Ok(())
     }
@@ -93,6 +99,7 @@ impl TempFile {
         drop(self.file.take().expect("temp file committed twice"));
         fs::hard_link(&self.path, dest)?;
         let _ = fs::remove_file(&self.path);
+        super::interrupt::unregister(&self.path);
         self.path = PathBuf::new();
         Ok(())
     }
@@ -102,6 +109,7 @@ impl Drop for TempFile {
     fn drop(&mut self) {
         if !self.path.as_os_str().is_empty() {
             let _ = fs::remove_file(&self.path);
+            super::interrupt::unregister(&self.path);
         }
     }
 }

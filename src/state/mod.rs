@@ -5,6 +5,7 @@ mod lock;
 mod private;
 mod store;
 
+pub mod interrupt;
 pub use atomic::{atomic_write, fsync_dir, runtime_write, TempFile};
 pub use lock::{conflicting_lock, try_lock_exclusive, ObjectLock};
 pub use private::{bind_private, open_private, private_dir};

@@ -33,6 +33,7 @@ pub fn copy_image(
     out_path: &Path,
     format: Format,
     durable: bool,
+    fault: &str,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<u64, CopyError> {
     let mut chain = Chain::open(src)?;
@@ -53,6 +54,7 @@ pub fn copy_image(
                 start_writeback(out);
             }
             progress(off + buf.len() as u64, size);
+            crate::fault::point(fault);
             Ok(())
         },
     )?;

@@ -148,7 +148,14 @@ pub fn state(store: &Store, def: &PoolDef) -> PoolState {
 pub fn active(store: &Store, name: &str) -> Result<PoolDef, StorageError> {
     let def = load(store, name)?;
     match state(store, &def) {
-        PoolState::Active => Ok(def),
+        PoolState::Active => {
+            // Temp files of copies killed mid-way (their writer is gone) go with the next
+            // command on the pool; `pool-refresh` names them.
+            for p in crate::state::interrupt::sweep_stale(&def.target) {
+                tracing::info!(file = %p.display(), "removed a stale temp file of a dead writer");
+            }
+            Ok(def)
+        }
         PoolState::Inactive => Err(StorageError::PoolInactive(name.into())),
         PoolState::Inaccessible => Err(check_target(&def).unwrap_err()),
     }

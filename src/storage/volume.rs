@@ -305,7 +305,7 @@ pub fn clone(
         let out = nv.file().try_clone().map_err(io_at(&dest))?;
         let policy = pool::backing_policy(store);
         let source = Source { path: &src.path, format: src_format, backing: &policy };
-        copy_image(source, &out, &dest, src_format, sync, progress)?;
+        copy_image(source, &out, &dest, src_format, sync, "vol-clone.copy", progress)?;
     }
     nv.commit(sync || linked)
 }
@@ -361,7 +361,7 @@ pub fn import(
     let dest = nv.dest.clone();
     let out = nv.file().try_clone().map_err(io_at(&dest))?;
     let source = Source { path: file, format: src_fmt, backing: &policy };
-    copy_image(source, &out, &dest, format.unwrap_or(src_fmt), sync, progress)?;
+    copy_image(source, &out, &dest, format.unwrap_or(src_fmt), sync, "vol-import.copy", progress)?;
     nv.commit(sync)
 }
 

@@ -5,7 +5,7 @@
 mod common;
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use common::netns::{can_netns, Netns};
 use common::*;
@@ -484,4 +484,57 @@ fn detached_link_delete_returns_with_the_link_gone_and_reports_refusals() {
     })
     .join()
     .unwrap();
+}
+
+/// The stored definition file of network `name` under the kvmctl root.
+fn stored_toml(root: &Path, name: &str) -> PathBuf {
+    let want = format!("{name}.toml");
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() && !p.ends_with("run") {
+                stack.push(p);
+            } else if p.file_name().is_some_and(|n| n == want.as_str())
+                && p.parent().is_some_and(|d| d.ends_with("networks"))
+            {
+                return p;
+            }
+        }
+    }
+    panic!("no stored {want} under {}", root.display());
+}
+
+/// Issue 11: a hand-written network TOML without a bridge name made `net-start` panic (exit
+/// 101). It now picks the lowest free virbrN, as `net-define` does; in `bridge` mode, where
+/// the name cannot be made up, it refuses with the field named.
+#[test]
+fn net_start_of_a_hand_written_definition_without_a_bridge_name() {
+    if !prereqs() {
+        return;
+    }
+    let t = Topo::new();
+    t.define("<network><name>hand</name><forward mode='nat'/><bridge name='kvhand0'/><ip address='10.77.0.1' netmask='255.255.255.0'/></network>");
+    let f = stored_toml(&t.k.root(), "hand");
+    let text = std::fs::read_to_string(&f).unwrap();
+    let stripped: String =
+        text.lines().filter(|l| !l.trim_start().starts_with("name = \"kvhand0\"")).map(|l| format!("{l}\n")).collect();
+    assert_ne!(stripped, text, "the stored definition names its bridge:\n{text}");
+    std::fs::write(&f, &stripped).unwrap();
+    let out = t.k.ok_in(&t.host, &["net-start", "hand"]);
+    assert!(out.contains("hand"), "{out}");
+    let info = t.k.ok_in(&t.host, &["net-info", "hand"]);
+    assert!(info.contains("virbr"), "a virbrN bridge was picked: {info}");
+    assert!(t.host.ip(&["-br", "link", "show", "type", "bridge"]).contains("virbr"));
+    t.k.ok_in(&t.host, &["net-destroy", "hand"]);
+    assert!(!t.host.ip(&["-br", "link", "show", "type", "bridge"]).contains("virbr"), "net-destroy removed the bridge");
+    // bridge mode: there is no name to pick.
+    t.define("<network><name>br</name><forward mode='bridge'/><bridge name='kvbr9'/></network>");
+    let f = stored_toml(&t.k.root(), "br");
+    let text = std::fs::read_to_string(&f).unwrap();
+    let stripped: String =
+        text.lines().filter(|l| !l.trim_start().starts_with("name = \"kvbr9\"")).map(|l| format!("{l}\n")).collect();
+    std::fs::write(&f, &stripped).unwrap();
+    let e = t.k.fails_in(&t.host, 1, &["net-start", "br"]);
+    assert!(e.contains("network 'br'") && e.contains("needs <bridge name="), "{e}");
 }

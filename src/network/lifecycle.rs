@@ -302,10 +302,16 @@ pub async fn start(store: &Store, nl: &Netlink, def: &NetworkDef, transient: boo
         return Err(LifecycleError::Active(name.clone()));
     }
     let used = used_bridges(store, name)?;
-    check_against_others(store, def, &used)?;
+    // A hand-written definition file may lack what `net-define` fills in (the bridge name, the
+    // bridge MAC): fill it in as libvirt would (the lowest free virbrN), or refuse with the
+    // field named, as `net-define` does.
+    let mut def = def.clone();
+    def.complete(&used.iter().map(|(b, _)| b.clone()).collect());
+    def.validate()?;
+    check_against_others(store, &def, &used)?;
     let dir = run_dir(store, name);
     let mut undo = vec![];
-    let r = start_steps(store, nl, def, transient, &dir, &mut undo).await;
+    let r = start_steps(store, nl, &def, transient, &dir, &mut undo).await;
     match r {
         Ok(st) => Ok(st),
         Err(e) => {

@@ -9,7 +9,7 @@ fn main() -> ExitCode {
     if args.get(1).is_some_and(|a| a == "__supervise") {
         kvmctl::domain::supervisor::main_from_args(&args[2..]);
     }
-    // Before any thread starts: Ctrl+C, SIGTERM and SIGHUP remove this command's temp files.
+    // Ctrl+C, SIGTERM and SIGHUP remove this command's temp files before it dies.
     kvmctl::state::interrupt::remove_temps_on_signals();
     // clap exits with 2 on usage errors and 0 for --help/--version.
     let cli = kvmctl::cli::Cli::parse();

@@ -20,39 +20,51 @@ pub(super) fn unregister(p: &Path) {
     }
 }
 
-/// Catch SIGINT, SIGTERM and SIGHUP on a thread of their own (call first thing in `main`,
-/// before any thread starts, so that every thread has them blocked). On a signal the
-/// registered temp files are removed and the signal is raised again with its default
-/// action, so the exit status is what the caller expects. Children start with an empty
-/// signal mask (std resets it before exec).
+/// The write end of the pipe the signal handler reports to (-1: not installed).
+static SIGNAL_PIPE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+extern "C" fn on_signal(sig: libc::c_int) {
+    let fd = SIGNAL_PIPE.load(std::sync::atomic::Ordering::Relaxed);
+    let byte = sig as u8;
+    // SAFETY: write(2) is async-signal-safe; a full pipe only loses a repeated signal.
+    unsafe { libc::write(fd, (&byte as *const u8).cast(), 1) };
+}
+
+/// Catch SIGINT, SIGTERM and SIGHUP (call first thing in `main`): a handler reports the
+/// signal over a pipe to a thread of its own, which removes the registered temp files and
+/// raises the signal again with its default action, so the exit status is what the caller
+/// expects. No signal mask changes: children (dnsmasq, the supervisor, qemu) start with
+/// default dispositions, as exec resets caught signals.
 pub fn remove_temps_on_signals() {
-    use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow, Signal};
-    let mut set = SigSet::empty();
-    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
-        set.add(s);
-    }
-    if pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None).is_err() {
-        return;
-    }
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let Ok((rd, wr)) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) else { return };
+    let mut rd = std::fs::File::from(rd);
     let spawned = std::thread::Builder::new().name("signals".into()).spawn(move || {
-        let Ok(sig) = set.wait() else { return };
+        let mut byte = [0u8; 1];
+        if std::io::Read::read_exact(&mut rd, &mut byte).is_err() {
+            return;
+        }
         let live = std::mem::take(&mut *LIVE.lock().unwrap_or_else(|e| e.into_inner()));
         for p in live {
             let _ = std::fs::remove_file(p);
         }
-        // SAFETY: restoring the default action and raising the signal in this thread, with
-        // it unblocked here, ends the process as the signal would have.
+        let sig = libc::c_int::from(byte[0]);
+        // SAFETY: restoring the default action and raising the signal ends the process as
+        // the signal would have.
         unsafe {
-            libc::signal(sig as libc::c_int, libc::SIG_DFL);
-            let mut one = SigSet::empty();
-            one.add(sig);
-            let _ = pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&one), None);
-            libc::raise(sig as libc::c_int);
+            libc::signal(sig, libc::SIG_DFL);
+            libc::raise(sig);
         }
-        std::process::exit(128 + sig as i32);
+        std::process::exit(128 + sig);
     });
     if spawned.is_err() {
-        let _ = pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&set), None);
+        return;
+    }
+    SIGNAL_PIPE.store(std::os::fd::IntoRawFd::into_raw_fd(wr), std::sync::atomic::Ordering::Relaxed);
+    let action = SigAction::new(SigHandler::Handler(on_signal), SaFlags::SA_RESTART, SigSet::empty());
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        // SAFETY: the handler only calls write(2).
+        let _ = unsafe { sigaction(s, &action) };
     }
 }
 

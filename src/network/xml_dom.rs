@@ -21,7 +21,33 @@ pub(crate) struct Element {
     pub line: usize,
 }
 
-/// Line and column (1-based, column in characters) of a byte offset.
+/// The line of each element, counted forward from the last offset asked: the reader's
+/// offsets only grow, so a document costs one pass however many elements it has.
+struct Lines<'a> {
+    src: &'a str,
+    offset: usize,
+    line: usize,
+}
+
+impl<'a> Lines<'a> {
+    fn new(src: &'a str) -> Lines<'a> {
+        Lines { src, offset: 0, line: 1 }
+    }
+
+    /// The 1-based line of byte `offset`.
+    fn at(&mut self, offset: usize) -> usize {
+        let offset = offset.min(self.src.len());
+        if offset < self.offset {
+            (self.offset, self.line) = (0, 1);
+        }
+        let newlines = self.src.as_bytes()[self.offset..offset].iter().filter(|&&b| b == b'\n').count();
+        (self.offset, self.line) = (offset, self.line + newlines);
+        self.line
+    }
+}
+
+/// Line and column (1-based, column in characters) of a byte offset; for errors only (it
+/// counts from the start of the document).
 fn line_col(src: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(src.len());
     let before = src.get(..offset).unwrap_or(src);
@@ -35,7 +61,7 @@ fn xml_error(src: &str, offset: usize, message: impl Into<String>) -> NetworkErr
     NetworkError::Xml { line, column, message: message.into() }
 }
 
-fn start_element(src: &str, pos: usize, e: &BytesStart<'_>) -> Result<Element, NetworkError> {
+fn start_element(src: &str, lines: &mut Lines, pos: usize, e: &BytesStart<'_>) -> Result<Element, NetworkError> {
     let name = String::from_utf8_lossy(e.name().as_ref()).into_owned();
     let mut attrs: Vec<(String, String)> = Vec::new();
     for a in e.attributes() {
@@ -44,7 +70,7 @@ fn start_element(src: &str, pos: usize, e: &BytesStart<'_>) -> Result<Element, N
         let value = a.unescape_value().map_err(|err| xml_error(src, pos, format!("<{name} {key}>: {err}")))?;
         attrs.push((key, value.into_owned()));
     }
-    Ok(Element { name, attrs, children: Vec::new(), text: String::new(), line: line_col(src, pos).0 })
+    Ok(Element { name, attrs, children: Vec::new(), text: String::new(), line: lines.at(pos) })
 }
 
 /// Put a finished element under its parent, or make it the document element.
@@ -70,16 +96,17 @@ pub(crate) fn parse_document(src: &str) -> Result<Element, NetworkError> {
     let mut reader = Reader::from_str(src);
     let mut stack: Vec<Element> = Vec::new();
     let mut root = None;
+    let mut lines = Lines::new(src);
     loop {
         let pos = reader.buffer_position() as usize;
         let event = reader.read_event().map_err(|e| xml_error(src, reader.error_position() as usize, e.to_string()))?;
         let text = match event {
             Event::Start(e) => {
-                stack.push(start_element(src, pos, &e)?);
+                stack.push(start_element(src, &mut lines, pos, &e)?);
                 continue;
             }
             Event::Empty(e) => {
-                let el = start_element(src, pos, &e)?;
+                let el = start_element(src, &mut lines, pos, &e)?;
                 attach(&mut stack, &mut root, el, src, pos)?;
                 continue;
             }

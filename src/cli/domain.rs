@@ -57,7 +57,7 @@ pub enum DomCmd {
     /// ACPI power-off; after --timeout seconds, escalate (quit, then SIGKILL).
     Shutdown {
         domain: String,
-        #[arg(long, default_value_t = 120)]
+        #[arg(long, default_value_t = 120, value_parser = super::whole_u64)]
         timeout: u64,
     },
     /// Reboot the guest (ACPI power button, then reset instead of power-off).

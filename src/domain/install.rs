@@ -92,7 +92,11 @@ pub fn build(store: &Store, o: &InstallOpts, dry_run: bool, created: &mut Create
     let invalid = |source| DomainError::Definition { name: o.name.clone(), source };
     let caps = super::qemu_caps::probe(&store.paths.run).map_err(|e| invalid(e.into()))?;
     validate::check_def(&def, &validate::HostLimits::probe(), &caps)
-        .and_then(|()| validate::check_relations(&def, &validate::others(store, &def.name), validate::Purpose::New))
+        .and_then(|()| {
+            // No disk yet: who uses an image is asked once they are known (`validate::check`).
+            let nobody = |_: &Path| crate::storage::Users::default();
+            validate::check_relations(&def, &validate::others(store, &def.name), validate::Purpose::New, &nobody)
+        })
         .map_err(invalid)?;
     for (i, spec) in o.disks.iter().enumerate() {
         def.disks.push(disk(store, &o.name, i, spec, dry_run, created)?);

@@ -98,7 +98,9 @@ fn deep_wide_and_huge_documents_are_refused_naming_file_limit_and_culprit() {
         )
     };
     let before = tree(&k.root());
-    let cases: Vec<(&str, &str, String, Box<dyn Fn(&PathBuf) -> String>)> = vec![
+    // (command, file name, its text, the whole error for the file's path)
+    type Expect = Box<dyn Fn(&PathBuf) -> String>;
+    let cases: Vec<(&str, &str, String, Expect)> = vec![
         ("net-define", "deep.xml", net_deep, Box::new(move |f| format!("error: {}: {depth}\n", f.display()))),
         (
             "define",

@@ -101,7 +101,7 @@ pub fn run(cmd: NetCmd, ctx: &Ctx) -> anyhow::Result<()> {
     })
 }
 
-fn read_file(p: &PathBuf) -> anyhow::Result<String> {
+fn read_file(p: &std::path::Path) -> anyhow::Result<String> {
     Ok(crate::limits::read_definition(p)?)
 }
 

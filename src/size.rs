@@ -63,7 +63,10 @@ pub fn parse_size_with_default(input: &str, default_unit: u64) -> Result<u64, Si
             let frac_digits = frac.len().min(18) as u32;
             let frac_val: u128 =
                 if frac_digits == 0 { 0 } else { frac[..frac_digits as usize].parse().map_err(|_| overflow())? };
-            let total = int * mult as u128 + frac_val * mult as u128 / 10u128.pow(frac_digits);
+            let total = int
+                .checked_mul(mult as u128)
+                .and_then(|t| t.checked_add(frac_val * mult as u128 / 10u128.pow(frac_digits)))
+                .ok_or_else(overflow)?;
             u64::try_from(total).map_err(|_| overflow())
         }
     }
@@ -120,6 +123,31 @@ mod tests {
         assert!(matches!(parse_size("1 0G"), Err(SizeError::BadUnit { .. })));
         assert_eq!(parse_size("99999999999E"), Err(SizeError::Overflow("99999999999E".into())));
         assert_eq!(parse_size("16E"), Err(SizeError::Overflow("16E".into())));
+    }
+
+    /// Issue 10: every size beyond 2^64 bytes is "too large", however it is written; none
+    /// wraps around into a small one or shows Rust's conversion message.
+    #[test]
+    fn sizes_beyond_u64_are_too_large() {
+        assert_eq!(parse_size("18446744073709551615b").unwrap(), u64::MAX, "the largest u64 is a size");
+        assert_eq!(parse_size("15.999999999999999999E").unwrap(), 18446744073709551614);
+        for s in [
+            "18446744073709551616b",
+            "18446744073709551616",
+            "99999999999T",
+            "99999999999TB",
+            "16384P",
+            "16.0E",
+            "1000000000000000000000000000000",
+            "999999999999999999999999999999.5E",
+            "340282366920938463463374607431768211456.5",
+            "17179869184G",
+        ] {
+            let e = parse_size(s).unwrap_err();
+            assert_eq!(e, SizeError::Overflow(s.into()));
+            assert_eq!(e.to_string(), format!("size '{s}' is too large"));
+        }
+        assert!(matches!(parse_size("1e30"), Err(SizeError::BadUnit { unit, .. }) if unit == "e30"));
     }
 
     #[test]

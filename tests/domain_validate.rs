@@ -355,3 +355,249 @@ fn qemu_lists_are_cached_per_binary() {
     install("c3");
     assert_eq!(runs(), 2, "a changed binary is asked again");
 }
+
+/// A libvirt domain document: `name`, 64 MiB (unless `top` gives `<memory>`), `top` elements
+/// and `devices`.
+fn dom_xml(name: &str, top: &str, devices: &str) -> String {
+    let memory = if top.contains("<memory") { "" } else { "<memory unit='MiB'>64</memory>" };
+    format!("<domain type='kvm'>\n  <name>{name}</name>\n  {memory}{top}\n  <devices>{devices}</devices>\n</domain>\n")
+}
+
+fn define_xml(k: &Kvm, name: &str, top: &str, devices: &str) -> std::process::Output {
+    let f = k.dir.path().join(format!("{name}.xml"));
+    std::fs::write(&f, dom_xml(name, top, devices)).unwrap();
+    k.run(&["define", f.to_str().unwrap()])
+}
+
+fn disk_xml(path: &Path, extra: &str) -> String {
+    format!(
+        "<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='{}'/>{extra}</disk>",
+        path.display()
+    )
+}
+
+fn nic_xml(mac: &str) -> String {
+    format!("<interface type='user'><mac address='{mac}'/></interface>")
+}
+
+/// `define FILE.xml` (libvirt domain XML, as `virsh define` takes it) refuses what `install`
+/// and a TOML `define` refuse, with the same words, and saves nothing.
+#[test]
+fn define_from_libvirt_xml_refuses_what_install_refuses() {
+    if !qemu() {
+        return;
+    }
+    let k = Kvm::new();
+    let a_disk = k.dir.path().join("a.qcow2");
+    std::fs::write(&a_disk, b"").unwrap();
+    let a_uuid = "3e3fce45-4f53-4fa7-bb32-11f34168b82b";
+    let o = define_xml(
+        &k,
+        "a",
+        &format!("<uuid>{a_uuid}</uuid>"),
+        &(disk_xml(&a_disk, "") + &nic_xml("52:54:00:00:00:01")),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let locks_before = common::tree(&k.root().join("locks"));
+    let own_disk = k.dir.path().join("b.qcow2");
+    let hosts = std::thread::available_parallelism().unwrap().get();
+    // (top-level elements, devices, what the error says)
+    let mut cases: Vec<(String, String, String)> = vec![
+        ("".into(), nic_xml("01:00:5e:00:00:01"), "domain 'b': nic 1: mac 01:00:5e:00:00:01 is multicast".into()),
+        (
+            "".into(),
+            nic_xml("ff:ff:ff:ff:ff:ff"),
+            "domain 'b': nic 1: mac ff:ff:ff:ff:ff:ff is the broadcast address".into(),
+        ),
+        ("".into(), nic_xml("00:00:00:00:00:00"), "domain 'b': nic 1: mac 00:00:00:00:00:00 is all zero".into()),
+        ("".into(), nic_xml("52:54:00:00:00:0g"), "<mac>: '52:54:00:00:00:0g' is not a MAC address".into()),
+        (
+            "".into(),
+            nic_xml("52:54:00:00:00:01,model=e1000"),
+            "'52:54:00:00:00:01,model=e1000' is not a MAC address".into(),
+        ),
+        (
+            "".into(),
+            nic_xml("52:54:00:00:00:01"),
+            "domain 'b': nic 1: mac 52:54:00:00:00:01 is already used by domain 'a'".into(),
+        ),
+        ("<memory>0</memory>".into(), "".into(), "domain 'b': memory 0 MiB: must be between 1 and the host's".into()),
+        (
+            "<memory unit='TiB'>4096</memory>".into(),
+            "".into(),
+            "domain 'b': memory 4294967296 MiB: must be between 1 and the host's".into(),
+        ),
+        ("<vcpu>0</vcpu>".into(), "".into(), format!("domain 'b': vcpus 0: must be between 1 and the host's {hosts}")),
+        (
+            "<vcpu>4096</vcpu>".into(),
+            "".into(),
+            format!("domain 'b': vcpus 4096: must be between 1 and the host's {hosts}"),
+        ),
+        (
+            format!("<uuid>{a_uuid}</uuid>"),
+            "".into(),
+            format!("domain 'b': uuid {a_uuid} is already used by domain 'a'"),
+        ),
+        (
+            "<os><type machine='pc,accel=kvm'>hvm</type></os>".into(),
+            "".into(),
+            "machine \"pc,accel=kvm\" may hold only letters".into(),
+        ),
+        (
+            "<os><type machine='no-such'>hvm</type></os>".into(),
+            "".into(),
+            "domain 'b': machine \"no-such\" is not a machine type".into(),
+        ),
+        (
+            "<cpu mode='custom'><model>max,+vmx</model></cpu>".into(),
+            "".into(),
+            "cpu \"max,+vmx\" may hold only letters".into(),
+        ),
+        (
+            "<cpu mode='custom'><model>no-such</model></cpu>".into(),
+            "".into(),
+            "domain 'b': cpu \"no-such\" is not a CPU model".into(),
+        ),
+        (
+            "".into(),
+            disk_xml(&own_disk, "").replace("type='qcow2'", "type='raw,file=/etc/shadow'"),
+            "<driver type>: 'raw,file=/etc/shadow' is not a disk format of kvmctl (raw, qcow2)".into(),
+        ),
+        (
+            "".into(),
+            disk_xml(&own_disk, "").replace("type='qcow2'", "type='qcow2' cache='none,file=/etc/shadow'"),
+            "cache \"none,file=/etc/shadow\" is not one of".into(),
+        ),
+        (
+            "".into(),
+            disk_xml(&a_disk, ""),
+            format!(
+                "domain 'b': disk 1: {} is already used by domain 'a' (make it shareable or readonly",
+                a_disk.display()
+            ),
+        ),
+        (
+            "".into(),
+            "<graphics type='vnc' listen='127.0.0.1,to=99'/>".into(),
+            "<graphics listen>: '127.0.0.1,to=99' is not an IP address".into(),
+        ),
+        (
+            "<os><type>hvm</type><boot dev='floppy'/></os>".into(),
+            "".into(),
+            "domain 'b': boot_order \"floppy\" is not one of hd, cdrom, network".into(),
+        ),
+        ("".into(), "<hostdev mode='subsystem'/>".into(), "<devices>: unknown element <hostdev> (line 4)".into()),
+    ];
+    // qemu's own limit: isapc has one CPU (reached only where the host has two).
+    if hosts >= 2 {
+        cases.push((
+            "<vcpu>2</vcpu><os><type machine='isapc'>hvm</type></os>".into(),
+            "".into(),
+            "domain 'b': vcpus 2: machine type 'isapc' takes at most 1".into(),
+        ));
+    }
+    for (top, devices, want) in &cases {
+        let o = define_xml(&k, "b", top, devices);
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{top}{devices}: {e}");
+        assert!(e.contains(want.as_str()), "{top}{devices}: {e}");
+        assert_eq!(k.ok(&["list", "--all", "--name"]), "a\n", "{top}{devices}");
+        assert_eq!(common::tree(&k.root().join("locks")), locks_before, "{top}{devices}: a lock file left");
+    }
+    // Shared on purpose is allowed, as install allows it.
+    assert!(define_xml(&k, "b", "", &disk_xml(&a_disk, "<shareable/>")).status.success());
+    assert_eq!(k.ok(&["list", "--all", "--name"]), "a\nb\n");
+}
+
+/// `define` of libvirt XML without `<uuid>` (or `<mac>`) generates them, as virsh does; a
+/// redefine keeps the UUID, and `dumpxml | define` changes nothing.
+#[test]
+fn define_from_xml_generates_uuid_and_mac_and_dumpxml_define_changes_nothing() {
+    if !qemu() {
+        return;
+    }
+    let k = Kvm::new();
+    let disk = k.dir.path().join("x.qcow2");
+    std::fs::write(&disk, b"").unwrap();
+    let devices = disk_xml(&disk, "<target dev='vda' bus='sata'/>") + "<interface type='user'/>";
+    let o = define_xml(&k, "x", "<vcpu placement='static'>1</vcpu><features><acpi/></features>", &devices);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let def = || k.json(&["dominfo", "x"])["definition"].clone();
+    let first = def();
+    let uuid = uuid::Uuid::parse_str(first["uuid"].as_str().unwrap()).unwrap();
+    assert!(!uuid.is_nil());
+    let mac = first["nics"][0]["mac"].as_str().unwrap().to_string();
+    assert!(mac.starts_with("52:54:00:"), "{mac}");
+    assert_eq!(first["disks"][0]["bus"], "sata");
+    k.ok(&["autostart", "x"]);
+    let dumped = k.ok(&["dumpxml", "x"]);
+    let f = k.dir.path().join("dumped.xml");
+    std::fs::write(&f, &dumped).unwrap();
+    let before = std::fs::read_to_string(k.root().join("domains/x.toml")).unwrap();
+    k.ok(&["define", f.to_str().unwrap()]);
+    assert_eq!(
+        std::fs::read_to_string(k.root().join("domains/x.toml")).unwrap(),
+        before,
+        "dumpxml | define changes nothing"
+    );
+    // Without <uuid> and <mac> again: the VM keeps its UUID (a new MAC is generated).
+    let o = define_xml(&k, "x", "", &devices);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(def()["uuid"], first["uuid"]);
+    assert_eq!(def()["autostart"], true, "XML does not carry autostart: a redefine keeps it");
+    let o = define_xml(&k, "y", "", "");
+    assert!(o.status.success());
+    assert_ne!(k.json(&["dominfo", "y"])["definition"]["uuid"], first["uuid"]);
+}
+
+/// A writable disk another VM uses is refused by install and define (TOML and XML), naming the
+/// VM, however the path is spelled (a symlink, `..`, `vol=`); also when that VM's definition
+/// cannot be read by this version.
+#[test]
+fn a_writable_disk_another_vm_uses_is_refused_naming_it() {
+    if !qemu() || !require("qemu-img", have_program("qemu-img")) {
+        return;
+    }
+    let k = Kvm::new();
+    k.ok(&["vol-create-as", "default", "a.qcow2", "16M", "--format", "qcow2"]);
+    let a_disk = k.images().join("a.qcow2");
+    assert!(define(&k, "a", &disk_toml(&a_disk, "")).status.success());
+    let link = k.dir.path().join("link.qcow2");
+    std::os::unix::fs::symlink(&a_disk, &link).unwrap();
+    let dotted = k.root().join("images/../images/a.qcow2");
+    let used = |path: &Path| {
+        format!("disk 1: {} is already used by domain 'a' (make it shareable or readonly", path.display())
+    };
+    let install = |name: &str, disk: &str| {
+        k.fails(1, &["install", "--name", name, "--memory", "64", "--import", "--network", "none", "--disk", disk])
+    };
+    let e = install("b", &format!("path={},format=qcow2", link.display()));
+    assert!(e.contains(&format!("domain 'b': {}", used(&link))), "{e}");
+    let e = install("b", "vol=default/a.qcow2,format=qcow2");
+    assert!(e.contains(&format!("domain 'b': {}", used(&a_disk))), "{e}");
+    for path in [&a_disk, &link, &dotted] {
+        let o = define(&k, "b", &disk_toml(path, ""));
+        assert!(String::from_utf8_lossy(&o.stderr).contains(&used(path)), "{}", String::from_utf8_lossy(&o.stderr));
+        let o = define_xml(&k, "b", "", &disk_xml(path, ""));
+        assert!(String::from_utf8_lossy(&o.stderr).contains(&used(path)), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    // An existing VM redefined to take a's disk is refused too; its own disk stays its own.
+    let b_disk = k.dir.path().join("b.qcow2");
+    std::fs::write(&b_disk, b"").unwrap();
+    assert!(define(&k, "b", &disk_toml(&b_disk, "")).status.success());
+    let both = disk_toml(&b_disk, "") + &disk_toml(&a_disk, "");
+    let e = String::from_utf8_lossy(&define(&k, "b", &both).stderr).into_owned();
+    assert!(e.contains(&format!("disk 2: {} is already used by domain 'a'", a_disk.display())), "{e}");
+    assert!(define(&k, "b", &disk_toml(&b_disk, "readonly = true\n")).status.success());
+    // A definition this version cannot load still holds its disk.
+    let c_disk = k.dir.path().join("c.qcow2");
+    std::fs::write(
+        k.root().join("domains/c.toml"),
+        format!("name = \"c\"\nmemory_mib = \"lots\"\n{}", disk_toml(&c_disk, "")),
+    )
+    .unwrap();
+    let e = String::from_utf8_lossy(&define(&k, "d", &disk_toml(&c_disk, "")).stderr).into_owned();
+    assert!(e.contains(&format!("disk 1: {} is already used by domain 'c'", c_disk.display())), "{e}");
+    std::fs::remove_file(k.root().join("domains/c.toml")).unwrap();
+    assert_eq!(k.ok(&["list", "--all", "--name"]), "a\nb\n");
+}

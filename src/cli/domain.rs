@@ -37,7 +37,7 @@ pub enum DomCmd {
         #[arg(long)]
         uuid: bool,
     },
-    /// Define (or update) a VM from a kvmctl TOML definition.
+    /// Define (or update) a VM from a kvmctl TOML definition or libvirt domain XML.
     Define { file: PathBuf },
     /// Print the VM as libvirt domain XML (common subset).
     Dumpxml { domain: String },
@@ -57,7 +57,7 @@ pub enum DomCmd {
     /// ACPI power-off; after --timeout seconds, escalate (quit, then SIGKILL).
     Shutdown {
         domain: String,
-        #[arg(long, default_value_t = 120)]
+        #[arg(long, default_value_t = 120, value_parser = super::whole_u64)]
         timeout: u64,
     },
     /// Reboot the guest (ACPI power button, then reset instead of power-off).
@@ -118,8 +118,8 @@ pub fn run(cmd: DomCmd, ctx: &Ctx) -> anyhow::Result<()> {
         DomCmd::Install(a) => install_cmd(ctx, *a)?,
         DomCmd::List { all, name, uuid } => list(ctx, all, name, uuid)?,
         DomCmd::Define { file } => {
-            let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
-            let not_valid = || format!("{}: not a valid kvmctl domain definition", file.display());
+            let text = crate::limits::read_definition(&file)?;
+            let not_valid = || file.display().to_string();
             let name = define::parse(&text, None).with_context(not_valid)?.name;
             crate::names::validate("domain", &name)?;
             let _l = store.lock(Kind::Domain, &name)?;
@@ -462,8 +462,8 @@ fn edit(ctx: &Ctx, name: &str) -> anyhow::Result<()> {
         &toml::to_string_pretty(&old)?,
         &format!("domain '{name}'"),
     )?;
-    let new = define::parse(&text, Some(&old))
-        .map_err(|e| anyhow::anyhow!("invalid definition, domain '{name}' unchanged: {e}"))?;
+    let new =
+        define::parse(&text, Some(&old)).with_context(|| format!("invalid definition, domain '{name}' unchanged"))?;
     if new.name != name {
         bail!("edit cannot rename domain '{name}' to '{}'; domain unchanged", new.name);
     }

@@ -22,7 +22,7 @@ pub fn edit_text(store: &Store, file_name: &str, text: &str, what: &str) -> anyh
         if !status.success() {
             anyhow::bail!("editor {editor} failed ({status}); {what} unchanged");
         }
-        Ok(std::fs::read_to_string(&path)?)
+        Ok(crate::limits::read_definition(&path)?)
     })();
     let _ = std::fs::remove_dir_all(&dir);
     result

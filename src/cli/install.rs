@@ -22,9 +22,9 @@ pub struct InstallArgs {
     #[arg(long, short = 'n')]
     name: String,
     /// Memory in MiB.
-    #[arg(long, alias = "ram")]
+    #[arg(long, alias = "ram", value_parser = super::whole_u64)]
     memory: u64,
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = super::whole_u32)]
     vcpus: u32,
     /// qemu CPU model, one of `qemu-system-x86_64 -cpu help` (default: host under KVM, max under TCG).
     #[arg(long)]

@@ -55,6 +55,27 @@ pub enum Command {
     Domain(domain::DomCmd),
 }
 
+/// A whole number for an option: one too large for its type says so and names the maximum,
+/// instead of Rust's "number too large to fit in target type".
+fn whole<T: TryFrom<u64>>(s: &str, max: u64) -> Result<T, String> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("'{s}' is not a whole number"));
+    }
+    s.parse::<u64>()
+        .ok()
+        .filter(|n| *n <= max)
+        .and_then(|n| T::try_from(n).ok())
+        .ok_or_else(|| format!("'{s}' is too large (at most {max})"))
+}
+
+pub(crate) fn whole_u64(s: &str) -> Result<u64, String> {
+    whole(s, u64::MAX)
+}
+
+pub(crate) fn whole_u32(s: &str) -> Result<u32, String> {
+    whole(s, u32::MAX.into())
+}
+
 /// What every command gets: the store and the output settings.
 pub struct Ctx {
     pub store: Store,
@@ -89,5 +110,23 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Volume(c) => volume::run(c, &ctx),
         Command::Network(c) => network::run(c, &ctx),
         Command::Domain(c) => domain::run(c, &ctx),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn whole_numbers_too_large_name_the_maximum() {
+        assert_eq!(whole_u64("18446744073709551615"), Ok(u64::MAX));
+        assert_eq!(
+            whole_u64("184467440737095516150"),
+            Err("'184467440737095516150' is too large (at most 18446744073709551615)".into())
+        );
+        assert_eq!(whole_u32("4294967296"), Err("'4294967296' is too large (at most 4294967295)".into()));
+        assert_eq!(whole_u32("12"), Ok(12));
+        assert_eq!(whole_u32("-1"), Err("'-1' is not a whole number".into()));
+        assert_eq!(whole_u32(""), Err("'' is not a whole number".into()));
     }
 }

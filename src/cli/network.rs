@@ -101,19 +101,19 @@ pub fn run(cmd: NetCmd, ctx: &Ctx) -> anyhow::Result<()> {
     })
 }
 
-fn read_file(p: &PathBuf) -> anyhow::Result<String> {
-    std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))
+fn read_file(p: &std::path::Path) -> anyhow::Result<String> {
+    Ok(crate::limits::read_definition(p)?)
 }
 
 async fn dispatch(cmd: NetCmd, ctx: &Ctx, nl: &Netlink) -> anyhow::Result<()> {
     let (store, out) = (&ctx.store, &ctx.out);
     match cmd {
         NetCmd::NetDefine { file } => {
-            let def = lifecycle::define(store, &read_file(&file)?)?;
+            let def = lifecycle::define(store, &read_file(&file)?).with_context(|| file.display().to_string())?;
             out.done(format!("Network {} defined from {}", def.name, file.display()));
         }
         NetCmd::NetCreate { file } => {
-            let def = lifecycle::prepare(store, &read_file(&file)?)?;
+            let def = lifecycle::prepare(store, &read_file(&file)?).with_context(|| file.display().to_string())?;
             if store.exists(Kind::Network, &def.name) {
                 anyhow::bail!("network '{}' already exists (defined); use net-start", def.name);
             }

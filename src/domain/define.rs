@@ -1,16 +1,44 @@
-//! `define` and `edit`: a definition written by hand is read, checked like one `install`
-//! builds (`validate`), and only then saved.
+//! `define` and `edit`: a definition written by hand (kvmctl TOML, or libvirt domain XML as
+//! `virsh define` takes it) is read, checked like one `install` builds (`validate`), and only
+//! then saved.
+
+use thiserror::Error;
 
 use super::definition::DomainDef;
+use super::libvirt_xml_read::{self, DomainXmlError};
 use super::lifecycle::DomainError;
 use super::validate::{self, Purpose};
 use crate::paths::Kind;
 use crate::state::Store;
 
-/// Read a definition's text. A definition without `uuid` keeps the UUID of the VM it
-/// replaces, or gets a new one (as `virsh define` does).
-pub fn parse(text: &str, previous: Option<&DomainDef>) -> Result<DomainDef, toml::de::Error> {
-    let mut def: DomainDef = toml::from_str(text)?;
+#[derive(Debug, Error)]
+pub enum ParseError {
+    #[error("not a valid kvmctl domain definition")]
+    Toml(#[source] toml::de::Error),
+    #[error("not a valid libvirt domain definition")]
+    Xml(#[source] DomainXmlError),
+}
+
+/// Read a definition's text: libvirt XML when it starts with '<' (after whitespace), else
+/// kvmctl TOML. A definition without a UUID keeps the UUID of the VM it replaces, or gets a
+/// new one (as `virsh define` does). XML does not carry what only kvmctl records (autostart,
+/// the OS variant, which disks `install` created): a redefine from XML keeps them.
+pub fn parse(text: &str, previous: Option<&DomainDef>) -> Result<DomainDef, ParseError> {
+    if text.trim_start().starts_with('<') {
+        let (mut def, has_uuid) = libvirt_xml_read::read(text).map_err(ParseError::Xml)?;
+        if let Some(p) = previous {
+            if !has_uuid {
+                def.uuid = p.uuid;
+            }
+            def.autostart = p.autostart;
+            def.os_variant.clone_from(&p.os_variant);
+            for d in &mut def.disks {
+                d.created = p.disks.iter().any(|o| o.path == d.path && o.created);
+            }
+        }
+        return Ok(def);
+    }
+    let mut def: DomainDef = toml::from_str(text).map_err(ParseError::Toml)?;
     let has_uuid = text.parse::<toml::Table>().is_ok_and(|t| t.contains_key("uuid"));
     if let (false, Some(p)) = (has_uuid, previous) {
         def.uuid = p.uuid;
@@ -61,5 +89,24 @@ mod tests {
         assert_eq!(parse(TEXT, Some(&a)).unwrap().uuid, a.uuid, "redefining keeps the VM's UUID");
         let given = format!("{TEXT}uuid = \"3e3fce45-4f53-4fa7-bb32-11f34168b82b\"\n");
         assert_eq!(parse(&given, Some(&a)).unwrap().uuid.to_string(), "3e3fce45-4f53-4fa7-bb32-11f34168b82b");
+    }
+
+    #[test]
+    fn xml_gets_a_uuid_and_a_redefine_keeps_what_only_kvmctl_records() {
+        let xml = "<domain type='kvm'><name>v</name><memory unit='MiB'>64</memory>\
+            <devices><disk><driver type='qcow2'/><source file='/v.qcow2'/></disk></devices></domain>";
+        let a = parse(xml, None).unwrap();
+        assert!(!a.uuid.is_nil() && a.uuid != parse(xml, None).unwrap().uuid);
+        let mut old = a.clone();
+        (old.autostart, old.os_variant, old.disks[0].created) = (true, Some("debian12".into()), true);
+        let b = parse(xml, Some(&old)).unwrap();
+        assert_eq!(b, old, "dumpxml | define changes nothing");
+        let given = xml.replace("<name>v</name>", "<name>v</name><uuid>3e3fce45-4f53-4fa7-bb32-11f34168b82b</uuid>");
+        assert_eq!(parse(&given, Some(&old)).unwrap().uuid.to_string(), "3e3fce45-4f53-4fa7-bb32-11f34168b82b");
+        let e = parse("<domain/>", None).unwrap_err();
+        assert_eq!(
+            format!("{e}: {}", std::error::Error::source(&e).unwrap()),
+            "not a valid libvirt domain definition: <domain>: missing <name> (line 1)"
+        );
     }
 }

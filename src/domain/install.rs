@@ -11,6 +11,7 @@ use super::validate;
 use crate::paths::Kind;
 use crate::state::Store;
 use crate::storage::image::{self, Format};
+use crate::storage::qcow2::DEFAULT_CLUSTER_BITS;
 use crate::storage::volume::{self, CreateOpts};
 
 /// What `install` was asked for, already parsed.
@@ -91,7 +92,11 @@ pub fn build(store: &Store, o: &InstallOpts, dry_run: bool, created: &mut Create
     let invalid = |source| DomainError::Definition { name: o.name.clone(), source };
     let caps = super::qemu_caps::probe(&store.paths.run).map_err(|e| invalid(e.into()))?;
     validate::check_def(&def, &validate::HostLimits::probe(), &caps)
-        .and_then(|()| validate::check_relations(&def, &validate::others(store, &def.name), validate::Purpose::New))
+        .and_then(|()| {
+            // No disk yet: who uses an image is asked once they are known (`validate::check`).
+            let nobody = |_: &Path| crate::storage::Users::default();
+            validate::check_relations(&def, &validate::others(store, &def.name), validate::Purpose::New, &nobody)
+        })
         .map_err(invalid)?;
     for (i, spec) in o.disks.iter().enumerate() {
         def.disks.push(disk(store, &o.name, i, spec, dry_run, created)?);
@@ -167,9 +172,12 @@ fn disk(
                 std::env::current_dir().map(|d| d.join(p)).unwrap_or(p.clone())
             };
             if !p.exists() {
-                let size = spec.size_gib.ok_or_else(|| {
+                let size = spec.size.ok_or_else(|| {
                     bad(vm, format!("--disk path={}: does not exist (add size=GiB to create it)", p.display()))
                 })?;
+                let format = spec.format.unwrap_or(DiskFormat::Qcow2);
+                volume::check_capacity(&format!("--disk path={}", p.display()), format, DEFAULT_CLUSTER_BITS, size)
+                    .map_err(|e| bad(vm, e.to_string()))?;
                 if !dry_run {
                     create_file(vm, &p, size, spec)?;
                     created.files.push(p.clone());
@@ -188,9 +196,17 @@ fn disk(
                 crate::storage::pool::active(store, pool).map_err(|e| bad(vm, format!("--disk pool={pool}: {e}")))?;
             let name = if index == 0 { format!("{vm}.qcow2") } else { format!("{vm}-{index}.qcow2") };
             let path = def.target.join(&name);
+            let capacity = spec.size.unwrap_or(0);
+            volume::check_capacity(
+                &format!("--disk pool={pool},size=...: volume '{name}' in pool '{pool}'"),
+                Format::Qcow2,
+                DEFAULT_CLUSTER_BITS,
+                capacity,
+            )
+            .map_err(|e| bad(vm, e.to_string()))?;
             if !dry_run {
                 let opts = CreateOpts {
-                    capacity: gib(spec.size_gib.unwrap_or(0.0)),
+                    capacity,
                     format: Format::Qcow2,
                     backing_vol: spec.backing_store.clone(),
                     backing_format: spec.backing_format,
@@ -222,17 +238,13 @@ fn disk(
     })
 }
 
-fn gib(g: f64) -> u64 {
-    (g * (1u64 << 30) as f64) as u64
-}
-
 /// A new disk file at a path outside any pool (qcow2 unless format=raw).
-fn create_file(vm: &str, p: &Path, size_gib: f64, spec: &DiskSpec) -> Result<(), DomainError> {
+fn create_file(vm: &str, p: &Path, size: u64, spec: &DiskSpec) -> Result<(), DomainError> {
     let fail = |e: String| bad(vm, format!("--disk path={}: {e}", p.display()));
     let file = std::fs::OpenOptions::new().write(true).create_new(true).open(p).map_err(|e| fail(e.to_string()))?;
     let r = match spec.format.unwrap_or(DiskFormat::Qcow2) {
-        DiskFormat::Raw => file.set_len(gib(size_gib)).map_err(|e| e.to_string()),
-        DiskFormat::Qcow2 => crate::storage::qcow2::Qcow2Writer::new(&file, gib(size_gib), None)
+        DiskFormat::Raw => file.set_len(size).map_err(|e| e.to_string()),
+        DiskFormat::Qcow2 => crate::storage::qcow2::Qcow2Writer::new(&file, size, None)
             .map_err(|e| e.to_string())
             .and_then(|w| w.finish().map(|_| ()).map_err(|e| e.to_string())),
     };

@@ -1,4 +1,5 @@
-//! `dumpxml`: the definition as libvirt domain XML, for the subset kvmctl models.
+//! `dumpxml`: the definition as libvirt domain XML, for the subset kvmctl models (read back by
+//! `libvirt_xml_read`).
 
 use super::definition::*;
 
@@ -54,6 +55,10 @@ pub fn to_xml(def: &DomainDef) -> String {
         def.vcpus,
         esc(def.machine.as_str())
     );
+    if let Firmware::Uefi { code, nvram } = &def.firmware {
+        x += &format!("    <loader readonly='yes' type='pflash'>{}</loader>\n", esc(&code.display().to_string()));
+        x += &format!("    <nvram>{}</nvram>\n", esc(&nvram.display().to_string()));
+    }
     if let Some(k) = &def.kernel {
         x += &format!("    <kernel>{}</kernel>\n", esc(&k.kernel.display().to_string()));
         if let Some(i) = &k.initrd {
@@ -66,6 +71,9 @@ pub fn to_xml(def: &DomainDef) -> String {
         for b in &def.boot_order {
             x += &format!("    <boot dev='{}'/>\n", esc(b));
         }
+    }
+    if def.boot_menu {
+        x += "    <bootmenu enable='yes'/>\n";
     }
     x += "  </os>\n  <features>\n    <acpi/>\n  </features>\n";
     match &def.cpu {

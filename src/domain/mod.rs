@@ -10,6 +10,7 @@ pub mod define;
 pub mod definition;
 pub mod install;
 pub mod libvirt_xml;
+pub mod libvirt_xml_read;
 pub mod lifecycle;
 pub mod options;
 pub mod qemu_caps;

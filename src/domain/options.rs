@@ -50,6 +50,20 @@ fn bad(opt: &'static str, key: &str, value: &str, why: impl Into<String>) -> Opt
     OptionError::BadValue { opt, key: key.into(), value: value.into(), why: why.into() }
 }
 
+/// `size=`: GiB (decimals allowed, as virt-install), in bytes; a size of 2^64 bytes or more is
+/// too large (never saturated into a smaller one).
+fn size_gib(v: &str) -> Result<u64, OptionError> {
+    let n: f64 = v.parse().map_err(|_| bad("disk", "size", v, "a size in GiB, like 5 or 0.5"))?;
+    if n.is_nan() || n <= 0.0 {
+        return Err(bad("disk", "size", v, "must be greater than 0"));
+    }
+    let bytes = n * (1u64 << 30) as f64;
+    if bytes >= u64::MAX as f64 {
+        return Err(bad("disk", "size", v, "too large (a size must be less than 16 EiB = 17179869184 GiB)"));
+    }
+    Ok(bytes as u64)
+}
+
 fn on_off(opt: &'static str, key: &str, v: Option<&str>) -> Result<bool, OptionError> {
     match v.unwrap_or("on") {
         "on" | "yes" | "true" | "1" => Ok(true),
@@ -72,8 +86,8 @@ pub enum DiskSource {
 #[derive(Debug, Clone, PartialEq)]
 pub struct DiskSpec {
     pub source: DiskSource,
-    /// GiB, as virt-install (decimals allowed).
-    pub size_gib: Option<f64>,
+    /// Bytes; given in GiB, as virt-install takes it (decimals allowed).
+    pub size: Option<u64>,
     pub format: Option<DiskFormat>,
     pub bus: Option<DiskBus>,
     pub device: DiskDevice,
@@ -100,7 +114,7 @@ impl FromStr for DiskSpec {
         const O: &str = "disk";
         let mut spec = DiskSpec {
             source: DiskSource::NewVolume { pool: "default".into() },
-            size_gib: None,
+            size: None,
             format: None,
             bus: None,
             device: DiskDevice::Disk,
@@ -125,11 +139,7 @@ impl FromStr for DiskSpec {
                 "pool" => source = Some(DiskSource::NewVolume { pool: val()? }),
                 "size" => {
                     let v = val()?;
-                    let n: f64 = v.parse().map_err(|_| bad(O, "size", &v, "a size in GiB, like 5 or 0.5"))?;
-                    if !(n > 0.0 && n.is_finite()) {
-                        return Err(bad(O, "size", &v, "must be greater than 0"));
-                    }
-                    spec.size_gib = Some(n);
+                    spec.size = Some(size_gib(&v)?);
                 }
                 "format" => spec.format = Some(disk_format("format", &val()?)?),
                 "bus" => {
@@ -167,14 +177,14 @@ impl FromStr for DiskSpec {
         }
         if let Some(s) = source {
             spec.source = s;
-        } else if spec.size_gib.is_none() {
+        } else if spec.size.is_none() {
             return Err(OptionError::Invalid {
                 opt: O,
                 input: input.into(),
                 why: "names no path=, vol= or size=".into(),
             });
         }
-        if matches!(spec.source, DiskSource::NewVolume { .. }) && spec.size_gib.is_none() {
+        if matches!(spec.source, DiskSource::NewVolume { .. }) && spec.size.is_none() {
             return Err(OptionError::Invalid {
                 opt: O,
                 input: input.into(),
@@ -253,7 +263,7 @@ mod tests {
     fn disk_specs_like_virt_install() {
         let d: DiskSpec = "path=/x.qcow2,size=5,format=qcow2,bus=sata,cache=none".parse().unwrap();
         assert_eq!(d.source, DiskSource::Path("/x.qcow2".into()));
-        assert_eq!((d.size_gib, d.bus, d.cache), (Some(5.0), Some(DiskBus::Sata), Some(CacheMode::None)));
+        assert_eq!((d.size, d.bus, d.cache), (Some(5 << 30), Some(DiskBus::Sata), Some(CacheMode::None)));
         assert_eq!(d.format, Some(DiskFormat::Qcow2));
         assert_eq!("path=/x,cache=default".parse::<DiskSpec>().unwrap().cache, None);
         let d: DiskSpec = "vol=default/tiny.qcow2".parse().unwrap();
@@ -272,6 +282,14 @@ mod tests {
         assert!(e.contains("bus='usb'") && e.contains("virtio, sata, scsi, ide"), "{e}");
         let e = "size=-1".parse::<DiskSpec>().unwrap_err().to_string();
         assert!(e.contains("size='-1'"), "{e}");
+        assert_eq!("size=0.5".parse::<DiskSpec>().unwrap().size, Some(1 << 29));
+        assert_eq!("size=17179869183".parse::<DiskSpec>().unwrap().size, Some(17179869183 << 30));
+        for too_large in ["1e30", "17179869184", "inf", "99999999999999999999999"] {
+            let e = format!("size={too_large}").parse::<DiskSpec>().unwrap_err().to_string();
+            assert_eq!(e, format!("--disk: size='{too_large}' is not valid: too large (a size must be less than 16 EiB = 17179869184 GiB)"));
+        }
+        let e = "size=NaN".parse::<DiskSpec>().unwrap_err().to_string();
+        assert!(e.ends_with("must be greater than 0"), "{e}");
         assert!("pool=default".parse::<DiskSpec>().is_err());
         assert!("vol=nopoolslash".parse::<DiskSpec>().unwrap_err().to_string().contains("vol=POOL/NAME"));
     }

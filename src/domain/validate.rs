@@ -14,10 +14,11 @@ use super::definition::{DiskDef, DomainDef, MacAddr};
 use super::lifecycle::DomainError;
 use super::qemu_caps::{self, CapsError, QemuCaps};
 use super::runtime::RunDir;
+use crate::inventory::Inventory;
 use crate::names::NameError;
 use crate::paths::Kind;
 use crate::state::Store;
-use crate::storage::image;
+use crate::storage::{image, Users};
 
 /// The device classes `boot_order` may name.
 pub const BOOT_CLASSES: [&str; 3] = ["hd", "cdrom", "network"];
@@ -44,8 +45,8 @@ pub enum ValidateError {
     MacUsed { index: usize, mac: MacAddr, by: String },
     #[error("uuid {uuid} is already used by domain '{other}'")]
     UuidUsed { uuid: Uuid, other: String },
-    #[error("disk {index}: {path} is already used by domain '{other}' (make it shareable or readonly to share it)")]
-    DiskUsed { index: usize, path: String, other: String },
+    #[error("disk {index}: {path} is already used by {by} (make it shareable or readonly to share it)")]
+    DiskUsed { index: usize, path: String, by: String },
     #[error("disk {index}: {path} is in use by a running qemu")]
     DiskLocked { index: usize, path: String },
     #[error(transparent)]
@@ -135,9 +136,16 @@ pub fn others(store: &Store, name: &str) -> Vec<DomainDef> {
     names.iter().filter(|n| *n != name).filter_map(|n| store.load::<DomainDef>(Kind::Domain, n).ok()).collect()
 }
 
-/// The checks against the other VMs: MACs and UUIDs are unique; a writable disk the
-/// definition adds is not another VM's.
-pub fn check_relations(def: &DomainDef, others: &[DomainDef], purpose: Purpose) -> Result<(), ValidateError> {
+/// The checks against the other VMs: MACs and UUIDs are unique; a writable disk the definition
+/// adds is no other VM's. `users_of` answers who else uses an image (`Inventory::users_of`:
+/// every defined VM's disks, even of a definition this version cannot load). Overlays on a
+/// disk are `start`'s to refuse: a VM may be defined on a base image, not run on it.
+pub fn check_relations(
+    def: &DomainDef,
+    others: &[DomainDef],
+    purpose: Purpose,
+    users_of: &dyn Fn(&Path) -> Users,
+) -> Result<(), ValidateError> {
     if let Some(o) = others.iter().find(|o| o.uuid == def.uuid) {
         return Err(ValidateError::UuidUsed { uuid: def.uuid, other: o.name.clone() });
     }
@@ -158,14 +166,11 @@ pub fn check_relations(def: &DomainDef, others: &[DomainDef], purpose: Purpose) 
         Purpose::Update { previous } => previous.disks.iter().map(|d| canon(&d.path)).collect(),
         Purpose::Start => return Ok(()),
     };
-    for (i, d) in def.disks.iter().enumerate().filter(|(_, d)| writable(d)) {
-        let p = canon(&d.path);
-        if had.contains(&p) {
-            continue;
-        }
-        if let Some(o) = others.iter().find(|o| o.disks.iter().any(|od| canon(&od.path) == p)) {
-            let path = d.path.display().to_string();
-            return Err(ValidateError::DiskUsed { index: i + 1, path, other: o.name.clone() });
+    for (i, d) in def.disks.iter().enumerate().filter(|(_, d)| writable(d) && !had.contains(&canon(&d.path))) {
+        let domains = users_of(&d.path).domains;
+        if !domains.is_empty() {
+            let (index, path) = (i + 1, d.path.display().to_string());
+            return Err(ValidateError::DiskUsed { index, path, by: domains.join(", ") });
         }
     }
     Ok(())
@@ -196,7 +201,12 @@ pub fn check(store: &Store, def: &DomainDef, purpose: Purpose) -> Result<(), Dom
     let wrap = |source| DomainError::Definition { name: def.name.clone(), source };
     let caps = qemu_caps::probe(&store.paths.run).map_err(|e| wrap(e.into()))?;
     check_def(def, &HostLimits::probe(), &caps).map_err(wrap)?;
-    check_relations(def, &others(store, &def.name), purpose).map_err(wrap)?;
+    let inventory = match purpose {
+        Purpose::Start => None,
+        _ => Some(Inventory::read(store)),
+    };
+    let users_of = |p: &Path| inventory.as_ref().map(|i| i.users_of(p, Some(&def.name))).unwrap_or_default();
+    check_relations(def, &others(store, &def.name), purpose, &users_of).map_err(wrap)?;
     check_locks(store, def).map_err(wrap)
 }
 
@@ -314,29 +324,35 @@ mod tests {
         other.nics.push(nic("52:54:00:00:00:01"));
         other.disks.push(disk("/nonexistent/other.qcow2"));
         let others = [other.clone()];
+        // Who uses what, as the inventory tells (here: other's disk).
+        let users_of = |p: &Path| match p.to_str().unwrap() {
+            "/nonexistent/other.qcow2" => Users { domains: vec!["domain 'other'".into()], overlays: vec![] },
+            _ => Users::default(),
+        };
+        let check = |d: &DomainDef, purpose| check_relations(d, &others, purpose, &users_of);
         let mut d = def("new");
         d.nics.push(nic("52:54:00:00:00:01"));
-        let e = check_relations(&d, &others, Purpose::New).unwrap_err().to_string();
+        let e = check(&d, Purpose::New).unwrap_err().to_string();
         assert_eq!(e, "nic 1: mac 52:54:00:00:00:01 is already used by domain 'other'");
         d.nics = vec![nic("52:54:00:00:00:02"), nic("52:54:00:00:00:02")];
-        let e = check_relations(&d, &others, Purpose::New).unwrap_err().to_string();
+        let e = check(&d, Purpose::New).unwrap_err().to_string();
         assert_eq!(e, "nic 2: mac 52:54:00:00:00:02 is already used by another NIC of this domain");
         d.nics.pop();
         d.uuid = other.uuid;
-        let e = check_relations(&d, &others, Purpose::New).unwrap_err().to_string();
+        let e = check(&d, Purpose::New).unwrap_err().to_string();
         assert_eq!(e, format!("uuid {} is already used by domain 'other'", other.uuid));
         d.uuid = Uuid::new_v4();
         d.disks.push(disk("/nonexistent/other.qcow2"));
-        let e = check_relations(&d, &others, Purpose::New).unwrap_err().to_string();
+        let e = check(&d, Purpose::New).unwrap_err().to_string();
         assert!(e.starts_with("disk 1: /nonexistent/other.qcow2 is already used by domain 'other'"), "{e}");
         // Shared on purpose, or a disk the VM already had (clone --skip-copy), or at start.
         let previous = d.clone();
-        check_relations(&d, &others, Purpose::Update { previous: &previous }).unwrap();
-        check_relations(&d, &others, Purpose::Start).unwrap();
+        check(&d, Purpose::Update { previous: &previous }).unwrap();
+        check(&d, Purpose::Start).unwrap();
         d.disks[0].shareable = true;
-        check_relations(&d, &others, Purpose::New).unwrap();
+        check(&d, Purpose::New).unwrap();
         d.disks[0].shareable = false;
         d.disks[0].readonly = true;
-        check_relations(&d, &others, Purpose::New).unwrap();
+        check(&d, Purpose::New).unwrap();
     }
 }

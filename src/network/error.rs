@@ -14,8 +14,8 @@ pub enum NetworkError {
     Name(#[from] NameError),
 
     // ---- syntax: XML / TOML ----
-    #[error("malformed XML at line {line}, column {column}: {message}")]
-    Xml { line: usize, column: usize, message: String },
+    #[error(transparent)]
+    Xml(#[from] crate::xml::XmlError),
     #[error("malformed network TOML: {0}")]
     Toml(String),
     #[error("the document element is <{0}>; expected <network>")]

@@ -49,11 +49,11 @@ pub fn parse_any(text: &str) -> Result<NetworkDef, NetworkError> {
 fn single(xml: &str, name: &'static str) -> Result<Element, NetworkError> {
     let el = parse_document(xml)?;
     if el.name != name {
-        return Err(NetworkError::Xml {
+        return Err(NetworkError::Xml(crate::xml::XmlError::Malformed {
             line: el.line,
             column: 1,
             message: format!("expected <{name}>, found <{}>", el.name),
-        });
+        }));
     }
     Ok(el)
 }

@@ -1,6 +1,7 @@
 //! XML parsing: the seed examples, what is refused (and how it is named), round trips.
 
 use super::*;
+use crate::xml::XmlError;
 
 /// The seed's NAT network (002), as given to `virsh net-define` (uuid added).
 const SEED_NAT: &str = "<network>
@@ -247,9 +248,9 @@ fn forward_without_mode_is_nat_like_libvirt() {
 #[test]
 fn malformed_xml_is_refused_with_position() {
     let e = parse("<network>\n<name>t</name>\n<bridge name='x'>\n</network>").unwrap_err();
-    assert!(matches!(e, NetworkError::Xml { line: 4, .. }), "{e}");
-    assert!(matches!(parse("not xml at all <"), Err(NetworkError::Xml { .. })));
-    assert!(matches!(parse(""), Err(NetworkError::Xml { .. })));
+    assert!(matches!(e, NetworkError::Xml(XmlError::Malformed { line: 4, .. })), "{e}");
+    assert!(matches!(parse("not xml at all <"), Err(NetworkError::Xml(_))));
+    assert!(matches!(parse(""), Err(NetworkError::Xml(_))));
 }
 
 #[test]

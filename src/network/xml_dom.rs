@@ -1,109 +1,13 @@
-//! A tiny strict DOM over quick-xml for the libvirt XML converter.
-//!
-//! The whole document is read first (malformed XML is reported with line and column), then the
-//! converter walks it with helpers that refuse unknown attributes, unknown children, stray text
-//! and repeated single elements, each error naming the element and its line.
+//! The network converter's view of the shared DOM (`crate::xml`): the whole document is read
+//! first (malformed XML is reported with line and column; size, depth and attributes are
+//! bounded), then the converter walks it with helpers that refuse unknown attributes, unknown
+//! children, stray text and repeated single elements, each error naming the element and its line.
 
 use std::str::FromStr;
 
-use quick_xml::events::{BytesStart, Event};
-use quick_xml::Reader;
+pub(crate) use crate::xml::{parse_document, Element};
 
 use super::NetworkError;
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Element {
-    /// Qualified name as written (`host`, `app1:foo`).
-    pub name: String,
-    pub attrs: Vec<(String, String)>,
-    pub children: Vec<Element>,
-    pub text: String,
-    pub line: usize,
-}
-
-/// Line and column (1-based, column in characters) of a byte offset.
-fn line_col(src: &str, offset: usize) -> (usize, usize) {
-    let offset = offset.min(src.len());
-    let before = src.get(..offset).unwrap_or(src);
-    let line = before.matches('\n').count() + 1;
-    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    (line, column)
-}
-
-fn xml_error(src: &str, offset: usize, message: impl Into<String>) -> NetworkError {
-    let (line, column) = line_col(src, offset);
-    NetworkError::Xml { line, column, message: message.into() }
-}
-
-fn start_element(src: &str, pos: usize, e: &BytesStart<'_>) -> Result<Element, NetworkError> {
-    let name = String::from_utf8_lossy(e.name().as_ref()).into_owned();
-    let mut attrs: Vec<(String, String)> = Vec::new();
-    for a in e.attributes() {
-        let a = a.map_err(|err| xml_error(src, pos, format!("<{name}>: {err}")))?;
-        let key = String::from_utf8_lossy(a.key.as_ref()).into_owned();
-        let value = a.unescape_value().map_err(|err| xml_error(src, pos, format!("<{name} {key}>: {err}")))?;
-        attrs.push((key, value.into_owned()));
-    }
-    Ok(Element { name, attrs, children: Vec::new(), text: String::new(), line: line_col(src, pos).0 })
-}
-
-/// Put a finished element under its parent, or make it the document element.
-fn attach(
-    stack: &mut [Element],
-    root: &mut Option<Element>,
-    el: Element,
-    src: &str,
-    pos: usize,
-) -> Result<(), NetworkError> {
-    if let Some(parent) = stack.last_mut() {
-        parent.children.push(el);
-    } else if root.is_some() {
-        return Err(xml_error(src, pos, format!("a second document element <{}>", el.name)));
-    } else {
-        *root = Some(el);
-    }
-    Ok(())
-}
-
-/// Read a whole document into its document element.
-pub(crate) fn parse_document(src: &str) -> Result<Element, NetworkError> {
-    let mut reader = Reader::from_str(src);
-    let mut stack: Vec<Element> = Vec::new();
-    let mut root = None;
-    loop {
-        let pos = reader.buffer_position() as usize;
-        let event = reader.read_event().map_err(|e| xml_error(src, reader.error_position() as usize, e.to_string()))?;
-        let text = match event {
-            Event::Start(e) => {
-                stack.push(start_element(src, pos, &e)?);
-                continue;
-            }
-            Event::Empty(e) => {
-                let el = start_element(src, pos, &e)?;
-                attach(&mut stack, &mut root, el, src, pos)?;
-                continue;
-            }
-            Event::End(_) => {
-                let el = stack.pop().ok_or_else(|| xml_error(src, pos, "unexpected end tag"))?;
-                attach(&mut stack, &mut root, el, src, pos)?;
-                continue;
-            }
-            Event::Text(t) => t.unescape().map_err(|e| xml_error(src, pos, e.to_string()))?.into_owned(),
-            Event::CData(c) => String::from_utf8_lossy(&c.into_inner()).into_owned(),
-            Event::Comment(_) | Event::Decl(_) | Event::PI(_) | Event::DocType(_) => continue,
-            Event::Eof => break,
-        };
-        match stack.last_mut() {
-            Some(top) => top.text.push_str(&text),
-            None if text.trim().is_empty() => {}
-            None => return Err(xml_error(src, pos, "text outside the document element")),
-        }
-    }
-    if let Some(open) = stack.last() {
-        return Err(xml_error(src, src.len(), format!("unexpected end of document: <{}> is not closed", open.name)));
-    }
-    root.ok_or_else(|| xml_error(src, src.len(), "no document element"))
-}
 
 /// What kvmctl says about libvirt elements it knows but does not implement.
 fn unsupported_child(parent: &str, child: &str) -> Option<&'static str> {
@@ -163,10 +67,6 @@ impl Element {
         NetworkError::Unsupported { element: self.name.clone(), what, line: self.line }
     }
 
-    pub fn attr(&self, name: &str) -> Option<&str> {
-        self.attrs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
-    }
-
     pub fn req_attr(&self, name: &'static str) -> Result<&str, NetworkError> {
         self.attr(name).ok_or_else(|| NetworkError::MissingAttribute { element: self.name.clone(), attribute: name })
     }
@@ -199,10 +99,6 @@ impl Element {
         }
     }
 
-    pub fn children_named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Element> + 'a {
-        self.children.iter().filter(move |c| c.name == name)
-    }
-
     /// The single child `name`, if present; an error when it is repeated.
     pub fn child(&self, name: &str) -> Result<Option<&Element>, NetworkError> {
         let mut found = self.children.iter().filter(|c| c.name == name);
@@ -222,33 +118,5 @@ impl Element {
             return Err(NetworkError::UnknownElement { parent, element, line });
         }
         Ok(self.text.trim().to_string())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn builds_the_tree_with_lines() {
-        let el = parse_document("<?xml version='1.0'?>\n<a x='1'>\n  <b>t&amp;u</b>\n  <c/>\n</a>\n").unwrap();
-        assert_eq!(el.name, "a");
-        assert_eq!(el.attr("x"), Some("1"));
-        assert_eq!(el.children[0].text, "t&u");
-        assert_eq!((el.line, el.children[0].line, el.children[1].line), (2, 3, 4));
-    }
-
-    #[test]
-    fn malformed_xml_reports_line_and_column() {
-        let err = parse_document("<network>\n  <name>x</nam>\n</network>").unwrap_err();
-        assert!(matches!(err, NetworkError::Xml { line: 2, .. }), "{err}");
-        let err = parse_document("<network>\n  <name>x</name>\n").unwrap_err();
-        assert!(err.to_string().contains("not closed"), "{err}");
-        let err = parse_document("<a/><b/>").unwrap_err();
-        assert!(err.to_string().contains("second document element"), "{err}");
-        let err = parse_document("<a x='1' x='2'/>").unwrap_err();
-        assert!(matches!(err, NetworkError::Xml { line: 1, .. }), "{err}");
-        let err = parse_document("<a x=1/>").unwrap_err();
-        assert!(matches!(err, NetworkError::Xml { .. }), "{err}");
     }
 }

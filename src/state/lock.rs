@@ -1,5 +1,9 @@
 //! Per-object locks: OFD locks (`F_OFD_SETLKW`) on a lock file, released when the fd closes.
 //! OFD locks belong to the open file description, so two threads or processes never share one.
+//!
+//! A lock file may be removed, but only by its holder ([`ObjectLock::remove_file`]): whoever
+//! then gets the lock on the removed file sees that the path no longer names it and locks the
+//! path afresh, so two holders never coexist.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -16,9 +20,32 @@ pub struct ObjectLock {
 impl ObjectLock {
     /// Block until the exclusive lock on `path` is ours (the file is created if needed).
     pub fn acquire(path: &Path) -> io::Result<ObjectLock> {
-        let file = open_lock_file(path)?;
-        ofd_lock(&file, libc::F_WRLCK, true)?;
-        Ok(ObjectLock { _file: file })
+        loop {
+            let file = open_lock_file(path)?;
+            ofd_lock(&file, libc::F_WRLCK, true)?;
+            if names_file(path, &file)? {
+                return Ok(ObjectLock { _file: file });
+            }
+        }
+    }
+
+    /// Remove the lock file at `path` (the one this lock holds), then release the lock.
+    pub fn remove_file(self, path: &Path) -> io::Result<()> {
+        if names_file(path, &self._file)? {
+            std::fs::remove_file(path)?;
+        }
+        Ok(())
+    }
+}
+
+/// Does `path` still name the open `file` (not removed, not replaced)?
+fn names_file(path: &Path, file: &File) -> io::Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let held = file.metadata()?;
+    match std::fs::metadata(path) {
+        Ok(m) => Ok(m.dev() == held.dev() && m.ino() == held.ino()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
     }
 }
 
@@ -83,6 +110,32 @@ mod tests {
         let held = ObjectLock::acquire(&p).unwrap();
         assert!(try_lock_exclusive(&p).unwrap().is_none());
         drop(held);
+        assert!(try_lock_exclusive(&p).unwrap().is_some());
+    }
+
+    /// A waiter blocked on a lock file that its holder removes gets a lock on the path's new
+    /// file, never on the removed one: a third locker must wait for it.
+    #[test]
+    fn a_removed_lock_file_is_never_held_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("l");
+        let held = ObjectLock::acquire(&p).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = {
+            let p = p.clone();
+            std::thread::spawn(move || {
+                let l = ObjectLock::acquire(&p).unwrap();
+                tx.send(()).unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                drop(l);
+            })
+        };
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        held.remove_file(&p).unwrap();
+        rx.recv().unwrap();
+        assert!(p.exists(), "the waiter locked a new file at the path");
+        assert!(try_lock_exclusive(&p).unwrap().is_none(), "and holds it: nobody else gets it");
+        waiter.join().unwrap();
         assert!(try_lock_exclusive(&p).unwrap().is_some());
     }
 }

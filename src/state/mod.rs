@@ -9,4 +9,4 @@ pub mod interrupt;
 pub use atomic::{atomic_write, fsync_dir, runtime_write, TempFile};
 pub use lock::{conflicting_lock, try_lock_exclusive, ObjectLock};
 pub use private::{bind_private, open_private, private_dir};
-pub use store::{Store, StoreError};
+pub use store::{Store, StoreError, StoreLock};

@@ -33,6 +33,30 @@ pub(crate) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
     move |source| StoreError::Io { path: path.to_path_buf(), source }
 }
 
+/// An object's lock, held by one command. Released on drop; if the object does not exist then
+/// (a command refused before creating it, or one that removed it), the lock file is removed
+/// first, under the lock, so that a refused command leaves no file behind. The lock file of an
+/// existing object stays.
+#[derive(Debug)]
+pub struct StoreLock {
+    lock: Option<ObjectLock>,
+    path: PathBuf,
+    kind: Kind,
+    name: String,
+    paths: Paths,
+}
+
+impl Drop for StoreLock {
+    fn drop(&mut self) {
+        let Some(lock) = self.lock.take() else { return };
+        if !Store::object_exists(&self.paths, self.kind, &self.name) {
+            if let Err(e) = lock.remove_file(&self.path) {
+                tracing::debug!(path = %self.path.display(), error = %e, "lock file not removed");
+            }
+        }
+    }
+}
+
 /// The state store of one root.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -56,11 +80,21 @@ impl Store {
         Ok(Store { paths })
     }
 
-    /// Take the object's lock (blocking); the name is validated first.
-    pub fn lock(&self, kind: Kind, name: &str) -> Result<ObjectLock, StoreError> {
+    /// Take the object's lock (blocking); the name is validated first. Released on drop, when
+    /// the lock file of an object that does not exist is removed as well (see [`StoreLock`]).
+    pub fn lock(&self, kind: Kind, name: &str) -> Result<StoreLock, StoreError> {
         names::validate(kind.noun(), name)?;
-        let p = self.paths.lock_file(kind, name);
-        ObjectLock::acquire(&p).map_err(io_err(&p))
+        let path = self.paths.lock_file(kind, name);
+        let lock = ObjectLock::acquire(&path).map_err(io_err(&path))?;
+        Ok(StoreLock { lock: Some(lock), path, kind, name: name.to_string(), paths: self.paths.clone() })
+    }
+
+    /// Is `name` an object: defined, or with runtime state (a running transient network, a
+    /// VM's runtime dir, an active pool)?
+    fn object_exists(paths: &Paths, kind: Kind, name: &str) -> bool {
+        paths.def_file(kind, name).exists()
+            || paths.run_dir(kind).join(name).exists()
+            || (kind == Kind::Pool && paths.pool_active_marker(name).exists())
     }
 
     pub fn exists(&self, kind: Kind, name: &str) -> bool {
@@ -196,6 +230,51 @@ mod tests {
         }
         let dir = s.paths.defs_dir(Kind::Domain);
         assert_eq!(fs::read_dir(dir).unwrap().count(), 1, "no temp files left behind");
+    }
+
+    #[test]
+    fn the_lock_file_of_an_object_that_does_not_exist_is_removed_on_release() {
+        let (_d, s) = store();
+        let lock_file = s.paths.lock_file(Kind::Domain, "x");
+        drop(s.lock(Kind::Domain, "x").unwrap());
+        assert!(!lock_file.exists(), "a refused command leaves no lock file");
+        let l = s.lock(Kind::Domain, "x").unwrap();
+        s.create(Kind::Domain, "x", &Def { name: "x".into(), n: 0 }).unwrap();
+        drop(l);
+        assert!(lock_file.exists(), "an existing object keeps its lock file");
+        let l = s.lock(Kind::Domain, "x").unwrap();
+        s.remove(Kind::Domain, "x").unwrap();
+        drop(l);
+        assert!(!lock_file.exists(), "nor does an undefined one keep it");
+        fs::create_dir_all(s.paths.run_dir(Kind::Network).join("t")).unwrap();
+        drop(s.lock(Kind::Network, "t").unwrap());
+        assert!(s.paths.lock_file(Kind::Network, "t").exists(), "a running transient network keeps it");
+    }
+
+    /// Lock files removed by one holder while others wait: never two holders at once.
+    #[test]
+    fn locks_exclude_each_other_while_their_files_come_and_go() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let (_d, s) = store();
+        let inside = Arc::new(AtomicUsize::new(0));
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let (s, inside) = (s.clone(), inside.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..200 {
+                        let l = s.lock(Kind::Domain, "x").unwrap();
+                        assert_eq!(inside.fetch_add(1, Ordering::SeqCst), 0, "two holders of one lock");
+                        std::thread::yield_now();
+                        inside.fetch_sub(1, Ordering::SeqCst);
+                        drop(l);
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        assert!(!s.paths.lock_file(Kind::Domain, "x").exists());
     }
 
     #[test]

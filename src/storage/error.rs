@@ -56,6 +56,8 @@ pub enum StorageError {
     UnderOverlays { path: PathBuf, overlays: String, what: &'static str },
     #[error("volume {path}: new capacity {new} is smaller than the current {old}; pass --shrink to shrink it (data beyond the new end is lost)")]
     ShrinkRefused { path: PathBuf, new: String, old: String },
+    #[error("{volume}: capacity {size} is too large: {limit}")]
+    TooLarge { volume: String, size: String, limit: String },
     #[error("volume {path}: capacity must be greater than zero")]
     ZeroCapacity { path: PathBuf },
     #[error("{0}")]

@@ -26,8 +26,18 @@ const COPIED: u64 = 1 << 63;
 const INCOMPAT_CORRUPT: u64 = 1 << 1;
 const INCOMPAT_EXTERNAL_DATA: u64 = 1 << 2;
 const INCOMPAT_EXTENDED_L2: u64 = 1 << 4;
-/// Largest image we create: qemu's own limit for qcow2 is 2^63, but L1 must stay sane.
-pub const MAX_SIZE: u64 = 1 << 56;
+/// qemu's `QCOW_MAX_L1_SIZE`: the active L1 table is at most 32 MiB of 8-byte entries; qemu
+/// refuses to open (or grow) an image whose virtual size needs more ("Active L1 table too
+/// large").
+pub const QEMU_MAX_L1_BYTES: u64 = 32 << 20;
+
+/// The largest virtual size qemu opens for a qcow2 image with `2^cluster_bits`-byte clusters
+/// (and 8-byte L2 entries): each of the 4 Mi L1 entries maps an L2 table of cluster_size/8
+/// entries, each a cluster. 2 PiB at 64 KiB clusters, 128 GiB at 512 bytes, 2 EiB at 2 MiB.
+pub fn max_size(cluster_bits: u32) -> u64 {
+    let cs = 1u128 << cluster_bits;
+    u64::try_from(u128::from(QEMU_MAX_L1_BYTES / 8) * cs * (cs / 8)).unwrap_or(u64::MAX)
+}
 
 #[derive(Debug, Error)]
 pub enum Qcow2Error {
@@ -39,8 +49,8 @@ pub enum Qcow2Error {
     Corrupt { path: PathBuf, reason: String },
     #[error("{path}: unsupported qcow2 feature: {what}")]
     Unsupported { path: PathBuf, what: String },
-    #[error("size {0} is too large for a qcow2 image")]
-    TooLarge(u64),
+    #[error("capacity {size} bytes is larger than qemu opens as qcow2 with {cluster_size}-byte clusters (at most {max} bytes)")]
+    TooLarge { size: u64, max: u64, cluster_size: u64 },
 }
 
 /// The parts of a qcow2 header kvmctl uses.
@@ -296,11 +306,12 @@ pub struct Qcow2Writer<'f> {
 
 impl<'f> Qcow2Writer<'f> {
     pub fn new(file: &'f File, size: u64, backing: Option<Backing>) -> Result<Self, Qcow2Error> {
-        if size > MAX_SIZE {
-            return Err(Qcow2Error::TooLarge(size));
-        }
         let cluster_bits = DEFAULT_CLUSTER_BITS;
         let cs = 1u64 << cluster_bits;
+        let max = max_size(cluster_bits);
+        if size > max {
+            return Err(Qcow2Error::TooLarge { size, max, cluster_size: cs });
+        }
         let l1_entries = size.div_ceil(cs * (cs / 8));
         let l1_clusters = (l1_entries * 8).div_ceil(cs).max(1);
         Ok(Qcow2Writer {
@@ -447,6 +458,23 @@ pub fn backing_name_fits(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_largest_image_is_the_one_qemus_l1_table_limit_allows() {
+        assert_eq!(max_size(16), 2 << 50, "2 PiB at 64 KiB clusters");
+        assert_eq!(max_size(9), 128 << 30, "128 GiB at 512-byte clusters");
+        assert_eq!(max_size(21), 2 << 60, "2 EiB at 2 MiB clusters");
+        let dir = tempfile::tempdir().unwrap();
+        let f = File::create(dir.path().join("max.qcow2")).unwrap();
+        let w = Qcow2Writer::new(&f, max_size(16), None).unwrap();
+        assert_eq!(w.l1_entries * 8, QEMU_MAX_L1_BYTES, "the L1 table qemu allows, exactly");
+        let e = Qcow2Writer::new(&f, max_size(16) + 1, None).err().unwrap();
+        assert_eq!(
+            e.to_string(),
+            "capacity 2251799813685249 bytes is larger than qemu opens as qcow2 with 65536-byte clusters (at most 2251799813685248 bytes)"
+        );
+        assert!(Qcow2Writer::new(&f, u64::MAX, None).is_err());
+    }
 
     #[test]
     fn empty_image_header_round_trips() {

@@ -167,7 +167,36 @@ pub struct CreateOpts {
     pub prealloc_metadata: bool,
 }
 
+/// The largest capacity of an image: for qcow2 what qemu opens with that cluster size (its L1
+/// table limit, `qcow2::max_size`), for raw the largest file length (`off_t`).
+pub fn max_capacity(format: Format, cluster_bits: u32) -> u64 {
+    match format {
+        Format::Qcow2 => qcow2::max_size(cluster_bits),
+        Format::Raw => i64::MAX as u64,
+    }
+}
+
+/// Refuse a capacity above [`max_capacity`], naming `volume`, the size and the maximum.
+pub fn check_capacity(volume: &str, format: Format, cluster_bits: u32, size: u64) -> Result<(), StorageError> {
+    let max = max_capacity(format, cluster_bits);
+    if size <= max {
+        return Ok(());
+    }
+    let bytes = |n: u64| format!("{} ({n} bytes)", size::human(n));
+    let limit = match format {
+        Format::Qcow2 => {
+            let cs = 1u64 << cluster_bits;
+            let cluster = if cs >= 1024 { format!("{} KiB", cs >> 10) } else { format!("{cs}-byte") };
+            format!("qemu opens a qcow2 image of at most {} with {cluster} clusters", bytes(max))
+        }
+        Format::Raw => format!("a file holds at most {}", bytes(max)),
+    };
+    Err(StorageError::TooLarge { volume: volume.to_string(), size: bytes(size), limit })
+}
+
 pub fn create_as(store: &Store, pool_name: &str, name: &str, opts: &CreateOpts) -> Result<VolRef, StorageError> {
+    let what = format!("volume '{name}' in pool '{pool_name}'");
+    check_capacity(&what, opts.format, qcow2::DEFAULT_CLUSTER_BITS, opts.capacity)?;
     if opts.format == Format::Raw && (opts.backing_vol.is_some() || opts.prealloc_metadata) {
         return Err(StorageError::Invalid(format!(
             "volume '{name}': --backing-vol and --prealloc-metadata need --format qcow2"
@@ -240,7 +269,11 @@ pub fn resize(
         return Err(StorageError::Invalid(format!("volume {}: {p}", vref.path.display())));
     }
     let new = if delta {
-        info.capacity.checked_add(capacity).ok_or(size::SizeError::Overflow(capacity.to_string()))?
+        info.capacity.checked_add(capacity).ok_or_else(|| StorageError::TooLarge {
+            volume: format!("volume {}", vref.path.display()),
+            size: format!("{} + {capacity} bytes", info.capacity),
+            limit: "more than 2^64 bytes".into(),
+        })?
     } else {
         capacity
     };
@@ -257,6 +290,11 @@ pub fn resize(
     if new < info.capacity {
         users.refuse_overlays(&vref.path, "shrink")?;
     }
+    let cluster_bits = match info.format {
+        Format::Qcow2 => qcow2::read_header(&vref.path)?.cluster_bits,
+        Format::Raw => 0,
+    };
+    check_capacity(&format!("volume {}", vref.path.display()), info.format, cluster_bits, new)?;
     check_not_in_use(&vref.path, false, "resize a running VM's disk with its block_resize, or shut it off first")?;
     match info.format {
         Format::Raw => {

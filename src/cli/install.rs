@@ -11,11 +11,12 @@ use super::console::attach;
 use super::Ctx;
 use crate::domain::accel::Accel;
 use crate::domain::definition::{CpuModel, DomainDef, Graphics, KernelBoot, MachineType, NicSource};
-use crate::domain::install::{self, Created, InstallOpts};
+use crate::domain::install::{self, InstallOpts};
 use crate::domain::lifecycle;
 use crate::domain::options::{split_kv, DiskSpec, NetSpec};
 use crate::domain::runtime::RunDir;
 use crate::paths::Kind;
+use crate::state::{Revert, Undo};
 
 #[derive(Debug, Args)]
 pub struct InstallArgs {
@@ -149,7 +150,6 @@ fn parse_graphics(g: &str) -> anyhow::Result<Graphics> {
 }
 
 pub(super) fn install_cmd(ctx: &Ctx, a: InstallArgs) -> anyhow::Result<()> {
-    let store = &ctx.store;
     let accel = match a.virt_type.as_deref() {
         None => a.accel,
         Some("kvm") => Accel::Kvm,
@@ -192,40 +192,27 @@ pub(super) fn install_cmd(ctx: &Ctx, a: InstallArgs) -> anyhow::Result<()> {
     if (src.cdrom.is_some() || src.location.is_some() || src.pxe) && opts.disks.is_empty() && !a.dry_run {
         bail!("--cdrom, --location and --pxe install onto a disk: give one with --disk (size=GiB creates it)");
     }
-    let mut created = Created::default();
-    let r = install_steps(ctx, &opts, &src, a.dry_run, a.transient, &mut created);
+    let r = install_steps(ctx, &opts, &src, a.dry_run, a.transient);
     // virt-install's autoconsole: attach when we are on a terminal, unless --noautoconsole.
     let autoconsole =
         !a.noautoconsole && !a.dry_run && std::io::stdout().is_terminal() && std::io::stdin().is_terminal();
     if r.is_ok() && autoconsole {
         return attach(ctx, &opts.name, false, false, "^]", 1.0);
     }
-    if r.is_err() {
-        created.undo();
-        // Only what this command made: its definition and the runtime dir of its failed start.
-        if created.definition {
-            let _ = store.remove(Kind::Domain, &opts.name);
-        }
-        if created.started && !RunDir::of(store, &opts.name).alive() {
-            let _ = std::fs::remove_dir_all(RunDir::of(store, &opts.name).dir);
-        }
-    }
     r
 }
 
-fn install_steps(
-    ctx: &Ctx,
-    opts: &InstallOpts,
-    src: &Sources,
-    dry_run: bool,
-    transient: bool,
-    created: &mut Created,
-) -> anyhow::Result<()> {
+fn install_steps(ctx: &Ctx, opts: &InstallOpts, src: &Sources, dry_run: bool, transient: bool) -> anyhow::Result<()> {
     let store = &ctx.store;
     let _l = store.lock(Kind::Domain, &opts.name)?;
-    let mut def = install::build(store, opts, dry_run, created)?;
+    // One rollback scope: everything this install makes is journaled before it is made, and
+    // removed again on failure, on Ctrl+C, or by the next command after a kill -9, until the
+    // VM runs (its supervisor's lock held) or the install commits.
+    let mut revert =
+        if dry_run { Revert::new() } else { Revert::journaled(&store.paths, Kind::Domain, &opts.name, "install")? };
+    let mut def = install::build(store, opts, dry_run, &mut revert)?;
     src.check()?;
-    apply_firmware(store, &mut def, &src.boot, dry_run, created)?;
+    apply_firmware(store, &mut def, &src.boot, dry_run, &mut revert)?;
     if dry_run {
         println!("# definition\n{}", toml::to_string_pretty(&def)?);
         let verdict = crate::domain::accel::probe(&store.paths.run);
@@ -253,25 +240,30 @@ fn install_steps(
         );
         return Ok(());
     }
+    let rd = RunDir::of(store, &def.name);
     if !transient {
+        revert.add(Undo::File(store.paths.def_file(Kind::Domain, &def.name)))?;
         store.create(Kind::Domain, &def.name, &def)?;
-        created.definition = true;
+        crate::fault::point("install.defined");
     }
-    created.started = true;
+    revert.add(Undo::Dir(rd.dir.clone()))?;
+    revert.done_if_locked(rd.lock())?;
     let notify = |m: &str| {
         if !ctx.out.quiet {
             eprintln!("{m}");
         }
     };
-    let rd = RunDir::of(store, &def.name);
     rd.create()?;
     match first_boot(ctx, &def, src, &rd)? {
         None => {
             lifecycle::start(store, &def, transient, &notify)?;
+            crate::fault::point("install.started");
         }
         Some((first, poweroff_stops)) => {
             let phase = lifecycle::Phase { next: &def, noreboot: src.noreboot, poweroff_stops };
             lifecycle::start_phased(store, &first, Some(phase), transient, &notify)?;
+            crate::fault::point("install.started");
+            revert.commit();
             ctx.out.done(format!("Domain '{}' started (install phase; it boots from disk afterwards)", def.name));
             if let Some(minutes) = src.wait {
                 wait_install(store, &def.name, minutes)?;
@@ -279,6 +271,7 @@ fn install_steps(
             return Ok(());
         }
     }
+    revert.commit();
     ctx.out.done(format!("Domain '{}' started", def.name));
     Ok(())
 }
@@ -398,7 +391,7 @@ fn apply_firmware(
     def: &mut DomainDef,
     boot: &BootSpec,
     dry_run: bool,
-    created: &mut Created,
+    revert: &mut Revert,
 ) -> anyhow::Result<()> {
     if !boot.order.is_empty() {
         def.boot_order = boot.order.clone();
@@ -414,8 +407,8 @@ fn apply_firmware(
     let nvram = store.paths.root.join("nvram").join(format!("{}_VARS.fd", def.name));
     if !dry_run {
         std::fs::create_dir_all(nvram.parent().expect("nvram dir"))?;
+        revert.add(Undo::File(nvram.clone()))?;
         std::fs::copy(&vars, &nvram)?;
-        created.files.push(nvram.clone());
     }
     def.firmware = crate::domain::definition::Firmware::Uefi { code, nvram };
     Ok(())

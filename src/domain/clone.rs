@@ -9,8 +9,7 @@ use super::definition::{DiskDef, DomainDef};
 use super::lifecycle::DomainError;
 use super::runtime::{observed, RunDir, VmState};
 use crate::paths::Kind;
-use crate::state::Store;
-use crate::state::TempFile;
+use crate::state::{Revert, Store, TempFile, Undo};
 use crate::storage::copy::copy_image;
 use crate::storage::image::{self, Format, Source};
 use crate::storage::qcow2::{self, Backing, Qcow2Writer};
@@ -140,7 +139,8 @@ fn derived_path(src: &Path, new: &str, n: usize) -> PathBuf {
 }
 
 /// Make the disks (all at once, one thread each) and write the definition; on any failure,
-/// every file this clone made is removed and nothing is defined.
+/// or after a kill (journaled: the next command on the new name undoes it), every file this
+/// clone made is removed and nothing is defined. The caller holds the new name's lock.
 pub fn execute(
     store: &Store,
     o: &CloneOpts,
@@ -148,34 +148,38 @@ pub fn execute(
     plans: &[DiskPlan],
     progress: &(dyn Fn(u64, u64) + Sync),
 ) -> Result<(), DomainError> {
-    let nvram = copy_nvram(store, o, def)?;
-    let r = execute_disks(store, o, def, plans, progress);
-    if let (Err(_), Some(f)) = (&r, nvram) {
-        let _ = std::fs::remove_file(f);
+    let journal = |e: std::io::Error| bad(&def.name, format!("cannot write the clone journal: {e}"));
+    let mut revert = Revert::journaled(&store.paths, Kind::Domain, &def.name, "clone").map_err(journal)?;
+    copy_nvram(store, o, def, &mut revert)?;
+    if !o.preserve_data {
+        place_disks(store, o, def, plans, progress, &mut revert)?;
     }
-    r
+    revert.add(Undo::File(store.paths.def_file(Kind::Domain, &def.name))).map_err(journal)?;
+    store.create(Kind::Domain, &def.name, def)?;
+    crate::fault::point("clone.defined");
+    revert.commit();
+    Ok(())
 }
 
-/// The source's NVRAM, copied to the clone's path; returns the new file.
-fn copy_nvram(store: &Store, o: &CloneOpts, def: &DomainDef) -> Result<Option<PathBuf>, DomainError> {
-    let super::definition::Firmware::Uefi { nvram: to, .. } = &def.firmware else { return Ok(None) };
+/// The source's NVRAM, copied to the clone's path.
+fn copy_nvram(store: &Store, o: &CloneOpts, def: &DomainDef, revert: &mut Revert) -> Result<(), DomainError> {
+    let super::definition::Firmware::Uefi { nvram: to, .. } = &def.firmware else { return Ok(()) };
     let src: DomainDef = store.load(Kind::Domain, &o.original)?;
-    let super::definition::Firmware::Uefi { nvram: from, .. } = &src.firmware else { return Ok(None) };
+    let super::definition::Firmware::Uefi { nvram: from, .. } = &src.firmware else { return Ok(()) };
+    revert.add(Undo::File(to.clone())).map_err(|e| bad(&def.name, format!("cannot write the clone journal: {e}")))?;
     std::fs::copy(from, to).map_err(|e| bad(&def.name, format!("copying NVRAM {}: {e}", from.display())))?;
-    Ok(Some(to.clone()))
+    crate::fault::point("clone.nvram");
+    Ok(())
 }
 
-fn execute_disks(
+fn place_disks(
     store: &Store,
     o: &CloneOpts,
     def: &DomainDef,
     plans: &[DiskPlan],
     progress: &(dyn Fn(u64, u64) + Sync),
+    revert: &mut Revert,
 ) -> Result<(), DomainError> {
-    if o.preserve_data {
-        store.create(Kind::Domain, &def.name, def)?;
-        return Ok(());
-    }
     let work: Vec<&DiskPlan> = plans.iter().filter(|p| p.to.is_some()).collect();
     let total: u64 = work.iter().map(|p| std::fs::metadata(&p.from).map(|m| m.len()).unwrap_or(0)).sum();
     let done = std::sync::atomic::AtomicU64::new(0);
@@ -209,18 +213,17 @@ fn execute_disks(
     if let Some(e) = first_err {
         return Err(e); // the temp files are removed as they drop
     }
-    let mut placed = Vec::new();
     for (t, to) in temps {
+        revert
+            .add(Undo::File(to.clone()))
+            .map_err(|e| bad(&def.name, format!("cannot write the clone journal: {e}")))?;
         let linked_in = if o.sync || o.linked { t.commit_new(&to) } else { t.link_new(&to) };
         if let Err(e) = linked_in {
-            placed.iter().for_each(|p: &PathBuf| drop(std::fs::remove_file(p)));
+            // Not ours: a file that appeared there meanwhile stays.
+            let _ = revert.forget(&to);
             return Err(bad(&def.name, format!("{}: {e}", to.display())));
         }
-        placed.push(to);
-    }
-    if let Err(e) = store.create(Kind::Domain, &def.name, def) {
-        placed.iter().for_each(|p| drop(std::fs::remove_file(p)));
-        return Err(e.into());
+        crate::fault::point("clone.placed");
     }
     Ok(())
 }

@@ -2,14 +2,14 @@
 //! Everything this command creates is removed again if any later step fails.
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::definition::*;
 use super::lifecycle::DomainError;
 use super::options::{DiskSource, DiskSpec, NetKind, NetSpec};
 use super::validate;
 use crate::paths::Kind;
-use crate::state::Store;
+use crate::state::{Revert, Store, Undo};
 use crate::storage::image::{self, Format};
 use crate::storage::qcow2::DEFAULT_CLUSTER_BITS;
 use crate::storage::volume::{self, CreateOpts};
@@ -32,24 +32,6 @@ pub struct InstallOpts {
     pub machine: Option<MachineType>,
 }
 
-/// Files this install created, to remove on failure.
-#[derive(Debug, Default)]
-pub struct Created {
-    pub files: Vec<PathBuf>,
-    /// The definition was written by this install.
-    pub definition: bool,
-    /// A start was attempted (its runtime dir is this install's).
-    pub started: bool,
-}
-
-impl Created {
-    pub fn undo(&mut self) {
-        for f in self.files.drain(..) {
-            let _ = std::fs::remove_file(f);
-        }
-    }
-}
-
 fn bad(name: &str, what: impl Into<String>) -> DomainError {
     DomainError::Invalid { name: name.into(), what: what.into() }
 }
@@ -57,7 +39,8 @@ fn bad(name: &str, what: impl Into<String>) -> DomainError {
 /// Check the options and build the definition; with `dry_run` nothing is created. The
 /// definition passes the checks `define` and `start` make (`validate`): those that need no
 /// disk before any disk is created, all of them at the end.
-pub fn build(store: &Store, o: &InstallOpts, dry_run: bool, created: &mut Created) -> Result<DomainDef, DomainError> {
+/// Every file it creates is registered with `revert` first (removed again unless committed).
+pub fn build(store: &Store, o: &InstallOpts, dry_run: bool, revert: &mut Revert) -> Result<DomainDef, DomainError> {
     crate::names::validate("domain", &o.name).map_err(|e| bad(&o.name, e.to_string()))?;
     if store.exists(Kind::Domain, &o.name) {
         return Err(bad(&o.name, "is already defined (undefine it or pick another --name)"));
@@ -99,7 +82,7 @@ pub fn build(store: &Store, o: &InstallOpts, dry_run: bool, created: &mut Create
         })
         .map_err(invalid)?;
     for (i, spec) in o.disks.iter().enumerate() {
-        def.disks.push(disk(store, &o.name, i, spec, dry_run, created)?);
+        def.disks.push(disk(store, &o.name, i, spec, dry_run, revert)?);
     }
     validate::check(store, &def, validate::Purpose::New)?;
     Ok(def)
@@ -161,8 +144,9 @@ fn disk(
     index: usize,
     spec: &DiskSpec,
     dry_run: bool,
-    created: &mut Created,
+    revert: &mut Revert,
 ) -> Result<DiskDef, DomainError> {
+    let journal = |e: std::io::Error| bad(vm, format!("cannot write the install journal: {e}"));
     let mut was_created = false;
     let path = match &spec.source {
         DiskSource::Path(p) => {
@@ -179,8 +163,12 @@ fn disk(
                 volume::check_capacity(&format!("--disk path={}", p.display()), format, DEFAULT_CLUSTER_BITS, size)
                     .map_err(|e| bad(vm, e.to_string()))?;
                 if !dry_run {
-                    create_file(vm, &p, size, spec)?;
-                    created.files.push(p.clone());
+                    revert.add(Undo::File(p.clone())).map_err(journal)?;
+                    crate::fault::point("install.disk-file");
+                    if let Err(e) = create_file(vm, &p, size, spec) {
+                        revert.forget(&p).map_err(journal)?;
+                        return Err(e);
+                    }
                 }
                 was_created = true;
             }
@@ -205,6 +193,10 @@ fn disk(
             )
             .map_err(|e| bad(vm, e.to_string()))?;
             if !dry_run {
+                if path.exists() {
+                    return Err(bad(vm, format!("--disk pool={pool}: volume '{name}' already exists in pool '{pool}' (use vol={pool}/{name} to boot from it, or pick another --name)")));
+                }
+                revert.add(Undo::File(path.clone())).map_err(journal)?;
                 let opts = CreateOpts {
                     capacity,
                     format: Format::Qcow2,
@@ -212,9 +204,11 @@ fn disk(
                     backing_format: spec.backing_format,
                     prealloc_metadata: false,
                 };
-                volume::create_as(store, pool, &name, &opts)
-                    .map_err(|e| bad(vm, format!("--disk pool={pool},size=...: {e}")))?;
-                created.files.push(path.clone());
+                if let Err(e) = volume::create_as(store, pool, &name, &opts) {
+                    revert.forget(&path).map_err(journal)?;
+                    return Err(bad(vm, format!("--disk pool={pool},size=...: {e}")));
+                }
+                crate::fault::point("install.volume");
             }
             was_created = true;
             path

@@ -21,7 +21,7 @@ use crate::network::lifecycle as netlife;
 use crate::network::netlink::Netlink;
 use crate::network::NetworkDef;
 use crate::paths::Kind;
-use crate::state::{open_private, runtime_write, Store, StoreError};
+use crate::state::{open_private, runtime_write, Revert, Store, StoreError, Undo};
 
 #[derive(Debug, Error)]
 pub enum DomainError {
@@ -189,12 +189,21 @@ pub fn start_phased(
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(io_at("tokio"))?;
         rt.block_on(open_taps(store, def, notify))?
     };
+    crate::fault::point("start.taps");
     // qemu opens nothing by name and runs as its own user: open what it needs here.
     let confine_err = |source| DomainError::Confine { name: name.clone(), source };
     let creds = confine::qemu_creds().map_err(confine_err)?;
     let boots: Vec<&DomainDef> = std::iter::once(def).chain(phase.map(|p| p.next)).collect();
     let files = confine::open(&boots, &crate::storage::pool::backing_policy(store), true).map_err(confine_err)?;
+    crate::fault::point("start.files");
     rd.create().map_err(io_at(&rd.dir))?;
+    // Until the supervisor holds the VM's lock, a failure or a kill leaves no socket behind
+    // (the caller holds the domain's lock: the journal is replayed by the next command).
+    let mut revert = Revert::journaled(&store.paths, Kind::Domain, name, "start").map_err(io_at(&rd.dir))?;
+    revert.done_if_locked(rd.lock()).map_err(io_at(&rd.dir))?;
+    for p in [rd.qmp(), rd.console_sock()] {
+        revert.add(Undo::File(p)).map_err(io_at(&rd.dir))?;
+    }
     let socks = rd.bind_qemu_sockets().map_err(io_at(&rd.dir))?;
     let fds: Vec<Option<i32>> = taps.iter().map(|t| t.as_ref().map(|t| t.fd.as_raw_fd())).collect();
     let env = |files| RenderEnv {
@@ -209,6 +218,7 @@ pub fn start_phased(
         |source| DomainError::Definition { name: name.clone(), source: super::validate::ValidateError::Argv(source) };
     let argv = render(def, &env(&files.handed[0])).map_err(unsafe_value)?;
     write_run_files(&rd, def, &argv, &taps, res.accel, transient)?;
+    crate::fault::point("start.run-files");
     let _ = fs::remove_file(rd.next_boot());
     if let Some(p) = phase {
         let nb = NextBoot {
@@ -221,6 +231,7 @@ pub fn start_phased(
         runtime_write(&rd.next_boot(), text.as_bytes()).map_err(io_at(rd.next_boot()))?;
     }
     let reply = spawn_supervisor(&rd, name, &taps, &socks, &files, creds.as_ref())?;
+    revert.commit();
     drop((taps, socks, files));
     Ok(reply)
 }
@@ -273,6 +284,11 @@ fn spawn_supervisor(
     files: &confine::Opened,
     creds: Option<&confine::Creds>,
 ) -> Result<RunState, DomainError> {
+    // The VM's lock is taken here and handed to the supervisor: from this instant until the
+    // supervisor exits, someone holds it, whenever this command dies.
+    let lock = crate::state::try_lock_exclusive(&rd.lock())
+        .map_err(io_at(rd.lock()))?
+        .ok_or_else(|| DomainError::Running(name.into()))?;
     let (read_end, write_end) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| io_at("pipe")(e.into()))?;
     let for_qemu: Vec<i32> = taps
@@ -282,7 +298,7 @@ fn spawn_supervisor(
         .chain([socks.qmp.as_raw_fd(), socks.console.as_raw_fd()])
         .chain(files.raw_fds())
         .collect();
-    let keep: Vec<i32> = for_qemu.iter().copied().chain([write_end.as_raw_fd()]).collect();
+    let keep: Vec<i32> = for_qemu.iter().copied().chain([write_end.as_raw_fd(), lock.as_raw_fd()]).collect();
     let qemu_fds = for_qemu.iter().map(|fd| fd.to_string()).collect::<Vec<_>>().join(",");
     let log = open_private(&rd.supervisor_log(), false).map_err(io_at(rd.supervisor_log()))?;
     let exe = std::env::current_exe().map_err(io_at("/proc/self/exe"))?;
@@ -290,6 +306,7 @@ fn spawn_supervisor(
     cmd.args(["__supervise", "--dir"])
         .arg(&rd.dir)
         .args(["--ready-fd", &write_end.as_raw_fd().to_string()])
+        .args(["--lock-fd", &lock.as_raw_fd().to_string()])
         .args(["--qemu-fds", &qemu_fds])
         .args(creds.map(|c| ["--qemu-creds".to_string(), c.to_arg()]).into_iter().flatten())
         .env("KVMCTL_LOG", std::env::var("KVMCTL_LOG").unwrap_or_else(|_| "info".into()))
@@ -307,7 +324,8 @@ fn spawn_supervisor(
         });
     }
     let mut child = cmd.spawn().map_err(io_at("kvmctl __supervise"))?;
-    drop(write_end);
+    drop((write_end, lock));
+    crate::fault::point("start.spawned");
     let mut word = String::new();
     let _ = fs::File::from(read_end).read_to_string(&mut word);
     // The supervisor outlives this command (own session); init reaps it when it exits.
@@ -360,6 +378,7 @@ pub fn destroy(store: &Store, name: &str) -> Result<(), DomainError> {
         return Err(DomainError::NotRunning(name.into()));
     }
     let asked = supervisor::request(&rd, &Request::Destroy, Duration::from_secs(10)).is_ok();
+    crate::fault::point("destroy.requested");
     if asked && wait_stopped(store, name, Duration::from_secs(10)) {
         return finish_transient(store, name);
     }
@@ -391,6 +410,7 @@ fn is_our_supervisor(pid: i32, rd: &RunDir) -> bool {
 /// `shutdown`: ACPI power button, wait, then escalate (quit -> SIGKILL).
 pub fn shutdown(store: &Store, name: &str, timeout: Duration) -> Result<bool, DomainError> {
     control(store, name, Request::Shutdown, "shutdown")?;
+    crate::fault::point("shutdown.requested");
     if wait_stopped(store, name, timeout) {
         finish_transient(store, name)?;
         return Ok(true);

@@ -76,19 +76,20 @@ impl Reply {
     }
 }
 
-/// `kvmctl __supervise --dir DIR --ready-fd N --qemu-fds A,B,.. [--qemu-creds UID:GID:GROUPS]`
+/// `kvmctl __supervise --dir DIR --ready-fd N --qemu-fds A,B,.. [--qemu-creds UID:GID:GROUPS] [--lock-fd N]`
 /// (started by `start`; not for direct use). The qemu fds (taps, qemu's listening sockets,
 /// its images and boot files) are inherited at the numbers the qemu argv names, and are the
 /// only fds qemu gets; qemu runs with the credentials given (see `confine`).
 pub fn main_from_args(args: &[std::ffi::OsString]) -> ! {
     let mut it = args.iter();
-    let (mut dir, mut fd, mut qemu_fds, mut creds) = (None, None, None, None);
+    let (mut dir, mut fd, mut qemu_fds, mut creds, mut lock_fd) = (None, None, None, None, None);
     while let Some(a) = it.next() {
         match a.to_str() {
             Some("--dir") => dir = it.next().map(PathBuf::from),
             Some("--ready-fd") => fd = it.next().and_then(|v| v.to_str()?.parse::<RawFd>().ok()),
             Some("--qemu-fds") => qemu_fds = it.next().and_then(|v| parse_fds(v.to_str()?)),
             Some("--qemu-creds") => creds = it.next().and_then(|v| Creds::from_arg(v.to_str()?)),
+            Some("--lock-fd") => lock_fd = it.next().and_then(|v| v.to_str()?.parse::<RawFd>().ok()),
             _ => {}
         }
     }
@@ -113,7 +114,14 @@ pub fn main_from_args(args: &[std::ffi::OsString]) -> ! {
     // explicitly where files are created).
     // SAFETY: umask(2) only sets this process's file mode creation mask.
     unsafe { libc::umask(0o077) };
-    main(dir, fd, Qemu { fds: qemu_fds.into(), creds })
+    // The VM's lock, taken by `start` before it spawned us: held without a gap, so that a
+    // `start` killed right after the spawn leaves a VM that counts as running.
+    let lock = lock_fd.map(|n| {
+        let _ = nix::fcntl::fcntl(n, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
+        // SAFETY: the fd number was passed by our parent, which opened it for us.
+        ObjectLock::from_inherited(unsafe { File::from_raw_fd(n) })
+    });
+    main(dir, fd, Qemu { fds: qemu_fds.into(), creds }, lock)
 }
 
 /// `3,4,5` (or empty) -> the fd numbers; None if any is not a number.
@@ -129,14 +137,14 @@ struct Qemu {
 }
 
 /// The supervisor's life. Never returns.
-fn main(dir: PathBuf, ready_fd: RawFd, qemu: Qemu) -> ! {
+fn main(dir: PathBuf, ready_fd: RawFd, qemu: Qemu, lock: Option<ObjectLock>) -> ! {
     // SAFETY: the fd number was passed by our parent, which opened it for us.
     let mut ready = unsafe { File::from_raw_fd(ready_fd) };
     let _ = nix::fcntl::fcntl(ready_fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
     let rd = RunDir { dir };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
     let code = rt.block_on(async {
-        match Supervisor::boot(&rd, qemu).await {
+        match Supervisor::boot(&rd, qemu, lock).await {
             Ok(mut sup) => {
                 let _ = ready.write_all(b"OK\n");
                 drop(ready);
@@ -235,8 +243,8 @@ struct Supervisor {
 }
 
 impl Supervisor {
-    async fn boot(rd: &RunDir, qemu: Qemu) -> Result<Supervisor, String> {
-        let lock = match crate::state::try_lock_exclusive(&rd.lock()) {
+    async fn boot(rd: &RunDir, qemu: Qemu, lock: Option<ObjectLock>) -> Result<Supervisor, String> {
+        let lock = match lock.map(|l| Ok(Some(l))).unwrap_or_else(|| crate::state::try_lock_exclusive(&rd.lock())) {
             Ok(Some(l)) => l,
             Ok(None) => return Err("another supervisor holds this VM (already running)".into()),
             Err(e) => return Err(format!("cannot lock {}: {e}", rd.lock().display())),
@@ -477,6 +485,10 @@ impl Supervisor {
     }
 
     fn finish(&mut self) {
+        // qemu's image locks live on in the files this process holds until it closes them,
+        // and exit closes fds in number order, the run dir's lock maybe first: drop them now,
+        // so that whoever sees the VM stopped can start it (or another VM on its disks) at once.
+        confine::release_image_locks(&self.qemu.fds);
         for p in [self.rd.control(), self.rd.qmp(), self.rd.console_sock()] {
             let _ = std::fs::remove_file(p);
         }

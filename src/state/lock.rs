@@ -29,6 +29,16 @@ impl ObjectLock {
         }
     }
 
+    /// A lock taken by the process that started this one and handed down as an open fd:
+    /// OFD locks belong to the open file, so it is held here without a gap.
+    pub fn from_inherited(file: File) -> ObjectLock {
+        ObjectLock { _file: file }
+    }
+
+    pub fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self._file.as_raw_fd()
+    }
+
     /// Remove the lock file at `path` (the one this lock holds), then release the lock.
     pub fn remove_file(self, path: &Path) -> io::Result<()> {
         if names_file(path, &self._file)? {

@@ -25,6 +25,8 @@ pub enum StoreError {
     Io { path: PathBuf, source: io::Error },
     #[error("definition {path} is not valid")]
     Parse { path: PathBuf, source: toml::de::Error },
+    #[error("{kind} '{name}': {what}")]
+    Interrupted { kind: &'static str, name: String, what: String },
     #[error("cannot serialize {kind} '{name}'")]
     Serialize { kind: &'static str, name: String, source: toml::ser::Error },
 }
@@ -86,7 +88,50 @@ impl Store {
         names::validate(kind.noun(), name)?;
         let path = self.paths.lock_file(kind, name);
         let lock = ObjectLock::acquire(&path).map_err(io_err(&path))?;
-        Ok(StoreLock { lock: Some(lock), path, kind, name: name.to_string(), paths: self.paths.clone() })
+        let held = StoreLock { lock: Some(lock), path, kind, name: name.to_string(), paths: self.paths.clone() };
+        self.replay_interrupted(kind, name)?;
+        Ok(held)
+    }
+
+    /// Finish or undo what a killed command left half-done on this object (see
+    /// [`super::revert`]); the caller holds its lock.
+    fn replay_interrupted(&self, kind: Kind, name: &str) -> Result<(), StoreError> {
+        let done = super::revert::replay(&self.paths, kind, name).map_err(|what| StoreError::Interrupted {
+            kind: kind.noun(),
+            name: name.into(),
+            what,
+        })?;
+        for r in done {
+            match r {
+                super::revert::Replayed::Completed { op } => {
+                    tracing::info!("{} '{name}': the interrupted {op} had completed", kind.noun());
+                }
+                super::revert::Replayed::Undone { op, removed } => {
+                    let list: Vec<String> = removed.iter().map(|p| p.display().to_string()).collect();
+                    let what = if list.is_empty() { String::new() } else { format!(": removed {}", list.join(", ")) };
+                    eprintln!("kvmctl: {} '{name}': undid an interrupted {op}{what}", kind.noun());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Replay the journals of dead writers of `kind` (a listing must not show a half-made object).
+    fn replay_stale(&self, kind: Kind) {
+        for name in super::revert::stale_journals(&self.paths, kind) {
+            if names::validate(kind.noun(), &name).is_err() {
+                continue;
+            }
+            let path = self.paths.lock_file(kind, &name);
+            // A live writer holds the lock: its journal is not stale.
+            if let Ok(Some(lock)) = super::lock::try_lock_exclusive(&path) {
+                let held = StoreLock { lock: Some(lock), path, kind, name: name.clone(), paths: self.paths.clone() };
+                if let Err(e) = self.replay_interrupted(kind, &name) {
+                    eprintln!("kvmctl: warning: {e}");
+                }
+                drop(held);
+            }
+        }
     }
 
     /// Is `name` an object: defined, or with runtime state (a running transient network, a
@@ -117,6 +162,7 @@ impl Store {
 
     /// Names of every defined object of `kind`, sorted.
     pub fn list(&self, kind: Kind) -> Result<Vec<String>, StoreError> {
+        self.replay_stale(kind);
         let dir = self.paths.defs_dir(kind);
         let mut names = Vec::new();
         for entry in fs::read_dir(&dir).map_err(io_err(&dir))? {

@@ -711,13 +711,19 @@ fn an_orphan_dnsmasq_without_state_is_stopped_by_the_next_net_start_or_net_destr
     // Someone else's dnsmasq in the namespace (another config) must survive all of it.
     let other = t.k.dir.path().join("other.conf");
     let other_pid = t.k.dir.path().join("other.pid");
-    std::fs::write(&other, format!("port=5353\nlisten-address=127.0.0.1\nbind-interfaces\npid-file={}\n", other_pid.display()))
-        .unwrap();
+    std::fs::write(
+        &other,
+        format!("port=5353\nlisten-address=127.0.0.1\nbind-interfaces\npid-file={}\n", other_pid.display()),
+    )
+    .unwrap();
     t.host.ok(&["dnsmasq", &format!("--conf-file={}", other.display())]);
     let other_pid: i32 = std::fs::read_to_string(&other_pid).unwrap().trim().parse().unwrap();
     let pid = orphan(&t);
     let out = t.k.ok_in(&t.host, &["net-start", "natnet"]);
-    assert!(out.contains(&format!("stopped an orphan dnsmasq (pid {pid})")) && out.contains("Network natnet started"), "{out}");
+    assert!(
+        out.contains(&format!("stopped an orphan dnsmasq (pid {pid})")) && out.contains("Network natnet started"),
+        "{out}"
+    );
     assert_working(&t, "net-start after an orphan");
     t.k.ok_in(&t.host, &["net-destroy", "natnet"]);
     assert_nothing_left(&t, "natnet", "net-start after an orphan");

@@ -538,3 +538,274 @@ fn net_start_of_a_hand_written_definition_without_a_bridge_name() {
     let e = t.k.fails_in(&t.host, 1, &["net-start", "br"]);
     assert!(e.contains("network 'br'") && e.contains("needs <bridge name="), "{e}");
 }
+
+/// NAT_XML with a static route, so that every step of a start has something to do.
+fn routed_nat_xml() -> String {
+    NAT_XML.replace("</network>", "  <route address='10.98.0.0' prefix='24' gateway='192.168.150.2'/>\n</network>")
+}
+
+/// Run kvmctl in the host namespace with `KVMCTL_FAULT=point`: it must die of SIGKILL there.
+fn killed_at(t: &Topo, point: &str, args: &[&str]) {
+    use std::os::unix::process::ExitStatusExt;
+    let o = t.k.in_ns_env(&t.host, &[("KVMCTL_FAULT", point)], args);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.signal(), Some(libc::SIGKILL), "{args:?} with KVMCTL_FAULT={point}: {:?} {err}", o.status);
+    assert!(err.contains(&format!("fault point {point}")), "{err}");
+}
+
+/// The `net-list --all` row of `net` (name, state, autostart, persistent), and its problems line.
+fn net_row(t: &Topo, net: &str) -> (Vec<String>, String) {
+    let list = t.k.ok_in(&t.host, &["net-list", "--all"]);
+    let row = list.lines().find(|l| l.starts_with(&format!(" {net} "))).unwrap_or("");
+    let problems = list.lines().find_map(|l| l.strip_prefix(&format!(" {net}: degraded: "))).unwrap_or("");
+    (row.split_whitespace().map(String::from).collect(), problems.to_string())
+}
+
+/// dnsmasq processes started with a config file under `root` (zombies have no cmdline).
+fn our_dnsmasqs(root: &Path) -> Vec<String> {
+    let mut out = vec![];
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else { continue };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.starts_with("dnsmasq ") && cmd.contains(&root.display().to_string()) {
+            out.push(format!("{}: {cmd}", e.file_name().to_string_lossy()));
+        }
+    }
+    out
+}
+
+/// Is the OFD lock on `path` free (nobody holds it)?
+fn lock_free(path: &Path) -> bool {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
+    // SAFETY: flock is plain data; all-zero is a valid value.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_WRLCK as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    // SAFETY: F_OFD_SETLK with a valid flock on an open fd; closing the fd releases it.
+    unsafe { libc::fcntl(f.as_raw_fd(), libc::F_OFD_SETLK, &fl) == 0 }
+}
+
+/// Nothing of network `net` is left in the host namespace or the root: no bridge, no
+/// kvmctl nft table, no dnsmasq of ours, no runtime dir, no temp file, and no lock file but
+/// the (free) locks of defined networks.
+fn assert_nothing_left(t: &Topo, net: &str, what: &str) {
+    let bridges = t.host.ip(&["-br", "link", "show", "type", "bridge"]);
+    assert!(bridges.trim().is_empty(), "{what}: bridge left: {bridges}");
+    let tables = t.host.ok(&["nft", "list", "tables"]);
+    assert!(!tables.contains("kvmctl_"), "{what}: table left: {tables}");
+    let d = our_dnsmasqs(&t.k.root());
+    assert!(d.is_empty(), "{what}: dnsmasq left: {d:?}");
+    let run = t.k.root().join("run/networks").join(net);
+    assert!(!run.exists(), "{what}: {} left: {:?}", run.display(), tree(&run));
+    let all = tree(&t.k.root());
+    let temps: Vec<&String> = all.iter().filter(|p| p.contains(".tmp-")).collect();
+    assert!(temps.is_empty(), "{what}: temp files left: {temps:?}");
+    for e in std::fs::read_dir(t.k.root().join("locks")).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(n) = name.strip_prefix("network.") else { continue };
+        let defined = t.k.root().join("networks").join(format!("{n}.toml")).exists();
+        assert!(defined, "{what}: lock file {name} of no defined network left");
+        assert!(lock_free(&e.path()), "{what}: lock {name} still held");
+    }
+}
+
+/// The network works: bridge address and route, NAT table, a lease for the client.
+fn assert_working(t: &Topo, what: &str) {
+    let (row, problems) = net_row(t, "natnet");
+    assert_eq!(row[1], "active", "{what}: {row:?} {problems}");
+    assert!(t.host.ip(&["-br", "addr", "show", "brnat"]).contains("192.168.150.1/24"), "{what}");
+    assert!(t.host.ip(&["route", "show", "10.98.0.0/24"]).contains("via 192.168.150.2"), "{what}");
+    let rules = t.host.ok(&["nft", "list", "table", "inet", "kvmctl_natnet"]);
+    assert!(rules.contains("masquerade"), "{what}: {rules}");
+    if t.host.exec(&["ip", "link", "show", "vc0"]).status.success() {
+        t.host.ip(&["link", "set", "vc0", "master", "brnat"]);
+    } else {
+        t.attach_client("brnat");
+    }
+    assert!(t.dhcp().starts_with("192.168.150."), "{what}: no lease");
+}
+
+/// Issue 11: kill -9 at each step of `net-start` and `net-destroy` (fault points): the network
+/// shows as degraded with what is missing, the same command run again finishes the job, and
+/// after `net-destroy` nothing is left (bridge, table, dnsmasq, runtime dir, temp or lock).
+#[test]
+fn a_net_start_or_net_destroy_killed_at_any_step_is_finished_by_the_next_one() {
+    if !prereqs() {
+        return;
+    }
+    let t = Topo::new();
+    t.define(&routed_nat_xml());
+    let start_points = [
+        ("net-start.intent", "its start was interrupted; bridge brnat is gone"),
+        ("net-start.bridge", "its start was interrupted; nftables table inet kvmctl_natnet is missing"),
+        ("net-start.addresses", "its start was interrupted; nftables table inet kvmctl_natnet is missing"),
+        ("net-start.routes", "its start was interrupted; nftables table inet kvmctl_natnet is missing"),
+        ("net-start.table", "its start was interrupted; dnsmasq is not running"),
+        ("net-start.dnsmasq-files", "its start was interrupted; dnsmasq is not running"),
+        ("net-start.dnsmasq", "runs but was not recorded"),
+    ];
+    for (point, problem) in start_points {
+        killed_at(&t, point, &["net-start", "natnet"]);
+        let (row, problems) = net_row(&t, "natnet");
+        assert_eq!(row[1], "degraded", "{point}: {row:?}");
+        assert!(problems.contains(problem), "{point}: {problems}");
+        let info = t.k.ok_in(&t.host, &["net-info", "natnet"]);
+        assert!(info.contains("Problems:") && info.contains(problem), "{point}: {info}");
+        let out = t.k.ok_in(&t.host, &["net-start", "natnet"]);
+        assert!(out.contains("Network natnet repaired (it was degraded: "), "{point}: {out}");
+        assert_working(&t, point);
+        assert!(t.k.fails_in(&t.host, 1, &["net-start", "natnet"]).contains("already active"), "{point}");
+        t.k.ok_in(&t.host, &["net-destroy", "natnet"]);
+        assert_nothing_left(&t, "natnet", point);
+    }
+    for point in ["net-destroy.table", "net-destroy.dnsmasq", "net-destroy.rundir"] {
+        t.k.ok_in(&t.host, &["net-start", "natnet"]);
+        killed_at(&t, point, &["net-destroy", "natnet"]);
+        let (row, problems) = net_row(&t, "natnet");
+        assert_eq!(row[1], "degraded", "{point}: {row:?}");
+        assert!(problems.contains("nftables table inet kvmctl_natnet is missing"), "{point}: {problems}");
+        let out = t.k.ok_in(&t.host, &["net-destroy", "natnet"]);
+        assert!(out.contains("Network natnet destroyed (it was degraded: "), "{point}: {out}");
+        assert_nothing_left(&t, "natnet", point);
+        assert!(t.k.fails_in(&t.host, 1, &["net-destroy", "natnet"]).contains("is not active"), "{point}");
+    }
+    // A transient network (net-create) killed half-way: net-create again finishes it, and
+    // its destroy leaves not even a lock file.
+    let f = t.k.dir.path().join("tr.xml");
+    std::fs::write(&f, routed_nat_xml().replace("natnet", "tr").replace("brnat", "brtr")).unwrap();
+    killed_at(&t, "net-start.table", &["net-create", f.to_str().unwrap()]);
+    let (row, _) = net_row(&t, "tr");
+    assert_eq!(row, ["tr", "degraded", "no", "no"]);
+    let out = t.k.ok_in(&t.host, &["net-create", f.to_str().unwrap()]);
+    assert!(out.contains("Network tr repaired"), "{out}");
+    assert!(t.host.ok(&["nft", "list", "table", "inet", "kvmctl_tr"]).contains("masquerade"));
+    t.k.ok_in(&t.host, &["net-destroy", "tr"]);
+    assert_nothing_left(&t, "tr", "net-create");
+    assert!(!t.k.root().join("locks/network.tr").exists());
+}
+
+/// A dnsmasq whose start recorded nothing (its state file lost: a kill between its spawn and
+/// the first state write in earlier versions) blocked the next start with "Address already
+/// in use". The next net-start or net-destroy finds it by its pid file and /proc cmdline and
+/// stops it; a dnsmasq of another config is left alone.
+#[test]
+fn an_orphan_dnsmasq_without_state_is_stopped_by_the_next_net_start_or_net_destroy() {
+    if !prereqs() {
+        return;
+    }
+    let t = Topo::new();
+    t.define(&routed_nat_xml());
+    let run = t.k.root().join("run/networks/natnet");
+    let orphan = |t: &Topo| {
+        killed_at(t, "net-start.dnsmasq", &["net-start", "natnet"]);
+        t.host.ip(&["link", "del", "brnat"]);
+        t.host.ok(&["nft", "delete", "table", "inet", "kvmctl_natnet"]);
+        std::fs::remove_file(run.join("state.json")).unwrap();
+        let d = our_dnsmasqs(&t.k.root());
+        assert_eq!(d.len(), 1, "{d:?}");
+        let (row, _) = net_row(t, "natnet");
+        assert_eq!(row[1], "inactive");
+        d[0].split(':').next().unwrap().to_string()
+    };
+    // Someone else's dnsmasq in the namespace (another config) must survive all of it.
+    let other = t.k.dir.path().join("other.conf");
+    let other_pid = t.k.dir.path().join("other.pid");
+    std::fs::write(
+        &other,
+        format!("port=5353\nlisten-address=127.0.0.1\nbind-interfaces\npid-file={}\n", other_pid.display()),
+    )
+    .unwrap();
+    t.host.ok(&["dnsmasq", &format!("--conf-file={}", other.display())]);
+    let other_pid: i32 = std::fs::read_to_string(&other_pid).unwrap().trim().parse().unwrap();
+    let pid = orphan(&t);
+    let out = t.k.ok_in(&t.host, &["net-start", "natnet"]);
+    assert!(
+        out.contains(&format!("stopped an orphan dnsmasq (pid {pid})")) && out.contains("Network natnet started"),
+        "{out}"
+    );
+    assert_working(&t, "net-start after an orphan");
+    t.k.ok_in(&t.host, &["net-destroy", "natnet"]);
+    assert_nothing_left(&t, "natnet", "net-start after an orphan");
+    let pid = orphan(&t);
+    let out = t.k.ok_in(&t.host, &["net-destroy", "natnet"]);
+    assert!(out.contains(&format!("stopped an orphan dnsmasq (pid {pid})")), "{out}");
+    assert_nothing_left(&t, "natnet", "net-destroy of an orphan");
+    assert!(std::path::Path::new(&format!("/proc/{other_pid}/cmdline")).exists(), "another dnsmasq was stopped");
+    // SAFETY: kill(2) of the dnsmasq this test started.
+    unsafe { libc::kill(other_pid, libc::SIGTERM) };
+}
+
+/// One ICMP echo exchange with `addr` from `ns` (python3, raw socket): true on a reply.
+fn pings(ns: &Netns, addr: &str) -> bool {
+    let code = format!(
+        "import socket,struct,sys\n\
+         def cs(b):\n s=sum(struct.unpack('!%dH'%(len(b)//2),b));s=(s>>16)+(s&0xffff);s+=s>>16;return ~s&0xffff\n\
+         s=socket.socket(socket.AF_INET,socket.SOCK_RAW,socket.IPPROTO_ICMP);s.settimeout(2)\n\
+         for i in range(5):\n h=struct.pack('!BBHHH',8,0,0,0x4b56,i);h=struct.pack('!BBHHH',8,0,cs(h+b'kvmctl!!'),0x4b56,i)\n \
+         s.sendto(h+b'kvmctl!!',('{addr}',0))\n try:\n  while True:\n   d,a=s.recvfrom(1500)\n   \
+         if a[0]=='{addr}' and d[20]==0: sys.exit(0)\n except socket.timeout: pass\nsys.exit(1)\n"
+    );
+    ns.exec(&["python3", "-c", &code]).status.success()
+}
+
+/// Issue 11: `net-destroy` of a network that a running VM uses says so and wants --force;
+/// after --force and `net-start`, the VM's tap is on the new bridge again and the guest
+/// answers through it (libvirt re-attaches taps at daemon start).
+#[test]
+fn net_destroy_of_a_network_in_use_needs_force_and_net_start_reattaches_the_taps() {
+    let guest = Path::new(env!("CARGO_MANIFEST_DIR")).join("images/out");
+    if !prereqs()
+        || !require(
+            "qemu-system-x86_64 and the test guest kernel (make guest)",
+            have_program("qemu-system-x86_64") && guest.join("vmlinuz").exists(),
+        )
+    {
+        return;
+    }
+    let t = Topo::new();
+    t.define(NAT_XML);
+    t.k.ok_in(&t.host, &["net-start", "natnet"]);
+    let boot =
+        format!("kernel={},initrd={}", guest.join("vmlinuz").display(), guest.join("initramfs.cpio.gz").display());
+    let install = ["install", "--name", "v1", "--memory", "128", "--boot", &boot, "--network", "network=natnet"];
+    t.k.ok_in(&t.host, &[&install[..], &["--noautoconsole"]].concat());
+    let console = t.k.root().join("run/domains/v1/console.log");
+    let t0 = std::time::Instant::now();
+    let addr = loop {
+        let log = std::fs::read_to_string(&console).unwrap_or_default();
+        if let Some(a) = log.lines().find_map(|l| l.strip_prefix("KVMCTL-GUEST-READY eth0=")) {
+            break a.split('/').next().unwrap().to_string();
+        }
+        assert!(t0.elapsed().as_secs() < 300, "guest not ready: {log}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(t.k.root().join("run/domains/v1/state.json")).unwrap()).unwrap();
+    let tap = state["taps"][0].as_str().unwrap().to_string();
+    assert!(pings(&t.host, &addr), "the guest answers on the network");
+    // Refused while v1 runs on it, naming v1; nothing is touched.
+    let e = t.k.fails_in(&t.host, 1, &["net-destroy", "natnet"]);
+    assert!(e.contains("network 'natnet' is in use by running domains: v1") && e.contains("--force"), "{e}");
+    assert_eq!(net_row(&t, "natnet").0[1], "active");
+    assert!(t.host.ip(&["link", "show", &tap]).contains("master brnat"));
+    let out = t.k.ok_in(&t.host, &["net-destroy", "natnet", "--force"]);
+    assert!(out.contains("Network natnet destroyed") && out.contains("v1"), "{out}");
+    let link = t.host.ip(&["link", "show", &tap]);
+    assert!(!link.contains("master"), "the tap stays, on no bridge: {link}");
+    assert!(!pings(&t.host, &addr), "no way to the guest without the bridge");
+    // net-start puts it back on the new bridge.
+    let out = t.k.ok_in(&t.host, &["net-start", "natnet"]);
+    assert!(out.contains(&format!("Re-attached to bridge brnat: {tap} (v1)")), "{out}");
+    assert!(t.host.ip(&["link", "show", &tap]).contains("master brnat"));
+    assert!(pings(&t.host, &addr), "the guest answers through the new bridge");
+    // A repaired bridge gets the taps back too.
+    t.host.ip(&["link", "del", "brnat"]);
+    assert!(net_row(&t, "natnet").1.contains("bridge brnat is gone"));
+    let out = t.k.ok_in(&t.host, &["net-start", "natnet"]);
+    assert!(out.contains("repaired") && out.contains(&format!("Re-attached to bridge brnat: {tap} (v1)")), "{out}");
+    assert!(pings(&t.host, &addr), "the guest answers through the repaired bridge");
+    t.k.ok_in(&t.host, &["destroy", "v1"]);
+    t.k.ok_in(&t.host, &["net-destroy", "natnet"]);
+    assert_nothing_left(&t, "natnet", "after the VM");
+}

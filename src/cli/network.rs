@@ -25,7 +25,12 @@ pub enum NetCmd {
     /// Start a defined network: bridge, firewall, dnsmasq.
     NetStart { network: String },
     /// Stop a network, removing everything its start created.
-    NetDestroy { network: String },
+    NetDestroy {
+        network: String,
+        /// Also when running VMs have NICs on it (they are re-attached at the next net-start).
+        #[arg(long)]
+        force: bool,
+    },
     /// Remove a network's definition (an active network keeps running, as a transient one).
     NetUndefine { network: String },
     /// Start the network at boot (kvmctl up).
@@ -118,20 +123,40 @@ async fn dispatch(cmd: NetCmd, ctx: &Ctx, nl: &Netlink) -> anyhow::Result<()> {
                 anyhow::bail!("network '{}' already exists (defined); use net-start", def.name);
             }
             let _l = store.lock(Kind::Network, &def.name)?;
-            lifecycle::start(store, nl, &def, true).await?;
-            out.done(format!("Network {} created from {}", def.name, file.display()));
+            started(ctx, nl, &def, true, &format!("created from {}", file.display())).await?;
         }
         NetCmd::NetStart { network } => {
             let _l = store.lock(Kind::Network, &network)?;
-            let def: NetworkDef = store.load(Kind::Network, &network)?;
-            lifecycle::start(store, nl, &def, false).await?;
-            out.done(format!("Network {network} started"));
+            let def: NetworkDef = match store.load(Kind::Network, &network) {
+                Ok(d) => d,
+                // A transient network left degraded is repaired from its recorded definition.
+                Err(e) => lifecycle::load_state(store, &network).map(|s| s.def).ok_or(e)?,
+            };
+            started(ctx, nl, &def, false, "started").await?;
         }
-        NetCmd::NetDestroy { network } => {
+        NetCmd::NetDestroy { network, force } => {
             let _l = store.lock(Kind::Network, &network)?;
             known(ctx, &network)?;
-            lifecycle::destroy(store, nl, &network).await?;
-            out.done(format!("Network {network} destroyed"));
+            let mut users: Vec<String> =
+                crate::domain::runtime::taps_on_network(store, &network).into_iter().map(|(vm, _)| vm).collect();
+            users.dedup();
+            let r = lifecycle::destroy(store, nl, &network, &users, force).await?;
+            if !r.cleaned.is_empty() {
+                out.done(format!(
+                    "Network {network} was not running; cleaned up after an interrupted command: {}",
+                    r.cleaned.join("; ")
+                ));
+            } else if !r.problems.is_empty() {
+                out.done(format!("Network {network} destroyed (it was degraded: {})", r.problems.join("; ")));
+            } else {
+                out.done(format!("Network {network} destroyed"));
+            }
+            if !users.is_empty() {
+                out.done(format!(
+                    "Running domains lost their NICs on it until the next net-start: {}",
+                    users.join(", ")
+                ));
+            }
         }
         NetCmd::NetUndefine { network } => undefine(ctx, &network)?,
         NetCmd::NetAutostart { network, disable } => {
@@ -162,9 +187,32 @@ async fn dispatch(cmd: NetCmd, ctx: &Ctx, nl: &Netlink) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Fail with "not found" unless the network is defined or running.
+/// Start (or repair) a network, re-attach running VMs' taps, and say what was done.
+async fn started(ctx: &Ctx, nl: &Netlink, def: &NetworkDef, transient: bool, what: &str) -> anyhow::Result<()> {
+    let name = &def.name;
+    let (st, report) = lifecycle::start_or_repair(&ctx.store, nl, def, transient).await?;
+    if !report.cleaned.is_empty() {
+        ctx.out.done(format!("Network {name}: cleaned up after an interrupted command: {}", report.cleaned.join("; ")));
+    }
+    if report.repaired.is_empty() {
+        ctx.out.done(format!("Network {name} {what}"));
+    } else {
+        ctx.out.done(format!("Network {name} repaired (it was degraded: {})", report.repaired.join("; ")));
+    }
+    let taps = crate::domain::runtime::taps_on_network(&ctx.store, name);
+    let attached = lifecycle::reattach(nl, &st, &taps).await?;
+    if !attached.is_empty() {
+        ctx.out.done(format!("Re-attached to bridge {}: {}", st.bridge, attached.join(", ")));
+    }
+    Ok(())
+}
+
+/// Fail with "not found" unless the network is defined, running, or has leftovers.
 fn known(ctx: &Ctx, name: &str) -> anyhow::Result<()> {
-    if ctx.store.exists(Kind::Network, name) || lifecycle::load_state(&ctx.store, name).is_some() {
+    if ctx.store.exists(Kind::Network, name)
+        || lifecycle::load_state(&ctx.store, name).is_some()
+        || (crate::names::validate("network", name).is_ok() && lifecycle::has_runtime(&ctx.store, name))
+    {
         return Ok(());
     }
     crate::names::validate("network", name)?;

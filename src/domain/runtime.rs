@@ -165,6 +165,31 @@ pub fn observed(rd: &RunDir) -> (VmState, String) {
     }
 }
 
+/// The taps of running VMs whose NICs are on network `net`, as `(vm, tap)` pairs: the live
+/// definition's tap-backed NICs, in order, match `state.json`'s `taps`.
+pub fn taps_on_network(store: &Store, net: &str) -> Vec<(String, String)> {
+    use super::definition::{DomainDef, NicSource};
+    let mut out = Vec::new();
+    let Ok(entries) = fs::read_dir(store.paths.run_dir(Kind::Domain)) else { return out };
+    let mut names: Vec<String> = entries.flatten().filter_map(|e| e.file_name().into_string().ok()).collect();
+    names.sort();
+    for vm in names {
+        let rd = RunDir::of(store, &vm);
+        if !rd.alive() {
+            continue;
+        }
+        let (Some(st), Ok(text)) = (rd.read_state(), fs::read_to_string(rd.live_def())) else { continue };
+        let Ok(def) = toml::from_str::<DomainDef>(&text) else { continue };
+        let tap_nics = def.nics.iter().filter(|n| n.source != NicSource::User);
+        for (nic, tap) in tap_nics.zip(st.taps) {
+            if matches!(&nic.source, NicSource::Network { network } if network == net) {
+                out.push((vm.clone(), tap));
+            }
+        }
+    }
+    out
+}
+
 pub fn now_secs() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }

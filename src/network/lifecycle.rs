@@ -49,23 +49,51 @@ pub enum LifecycleError {
     RunDirPrivate { name: String, path: PathBuf },
     #[error("network '{name}': {what}")]
     Invalid { name: String, what: String },
+    #[error("network '{name}' is in use by running domains: {vms}; destroying it cuts their NICs off (they are re-attached at the next net-start): use --force to destroy it anyway")]
+    InUse { name: String, vms: String },
 }
 
 fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> LifecycleError + '_ {
     move |source| LifecycleError::Io { path: path.to_path_buf(), source }
 }
 
-/// What a started network created, kept in `<run>/networks/<name>/state.json`.
+/// What a started network created, kept in `<run>/networks/<name>/state.json`. It is written
+/// before any host effect, naming what is about to be made (intent), and committed at the end
+/// (`phase: running`): a command killed half-way leaves a record of everything it may have
+/// made, so that the next `net-start` finishes it and `net-destroy` removes it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NetState {
     /// The definition the network runs with (differs from the persistent one after edits).
     pub def: NetworkDef,
     pub bridge: String,
     pub bridge_created: bool,
+    /// The nftables table of the network (recorded before it is created).
     pub table: Option<String>,
+    /// A dnsmasq belongs to the network (recorded before it is spawned).
+    #[serde(default)]
+    pub dnsmasq: bool,
     pub dnsmasq_pid: Option<i32>,
     /// Started by net-create: no persistent definition.
     pub transient: bool,
+    /// `starting` from the intent until the start is committed.
+    #[serde(default)]
+    pub phase: Phase,
+}
+
+impl NetState {
+    /// Should a dnsmasq run (states written before the intent record only have its pid)?
+    pub fn wants_dnsmasq(&self) -> bool {
+        self.dnsmasq || self.dnsmasq_pid.is_some()
+    }
+}
+
+/// How far a start got: a state still `starting` belongs to a start that did not finish.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    Starting,
+    #[default]
+    Running,
 }
 
 /// Reconciled state of a network.
@@ -147,19 +175,55 @@ fn dnsmasq_is_ours(pid: i32, conf: &Path) -> bool {
     cmd.split(|b| *b == 0).any(|arg| arg == want.as_bytes())
 }
 
+/// The dnsmasq whose pid file is in `dir`, if it runs with this dir's config.
+fn pidfile_dnsmasq(dir: &Path) -> Option<i32> {
+    let rf = RunFiles::new(dir);
+    let pid: i32 = fs::read_to_string(&rf.pid).ok()?.trim().parse().ok()?;
+    (pid > 0 && dnsmasq_is_ours(pid, &rf.conf)).then_some(pid)
+}
+
+/// The network's dnsmasq as recorded in its state, if it is running.
+fn recorded_dnsmasq(store: &Store, st: &NetState) -> Option<i32> {
+    let conf = RunFiles::new(&run_dir(store, &st.def.name)).conf;
+    st.dnsmasq_pid.filter(|pid| dnsmasq_is_ours(*pid, &conf))
+}
+
 /// Compare the recorded state with what is really there.
 pub async fn status(store: &Store, nl: &Netlink, name: &str) -> Result<Status, LifecycleError> {
     let Some(st) = load_state(store, name) else { return Ok(Status::Inactive) };
+    let problems = problems(store, nl, &st, false).await?;
+    Ok(if problems.is_empty() { Status::Active } else { Status::Degraded(problems) })
+}
+
+/// What is missing from a started network, each named. `locked`: the caller holds the
+/// network's lock (else a held lock means a start in progress, not an interrupted one).
+async fn problems(store: &Store, nl: &Netlink, st: &NetState, locked: bool) -> Result<Vec<String>, LifecycleError> {
     let mut problems = Vec::new();
+    if st.phase == Phase::Starting {
+        let lock = store.paths.lock_file(Kind::Network, &st.def.name);
+        let held = !locked && lock.exists() && matches!(crate::state::try_lock_exclusive(&lock), Ok(None));
+        problems.push(if held { "its start is in progress" } else { "its start was interrupted" }.to_string());
+    }
     if nl.link(&st.bridge).await?.is_none() {
         problems.push(format!("bridge {} is gone", st.bridge));
     }
-    if let Some(pid) = st.dnsmasq_pid {
-        if !dnsmasq_is_ours(pid, &RunFiles::new(&run_dir(store, name)).conf) {
-            problems.push(format!("dnsmasq (pid {pid}) is not running"));
+    if let Some(t) = &st.table {
+        match super::nftnl::inet_table_exists(t) {
+            Ok(true) => {}
+            Ok(false) => problems.push(format!("nftables table inet {t} is missing")),
+            // Listing needs CAP_NET_ADMIN: an unprivileged reader cannot tell.
+            Err(e) => tracing::debug!(table = %t, error = %e, "cannot look up the nftables table"),
         }
     }
-    Ok(if problems.is_empty() { Status::Active } else { Status::Degraded(problems) })
+    if st.wants_dnsmasq() && recorded_dnsmasq(store, st).is_none() {
+        let orphan = pidfile_dnsmasq(&run_dir(store, &st.def.name));
+        problems.push(match (orphan, st.dnsmasq_pid) {
+            (Some(pid), _) => format!("dnsmasq (pid {pid}) runs but was not recorded"),
+            (None, Some(pid)) => format!("dnsmasq (pid {pid}) is not running"),
+            (None, None) => "dnsmasq is not running".to_string(),
+        });
+    }
+    Ok(problems)
 }
 
 fn used_bridges(store: &Store, except: &str) -> Result<Vec<(String, String)>, LifecycleError> {
@@ -283,24 +347,58 @@ async fn stop_dnsmasq(pid: i32, conf: &Path) {
     }
     // SAFETY: kill(2) on a pid verified through /proc to be our dnsmasq.
     unsafe { libc::kill(pid, libc::SIGTERM) };
-    for i in 0..200 {
-        if !dnsmasq_is_ours(pid, conf) {
+    for i in 0..400 {
+        if exited(pid) {
             return;
         }
         if i == 100 {
-            // SAFETY: as above.
+            // SAFETY: as above (it has not exited, so the pid is still that process).
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
+    tracing::warn!(pid, "dnsmasq did not exit");
+}
+
+/// Has process `pid` finished exiting (gone, or a zombie)? Its cmdline empties earlier, while
+/// it still holds its sockets: a new dnsmasq started then finds its address in use.
+fn exited(pid: i32) -> bool {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else { return true };
+    matches!(stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()), Some("Z" | "X") | None)
+}
+
+/// What `net-start` did besides starting.
+#[derive(Debug, Clone, Default)]
+pub struct StartReport {
+    /// The problems of a degraded network that the start repaired in place (empty: a fresh start).
+    pub repaired: Vec<String>,
+    /// What an interrupted command had left and the start removed first.
+    pub cleaned: Vec<String>,
 }
 
 /// `net-start` (or `net-create` with `transient`): everything or nothing.
 pub async fn start(store: &Store, nl: &Netlink, def: &NetworkDef, transient: bool) -> Result<NetState, LifecycleError> {
+    start_or_repair(store, nl, def, transient).await.map(|(st, _)| st)
+}
+
+/// `net-start`: start the network, or, when a kill left it degraded (its start interrupted or
+/// a piece gone), finish it in place from its recorded state. Call under the network's lock.
+pub async fn start_or_repair(
+    store: &Store,
+    nl: &Netlink,
+    def: &NetworkDef,
+    transient: bool,
+) -> Result<(NetState, StartReport), LifecycleError> {
     let name = &def.name;
-    if load_state(store, name).is_some() {
-        return Err(LifecycleError::Active(name.clone()));
+    if let Some(st) = load_state(store, name) {
+        let problems = problems(store, nl, &st, true).await?;
+        if problems.is_empty() {
+            return Err(LifecycleError::Active(name.clone()));
+        }
+        let st = repair(store, nl, st).await?;
+        return Ok((st, StartReport { repaired: problems, cleaned: vec![] }));
     }
+    let cleaned = clear_leftovers(store, name).await?;
     let used = used_bridges(store, name)?;
     // A hand-written definition file may lack what `net-define` fills in (the bridge name, the
     // bridge MAC): fill it in as libvirt would (the lowest free virbrN), or refuse with the
@@ -313,12 +411,34 @@ pub async fn start(store: &Store, nl: &Netlink, def: &NetworkDef, transient: boo
     let mut undo = vec![];
     let r = start_steps(store, nl, &def, transient, &dir, &mut undo).await;
     match r {
-        Ok(st) => Ok(st),
+        Ok(st) => Ok((st, StartReport { repaired: vec![], cleaned })),
         Err(e) => {
             undo_all(nl, undo).await;
             Err(e)
         }
     }
+}
+
+/// A run dir without a state file is what a command killed before its first write (or while
+/// removing the dir) left: stop the dnsmasq its pid file names, if it is ours, and remove it.
+async fn clear_leftovers(store: &Store, name: &str) -> Result<Vec<String>, LifecycleError> {
+    let dir = run_dir(store, name);
+    let mut cleaned = vec![];
+    if !dir.exists() {
+        return Ok(cleaned);
+    }
+    if let Some(pid) = pidfile_dnsmasq(&dir) {
+        stop_dnsmasq(pid, &RunFiles::new(&dir).conf).await;
+        cleaned.push(format!("stopped an orphan dnsmasq (pid {pid})"));
+    }
+    fs::remove_dir_all(&dir).map_err(io_at(&dir))?;
+    cleaned.push(format!("removed the leftover runtime dir {}", dir.display()));
+    Ok(cleaned)
+}
+
+/// Is there anything of network `name` in the runtime dir (a state, or leftovers)?
+pub fn has_runtime(store: &Store, name: &str) -> bool {
+    run_dir(store, name).exists()
 }
 
 async fn start_steps(
@@ -346,47 +466,128 @@ async fn start_steps(
     }
     fs::create_dir_all(dir).map_err(io_at(dir))?;
     undo.push(Undo::Dir(dir.to_path_buf()));
+    // The intent: everything this start may create, before it creates any of it.
     let mut st = NetState {
         def: def.clone(),
-        bridge: bridge.clone(),
+        bridge,
         bridge_created,
-        table: None,
+        table: firewall::render(def).map(|_| firewall::table_name(&name)),
+        dnsmasq: dnsmasq::needs_dnsmasq(def),
         dnsmasq_pid: None,
         transient,
+        phase: Phase::Starting,
     };
     save_state(store, &name, &st)?;
-    if bridge_created {
-        let spec = BridgeSpec {
-            name: &bridge,
-            mac: def.mac.map(|m| m.0),
-            mtu: def.mtu,
-            stp: def.bridge.stp,
-            delay: def.bridge.delay,
+    crate::fault::point("net-start.intent");
+    converge(store, nl, &mut st, dir, undo).await?;
+    commit(store, &mut st)?;
+    Ok(st)
+}
+
+fn commit(store: &Store, st: &mut NetState) -> Result<(), LifecycleError> {
+    st.phase = Phase::Running;
+    save_state(store, &st.def.name, st)
+}
+
+/// Finish a degraded network from its state: create what is missing, keep what is there.
+/// A failure leaves it degraded (everything is still recorded for `net-destroy`).
+async fn repair(store: &Store, nl: &Netlink, mut st: NetState) -> Result<NetState, LifecycleError> {
+    let dir = run_dir(store, &st.def.name);
+    crate::state::interrupt::sweep_stale(&dir);
+    converge(store, nl, &mut st, &dir, &mut vec![]).await?;
+    commit(store, &mut st)?;
+    Ok(st)
+}
+
+/// Bring the host to what `st` records: the bridge with its addresses and routes, the
+/// table, dnsmasq. Each step is safe to run again over a half-done one; what a step creates
+/// is pushed onto `undo`.
+async fn converge(
+    store: &Store,
+    nl: &Netlink,
+    st: &mut NetState,
+    dir: &Path,
+    undo: &mut Vec<Undo>,
+) -> Result<(), LifecycleError> {
+    let def = st.def.clone();
+    let mut new_bridge = false;
+    if st.bridge_created {
+        let idx = match nl.link(&st.bridge).await? {
+            Some(l) => l.index,
+            None => {
+                let spec = BridgeSpec {
+                    name: &st.bridge,
+                    mac: def.mac.map(|m| m.0),
+                    mtu: def.mtu,
+                    stp: def.bridge.stp,
+                    delay: def.bridge.delay,
+                };
+                let idx = nl.create_bridge(&spec).await?;
+                undo.push(Undo::Link(idx));
+                new_bridge = true;
+                crate::fault::point("net-start.bridge");
+                idx
+            }
         };
-        let idx = nl.create_bridge(&spec).await?;
-        undo.push(Undo::Link(idx));
         for ip in &def.ips {
-            nl.add_address(idx, ip.address, ip.prefix).await?;
+            nl.add_address_again(idx, ip.address, ip.prefix).await?;
         }
         nl.set_up(idx).await?;
+        crate::fault::point("net-start.addresses");
         for r in &def.routes {
-            nl.add_route(r.address, r.prefix, r.gateway).await?;
+            nl.add_route_again(r.address, r.prefix, r.gateway).await?;
         }
-        enable_forwarding(def)?;
+        enable_forwarding(&def)?;
+        crate::fault::point("net-start.routes");
+    } else if nl.link(&st.bridge).await?.is_none() {
+        return Err(LifecycleError::NoBridge { name: def.name.clone(), bridge: st.bridge.clone() });
     }
-    if let Some(rules) = firewall::render(def) {
-        let table = firewall::table_name(&name);
+    if let Some(table) = &st.table {
+        // Replace-or-create in one batch: a table left by a killed start is rewritten whole.
+        let rules = firewall::render(&def).expect("a network with a table has rules");
         nft(&rules)?;
         undo.push(Undo::Table(table.clone()));
-        st.table = Some(table);
+        crate::fault::point("net-start.table");
     }
-    if let Some(files) = dnsmasq::render(def, dir) {
-        let pid = spawn_dnsmasq(&name, dir, &files)?;
-        undo.push(Undo::Dnsmasq(pid, RunFiles::new(dir).conf));
+    if st.wants_dnsmasq() {
+        let conf = RunFiles::new(dir).conf;
+        match recorded_dnsmasq(store, st) {
+            // A dnsmasq of a bridge that was made again starts afresh on the new one.
+            Some(pid) if new_bridge => stop_dnsmasq(pid, &conf).await,
+            Some(_) => return Ok(()),
+            None => {}
+        }
+        // One that the state does not know (spawned by a start killed before it recorded the
+        // pid) is an orphan: stop it before starting ours.
+        if let Some(pid) = pidfile_dnsmasq(dir) {
+            stop_dnsmasq(pid, &conf).await;
+        }
+        let files = dnsmasq::render(&def, dir).expect("a network with dnsmasq has its files");
+        let pid = spawn_dnsmasq(&def.name, dir, &files)?;
+        undo.push(Undo::Dnsmasq(pid, conf));
         st.dnsmasq_pid = Some(pid);
+        crate::fault::point("net-start.dnsmasq");
     }
-    save_state(store, &name, &st)?;
-    Ok(st)
+    Ok(())
+}
+
+/// Attach the taps of running VMs (`(vm, tap)` pairs) that are not on the network's bridge
+/// to it, as libvirt does at daemon start: after `net-destroy --force` and `net-start`, or a
+/// bridge made again by a repair. Returns the taps attached.
+pub async fn reattach(nl: &Netlink, st: &NetState, taps: &[(String, String)]) -> Result<Vec<String>, LifecycleError> {
+    let Some(br) = nl.link(&st.bridge).await? else {
+        return Err(LifecycleError::NoBridge { name: st.def.name.clone(), bridge: st.bridge.clone() });
+    };
+    let mut attached = vec![];
+    for (vm, tap) in taps {
+        if let Some(l) = nl.link(tap).await? {
+            if l.controller != Some(br.index) {
+                nl.enslave(l.index, br.index).await?;
+                attached.push(format!("{tap} ({vm})"));
+            }
+        }
+    }
+    Ok(attached)
 }
 
 /// Overlaps with addresses and routes on the host (kvmctl's own bridges included).
@@ -455,6 +656,7 @@ fn spawn_dnsmasq(name: &str, dir: &Path, files: &dnsmasq::DnsmasqFiles) -> Resul
         runtime_write(p, text.as_bytes()).map_err(io_at(p))?;
         fs::set_permissions(p, fs::Permissions::from_mode(0o644)).map_err(io_at(p))?;
     }
+    crate::fault::point("net-start.dnsmasq-files");
     let conf_arg = format!("--conf-file={}", rf.conf.display());
     // dnsmasq daemonizes: its first process exits once the daemon is ready (or failed).
     process::run("dnsmasq", [conf_arg.as_str()], None)
@@ -468,12 +670,39 @@ fn spawn_dnsmasq(name: &str, dir: &Path, files: &dnsmasq::DnsmasqFiles) -> Resul
     Ok(pid)
 }
 
+/// What `net-destroy` did.
+#[derive(Debug, Clone, Default)]
+pub struct DestroyReport {
+    /// The network was not (or no longer fully) running: what was missing.
+    pub problems: Vec<String>,
+    /// What an interrupted command had left and was removed (no state was recorded).
+    pub cleaned: Vec<String>,
+}
+
 /// `net-destroy`: remove everything the start created, and nothing else: the nftables table
 /// (committed at once), then dnsmasq's exit and the bridge's unregistering together (done
-/// when the bridge has left the namespace: see `unlink`).
-pub async fn destroy(store: &Store, nl: &Netlink, name: &str) -> Result<(), LifecycleError> {
-    let st = load_state(store, name).ok_or_else(|| LifecycleError::Inactive(name.into()))?;
+/// when the bridge has left the namespace: see `unlink`). A degraded network loses whatever
+/// of it is there (missing pieces are not errors), an unrecorded dnsmasq found by its pid
+/// file included. `users` are the running VMs with NICs on it: refused unless `force`.
+pub async fn destroy(
+    store: &Store,
+    nl: &Netlink,
+    name: &str,
+    users: &[String],
+    force: bool,
+) -> Result<DestroyReport, LifecycleError> {
     let dir = run_dir(store, name);
+    let Some(st) = load_state(store, name) else {
+        let cleaned = clear_leftovers(store, name).await?;
+        if cleaned.is_empty() {
+            return Err(LifecycleError::Inactive(name.into()));
+        }
+        return Ok(DestroyReport { problems: vec![], cleaned });
+    };
+    if !users.is_empty() && !force {
+        return Err(LifecycleError::InUse { name: name.into(), vms: users.join(", ") });
+    }
+    let problems = problems(store, nl, &st, true).await?;
     let conf = RunFiles::new(&dir).conf;
     // The table first (committed in under a millisecond); its socket stays open until the
     // bridge is gone, since closing it holds the nftables lock that the bridge's
@@ -485,10 +714,13 @@ pub async fn destroy(store: &Store, nl: &Netlink, name: &str) -> Result<(), Life
         })?),
         None => None,
     };
+    crate::fault::point("net-destroy.table");
     let dnsmasq = async {
-        if let Some(pid) = st.dnsmasq_pid {
+        // The recorded one, and one a killed start spawned but did not record.
+        for pid in st.dnsmasq_pid.into_iter().chain(pidfile_dnsmasq(&dir)) {
             stop_dnsmasq(pid, &conf).await;
         }
+        crate::fault::point("net-destroy.dnsmasq");
     };
     let bridge = async {
         if st.bridge_created {
@@ -509,8 +741,9 @@ pub async fn destroy(store: &Store, nl: &Netlink, name: &str) -> Result<(), Life
     let ((), r) = tokio::join!(dnsmasq, bridge);
     drop(table_sock);
     r?;
+    crate::fault::point("net-destroy.rundir");
     fs::remove_dir_all(&dir).map_err(io_at(&dir))?;
-    Ok(())
+    Ok(DestroyReport { problems, cleaned: vec![] })
 }
 
 /// The DHCP leases of a running network (from dnsmasq's lease file), with each address's prefix.

@@ -28,6 +28,11 @@ fn is_enodev(e: &rtnetlink::Error) -> bool {
     matches!(e, rtnetlink::Error::NetlinkError(m) if m.raw_code() == -libc::ENODEV)
 }
 
+/// Is this the kernel's "already exists" answer?
+fn is_eexist(e: &rtnetlink::Error) -> bool {
+    matches!(e, rtnetlink::Error::NetlinkError(m) if m.raw_code() == -libc::EEXIST)
+}
+
 /// A link as kvmctl sees it.
 #[derive(Debug, Clone)]
 pub struct Link {
@@ -114,6 +119,14 @@ impl Netlink {
             .map_err(op(format!("adding address {addr}/{prefix}")))
     }
 
+    /// `add_address`, where an address already there (from a start killed half-way) is fine.
+    pub async fn add_address_again(&self, index: u32, addr: IpAddr, prefix: u8) -> Result<(), NetlinkError> {
+        match self.add_address(index, addr, prefix).await {
+            Err(NetlinkError::Op { source, .. }) if is_eexist(&source) => Ok(()),
+            r => r,
+        }
+    }
+
     pub async fn set_up(&self, index: u32) -> Result<(), NetlinkError> {
         let msg = LinkUnspec::new_with_index(index).up().build();
         self.handle.link().set(msg).execute().await.map_err(op(format!("bringing link {index} up")))
@@ -142,6 +155,14 @@ impl Netlink {
             })?
             .build();
         self.handle.route().add(msg).execute().await.map_err(op(format!("adding route {dst}/{prefix} via {gateway}")))
+    }
+
+    /// `add_route`, where the same route already there (from a start killed half-way) is fine.
+    pub async fn add_route_again(&self, dst: IpAddr, prefix: u8, gateway: IpAddr) -> Result<(), NetlinkError> {
+        match self.add_route(dst, prefix, gateway).await {
+            Err(NetlinkError::Op { source, .. }) if is_eexist(&source) => Ok(()),
+            r => r,
+        }
     }
 
     /// Every address and every non-default route on the host, with the interface it is on.

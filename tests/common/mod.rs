@@ -24,11 +24,18 @@ impl Kvm {
 
     /// The same command, run inside network namespace `ns`.
     pub fn in_ns(&self, ns: &netns::Netns, args: &[&str]) -> Output {
+        self.in_ns_env(ns, &[], args)
+    }
+
+    /// `in_ns` with extra environment variables (e.g. `KVMCTL_FAULT`).
+    pub fn in_ns_env(&self, ns: &netns::Netns, env: &[(&str, &str)], args: &[&str]) -> Output {
         let mut c = Command::new("ip");
         c.args(["netns", "exec", &ns.name, env!("CARGO_BIN_EXE_kvmctl"), "--root"])
             .arg(self.root())
             .args(args)
-            .env_remove("KVMCTL_ROOT");
+            .env_remove("KVMCTL_ROOT")
+            .env_remove("KVMCTL_FAULT")
+            .envs(env.iter().copied());
         bounded_output(&mut c)
     }
 

@@ -2,7 +2,7 @@
 CARGO ?= cargo
 BIN := target/release/kvmctl
 
-.PHONY: all deps build guest demo test lint bench clean
+.PHONY: all deps build guest demo test stress lint bench clean
 
 all: build
 
@@ -22,6 +22,10 @@ demo: build guest
 # the tests run has the fault points (src/fault.rs); `make build` and `make demo` do not.
 test: deps guest lint
 	$(CARGO) test --release --locked --features fault-injection --no-fail-fast -- --test-threads=4
+
+# Random kill rounds at the fault points (tests/faults.rs); KVMCTL_STRESS_ROUNDS, KVMCTL_STRESS_SEED.
+stress: deps guest
+	$(CARGO) test --release --locked --features fault-injection --test faults -- --ignored --nocapture stress_random_fault_points
 
 lint:
 	$(CARGO) fmt --check

@@ -164,7 +164,13 @@ fn cases() -> Vec<Case> {
         "net-start.dnsmasq",
     ]
     .into_iter()
-    .map(|point| Case { point, prepare: net_down, cmd: |_| s(&["-q", "net-start", "n2"]), retry: Retry::Succeeds, cleanup: net_down })
+    .map(|point| Case {
+        point,
+        prepare: net_down,
+        cmd: |_| s(&["-q", "net-start", "n2"]),
+        retry: Retry::Succeeds,
+        cleanup: net_down,
+    })
     .collect();
     net.extend(["net-destroy.table", "net-destroy.dnsmasq", "net-destroy.rundir"].into_iter().map(|point| Case {
         point,
@@ -383,7 +389,9 @@ fn leaks(w: &World) -> Vec<String> {
         }
     }
     let tables = w.h.ns.ok(&["nft", "list", "tables"]);
-    for t in tables.lines().filter(|t| t.contains("kvmctl_") && !nets.iter().any(|n| t.ends_with(&format!("kvmctl_{n}")))) {
+    for t in
+        tables.lines().filter(|t| t.contains("kvmctl_") && !nets.iter().any(|n| t.ends_with(&format!("kvmctl_{n}"))))
+    {
         out.push(format!("nft {t}"));
     }
     // Sockets of VMs that are not running.

@@ -13,7 +13,7 @@ use super::netlink::{BridgeSpec, Netlink, NetlinkError};
 use super::{dnsmasq, firewall, libvirt_xml, ForwardMode, NetworkDef, NetworkError, RunFiles};
 use crate::paths::Kind;
 use crate::process::{self, ProcessError};
-use crate::state::{atomic_write, runtime_write, Store, StoreError};
+use crate::state::{atomic_write, runtime_write, Revert, Store, StoreError, Undo};
 
 #[derive(Debug, Error)]
 pub enum LifecycleError {
@@ -312,31 +312,6 @@ pub fn ensure_default(store: &Store) -> Result<(), LifecycleError> {
     atomic_write(&marker, b"").map_err(io_at(&marker))
 }
 
-/// One step a failed start must undo, in reverse order.
-enum Undo {
-    Link(u32),
-    Table(String),
-    Dnsmasq(i32, PathBuf),
-    Dir(PathBuf),
-}
-
-async fn undo_all(nl: &Netlink, steps: Vec<Undo>) {
-    for step in steps.into_iter().rev() {
-        let r = match &step {
-            Undo::Link(i) => nl.delete_link(*i).await.map_err(|e| e.to_string()),
-            Undo::Table(t) => super::nftnl::delete_inet_table(t).map_err(|e| e.to_string()),
-            Undo::Dnsmasq(pid, conf) => {
-                stop_dnsmasq(*pid, conf).await;
-                Ok(())
-            }
-            Undo::Dir(d) => fs::remove_dir_all(d).map_err(|e| e.to_string()),
-        };
-        if let Err(e) = r {
-            tracing::warn!(error = %e, "rollback step failed");
-        }
-    }
-}
-
 fn nft(batch: &str) -> Result<(), ProcessError> {
     process::run("nft", ["-f", "-"], Some(batch.as_bytes())).map(|_| ())
 }
@@ -408,12 +383,16 @@ pub async fn start_or_repair(
     def.validate()?;
     check_against_others(store, &def, &used)?;
     let dir = run_dir(store, name);
-    let mut undo = vec![];
-    let r = start_steps(store, nl, &def, transient, &dir, &mut undo).await;
-    match r {
-        Ok(st) => Ok((st, StartReport { repaired: vec![], cleaned })),
+    // A failure undoes what this start made, in reverse order (a kill is repaired from the
+    // intent in state.json instead: see `status` and `repair`).
+    let mut revert = Revert::new();
+    match start_steps(store, nl, &def, transient, &dir, &mut revert).await {
+        Ok(st) => {
+            revert.commit();
+            Ok((st, StartReport { repaired: vec![], cleaned }))
+        }
         Err(e) => {
-            undo_all(nl, undo).await;
+            revert.undo_async().await;
             Err(e)
         }
     }
@@ -441,13 +420,13 @@ pub fn has_runtime(store: &Store, name: &str) -> bool {
     run_dir(store, name).exists()
 }
 
-async fn start_steps(
+async fn start_steps<'a>(
     store: &Store,
-    nl: &Netlink,
+    nl: &'a Netlink,
     def: &NetworkDef,
     transient: bool,
     dir: &Path,
-    undo: &mut Vec<Undo>,
+    undo: &mut Revert<'a>,
 ) -> Result<NetState, LifecycleError> {
     let name = def.name.clone();
     let bridge = def.bridge_name().expect("completed definition has a bridge name").to_string();
@@ -464,8 +443,8 @@ async fn start_steps(
     if bridge_created {
         check_overlaps(store, nl, def).await?;
     }
+    undo.add(Undo::Dir(dir.to_path_buf())).map_err(io_at(dir))?;
     fs::create_dir_all(dir).map_err(io_at(dir))?;
-    undo.push(Undo::Dir(dir.to_path_buf()));
     // The intent: everything this start may create, before it creates any of it.
     let mut st = NetState {
         def: def.clone(),
@@ -494,20 +473,24 @@ fn commit(store: &Store, st: &mut NetState) -> Result<(), LifecycleError> {
 async fn repair(store: &Store, nl: &Netlink, mut st: NetState) -> Result<NetState, LifecycleError> {
     let dir = run_dir(store, &st.def.name);
     crate::state::interrupt::sweep_stale(&dir);
-    converge(store, nl, &mut st, &dir, &mut vec![]).await?;
+    // A failed repair keeps what it made: everything is recorded for net-destroy.
+    let mut keep = Revert::new();
+    let r = converge(store, nl, &mut st, &dir, &mut keep).await;
+    keep.commit();
+    r?;
     commit(store, &mut st)?;
     Ok(st)
 }
 
 /// Bring the host to what `st` records: the bridge with its addresses and routes, the
 /// table, dnsmasq. Each step is safe to run again over a half-done one; what a step creates
-/// is pushed onto `undo`.
-async fn converge(
+/// is registered with `undo`.
+async fn converge<'a>(
     store: &Store,
-    nl: &Netlink,
+    nl: &'a Netlink,
     st: &mut NetState,
     dir: &Path,
-    undo: &mut Vec<Undo>,
+    undo: &mut Revert<'a>,
 ) -> Result<(), LifecycleError> {
     let def = st.def.clone();
     let mut new_bridge = false;
@@ -523,7 +506,9 @@ async fn converge(
                     delay: def.bridge.delay,
                 };
                 let idx = nl.create_bridge(&spec).await?;
-                undo.push(Undo::Link(idx));
+                undo.on_fail_async(format!("delete bridge {}", st.bridge), move || async move {
+                    nl.delete_link(idx).await.map_err(|e| e.to_string())
+                });
                 new_bridge = true;
                 crate::fault::point("net-start.bridge");
                 idx
@@ -546,7 +531,10 @@ async fn converge(
         // Replace-or-create in one batch: a table left by a killed start is rewritten whole.
         let rules = firewall::render(&def).expect("a network with a table has rules");
         nft(&rules)?;
-        undo.push(Undo::Table(table.clone()));
+        let t = table.clone();
+        undo.on_fail(format!("delete nftables table inet {table}"), move || {
+            super::nftnl::delete_inet_table(&t).map_err(|e| e.to_string())
+        });
         crate::fault::point("net-start.table");
     }
     if st.wants_dnsmasq() {
@@ -564,7 +552,10 @@ async fn converge(
         }
         let files = dnsmasq::render(&def, dir).expect("a network with dnsmasq has its files");
         let pid = spawn_dnsmasq(&def.name, dir, &files)?;
-        undo.push(Undo::Dnsmasq(pid, conf));
+        undo.on_fail_async(format!("stop dnsmasq (pid {pid})"), move || async move {
+            stop_dnsmasq(pid, &conf).await;
+            Ok(())
+        });
         st.dnsmasq_pid = Some(pid);
         crate::fault::point("net-start.dnsmasq");
     }

@@ -59,20 +59,25 @@ struct Doc {
     done_if_locked: Option<PathBuf>,
 }
 
-enum Step {
+type AsyncStep<'a> =
+    Box<dyn FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + 'a>> + 'a>;
+
+enum Step<'a> {
     Data(Undo),
-    Fn(String, Box<dyn FnOnce() -> Result<(), String>>),
+    Fn(String, Box<dyn FnOnce() -> Result<(), String> + 'a>),
+    /// Only [`Revert::undo_async`] runs these (a guard dropped with one left says so).
+    Async(String, AsyncStep<'a>),
 }
 
 /// The guard. Steps run in reverse order unless committed.
-pub struct Revert {
-    steps: Vec<Step>,
+pub struct Revert<'a> {
+    steps: Vec<Step<'a>>,
     journal: Option<(PathBuf, Doc)>,
     done_if_locked: Option<PathBuf>,
     armed: bool,
 }
 
-impl Default for Revert {
+impl Default for Revert<'_> {
     fn default() -> Self {
         Revert::new()
     }
@@ -96,15 +101,15 @@ fn journals(paths: &Paths, kind: Kind) -> Vec<(String, String)> {
         .collect()
 }
 
-impl Revert {
+impl<'a> Revert<'a> {
     /// A guard kept in memory only.
-    pub fn new() -> Revert {
+    pub fn new() -> Revert<'a> {
         Revert { steps: vec![], journal: None, done_if_locked: None, armed: true }
     }
 
     /// A guard whose file and directory steps are journaled for the object `kind`/`name`,
     /// whose lock the caller holds.
-    pub fn journaled(paths: &Paths, kind: Kind, name: &str, op: &str) -> io::Result<Revert> {
+    pub fn journaled(paths: &Paths, kind: Kind, name: &str, op: &str) -> io::Result<Revert<'a>> {
         assert!(!op.contains('.'), "journal op names have no dot");
         let doc = Doc { op: op.into(), ..Doc::default() };
         let path = journal_path(paths, kind, name, op);
@@ -140,8 +145,42 @@ impl Revert {
     }
 
     /// Register an undo step that only this process can run (a process to stop, a link).
-    pub fn on_fail(&mut self, what: impl Into<String>, f: impl FnOnce() -> Result<(), String> + 'static) {
+    pub fn on_fail(&mut self, what: impl Into<String>, f: impl FnOnce() -> Result<(), String> + 'a) {
         self.steps.push(Step::Fn(what.into(), Box::new(f)));
+    }
+
+    /// Register an async undo step (netlink, waiting for a process): undone by
+    /// [`Revert::undo_async`], which async code calls on its error path.
+    pub fn on_fail_async<F>(&mut self, what: impl Into<String>, f: impl FnOnce() -> F + 'a)
+    where
+        F: std::future::Future<Output = Result<(), String>> + 'a,
+    {
+        self.steps.push(Step::Async(what.into(), Box::new(move || Box::pin(f()))));
+    }
+
+    /// Undo now, awaiting the async steps; returns the steps that failed (also reported).
+    pub async fn undo_async(mut self) -> Vec<String> {
+        if !self.armed || self.done_if_locked.as_deref().is_some_and(is_held) {
+            return self.run();
+        }
+        let mut failed = vec![];
+        // Every step in reverse order; the sync ones run in place, in the same order.
+        for step in std::mem::take(&mut self.steps).into_iter().rev() {
+            let (what, r) = match step {
+                Step::Async(what, f) => (what, f().await),
+                other => {
+                    self.steps.push(other);
+                    failed.extend(self.run_steps());
+                    continue;
+                }
+            };
+            if let Err(e) = r {
+                eprintln!("kvmctl: warning: rollback: {what}: {e}");
+                failed.push(format!("{what}: {e}"));
+            }
+        }
+        failed.extend(self.run());
+        failed
     }
 
     /// From now on the operation counts as done (nothing is undone) whenever `lock` is held
@@ -167,6 +206,23 @@ impl Revert {
         self.run()
     }
 
+    /// Run the pending steps, in reverse order.
+    fn run_steps(&mut self) -> Vec<String> {
+        let mut failed = vec![];
+        for step in std::mem::take(&mut self.steps).into_iter().rev() {
+            let (what, r) = match step {
+                Step::Data(u) => (format!("remove {}", u.path().display()), u.run().map_err(|e| e.to_string())),
+                Step::Fn(what, f) => (what, f()),
+                Step::Async(what, _) => (what, Err("not undone (an async step needs undo_async)".into())),
+            };
+            if let Err(e) = r {
+                eprintln!("kvmctl: warning: rollback: {what}: {e}");
+                failed.push(format!("{what}: {e}"));
+            }
+        }
+        failed
+    }
+
     fn run(&mut self) -> Vec<String> {
         if !self.armed {
             return vec![];
@@ -178,17 +234,7 @@ impl Revert {
             }
             return vec![];
         }
-        let mut failed = vec![];
-        for step in std::mem::take(&mut self.steps).into_iter().rev() {
-            let (what, r) = match step {
-                Step::Data(u) => (format!("remove {}", u.path().display()), u.run().map_err(|e| e.to_string())),
-                Step::Fn(what, f) => (what, f()),
-            };
-            if let Err(e) = r {
-                eprintln!("kvmctl: warning: rollback: {what}: {e}");
-                failed.push(format!("{what}: {e}"));
-            }
-        }
+        let failed = self.run_steps();
         if let Some((path, doc)) = self.journal.take() {
             if failed.is_empty() {
                 let _ = fs::remove_file(path);
@@ -202,7 +248,7 @@ impl Revert {
     }
 }
 
-impl Drop for Revert {
+impl Drop for Revert<'_> {
     fn drop(&mut self) {
         self.run();
     }
@@ -381,6 +427,32 @@ mod tests {
         got.sort_by_key(|r| format!("{r:?}"));
         assert_eq!(got.len(), 2, "{got:?}");
         assert!(!a.exists() && !b.exists());
+    }
+
+    #[test]
+    fn async_steps_run_in_order_with_the_others() {
+        let order = std::cell::RefCell::new(vec![]);
+        let mut r = Revert::new();
+        r.on_fail("one", || {
+            order.borrow_mut().push(1);
+            Ok(())
+        });
+        r.on_fail_async("two", || async {
+            order.borrow_mut().push(2);
+            Err("refused".to_string())
+        });
+        r.on_fail("three", || {
+            order.borrow_mut().push(3);
+            Ok(())
+        });
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let failed = rt.block_on(r.undo_async());
+        assert_eq!(failed, ["two: refused"]);
+        assert_eq!(*order.borrow(), [3, 2, 1]);
+        // Dropped without undo_async: the async step is reported as not undone.
+        let mut r = Revert::new();
+        r.on_fail_async("link", || async { Ok(()) });
+        assert_eq!(r.undo(), ["link: not undone (an async step needs undo_async)"]);
     }
 
     #[test]

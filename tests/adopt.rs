@@ -29,7 +29,19 @@ fn prereqs() -> bool {
 fn install(h: &VmHost, name: &str) {
     let g = guest_dir();
     let boot = format!("kernel={},initrd={}", g.join("vmlinuz").display(), g.join("initramfs.cpio.gz").display());
-    h.ok(&["-q", "install", "--name", name, "--memory", "128", "--boot", &boot, "--network", "none", "--noautoconsole"]);
+    h.ok(&[
+        "-q",
+        "install",
+        "--name",
+        name,
+        "--memory",
+        "128",
+        "--boot",
+        &boot,
+        "--network",
+        "none",
+        "--noautoconsole",
+    ]);
 }
 
 fn run_dir(h: &VmHost, vm: &str) -> PathBuf {
@@ -253,7 +265,10 @@ fn a_supervisor_killed_while_starting_or_adopting_leaves_no_stray_qemu() {
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains("domain 'f1' failed to start: the supervisor died"), "{err}");
     assert!(qemus_of(&uuid).is_empty(), "a stray qemu is left: {:?}", qemus_of(&uuid));
-    assert_eq!(h.ok(&["domstate", "f1", "--reason"]).trim(), "shut off (failed: the supervisor died while starting qemu)");
+    assert_eq!(
+        h.ok(&["domstate", "f1", "--reason"]).trim(),
+        "shut off (failed: the supervisor died while starting qemu)"
+    );
     sockets_gone(&h, "f1");
     // A new supervisor killed once it reconnected qemu: the next command adopts it again.
     h.ok(&["start", "f1"]);
@@ -272,4 +287,103 @@ fn a_supervisor_killed_while_starting_or_adopting_leaves_no_stray_qemu() {
     h.ok(&["destroy", "f1"]);
     wait_gone(qemu, 30);
     assert!(qemus_of(&uuid).is_empty());
+}
+
+/// A minimal QMP client on the VM's qmp.sock (qemu serves it to whoever connects while no
+/// supervisor holds it): `execute` returns the reply's `return`, skipping events.
+struct Qmp(std::io::BufReader<std::os::unix::net::UnixStream>);
+
+impl Qmp {
+    fn connect(path: &Path) -> Qmp {
+        let s = std::os::unix::net::UnixStream::connect(path).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut q = Qmp(std::io::BufReader::new(s));
+        let greeting = q.line();
+        assert!(greeting.get("QMP").is_some(), "{greeting}");
+        q.execute("qmp_capabilities");
+        q
+    }
+    fn line(&mut self) -> serde_json::Value {
+        use std::io::BufRead;
+        let mut l = String::new();
+        self.0.read_line(&mut l).unwrap();
+        serde_json::from_str(&l).unwrap_or_else(|e| panic!("QMP said {l:?}: {e}"))
+    }
+    fn execute(&mut self, cmd: &str) -> serde_json::Value {
+        use std::io::Write;
+        self.0.get_mut().write_all(format!("{{\"execute\":\"{cmd}\"}}\n").as_bytes()).unwrap();
+        loop {
+            let v = self.line();
+            if let Some(r) = v.get("return") {
+                return r.clone();
+            }
+            assert!(v.get("event").is_some(), "{cmd}: {v}");
+        }
+    }
+}
+
+/// Poll `domstate --reason` until it reads `want`.
+fn wait_domstate(h: &VmHost, vm: &str, want: &str, secs: u64) {
+    let t0 = Instant::now();
+    loop {
+        let got = h.ok(&["domstate", vm, "--reason"]);
+        if got.trim() == want {
+            return;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(secs), "{vm}: domstate {got:?}, not {want:?} after {secs}s");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_shutdown_survives_its_supervisor_dying_and_a_poweroff_while_unsupervised_is_applied() {
+    if !prereqs() {
+        return;
+    }
+    let h = VmHost::new("a");
+    install(&h, "p1");
+    h.wait_console("p1", "KVMCTL-GUEST-READY", 1, 300);
+    // `shutdown` is waiting for the guest when the supervisor dies: it waits on with the
+    // new one, and the VM ends shut off, not crashed.
+    let (sup, qemu) = pids(&h, "p1");
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", &h.ns.name, env!("CARGO_BIN_EXE_kvmctl"), "--root"])
+        .arg(h.k.root())
+        .args(["shutdown", "p1", "--timeout", "120"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = c.spawn().unwrap();
+    let t0 = Instant::now();
+    while state(&h, "p1")["stopping"] != "shutdown" {
+        assert!(t0.elapsed() < Duration::from_secs(30), "the shutdown was not recorded");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // Past the reply (the guest takes about two seconds to power off).
+    std::thread::sleep(Duration::from_millis(300));
+    sigkill(sup);
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && stdout.contains("is shut down"), "{stdout}{stderr}");
+    assert_eq!(h.ok(&["domstate", "p1", "--reason"]).trim(), "shut off (shutdown)");
+    wait_gone(qemu, 30);
+    sockets_gone(&h, "p1");
+
+    // The guest powers off while no supervisor runs (qemu stays, -no-shutdown): the next
+    // command's supervisor applies on_poweroff (destroy) as the missed event would have.
+    h.ok(&["start", "p1"]);
+    h.wait_console("p1", "KVMCTL-GUEST-READY", 1, 300);
+    let (sup, qemu) = pids(&h, "p1");
+    sigkill(sup);
+    let mut q = Qmp::connect(&run_dir(&h, "p1").join("qmp.sock"));
+    q.execute("system_powerdown");
+    let t0 = Instant::now();
+    while q.execute("query-status")["status"] != "shutdown" {
+        assert!(t0.elapsed() < Duration::from_secs(60), "the guest did not power off");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(q);
+    assert!(running(qemu));
+    wait_domstate(&h, "p1", "shut off (shutdown)", 30);
+    wait_gone(qemu, 30);
+    sockets_gone(&h, "p1");
 }

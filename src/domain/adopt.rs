@@ -14,7 +14,7 @@ use super::lifecycle::{self, DomainError};
 use super::qemu;
 use super::runtime::{RunDir, RunState, VmState};
 use crate::paths::Kind;
-use crate::state::Store;
+use crate::state::{ObjectLock, Store};
 
 /// What [`reconcile`] found and did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,8 +98,11 @@ pub fn ensure_supervised(store: &Store, name: &str) {
     }
 }
 
+/// One VM's outcome in [`recover`].
+pub type Recovered = (String, Result<Reconciled, DomainError>);
+
 /// `recover`: reconcile every VM that has a runtime dir (defined or transient).
-pub fn recover(store: &Store) -> Result<Vec<(String, Result<Reconciled, DomainError>)>, DomainError> {
+pub fn recover(store: &Store) -> Result<Vec<Recovered>, DomainError> {
     let mut names = store.list(Kind::Domain)?;
     if let Ok(entries) = std::fs::read_dir(store.paths.run_dir(Kind::Domain)) {
         names.extend(entries.flatten().filter_map(|e| e.file_name().to_str().map(str::to_string)));
@@ -120,4 +123,38 @@ pub(super) fn kill_recorded_qemu(rd: &RunDir) -> bool {
         Ok(fd) => qemu::pidfd_kill(&fd, libc::SIGKILL).is_ok() && qemu::pidfd_wait(&fd, Duration::from_secs(10)),
         Err(_) => true,
     }
+}
+
+/// The runtime sockets of a VM whose qemu is gone.
+pub(super) fn remove_sockets(rd: &RunDir) {
+    for p in [rd.control(), rd.qmp(), rd.console_sock()] {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+/// Record the end of a qemu that exited while no supervisor watched it: shut off if it was
+/// being stopped (or had powered off), crashed otherwise; sockets and lock file removed.
+pub(super) fn unsupervised_end(rd: &RunDir, mut st: RunState, lock: ObjectLock) -> RunState {
+    match st.state {
+        VmState::Shutoff | VmState::Crashed if st.reason == "starting" => {
+            st.state = VmState::Shutoff;
+            st.reason = "failed: the supervisor died while starting qemu".into();
+        }
+        VmState::Shutoff | VmState::Crashed => {}
+        VmState::Shutdown => (st.state, st.reason) = (VmState::Shutoff, "shutdown".into()),
+        _ => match st.stopping.take() {
+            Some(why) => (st.state, st.reason) = (VmState::Shutoff, why),
+            None => {
+                (st.state, st.reason) = (VmState::Crashed, "crashed: qemu exited while its supervisor was gone".into())
+            }
+        },
+    }
+    st.set_qemu(None);
+    st.stopping = None;
+    remove_sockets(rd);
+    if let Err(e) = rd.write_state(&st) {
+        tracing::error!(error = %e, "cannot write state.json");
+    }
+    let _ = lock.remove_file(&rd.lock());
+    st
 }

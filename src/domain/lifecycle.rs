@@ -368,7 +368,7 @@ pub fn wait_stopped(store: &Store, name: &str, timeout: Duration) -> bool {
         if !rd.alive() {
             let stopped = rd
                 .read_state()
-                .is_none_or(|s| matches!(s.state, VmState::Shutoff | VmState::Crashed) && s.qemu_pid.is_none());
+                .map_or(true, |s| matches!(s.state, VmState::Shutoff | VmState::Crashed) && s.qemu_pid.is_none());
             if stopped {
                 return true;
             }
@@ -424,9 +424,7 @@ pub fn destroy(store: &Store, name: &str) -> Result<(), DomainError> {
     st.set_qemu(None);
     st.stopping = None;
     rd.write_state(&st).map_err(io_at(rd.state()))?;
-    for p in [rd.control(), rd.qmp(), rd.console_sock()] {
-        let _ = fs::remove_file(p);
-    }
+    adopt::remove_sockets(&rd);
     finish_transient(store, name)
 }
 

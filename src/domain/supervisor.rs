@@ -21,6 +21,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::process::Command;
 use tokio::sync::{mpsc, oneshot};
 
+use super::adopt;
 use super::confine::{self, Creds};
 use super::console_hub::Hub;
 use super::definition::{Action, DomainDef};
@@ -159,9 +160,8 @@ fn main(dir: PathBuf, ready_fd: RawFd, mode: Mode) -> ! {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
     let code = rt.block_on(async {
         let started = match mode {
-            Mode::Boot(launch) => Supervisor::boot(&rd, launch).await.map_err(|e| {
-                let _ = rd.write_state(&failed_state(&rd, &e));
-                e
+            Mode::Boot(launch) => Supervisor::boot(&rd, launch).await.inspect_err(|e| {
+                let _ = rd.write_state(&failed_state(&rd, e));
             }),
             // A failed adoption leaves the record alone: qemu may well be running.
             Mode::Adopt => match Supervisor::adopt(&rd).await {
@@ -276,38 +276,6 @@ fn take_lock(rd: &RunDir) -> Result<ObjectLock, String> {
     }
 }
 
-/// The runtime sockets of a VM whose qemu is gone.
-fn remove_sockets(rd: &RunDir) {
-    for p in [rd.control(), rd.qmp(), rd.console_sock()] {
-        let _ = std::fs::remove_file(p);
-    }
-}
-
-/// Record the end of a qemu that exited while no supervisor watched it: shut off if it was
-/// being stopped (or had powered off), crashed otherwise; sockets and lock file removed.
-fn unsupervised_end(rd: &RunDir, mut st: RunState, lock: ObjectLock) -> RunState {
-    match st.state {
-        VmState::Shutoff | VmState::Crashed if st.reason == "starting" => {
-            st.state = VmState::Shutoff;
-            st.reason = "failed: the supervisor died while starting qemu".into();
-        }
-        VmState::Shutoff | VmState::Crashed => {}
-        VmState::Shutdown => (st.state, st.reason) = (VmState::Shutoff, "shutdown".into()),
-        _ => match st.stopping.take() {
-            Some(why) => (st.state, st.reason) = (VmState::Shutoff, why),
-            None => (st.state, st.reason) = (VmState::Crashed, "crashed: qemu exited while its supervisor was gone".into()),
-        },
-    }
-    st.set_qemu(None);
-    st.stopping = None;
-    remove_sockets(rd);
-    if let Err(e) = rd.write_state(&st) {
-        tracing::error!(error = %e, "cannot write state.json");
-    }
-    let _ = lock.remove_file(&rd.lock());
-    st
-}
-
 type Pending = (Request, oneshot::Sender<Reply>);
 
 struct Supervisor {
@@ -374,7 +342,6 @@ impl Supervisor {
             Some(id) => qemu::verify(id, &def.uuid.to_string()),
             None => Err(qemu::Gone::Exited),
         };
-        crate::fault::point("adopt.verified");
         let pidfd = match verified {
             Ok(fd) if matches!(state.state, VmState::Running | VmState::Paused | VmState::Shutdown) => fd,
             Ok(fd) => {
@@ -382,11 +349,11 @@ impl Supervisor {
                 tracing::warn!(pid = ?state.qemu_pid, state = state.state.as_str(), "killing a qemu left behind");
                 let _ = qemu::pidfd_kill(&fd, libc::SIGKILL);
                 qemu::pidfd_wait(&fd, Duration::from_secs(10));
-                return Ok(Adoption::Gone(unsupervised_end(rd, state, lock)));
+                return Ok(Adoption::Gone(adopt::unsupervised_end(rd, state, lock)));
             }
             Err(why) => {
                 tracing::warn!(pid = ?state.qemu_pid, ?why, "the recorded qemu is gone");
-                return Ok(Adoption::Gone(unsupervised_end(rd, state, lock)));
+                return Ok(Adoption::Gone(adopt::unsupervised_end(rd, state, lock)));
             }
         };
         let pid = state.qemu_pid.expect("verified qemu has a pid");
@@ -394,9 +361,9 @@ impl Supervisor {
         // A dead supervisor's control socket may still be on disk: nobody answers it.
         let _ = std::fs::remove_file(rd.control());
         let hub = Hub::resume(rd.console_log());
-        let (qmp, events) = tokio::time::timeout(STARTUP, connect_qemu(rd, &hub))
-            .await
-            .unwrap_or_else(|_| Err(format!("qemu (pid {pid}) did not answer on QMP within {} s", STARTUP.as_secs())))?;
+        let (qmp, events) = tokio::time::timeout(STARTUP, connect_qemu(rd, &hub)).await.unwrap_or_else(|_| {
+            Err(format!("qemu (pid {pid}) did not answer on QMP within {} s", STARTUP.as_secs()))
+        })?;
         crate::fault::point("adopt.connected");
         let status = qmp.execute(qapi::qmp::query_status {}).await.map_err(|e| format!("query-status: {e}"))?;
         let now = match status.status {
@@ -413,22 +380,25 @@ impl Supervisor {
         state.adoptions += 1;
         rd.write_state(&state).map_err(|e| e.to_string())?;
         let requests = serve_control(rd, hub.clone())?;
-        Ok(Adoption::Running(Box::new(Supervisor {
-            rd: rd.clone(),
-            def,
-            argv,
-            qemu: Qemu::adopt(pid, pidfd).map_err(|e| format!("pidfd: {e}"))?,
-            qmp,
-            events,
-            requests,
-            state,
-            fake_reboot: false,
-            quitting: None,
-            next: std::fs::read_to_string(rd.next_boot()).ok().and_then(|t| serde_json::from_str(&t).ok()),
-            hub,
-            launch: None,
-            _lock: lock,
-        }), missed_poweroff))
+        Ok(Adoption::Running(
+            Box::new(Supervisor {
+                rd: rd.clone(),
+                def,
+                argv,
+                qemu: Qemu::adopt(pid, pidfd).map_err(|e| format!("pidfd: {e}"))?,
+                qmp,
+                events,
+                requests,
+                state,
+                fake_reboot: false,
+                quitting: None,
+                next: std::fs::read_to_string(rd.next_boot()).ok().and_then(|t| serde_json::from_str(&t).ok()),
+                hub,
+                launch: None,
+                _lock: lock,
+            }),
+            missed_poweroff,
+        ))
     }
 
     fn save(&self) {
@@ -598,7 +568,8 @@ impl Supervisor {
             _ => {}
         }
         self.state.set_qemu(None);
-        let not_restarted = if restart && self.launch.is_none() { "; adopted, not restarted: start it again" } else { "" };
+        let not_restarted =
+            if restart && self.launch.is_none() { "; adopted, not restarted: start it again" } else { "" };
         self.set(VmState::Crashed, &format!("crashed: qemu {detail}{not_restarted}"));
         true
     }
@@ -653,7 +624,7 @@ impl Supervisor {
     }
 
     fn finish(&mut self) {
-        remove_sockets(&self.rd);
+        adopt::remove_sockets(&self.rd);
         self.state.set_qemu(None);
         self.state.stopping = None;
         self.save();

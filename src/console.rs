@@ -72,10 +72,16 @@ pub struct AttachOpts {
     pub linger: Duration,
 }
 
-/// Attach to a running VM's console until detach, takeover, or the VM stops.
+/// Attach to a running VM's console until detach, takeover, or the VM stops. A supervisor
+/// that goes away while the VM runs (killed, crashed) is an error: the VM keeps running, and
+/// the next command gives it a new supervisor.
 pub fn attach(rd: &RunDir, name: &str, o: &AttachOpts) -> anyhow::Result<()> {
     let mut sock = UnixStream::connect(rd.control())
         .map_err(|e| anyhow::anyhow!("domain '{name}': console not reachable: {e}"))?;
+    // The supervisor, as a pidfd: whether it is gone when the console ends says why it ended.
+    let supervisor = nix::sys::socket::getsockopt(&sock, nix::sys::socket::sockopt::PeerCredentials)
+        .ok()
+        .and_then(|c| Some((c.pid(), crate::domain::qemu::pidfd_open(c.pid()).ok()?)));
     let mut req = serde_json::to_vec(&Request::Console { force: o.force, readonly: o.readonly })?;
     req.push(b'\n');
     sock.write_all(&req)?;
@@ -111,13 +117,37 @@ pub fn attach(rd: &RunDir, name: &str, o: &AttachOpts) -> anyhow::Result<()> {
         }
     });
     forward_input(&mut sock, o, tty, &printer);
+    // The console ended from the supervisor's side (not a detach, not the end of our input).
+    let ended_there = printer.is_finished();
     let _ = sock.shutdown(std::net::Shutdown::Both);
     let _ = printer.join();
     drop(_raw);
     if tty {
         eprintln!();
     }
-    Ok(())
+    match supervisor {
+        Some((pid, pidfd)) if ended_there && supervisor_went_away(rd, pid, &pidfd) => {
+            anyhow::bail!(
+                "console: supervisor of VM '{name}' went away (pid {pid}: killed or crashed); the VM may still \
+                 run: the next kvmctl command gives it a new supervisor (kvmctl console {name} attaches again)"
+            )
+        }
+        _ => Ok(()),
+    }
+}
+
+/// After the supervisor closed a console session: did it die without recording that the VM
+/// stopped? (A supervisor that is still there took the session away on purpose: `--force`;
+/// one that exited after recording shut off or crashed ended with its VM.)
+fn supervisor_went_away(rd: &RunDir, pid: i32, pidfd: &std::os::fd::OwnedFd) -> bool {
+    use crate::domain::runtime::VmState;
+    if !crate::domain::qemu::pidfd_wait(pidfd, Duration::from_secs(2)) {
+        return false;
+    }
+    let ended = rd.read_state().is_some_and(|s| {
+        s.supervisor_pid == pid && matches!(s.state, VmState::Shutoff | VmState::Crashed) && s.qemu_pid.is_none()
+    });
+    !ended
 }
 
 /// stdin -> console until the escape byte, stdin's end (+ linger) or the console's end.

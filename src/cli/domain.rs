@@ -13,6 +13,7 @@ use super::console::{attach, console_cmd, ConsoleArgs};
 use super::install::{install_cmd, InstallArgs};
 use super::output::{info_block, table, yes_no};
 use super::Ctx;
+use crate::domain::adopt::{self, Reconciled};
 use crate::domain::define;
 use crate::domain::definition::{DomainDef, NicSource};
 use crate::domain::libvirt_xml;
@@ -105,6 +106,9 @@ pub enum DomCmd {
     },
     /// Start every autostart pool, network and VM (run at boot by templates/kvmctl.service).
     Up,
+    /// Give every VM whose supervisor died a new one: its running qemu is re-adopted (same
+    /// pid), a qemu that died meanwhile is recorded as crashed and cleaned up.
+    Recover,
 }
 
 pub fn run(cmd: DomCmd, ctx: &Ctx) -> anyhow::Result<()> {
@@ -198,6 +202,37 @@ pub fn run(cmd: DomCmd, ctx: &Ctx) -> anyhow::Result<()> {
             });
         }
         DomCmd::Up => up(ctx)?,
+        DomCmd::Recover => recover(ctx)?,
+    }
+    Ok(())
+}
+
+/// `recover`: one line per VM it repaired, then a count; a VM it could not repair fails it.
+fn recover(ctx: &Ctx) -> anyhow::Result<()> {
+    let (mut adopted, mut ended, mut failures) = (0, 0, 0);
+    for (name, r) in adopt::recover(&ctx.store)? {
+        match r {
+            Ok(Reconciled::Adopted { qemu_pid }) => {
+                adopted += 1;
+                ctx.out.done(format!("Domain '{name}': supervisor replaced, qemu (pid {qemu_pid}) re-adopted"));
+            }
+            Ok(Reconciled::Ended { state, reason }) => {
+                ended += 1;
+                ctx.out.done(format!(
+                    "Domain '{name}': qemu had exited while unsupervised: {} ({reason}), cleaned up",
+                    state.as_str()
+                ));
+            }
+            Ok(Reconciled::Supervised | Reconciled::NotRunning) => {}
+            Err(e) => {
+                eprintln!("error: {e}");
+                failures += 1;
+            }
+        }
+    }
+    ctx.out.done(format!("{adopted} domain(s) re-adopted, {ended} found stopped and cleaned up"));
+    if failures > 0 {
+        bail!("{failures} domain(s) could not be recovered");
     }
     Ok(())
 }
@@ -225,7 +260,11 @@ fn views(ctx: &Ctx) -> anyhow::Result<Vec<DomView>> {
     if let Ok(rd) = std::fs::read_dir(store.paths.run_dir(Kind::Domain)) {
         for e in rd.flatten() {
             let n = e.file_name().to_string_lossy().into_owned();
-            if !names.contains(&n) && RunDir::of(store, &n).alive() {
+            if names.contains(&n) {
+                continue;
+            }
+            adopt::ensure_supervised(store, &n);
+            if RunDir::of(store, &n).alive() {
                 names.push(n);
             }
         }
@@ -412,6 +451,7 @@ fn undefine(ctx: &Ctx, name: &str, remove_storage: bool, nvram: bool, keep_nvram
     let _l = store.lock(Kind::Domain, name)?;
     let def: DomainDef = store.load(Kind::Domain, name)?;
     let rd = RunDir::of(store, name);
+    adopt::reconcile_vm(store, name)?;
     if rd.alive() {
         bail!("domain '{name}' is running; destroy or shut it down before undefine");
     }
@@ -511,6 +551,9 @@ fn up(ctx: &Ctx) -> anyhow::Result<()> {
     drop(rt);
     for name in store.list(Kind::Domain)? {
         let Ok(def) = define::load(store, &name) else { continue };
+        if def.autostart {
+            adopt::ensure_supervised(store, &name);
+        }
         if !def.autostart || RunDir::of(store, &name).alive() {
             continue;
         }

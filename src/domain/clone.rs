@@ -54,6 +54,7 @@ pub fn plan(store: &Store, o: &CloneOpts) -> Result<(DomainDef, Vec<DiskPlan>), 
     if store.exists(Kind::Domain, &o.name) {
         return Err(bad(&o.name, "is already defined"));
     }
+    super::adopt::ensure_supervised(store, &o.original);
     let (state, _) = observed(&RunDir::of(store, &o.original));
     match state {
         VmState::Shutoff | VmState::Crashed => {}

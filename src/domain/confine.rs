@@ -113,8 +113,9 @@ fn create_user() -> Result<(), ConfineError> {
 }
 
 /// In qemu's forked child, before exec (`CommandExt::pre_exec`): become `creds` (all three
-/// uids and gids, so no capability survives), then set the parent-death signal (a credential
-/// change clears it) and `PR_SET_NO_NEW_PRIVS`. Async-signal-safe: system calls only.
+/// uids and gids, so no capability survives), then set `PR_SET_NO_NEW_PRIVS`. No parent-death
+/// signal: qemu outlives its supervisor, and the next one adopts it. Async-signal-safe:
+/// system calls only.
 pub fn enter(creds: Option<&Creds>) -> io::Result<()> {
     let check = |r: libc::c_int| if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) };
     // SAFETY: plain system calls on this (forked) process's own credentials and flags.
@@ -125,7 +126,6 @@ pub fn enter(creds: Option<&Creds>) -> io::Result<()> {
             check(libc::setresgid(c.gid, c.gid, c.gid))?;
             check(libc::setresuid(c.uid, c.uid, c.uid))?;
         }
-        check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL))?;
         check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
     }
     Ok(())

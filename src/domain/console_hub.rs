@@ -42,6 +42,21 @@ impl Hub {
         })
     }
 
+    /// A hub for an adopted VM: console.log goes on (appended to), and the replay buffer
+    /// starts with what the log ends with, so a client attaching at once sees the last screen.
+    pub fn resume(log: PathBuf) -> Arc<Hub> {
+        use std::io::{Read, Seek, SeekFrom};
+        let hub = Hub::new(log);
+        if let Ok(mut f) = std::fs::File::open(&hub.log) {
+            let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+            let mut tail = Vec::new();
+            if f.seek(SeekFrom::Start(len.saturating_sub(REPLAY as u64))).is_ok() && f.read_to_end(&mut tail).is_ok() {
+                hub.ring.lock().expect("ring lock").extend(tail);
+            }
+        }
+        hub
+    }
+
     /// Take over qemu's serial chardev socket (again after a restart).
     pub async fn attach_serial(self: &Arc<Hub>, stream: UnixStream) {
         let (mut r, w) = stream.into_split();

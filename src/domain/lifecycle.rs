@@ -16,7 +16,7 @@ use super::argv::{render, RenderEnv};
 use super::definition::{DomainDef, NicSource};
 use super::runtime::{now_secs, NextBoot, QemuSockets, RunDir, RunState, VmState};
 use super::supervisor::{self, Reply, Request};
-use super::{confine, tap};
+use super::{adopt, confine, tap};
 use crate::network::lifecycle as netlife;
 use crate::network::netlink::Netlink;
 use crate::network::NetworkDef;
@@ -66,8 +66,11 @@ fn invalid(name: &str, what: impl Into<String>) -> DomainError {
     DomainError::Invalid { name: name.into(), what: what.into() }
 }
 
-/// The definition to use for `name`: the running one if any, else the persistent one.
+/// The definition to use for `name`: the running one if any, else the persistent one. A VM
+/// whose supervisor died is adopted by a new one first (every command that reads a VM
+/// passes here).
 pub fn current_def(store: &Store, name: &str) -> Result<DomainDef, DomainError> {
+    adopt::ensure_supervised(store, name);
     let rd = RunDir::of(store, name);
     if rd.alive() {
         if let Ok(t) = fs::read_to_string(rd.live_def()) {
@@ -169,6 +172,7 @@ pub fn start_phased(
 ) -> Result<RunState, DomainError> {
     let name = &def.name;
     let rd = RunDir::of(store, name);
+    adopt::reconcile_vm(store, name)?;
     if rd.alive() {
         return Err(DomainError::Running(name.clone()));
     }
@@ -261,11 +265,14 @@ fn write_run_files(
         reason: "starting".into(),
         supervisor_pid: 0,
         qemu_pid: None,
+        qemu_start_time: None,
         accel: accel.as_str().into(),
         started_at: now_secs(),
         taps: taps.iter().flatten().map(|t| t.name.clone()).collect(),
         transient,
         restarts: 0,
+        stopping: None,
+        adoptions: 0,
     };
     rd.write_state(&st).map_err(io_at(rd.state()))
 }
@@ -289,8 +296,6 @@ fn spawn_supervisor(
     let lock = crate::state::try_lock_exclusive(&rd.lock())
         .map_err(io_at(rd.lock()))?
         .ok_or_else(|| DomainError::Running(name.into()))?;
-    let (read_end, write_end) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| io_at("pipe")(e.into()))?;
     let for_qemu: Vec<i32> = taps
         .iter()
         .flatten()
@@ -298,17 +303,41 @@ fn spawn_supervisor(
         .chain([socks.qmp.as_raw_fd(), socks.console.as_raw_fd()])
         .chain(files.raw_fds())
         .collect();
-    let keep: Vec<i32> = for_qemu.iter().copied().chain([write_end.as_raw_fd(), lock.as_raw_fd()]).collect();
     let qemu_fds = for_qemu.iter().map(|fd| fd.to_string()).collect::<Vec<_>>().join(",");
+    let mut args = vec!["--qemu-fds".to_string(), qemu_fds];
+    args.extend(creds.map(|c| ["--qemu-creds".to_string(), c.to_arg()]).into_iter().flatten());
+    args.extend(["--lock-fd".to_string(), lock.as_raw_fd().to_string()]);
+    let keep: Vec<i32> = for_qemu.iter().copied().chain([lock.as_raw_fd()]).collect();
+    let word = spawn_detached(rd, &args, &keep)?;
+    // The supervisor holds the lock now (or has died and released it).
+    drop(lock);
+    match word.trim_end().strip_prefix("ERR ") {
+        None if word.starts_with("OK") => Ok(rd.read_state().unwrap_or_else(|| panic!("state.json of a running VM"))),
+        Some(reason) => Err(DomainError::StartFailed { name: name.into(), reason: reason.into() }),
+        None => {
+            // It may have left a qemu behind (never resumed): the next reconcile removes it.
+            let _ = super::adopt::reconcile(rd, name);
+            Err(DomainError::StartFailed {
+                name: name.into(),
+                reason: format!("the supervisor died: {}", RunDir::tail(&rd.supervisor_log(), 5)),
+            })
+        }
+    }
+}
+
+/// Spawn `kvmctl __supervise --dir DIR --ready-fd N ARGS..` detached (own session), handing it
+/// the fds `keep`, and return its word on the ready pipe (empty if it died first).
+pub(super) fn spawn_detached(rd: &RunDir, extra: &[String], keep: &[i32]) -> Result<String, DomainError> {
+    let (read_end, write_end) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| io_at("pipe")(e.into()))?;
+    let keep: Vec<i32> = keep.iter().copied().chain([write_end.as_raw_fd()]).collect();
     let log = open_private(&rd.supervisor_log(), false).map_err(io_at(rd.supervisor_log()))?;
     let exe = std::env::current_exe().map_err(io_at("/proc/self/exe"))?;
     let mut cmd = Command::new(exe);
     cmd.args(["__supervise", "--dir"])
         .arg(&rd.dir)
         .args(["--ready-fd", &write_end.as_raw_fd().to_string()])
-        .args(["--lock-fd", &lock.as_raw_fd().to_string()])
-        .args(["--qemu-fds", &qemu_fds])
-        .args(creds.map(|c| ["--qemu-creds".to_string(), c.to_arg()]).into_iter().flatten())
+        .args(extra)
         .env("KVMCTL_LOG", std::env::var("KVMCTL_LOG").unwrap_or_else(|_| "info".into()))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -324,25 +353,19 @@ fn spawn_supervisor(
         });
     }
     let mut child = cmd.spawn().map_err(io_at("kvmctl __supervise"))?;
-    drop((write_end, lock));
+    drop(write_end);
     crate::fault::point("start.spawned");
     let mut word = String::new();
     let _ = fs::File::from(read_end).read_to_string(&mut word);
     // The supervisor outlives this command (own session); init reaps it when it exits.
     let _ = child.try_wait();
-    match word.trim_end().strip_prefix("ERR ") {
-        None if word.starts_with("OK") => Ok(rd.read_state().unwrap_or_else(|| panic!("state.json of a running VM"))),
-        Some(reason) => Err(DomainError::StartFailed { name: name.into(), reason: reason.into() }),
-        None => Err(DomainError::StartFailed {
-            name: name.into(),
-            reason: format!("the supervisor died: {}", RunDir::tail(&rd.supervisor_log(), 5)),
-        }),
-    }
+    Ok(word)
 }
 
 /// Send a request to a running VM's supervisor.
 pub fn control(store: &Store, name: &str, req: Request, what: &'static str) -> Result<Reply, DomainError> {
     let rd = RunDir::of(store, name);
+    adopt::reconcile_vm(store, name)?;
     if !rd.alive() {
         return Err(DomainError::NotRunning(name.into()));
     }
@@ -357,23 +380,40 @@ pub fn control(store: &Store, name: &str, req: Request, what: &'static str) -> R
     Ok(reply)
 }
 
-/// Wait until the supervisor is gone (lock released); false on timeout.
+/// Wait until the VM has stopped (its supervisor gone after recording so); false on timeout.
+/// A supervisor that dies meanwhile is replaced, and the wait goes on with the new one.
 pub fn wait_stopped(store: &Store, name: &str, timeout: Duration) -> bool {
     let rd = RunDir::of(store, name);
     let t0 = Instant::now();
-    while rd.alive() {
+    loop {
+        if !rd.alive() {
+            let stopped = rd
+                .read_state()
+                .map_or(true, |s| matches!(s.state, VmState::Shutoff | VmState::Crashed) && s.qemu_pid.is_none());
+            if stopped {
+                return true;
+            }
+            match adopt::reconcile_vm(store, name) {
+                Ok(adopt::Reconciled::Adopted { .. } | adopt::Reconciled::Supervised) => {}
+                Ok(_) => return true,
+                Err(e) => {
+                    tracing::warn!("{e}");
+                    return false;
+                }
+            }
+        }
         if t0.elapsed() > timeout {
             return false;
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    true
 }
 
-/// `destroy`: quit -> SIGKILL in the supervisor; if the supervisor itself is stuck, kill it
-/// (qemu dies with it: PR_SET_PDEATHSIG).
+/// `destroy`: quit -> SIGKILL in the supervisor; if the supervisor itself is stuck, kill it,
+/// then its qemu (which outlives it).
 pub fn destroy(store: &Store, name: &str) -> Result<(), DomainError> {
     let rd = RunDir::of(store, name);
+    adopt::reconcile_vm(store, name)?;
     if !rd.alive() {
         return Err(DomainError::NotRunning(name.into()));
     }
@@ -386,18 +426,27 @@ pub fn destroy(store: &Store, name: &str) -> Result<(), DomainError> {
         // SAFETY: kill(2) on a pid verified through /proc to be this VM's supervisor.
         unsafe { libc::kill(pid, libc::SIGKILL) };
     }
-    if !wait_stopped(store, name, Duration::from_secs(5)) {
+    let t0 = Instant::now();
+    while rd.alive() && t0.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if rd.alive() {
         return Err(DomainError::Control {
             name: name.into(),
             what: "destroy",
             reason: "the supervisor does not stop".into(),
         });
     }
+    if !adopt::kill_recorded_qemu(&rd) {
+        return Err(DomainError::Control { name: name.into(), what: "destroy", reason: "qemu does not stop".into() });
+    }
     let mut st = rd.read_state().unwrap_or_else(|| panic!("state.json"));
     st.state = VmState::Shutoff;
     st.reason = "destroyed".into();
-    st.qemu_pid = None;
+    st.set_qemu(None);
+    st.stopping = None;
     rd.write_state(&st).map_err(io_at(rd.state()))?;
+    adopt::remove_sockets(&rd);
     finish_transient(store, name)
 }
 
@@ -420,7 +469,7 @@ pub fn shutdown(store: &Store, name: &str, timeout: Duration) -> Result<bool, Do
 }
 
 /// A transient VM stops existing when it stops.
-fn finish_transient(store: &Store, name: &str) -> Result<(), DomainError> {
+pub(super) fn finish_transient(store: &Store, name: &str) -> Result<(), DomainError> {
     let rd = RunDir::of(store, name);
     if rd.read_state().is_some_and(|s| s.transient) && !store.exists(Kind::Domain, name) {
         fs::remove_dir_all(&rd.dir).map_err(io_at(&rd.dir))?;

@@ -2,6 +2,7 @@
 //! VM uses which disk file, read from `<root>/domains/<name>.toml` (`[[disks]] path = ...`).
 
 pub mod accel;
+pub mod adopt;
 pub mod argv;
 pub mod clone;
 pub mod confine;
@@ -13,6 +14,7 @@ pub mod libvirt_xml;
 pub mod libvirt_xml_read;
 pub mod lifecycle;
 pub mod options;
+pub mod qemu;
 pub mod qemu_caps;
 pub mod qmp;
 pub mod runtime;

@@ -143,6 +143,9 @@ pub struct RunState {
     pub reason: String,
     pub supervisor_pid: i32,
     pub qemu_pid: Option<i32>,
+    /// qemu's start time (/proc/PID/stat field 22): with the pid, which process qemu is.
+    #[serde(default)]
+    pub qemu_start_time: Option<u64>,
     pub accel: String,
     /// Seconds since the epoch.
     pub started_at: u64,
@@ -150,6 +153,26 @@ pub struct RunState {
     pub transient: bool,
     /// Times the guest was restarted by on_* policies.
     pub restarts: u32,
+    /// Set while qemu is being stopped on purpose (`shutdown`, `destroy`, a policy): a qemu
+    /// that exits while no supervisor watches it then ends shut off, not crashed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopping: Option<String>,
+    /// Times a new supervisor took this qemu over after its supervisor died.
+    #[serde(default)]
+    pub adoptions: u32,
+}
+
+impl RunState {
+    /// The qemu this state records, if any (pid and start time).
+    pub fn qemu_id(&self) -> Option<super::qemu::QemuId> {
+        Some(super::qemu::QemuId { pid: self.qemu_pid?, start_time: self.qemu_start_time? })
+    }
+
+    /// Record `id` as this VM's qemu (None: no qemu).
+    pub fn set_qemu(&mut self, id: Option<super::qemu::QemuId>) {
+        self.qemu_pid = id.map(|i| i.pid);
+        self.qemu_start_time = id.map(|i| i.start_time);
+    }
 }
 
 /// What `list`/`domstate` should say: the recorded state, corrected by the lock.

@@ -1,6 +1,10 @@
 //! The per-VM supervisor: a detached process (`kvmctl __supervise --dir D --ready-fd N`) that
 //! owns qemu, holds QMP and the serial console, applies on_poweroff/on_reboot/on_crash, keeps
 //! `state.json` current, holds the VM's lock for its whole life, and answers `control.sock`.
+//!
+//! qemu outlives its supervisor: with `--adopt`, a new supervisor takes over the qemu a dead
+//! one left running (verified by pidfd, start time and command line), reconnects its QMP and
+//! serial sockets, and carries on; a qemu that died meanwhile is recorded as such.
 
 use std::fs::File;
 use std::io::Write;
@@ -14,12 +18,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 use tokio::sync::{mpsc, oneshot};
 
+use super::adopt;
 use super::confine::{self, Creds};
 use super::console_hub::Hub;
 use super::definition::{Action, DomainDef};
+use super::qemu::{self, Qemu, QemuId};
 use super::qmp::{self, QmpEvents, QmpHandle};
 use super::runtime::{now_secs, NextBoot, RunDir, RunState, VmState};
 use crate::state::ObjectLock;
@@ -80,27 +86,36 @@ impl Reply {
 /// (started by `start`; not for direct use). The qemu fds (taps, qemu's listening sockets,
 /// its images and boot files) are inherited at the numbers the qemu argv names, and are the
 /// only fds qemu gets; qemu runs with the credentials given (see `confine`).
+///
+/// `kvmctl __supervise --dir DIR --ready-fd N --adopt`: take over the running qemu of a VM
+/// whose supervisor died (started by any command that finds one, and by `recover`).
 pub fn main_from_args(args: &[std::ffi::OsString]) -> ! {
     let mut it = args.iter();
-    let (mut dir, mut fd, mut qemu_fds, mut creds, mut lock_fd) = (None, None, None, None, None);
+    let (mut dir, mut fd, mut qemu_fds, mut creds, mut adopt, mut lock_fd) = (None, None, None, None, false, None);
     while let Some(a) = it.next() {
         match a.to_str() {
             Some("--dir") => dir = it.next().map(PathBuf::from),
             Some("--ready-fd") => fd = it.next().and_then(|v| v.to_str()?.parse::<RawFd>().ok()),
             Some("--qemu-fds") => qemu_fds = it.next().and_then(|v| parse_fds(v.to_str()?)),
             Some("--qemu-creds") => creds = it.next().and_then(|v| Creds::from_arg(v.to_str()?)),
+            Some("--adopt") => adopt = true,
             Some("--lock-fd") => lock_fd = it.next().and_then(|v| v.to_str()?.parse::<RawFd>().ok()),
             _ => {}
         }
     }
-    let (Some(dir), Some(fd), Some(qemu_fds)) = (dir, fd, qemu_fds) else {
+    let mode = match (&qemu_fds, adopt) {
+        (Some(fds), false) => Some(Mode::Boot(Launch { fds: fds.clone().into(), creds })),
+        (None, true) => Some(Mode::Adopt),
+        _ => None,
+    };
+    let (Some(dir), Some(fd), Some(mode)) = (dir, fd, mode) else {
         eprintln!(
-            "usage: kvmctl __supervise --dir DIR --ready-fd N --qemu-fds A,B,.. [--qemu-creds UID:GID:GROUPS] \
-             (started by kvmctl start)"
+            "usage: kvmctl __supervise --dir DIR --ready-fd N (--qemu-fds A,B,.. [--qemu-creds UID:GID:GROUPS] | --adopt) \
+             (started by kvmctl start, and to re-adopt a running VM)"
         );
         std::process::exit(2);
     };
-    for fd in &qemu_fds {
+    for fd in qemu_fds.iter().flatten() {
         // Inherited without close-on-exec: only qemu's spawn hands them on.
         let _ = nix::fcntl::fcntl(*fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
     }
@@ -121,7 +136,7 @@ pub fn main_from_args(args: &[std::ffi::OsString]) -> ! {
         // SAFETY: the fd number was passed by our parent, which opened it for us.
         ObjectLock::from_inherited(unsafe { File::from_raw_fd(n) })
     });
-    main(dir, fd, Qemu { fds: qemu_fds.into(), creds }, lock)
+    main(dir, fd, mode, lock)
 }
 
 /// `3,4,5` (or empty) -> the fd numbers; None if any is not a number.
@@ -131,20 +146,52 @@ fn parse_fds(list: &str) -> Option<Vec<RawFd>> {
 
 /// How qemu is started: the fds it inherits (taps, its listening sockets, the files `start`
 /// opened for it), at the numbers its argv names, and the user it runs as.
-struct Qemu {
+struct Launch {
     fds: Arc<[RawFd]>,
     creds: Option<Creds>,
 }
 
-/// The supervisor's life. Never returns.
-fn main(dir: PathBuf, ready_fd: RawFd, qemu: Qemu, lock: Option<ObjectLock>) -> ! {
+enum Mode {
+    /// Start qemu (`start`).
+    Boot(Launch),
+    /// Take over the qemu a dead supervisor left running.
+    Adopt,
+}
+
+/// The supervisor's life. Never returns. The word on the ready pipe: `OK` (running),
+/// `GONE <state>` (adopt: qemu had exited; recorded and cleaned up) or `ERR <why>`. `lock`:
+/// the VM's lock when the spawner took it for us.
+fn main(dir: PathBuf, ready_fd: RawFd, mode: Mode, lock: Option<ObjectLock>) -> ! {
     // SAFETY: the fd number was passed by our parent, which opened it for us.
     let mut ready = unsafe { File::from_raw_fd(ready_fd) };
     let _ = nix::fcntl::fcntl(ready_fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
     let rd = RunDir { dir };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
     let code = rt.block_on(async {
-        match Supervisor::boot(&rd, qemu, lock).await {
+        let started = match mode {
+            Mode::Boot(launch) => Supervisor::boot(&rd, launch, lock).await.inspect_err(|e| {
+                let _ = rd.write_state(&failed_state(&rd, e));
+            }),
+            // A failed adoption leaves the record alone: qemu may well be running.
+            Mode::Adopt => match Supervisor::adopt(&rd).await {
+                Ok(Adoption::Running(mut sup, missed_poweroff)) => {
+                    if missed_poweroff {
+                        // The guest powered off while nobody watched: what its SHUTDOWN
+                        // event would have done.
+                        let ev = serde_json::json!({"event": "SHUTDOWN", "data": {"reason": "guest-shutdown"}});
+                        sup.on_event(ev).await;
+                    }
+                    Ok(*sup)
+                }
+                Ok(Adoption::Gone(st)) => {
+                    tracing::warn!(state = st.state.as_str(), reason = %st.reason, "qemu had exited unsupervised");
+                    let _ = writeln!(ready, "GONE {}", st.state.as_str());
+                    return 0;
+                }
+                Err(e) => Err(e),
+            },
+        };
+        match started {
             Ok(mut sup) => {
                 let _ = ready.write_all(b"OK\n");
                 drop(ready);
@@ -154,7 +201,6 @@ fn main(dir: PathBuf, ready_fd: RawFd, qemu: Qemu, lock: Option<ObjectLock>) -> 
             }
             Err(e) => {
                 let _ = writeln!(ready, "ERR {}", e.replace('\n', "\n    "));
-                let _ = rd.write_state(&failed_state(&rd, &e));
                 1
             }
         }
@@ -202,7 +248,7 @@ fn failed_state(rd: &RunDir, why: &str) -> RunState {
     let mut st = rd.read_state().unwrap_or_else(|| blank_state(false));
     st.state = VmState::Shutoff;
     st.reason = format!("failed: {}", why.lines().next().unwrap_or(""));
-    st.qemu_pid = None;
+    st.set_qemu(None);
     st
 }
 
@@ -212,11 +258,30 @@ fn blank_state(transient: bool) -> RunState {
         reason: "starting".into(),
         supervisor_pid: std::process::id() as i32,
         qemu_pid: None,
+        qemu_start_time: None,
         accel: String::new(),
         started_at: now_secs(),
         taps: vec![],
         transient,
         restarts: 0,
+        stopping: None,
+        adoptions: 0,
+    }
+}
+
+/// What `--adopt` found.
+enum Adoption {
+    /// With `true` if the guest powered off while unsupervised (its event was missed).
+    Running(Box<Supervisor>, bool),
+    /// qemu had exited (or was being stopped): the state recorded, sockets and lock removed.
+    Gone(RunState),
+}
+
+fn take_lock(rd: &RunDir) -> Result<ObjectLock, String> {
+    match crate::state::try_lock_exclusive(&rd.lock()) {
+        Ok(Some(l)) => Ok(l),
+        Ok(None) => Err("another supervisor holds this VM (already running)".into()),
+        Err(e) => Err(format!("cannot lock {}: {e}", rd.lock().display())),
     }
 }
 
@@ -226,7 +291,7 @@ struct Supervisor {
     rd: RunDir,
     def: DomainDef,
     argv: Vec<String>,
-    child: Child,
+    qemu: Qemu,
     qmp: QmpHandle,
     events: QmpEvents,
     requests: mpsc::Receiver<Pending>,
@@ -238,26 +303,24 @@ struct Supervisor {
     /// Set during an install's first boot.
     next: Option<NextBoot>,
     hub: Arc<Hub>,
-    qemu: Qemu,
+    /// How to start qemu again (a restart, an install's second boot); None when adopted: the
+    /// taps and files a dead supervisor held for that went with it.
+    launch: Option<Launch>,
     _lock: ObjectLock,
 }
 
 impl Supervisor {
-    async fn boot(rd: &RunDir, qemu: Qemu, lock: Option<ObjectLock>) -> Result<Supervisor, String> {
-        let lock = match lock.map(|l| Ok(Some(l))).unwrap_or_else(|| crate::state::try_lock_exclusive(&rd.lock())) {
-            Ok(Some(l)) => l,
-            Ok(None) => return Err("another supervisor holds this VM (already running)".into()),
-            Err(e) => return Err(format!("cannot lock {}: {e}", rd.lock().display())),
+    async fn boot(rd: &RunDir, how: Launch, lock: Option<ObjectLock>) -> Result<Supervisor, String> {
+        let lock = match lock {
+            Some(l) => l,
+            None => take_lock(rd)?,
         };
-        let def: DomainDef = toml::from_str(&std::fs::read_to_string(rd.live_def()).map_err(|e| e.to_string())?)
-            .map_err(|e| format!("live definition: {e}"))?;
-        let argv: Vec<String> = serde_json::from_str(&std::fs::read_to_string(rd.argv()).map_err(|e| e.to_string())?)
-            .map_err(|e| format!("qemu argv: {e}"))?;
+        let (def, argv) = read_run_files(rd)?;
         let mut state = rd.read_state().unwrap_or_else(|| blank_state(false));
         state.supervisor_pid = std::process::id() as i32;
         let hub = Hub::new(rd.console_log());
-        let (child, qmp, events) = launch(rd, &argv, &qemu, &hub).await?;
-        state.qemu_pid = child.id().map(|p| p as i32);
+        let (qemu, qmp, events) = launch(rd, &argv, &how, &hub).await?;
+        state.set_qemu(qemu.pid().and_then(QemuId::of));
         state.state = VmState::Running;
         state.reason = "booted".into();
         state.started_at = now_secs();
@@ -267,7 +330,7 @@ impl Supervisor {
             rd: rd.clone(),
             def,
             argv,
-            child,
+            qemu,
             qmp,
             events,
             requests,
@@ -276,9 +339,78 @@ impl Supervisor {
             quitting: None,
             next: std::fs::read_to_string(rd.next_boot()).ok().and_then(|t| serde_json::from_str(&t).ok()),
             hub,
-            qemu,
+            launch: Some(how),
             _lock: lock,
         })
+    }
+
+    /// Take over the qemu recorded in state.json, if it is still that process and runs this
+    /// VM; else record how it ended.
+    async fn adopt(rd: &RunDir) -> Result<Adoption, String> {
+        let lock = take_lock(rd)?;
+        let mut state = rd.read_state().ok_or("no state.json: nothing to adopt")?;
+        let (def, argv) = read_run_files(rd)?;
+        let verified = match state.qemu_id() {
+            Some(id) => qemu::verify(id, &def.uuid.to_string()),
+            None => Err(qemu::Gone::Exited),
+        };
+        let pidfd = match verified {
+            Ok(fd) if matches!(state.state, VmState::Running | VmState::Paused | VmState::Shutdown) => fd,
+            Ok(fd) => {
+                // Recorded as stopped or never started, yet still there: finish the stop.
+                tracing::warn!(pid = ?state.qemu_pid, state = state.state.as_str(), "killing a qemu left behind");
+                let _ = qemu::pidfd_kill(&fd, libc::SIGKILL);
+                qemu::pidfd_wait(&fd, Duration::from_secs(10));
+                return Ok(Adoption::Gone(adopt::unsupervised_end(rd, state, lock)));
+            }
+            Err(why) => {
+                tracing::warn!(pid = ?state.qemu_pid, ?why, "the recorded qemu is gone");
+                return Ok(Adoption::Gone(adopt::unsupervised_end(rd, state, lock)));
+            }
+        };
+        let pid = state.qemu_pid.expect("verified qemu has a pid");
+        tracing::info!(pid, "adopting qemu");
+        // A dead supervisor's control socket may still be on disk: nobody answers it.
+        let _ = std::fs::remove_file(rd.control());
+        let hub = Hub::resume(rd.console_log());
+        let (qmp, events) = tokio::time::timeout(STARTUP, connect_qemu(rd, &hub)).await.unwrap_or_else(|_| {
+            Err(format!("qemu (pid {pid}) did not answer on QMP within {} s", STARTUP.as_secs()))
+        })?;
+        crate::fault::point("adopt.connected");
+        let status = qmp.execute(qapi::qmp::query_status {}).await.map_err(|e| format!("query-status: {e}"))?;
+        let now = match status.status {
+            qapi::qmp::RunState::paused => VmState::Paused,
+            qapi::qmp::RunState::shutdown => VmState::Shutdown,
+            _ => VmState::Running,
+        };
+        let missed_poweroff = now == VmState::Shutdown && state.state != VmState::Shutdown;
+        if now != state.state {
+            state.reason = if now == VmState::Paused { "user".into() } else { "adopted".into() };
+        }
+        state.state = if missed_poweroff { VmState::Running } else { now };
+        state.supervisor_pid = std::process::id() as i32;
+        state.adoptions += 1;
+        rd.write_state(&state).map_err(|e| e.to_string())?;
+        let requests = serve_control(rd, hub.clone())?;
+        Ok(Adoption::Running(
+            Box::new(Supervisor {
+                rd: rd.clone(),
+                def,
+                argv,
+                qemu: Qemu::adopt(pid, pidfd).map_err(|e| format!("pidfd: {e}"))?,
+                qmp,
+                events,
+                requests,
+                state,
+                fake_reboot: false,
+                quitting: None,
+                next: std::fs::read_to_string(rd.next_boot()).ok().and_then(|t| serde_json::from_str(&t).ok()),
+                hub,
+                launch: None,
+                _lock: lock,
+            }),
+            missed_poweroff,
+        ))
     }
 
     fn save(&self) {
@@ -300,12 +432,12 @@ impl Supervisor {
                     Some(ev) => self.on_event(ev).await,
                     // QMP closed: qemu is exiting; its exit status arrives below.
                     None => {
-                        let status = self.child.wait().await;
-                        if self.on_exit(status.ok()).await { break; }
+                        let status = self.qemu.wait().await;
+                        if self.on_exit(status).await { break; }
                     }
                 },
-                status = self.child.wait() => {
-                    if self.on_exit(status.ok()).await { break; }
+                status = self.qemu.wait() => {
+                    if self.on_exit(status).await { break; }
                 }
                 Some((req, tx)) = self.requests.recv() => {
                     let reply = self.on_request(req).await;
@@ -371,6 +503,7 @@ impl Supervisor {
         let _ = self.qmp.execute(qapi::qmp::system_reset {}).await;
         let _ = self.qmp.execute(qapi::qmp::cont {}).await;
         self.state.restarts += 1;
+        self.state.stopping = None;
         self.set(VmState::Running, why);
     }
 
@@ -379,7 +512,7 @@ impl Supervisor {
         let next = self.next.take().expect("in an install phase");
         let stop = next.noreboot || (next.poweroff_stops && !rebooting);
         self.stop_qemu("installed").await;
-        let _ = self.child.wait().await;
+        self.qemu.wait().await;
         let _ = std::fs::remove_file(self.rd.next_boot());
         if let Ok(t) = toml::to_string_pretty(&next.def) {
             let _ = crate::state::runtime_write(&self.rd.live_def(), t.as_bytes());
@@ -392,11 +525,17 @@ impl Supervisor {
         if stop {
             return; // quitting is set: the exit is a clean stop
         }
-        match launch(&self.rd, &self.argv, &self.qemu, &self.hub).await {
-            Ok((child, qmp, events)) => {
-                (self.child, self.qmp, self.events) = (child, qmp, events);
+        let Some(how) = &self.launch else {
+            tracing::warn!("adopted: the installed system boots at the next start");
+            self.quitting = Some("installed; adopted by a new supervisor: start it to boot the installed system");
+            return;
+        };
+        match launch(&self.rd, &self.argv, how, &self.hub).await {
+            Ok((qemu, qmp, events)) => {
+                (self.qemu, self.qmp, self.events) = (qemu, qmp, events);
                 self.quitting = None;
-                self.state.qemu_pid = self.child.id().map(|p| p as i32);
+                self.state.stopping = None;
+                self.state.set_qemu(self.qemu.pid().and_then(QemuId::of));
                 self.set(VmState::Running, "installed, booted from disk");
             }
             Err(e) => tracing::error!(error = %e, "booting the installed system failed"),
@@ -406,43 +545,55 @@ impl Supervisor {
     /// quit over QMP, then SIGKILL after 3 s; the exit itself is handled by `on_exit`.
     async fn stop_qemu(&mut self, why: &'static str) {
         self.quitting = Some(why);
+        // Recorded first: if this supervisor dies now, the next one knows the exit was asked for.
+        self.state.stopping = Some(why.into());
+        self.save();
         let quit = self.qmp.clone().with_timeout(Duration::from_secs(2));
         let _ = quit.execute(qapi::qmp::quit {}).await;
-        if tokio::time::timeout(Duration::from_secs(3), self.child.wait()).await.is_err() {
-            let _ = self.child.start_kill();
+        if tokio::time::timeout(Duration::from_secs(3), self.qemu.wait()).await.is_err() {
+            self.qemu.start_kill();
         }
     }
 
     /// qemu is gone. Returns true when the supervisor should exit.
-    async fn on_exit(&mut self, status: Option<std::process::ExitStatus>) -> bool {
-        let _ = self.child.wait().await;
+    async fn on_exit(&mut self, detail: String) -> bool {
+        self.qemu.wait().await;
+        self.state.stopping = None;
         if let Some(why) = self.quitting {
             self.set(VmState::Shutoff, why);
             return true;
         }
-        let detail = status.map(|s| s.to_string()).unwrap_or_default();
         tracing::warn!(%detail, "qemu exited unexpectedly");
-        if self.def.on_crash == Action::Restart && self.state.restarts < 10 {
-            match launch(&self.rd, &self.argv, &self.qemu, &self.hub).await {
-                Ok((child, qmp, events)) => {
-                    (self.child, self.qmp, self.events) = (child, qmp, events);
-                    self.state.qemu_pid = self.child.id().map(|p| p as i32);
+        let restart = self.def.on_crash == Action::Restart && self.state.restarts < 10;
+        match (&self.launch, restart) {
+            (Some(how), true) => match launch(&self.rd, &self.argv, how, &self.hub).await {
+                Ok((qemu, qmp, events)) => {
+                    (self.qemu, self.qmp, self.events) = (qemu, qmp, events);
+                    self.state.set_qemu(self.qemu.pid().and_then(QemuId::of));
                     self.state.restarts += 1;
                     self.set(VmState::Running, "crashed, restarted");
                     return false;
                 }
                 Err(e) => tracing::error!(error = %e, "restart after crash failed"),
-            }
+            },
+            (None, true) => tracing::warn!("not restarted: an adopted qemu's taps and files went with its supervisor"),
+            _ => {}
         }
-        self.state.qemu_pid = None;
-        self.set(VmState::Crashed, &format!("crashed: qemu {detail}"));
+        self.state.set_qemu(None);
+        let not_restarted =
+            if restart && self.launch.is_none() { "; adopted, not restarted: start it again" } else { "" };
+        self.set(VmState::Crashed, &format!("crashed: qemu {detail}{not_restarted}"));
         true
     }
 
     async fn on_request(&mut self, req: Request) -> Reply {
         let r = match req {
             Request::Status => Ok(()),
-            Request::Shutdown => self.qmp.execute(qapi::qmp::system_powerdown {}).await.map(|_| ()),
+            Request::Shutdown => {
+                self.state.stopping = Some("shutdown".into());
+                self.save();
+                self.qmp.execute(qapi::qmp::system_powerdown {}).await.map(|_| ())
+            }
             Request::Reboot => {
                 self.fake_reboot = true;
                 self.qmp.execute(qapi::qmp::system_powerdown {}).await.map(|_| ())
@@ -488,13 +639,23 @@ impl Supervisor {
         // qemu's image locks live on in the files this process holds until it closes them,
         // and exit closes fds in number order, the run dir's lock maybe first: drop them now,
         // so that whoever sees the VM stopped can start it (or another VM on its disks) at once.
-        confine::release_image_locks(&self.qemu.fds);
-        for p in [self.rd.control(), self.rd.qmp(), self.rd.console_sock()] {
-            let _ = std::fs::remove_file(p);
+        if let Some(l) = &self.launch {
+            confine::release_image_locks(&l.fds);
         }
-        self.state.qemu_pid = None;
+        adopt::remove_sockets(&self.rd);
+        self.state.set_qemu(None);
+        self.state.stopping = None;
         self.save();
     }
+}
+
+/// The definition and qemu argv the VM runs with (written by `start`).
+fn read_run_files(rd: &RunDir) -> Result<(DomainDef, Vec<String>), String> {
+    let def: DomainDef = toml::from_str(&std::fs::read_to_string(rd.live_def()).map_err(|e| e.to_string())?)
+        .map_err(|e| format!("live definition: {e}"))?;
+    let argv: Vec<String> = serde_json::from_str(&std::fs::read_to_string(rd.argv()).map_err(|e| e.to_string())?)
+        .map_err(|e| format!("qemu argv: {e}"))?;
+    Ok((def, argv))
 }
 
 /// qemu removes the paths of its listening sockets when it exits; before it starts again
@@ -524,9 +685,9 @@ fn restore_socket_paths(rd: &RunDir, fds: &[RawFd]) -> Result<(), String> {
 async fn launch(
     rd: &RunDir,
     argv: &[String],
-    how: &Qemu,
+    how: &Launch,
     hub: &Arc<Hub>,
-) -> Result<(Child, QmpHandle, QmpEvents), String> {
+) -> Result<(Qemu, QmpHandle, QmpEvents), String> {
     let log = crate::state::open_private(&rd.qemu_log(), false).map_err(|e| e.to_string())?;
     let qemu = crate::process::find_program("qemu-system-x86_64")
         .ok_or("cannot run qemu-system-x86_64: not found in PATH (is qemu-system-x86 installed?)")?;
@@ -535,16 +696,25 @@ async fn launch(
     restore_socket_paths(rd, &how.fds)?;
     confine::release_image_locks(&how.fds);
     let (keep, creds, limit) = (how.fds.clone(), how.creds.clone(), crate::process::fd_limit());
-    // SAFETY: set*id, prctl, close_range and fcntl are async-signal-safe. qemu runs as its own
-    // user with no new privileges, dies with its supervisor, and gets only its own fds (not
-    // the lock, not control.sock).
+    // SAFETY: setsid, set*id, prctl, close_range and fcntl are async-signal-safe. qemu runs
+    // as its own user with no new privileges, in its own session (it outlives its supervisor:
+    // nothing sent to the supervisor's process group reaches it), and gets only its own fds
+    // (not the lock, not control.sock).
     unsafe {
         cmd.pre_exec(move || {
+            libc::setsid();
             confine::enter(creds.as_ref())?;
             crate::process::inherit_only(&keep, limit)
         });
     }
     let mut child = cmd.spawn().map_err(|e| format!("cannot run qemu-system-x86_64: {e}"))?;
+    // Recorded at once: a supervisor that dies from here on leaves a qemu the next command
+    // can find (and, if it never ran, remove).
+    if let Some(mut st) = rd.read_state() {
+        st.set_qemu(child.id().and_then(|p| QemuId::of(p as i32)));
+        let _ = rd.write_state(&st);
+    }
+    crate::fault::point("supervise.qemu-spawned");
     let connected = tokio::select! {
         r = tokio::time::timeout(STARTUP, connect_and_run(rd, hub)) => {
             r.unwrap_or_else(|_| Err(format!("qemu did not answer on QMP within {} s", STARTUP.as_secs())))
@@ -555,7 +725,7 @@ async fn launch(
         }
     };
     match connected {
-        Ok((qmp, events)) => Ok((child, qmp, events)),
+        Ok((qmp, events)) => Ok((Qemu::Spawned(child), qmp, events)),
         Err(e) => {
             // qemu may have refused something after opening its sockets: its own words first.
             let status = match tokio::time::timeout(Duration::from_secs(2), child.wait()).await {
@@ -575,13 +745,19 @@ async fn launch(
 const STARTUP: Duration = Duration::from_secs(30);
 
 async fn connect_and_run(rd: &RunDir, hub: &Arc<Hub>) -> Result<(QmpHandle, QmpEvents), String> {
+    let (qmp, events) = connect_qemu(rd, hub).await?;
+    qmp.execute(qapi::qmp::cont {}).await.map_err(|e| format!("cont: {e}"))?;
+    Ok((qmp, events))
+}
+
+/// Connect qemu's serial console (first: output from its first byte) and QMP. qemu serves
+/// both sockets again after a supervisor that held them died.
+async fn connect_qemu(rd: &RunDir, hub: &Arc<Hub>) -> Result<(QmpHandle, QmpEvents), String> {
     let console = UnixStream::connect(rd.console_sock()).await.map_err(|e| format!("console socket: {e}"))?;
     hub.attach_serial(console).await;
     let qmp_sock = UnixStream::connect(rd.qmp()).await.map_err(|e| format!("QMP socket: {e}"))?;
     let (qmp, events) = qmp::handshake(qmp_sock, STARTUP).await.map_err(|e| e.to_string())?;
-    let qmp = qmp.with_timeout(qmp::DEFAULT_TIMEOUT);
-    qmp.execute(qapi::qmp::cont {}).await.map_err(|e| format!("cont: {e}"))?;
-    Ok((qmp, events))
+    Ok((qmp.with_timeout(qmp::DEFAULT_TIMEOUT), events))
 }
 
 /// The guest address slirp leases on netdev `id`, from HMP `info network`'s `net=` (the

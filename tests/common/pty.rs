@@ -70,6 +70,25 @@ impl Pty {
         self.expect_n(pat, 1, secs)
     }
 
+    /// Wait for the program to exit, whatever its status; returns the status.
+    pub fn wait_status(&mut self, secs: u64) -> std::process::ExitStatus {
+        let t0 = Instant::now();
+        loop {
+            self.pump();
+            if let Some(st) = self.child.try_wait().unwrap() {
+                std::thread::sleep(Duration::from_millis(50));
+                self.pump();
+                return st;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(secs),
+                "did not exit within {secs}s; transcript:\n{}",
+                self.seen
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Wait for the program to exit; returns how long that took.
     pub fn wait_exit(&mut self, secs: u64) -> Duration {
         let t0 = Instant::now();

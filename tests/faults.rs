@@ -301,14 +301,25 @@ fn cases() -> Vec<Case> {
 const N2: &str = "<network><name>n2</name><forward mode='nat'/><bridge name='virbr9'/>\
 <ip address='192.168.209.1' netmask='255.255.255.0'><dhcp><range start='192.168.209.10' end='192.168.209.99'/></dhcp></ip></network>";
 
-/// A root in its own namespace with the default network running, a bystander VM that must
-/// survive everything, a UEFI VM `src` to clone and a VM `s` to start and stop.
+impl World {
+    /// A root in its own namespace with the test guest imported and network `n2` defined.
+    fn new_bare() -> World {
+        let h = VmHost::new("f");
+        let scratch = h.k.dir.path().join("scratch");
+        std::fs::create_dir(&scratch).unwrap();
+        let w = World { h, scratch };
+        w.ok(&["-q", "vol-import", guest().to_str().unwrap(), "--pool", "default"]);
+        let xml = w.scratch.join("n2.xml");
+        std::fs::write(&xml, N2).unwrap();
+        w.ok(&["-q", "net-define", xml.to_str().unwrap()]);
+        w
+    }
+}
+
+/// Besides, the default network running, a bystander VM that must survive everything, a
+/// UEFI VM `src` to clone and a VM `s` to start and stop.
 fn world() -> World {
-    let h = VmHost::new("f");
-    let scratch = h.k.dir.path().join("scratch");
-    std::fs::create_dir(&scratch).unwrap();
-    let w = World { h, scratch };
-    w.ok(&["-q", "vol-import", guest().to_str().unwrap(), "--pool", "default"]);
+    let w = World::new_bare();
     for (vm, extra) in [("keep", &[][..]), ("src", &["--boot", "uefi"][..]), ("s", &[][..])] {
         w.ok(&["-q", "vol-clone", "tiny.qcow2", &format!("{vm}.qcow2"), "--pool", "default", "--linked"]);
         let mut a = install_args(vm, &format!("vol=default/{vm}.qcow2"));
@@ -317,9 +328,6 @@ fn world() -> World {
         w.ok(&refs);
     }
     w.ok(&["destroy", "src"]);
-    let xml = w.scratch.join("n2.xml");
-    std::fs::write(&xml, N2).unwrap();
-    w.ok(&["-q", "net-define", xml.to_str().unwrap()]);
     w
 }
 
@@ -509,4 +517,45 @@ fn stress_random_fault_points() {
     }
     println!("stress: {rounds} kill rounds, {} leaks found", found.len());
     assert_eq!(found, Vec::<String>::new(), "leaks");
+}
+
+/// A network left degraded by a killed `net-start` is repaired by whoever needs it next: a VM
+/// start on it, and `up` (the boot-time unit) for an autostart network, which also puts the
+/// running VMs' taps back onto its bridge.
+#[test]
+fn a_degraded_network_is_repaired_by_a_vm_start_on_it_and_by_up() {
+    if !prereqs() {
+        return;
+    }
+    let w = World::new_bare();
+    let killed = |point: &str| {
+        let o = w.run(&s(&["net-start", "n2"]), Some(point));
+        assert_eq!(o.status.signal(), Some(libc::SIGKILL), "{}", String::from_utf8_lossy(&o.stderr));
+        let list = w.ok(&["net-list", "--all"]);
+        assert!(list.lines().any(|l| l.contains("n2") && l.contains("degraded")), "{list}");
+    };
+    killed("net-start.table");
+    w.ok(&["-q", "vol-clone", "tiny.qcow2", "v2.qcow2", "--pool", "default", "--linked"]);
+    let mut a = install_args("v2", "vol=default/v2.qcow2");
+    a.retain(|x| x != "-q");
+    let net = a.iter().position(|x| x == "network=default").unwrap();
+    a[net] = "network=n2".into();
+    let o = w.run(&a, None);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("Network 'n2' was degraded") && err.contains("repaired"), "{err}");
+    assert!(w.h.ns.ok(&["nft", "list", "tables"]).contains("kvmctl_n2"));
+    assert_eq!(w.state("v2"), "running");
+    // `up` repairs an autostart network and re-attaches the VM's tap to the new bridge.
+    w.ok(&["net-autostart", "n2"]);
+    assert!(w.h.k.fails_in(&w.h.ns, 1, &["net-destroy", "n2"]).contains("v2"));
+    w.ok(&["net-destroy", "n2", "--force"]);
+    killed("net-start.dnsmasq-files");
+    let out = w.ok(&["up"]);
+    assert!(out.contains("Network n2 repaired") && out.contains("Re-attached to bridge virbr9"), "{out}");
+    let tap = w.h.ns.ip(&["-o", "link", "show", "master", "virbr9"]);
+    assert!(tap.contains("vnet"), "the VM's tap is on the bridge again: {tap}");
+    w.remove_vm("v2");
+    w.ok(&["net-destroy", "n2"]);
+    assert_eq!(leaks(&w), Vec::<String>::new());
 }

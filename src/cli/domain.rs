@@ -536,11 +536,17 @@ fn up(ctx: &Ctx) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let nl = rt.block_on(async { crate::network::netlink::Netlink::connect() })?;
     let mut failures = 0;
-    for (name, def, st) in crate::network::lifecycle::all(store)? {
-        let Some(def) = def.filter(|d| d.autostart && st.is_none()) else { continue };
+    for (name, def, _) in crate::network::lifecycle::all(store)? {
+        let Some(def) = def.filter(|d| d.autostart) else { continue };
         let _l = store.lock(Kind::Network, &name)?;
-        match rt.block_on(crate::network::lifecycle::start(store, &nl, &def, false)) {
-            Ok(_) => ctx.out.done(format!("Network {name} started")),
+        // Active ones are left alone; inactive ones start, degraded ones are repaired, and
+        // running VMs' taps go back onto the bridge either way.
+        let status = rt.block_on(crate::network::lifecycle::status(store, &nl, &name));
+        if matches!(status, Ok(crate::network::lifecycle::Status::Active)) {
+            continue;
+        }
+        match rt.block_on(super::network::started(ctx, &nl, &def, false, "started")) {
+            Ok(()) => {}
             Err(e) => {
                 eprintln!("error: network '{name}': {e}");
                 failures += 1;

@@ -188,7 +188,13 @@ async fn dispatch(cmd: NetCmd, ctx: &Ctx, nl: &Netlink) -> anyhow::Result<()> {
 }
 
 /// Start (or repair) a network, re-attach running VMs' taps, and say what was done.
-async fn started(ctx: &Ctx, nl: &Netlink, def: &NetworkDef, transient: bool, what: &str) -> anyhow::Result<()> {
+pub(super) async fn started(
+    ctx: &Ctx,
+    nl: &Netlink,
+    def: &NetworkDef,
+    transient: bool,
+    what: &str,
+) -> anyhow::Result<()> {
     let name = &def.name;
     let (st, report) = lifecycle::start_or_repair(&ctx.store, nl, def, transient).await?;
     if !report.cleaned.is_empty() {

@@ -135,11 +135,20 @@ async fn network_bridge(
     notify: &dyn Fn(&str),
 ) -> Result<String, DomainError> {
     let wrap = |source| DomainError::Network { name: vm.into(), net: net.into(), source: Box::new(source) };
+    let healthy = || async { matches!(netlife::status(store, nl, net).await, Ok(netlife::Status::Active)) };
     if let Some(st) = netlife::load_state(store, net) {
-        return Ok(st.bridge);
+        if healthy().await {
+            return Ok(st.bridge);
+        }
     }
     let _l = store.lock(Kind::Network, net)?;
     if let Some(st) = netlife::load_state(store, net) {
+        if healthy().await {
+            return Ok(st.bridge);
+        }
+        // Degraded (a kill during its start, a piece removed by hand): repair it first.
+        let (st, report) = netlife::start_or_repair(store, nl, &st.def, st.transient).await.map_err(wrap)?;
+        notify(&format!("Network '{net}' was degraded ({}): repaired", report.repaired.join("; ")));
         return Ok(st.bridge);
     }
     let def: NetworkDef = store.load(Kind::Network, net).map_err(|e| wrap(e.into()))?;

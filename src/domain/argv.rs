@@ -98,42 +98,94 @@ pub struct Handed {
     pub vhost: Vec<Option<i32>>,
 }
 
+/// Where the fds of [`Handed`] come from: opened files (`confine`) or plain numbers (the
+/// dry run and the goldens). One walk over the definition serves both.
+pub trait FdSource {
+    type Error;
+    /// An image (or firmware file), read-write or read-only.
+    fn file(&mut self, path: &Path, writable: bool) -> Result<i32, Self::Error>;
+    /// A boot file qemu reads as `/proc/self/fd/N`.
+    fn readable(&mut self, path: &Path) -> Result<i32, Self::Error>;
+    /// A `/dev/vhost-net` fd, where one opens.
+    fn vhost(&mut self) -> Option<i32>;
+    /// A qcow2 disk's backing files, nearest first, with their recorded formats.
+    fn backing(&mut self, disk: &Path, format: DiskFormat) -> Result<Vec<(PathBuf, DiskFormat)>, Self::Error>;
+}
+
 impl Handed {
-    /// Fd numbers from `first` up, as [`confine::open`](super::confine::open) would assign
-    /// them for `def` without backing files: for `install --dry-run` and the goldens.
-    pub fn numbered(def: &DomainDef, first: i32, vhost: bool) -> Handed {
+    /// What qemu gets for `def`: an fd set per image (read-write and read-only fds for a
+    /// writable one), per backing file, and per firmware file; the boot files; vhost-net fds.
+    pub fn walk<S: FdSource>(def: &DomainDef, src: &mut S, vhost: bool) -> Result<Handed, S::Error> {
         let mut h = Handed::default();
-        let mut fd = first;
-        let mut set = 1;
-        let mut add = |h: &mut Handed, path: &Path, writable: bool| -> u32 {
-            for _ in 0..if writable { 2 } else { 1 } {
+        let mut next_set = 1u32;
+        let mut set_of = |src: &mut S, h: &mut Handed, path: &Path, writable: bool| -> Result<u32, S::Error> {
+            let set = next_set;
+            next_set += 1;
+            let modes: &[bool] = if writable { &[true, false] } else { &[false] };
+            for &w in modes {
+                let fd = src.file(path, w)?;
                 h.add_fd.push(AddFd { fd, set, path: path.to_path_buf() });
-                fd += 1;
             }
-            set += 1;
-            set - 1
+            Ok(set)
         };
         if let Firmware::Uefi { code, nvram } = &def.firmware {
-            h.firmware = Some((add(&mut h, code, false), add(&mut h, nvram, true)));
+            let c = set_of(src, &mut h, code, false)?;
+            let n = set_of(src, &mut h, nvram, true)?;
+            h.firmware = Some((c, n));
         }
         for d in &def.disks {
-            let s = add(&mut h, &d.path, !(d.readonly || d.device == DiskDevice::Cdrom));
-            h.disks.push(ImageSets { set: s, backing: Vec::new() });
+            let writable = !(d.readonly || d.device == DiskDevice::Cdrom);
+            let set = set_of(src, &mut h, &d.path, writable)?;
+            let mut chain = Vec::new();
+            if d.format == DiskFormat::Qcow2 {
+                for (p, f) in src.backing(&d.path, d.format)? {
+                    chain.push((set_of(src, &mut h, &p, false)?, f));
+                }
+            }
+            h.disks.push(ImageSets { set, backing: chain });
         }
         if let Some(k) = &def.kernel {
-            h.kernel = Some(fd);
-            fd += 1;
-            if k.initrd.is_some() {
-                h.initrd = Some(fd);
-                fd += 1;
+            h.kernel = Some(src.readable(&k.kernel)?);
+            if let Some(i) = &k.initrd {
+                h.initrd = Some(src.readable(i)?);
             }
         }
         for n in &def.nics {
-            let v = (vhost && n.source != NicSource::User).then_some(fd);
-            fd += i32::from(v.is_some());
-            h.vhost.push(v);
+            let fd = if vhost && n.source != NicSource::User { src.vhost() } else { None };
+            h.vhost.push(fd);
         }
-        h
+        Ok(h)
+    }
+
+    /// Fd numbers from `first` up, as [`confine::open`](super::confine::open) would assign
+    /// them for `def` without backing files: for `install --dry-run` and the goldens.
+    pub fn numbered(def: &DomainDef, first: i32, vhost: bool) -> Handed {
+        struct Numbers(i32);
+        impl Numbers {
+            fn next(&mut self) -> i32 {
+                self.0 += 1;
+                self.0 - 1
+            }
+        }
+        impl FdSource for Numbers {
+            type Error = std::convert::Infallible;
+            fn file(&mut self, _: &Path, _: bool) -> Result<i32, Self::Error> {
+                Ok(self.next())
+            }
+            fn readable(&mut self, _: &Path) -> Result<i32, Self::Error> {
+                Ok(self.next())
+            }
+            fn vhost(&mut self) -> Option<i32> {
+                Some(self.next())
+            }
+            fn backing(&mut self, _: &Path, _: DiskFormat) -> Result<Vec<(PathBuf, DiskFormat)>, Self::Error> {
+                Ok(vec![])
+            }
+        }
+        match Handed::walk(def, &mut Numbers(first), vhost) {
+            Ok(h) => h,
+            Err(never) => match never {},
+        }
     }
 }
 

@@ -22,8 +22,8 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
-use super::argv::{AddFd, Handed, ImageSets};
-use super::definition::{DiskDevice, DomainDef, Firmware, NicSource};
+use super::argv::{FdSource, Handed};
+use super::definition::DomainDef;
 use crate::storage::image::{self, BackingPolicy, ChainError, Format};
 
 /// The user qemu runs as when kvmctl runs as root.
@@ -154,9 +154,31 @@ pub fn open(defs: &[&DomainDef], backing: &BackingPolicy, vhost: bool) -> Result
     let mut o = Opener::default();
     let mut handed = Vec::new();
     for def in defs {
-        handed.push(o.handed(def, backing, vhost)?);
+        handed.push(Handed::walk(def, &mut Walk { o: &mut o, policy: backing }, vhost)?);
     }
     Ok(Opened { fds: o.fds, handed })
+}
+
+/// The opener with the backing policy of this start, as the walk's fd source.
+struct Walk<'a> {
+    o: &'a mut Opener,
+    policy: &'a BackingPolicy,
+}
+
+impl FdSource for Walk<'_> {
+    type Error = ConfineError;
+    fn file(&mut self, path: &Path, writable: bool) -> Result<RawFd, ConfineError> {
+        self.o.file(path, writable)
+    }
+    fn readable(&mut self, path: &Path) -> Result<RawFd, ConfineError> {
+        self.o.readable(path)
+    }
+    fn vhost(&mut self) -> Option<RawFd> {
+        self.o.vhost()
+    }
+    fn backing(&mut self, disk: &Path, format: Format) -> Result<Vec<(PathBuf, Format)>, ConfineError> {
+        Ok(image::backing_files(image::Source { path: disk, format, backing: self.policy })?)
+    }
 }
 
 #[derive(Default)]
@@ -167,49 +189,6 @@ struct Opener {
 }
 
 impl Opener {
-    fn handed(&mut self, def: &DomainDef, policy: &BackingPolicy, vhost: bool) -> Result<Handed, ConfineError> {
-        let mut h = Handed::default();
-        let mut next_set = 1u32;
-        let mut set_of = |o: &mut Opener, h: &mut Handed, path: &Path, writable: bool| -> Result<u32, ConfineError> {
-            let set = next_set;
-            next_set += 1;
-            let modes: &[bool] = if writable { &[true, false] } else { &[false] };
-            for &w in modes {
-                let fd = o.file(path, w)?;
-                h.add_fd.push(AddFd { fd, set, path: path.to_path_buf() });
-            }
-            Ok(set)
-        };
-        if let Firmware::Uefi { code, nvram } = &def.firmware {
-            let c = set_of(self, &mut h, code, false)?;
-            let n = set_of(self, &mut h, nvram, true)?;
-            h.firmware = Some((c, n));
-        }
-        for d in &def.disks {
-            let writable = !(d.readonly || d.device == DiskDevice::Cdrom);
-            let set = set_of(self, &mut h, &d.path, writable)?;
-            let mut chain = Vec::new();
-            if d.format == Format::Qcow2 {
-                for (p, f) in image::backing_files(image::Source { path: &d.path, format: d.format, backing: policy })?
-                {
-                    chain.push((set_of(self, &mut h, &p, false)?, f));
-                }
-            }
-            h.disks.push(ImageSets { set, backing: chain });
-        }
-        if let Some(k) = &def.kernel {
-            h.kernel = Some(self.readable(&k.kernel)?);
-            if let Some(i) = &k.initrd {
-                h.initrd = Some(self.readable(i)?);
-            }
-        }
-        for n in &def.nics {
-            let fd = if vhost && n.source != NicSource::User { self.vhost() } else { None };
-            h.vhost.push(fd);
-        }
-        Ok(h)
-    }
-
     fn keep(&mut self, f: impl Into<OwnedFd>) -> RawFd {
         let f: OwnedFd = f.into();
         let raw = f.as_raw_fd();

@@ -17,6 +17,8 @@ pub enum SizeError {
     BadUnit { input: String, unit: String },
     #[error("size '{0}' is too large")]
     Overflow(String),
+    #[error("size '{0}': exponent notation is not a size (a lone E means EiB); write the number out, e.g. 10G")]
+    Exponent(String),
 }
 
 /// Parse a capacity; `default_unit` applies to bare numbers (virsh: bytes).
@@ -52,6 +54,13 @@ pub fn parse_size_with_default(input: &str, default_unit: u64) -> Result<u64, Si
         "TB" => 1_000_000_000_000,
         "PB" => 1_000_000_000_000_000,
         "EB" => 1_000_000_000_000_000_000,
+        other
+            if other.len() > 1
+                && other.starts_with(['e', 'E'])
+                && other[1..].trim_start_matches(['+', '-']).chars().all(|c| c.is_ascii_digit()) =>
+        {
+            return Err(SizeError::Exponent(input.to_string()))
+        }
         other => return Err(SizeError::BadUnit { input: input.to_string(), unit: other.to_string() }),
     };
     let overflow = || SizeError::Overflow(input.to_string());
@@ -147,7 +156,12 @@ mod tests {
             assert_eq!(e, SizeError::Overflow(s.into()));
             assert_eq!(e.to_string(), format!("size '{s}' is too large"));
         }
-        assert!(matches!(parse_size("1e30"), Err(SizeError::BadUnit { unit, .. }) if unit == "e30"));
+        for s in ["1e30", "1.5E9", "2e+3", "1e-3"] {
+            let e = parse_size(s).unwrap_err();
+            assert_eq!(e, SizeError::Exponent(s.into()));
+            assert!(e.to_string().contains("exponent notation is not a size"), "{e}");
+        }
+        assert_eq!(parse_size("1e").unwrap(), 1 << 60, "E alone is still EiB");
     }
 
     #[test]

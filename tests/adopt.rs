@@ -14,10 +14,6 @@ use common::pty::Pty;
 use common::vmhost::VmHost;
 use common::*;
 
-fn guest_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("images/out")
-}
-
 fn prereqs() -> bool {
     require(
         "root, qemu-system-x86_64 and the test guest (images/build.sh)",

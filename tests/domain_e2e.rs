@@ -3,16 +3,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::netns::can_netns;
 use common::vmhost::VmHost;
 use common::*;
-
-fn guest_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("images/out")
-}
 
 fn prereqs() -> bool {
     require(

@@ -11,14 +11,14 @@ mod common;
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use common::netns::can_netns;
 use common::vmhost::VmHost;
 use common::*;
 
 fn guest() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("images/out/tiny.qcow2")
+    guest_dir().join("tiny.qcow2")
 }
 
 fn prereqs() -> bool {
@@ -61,16 +61,9 @@ struct World {
 
 impl World {
     fn run(&self, args: &[String], fault: Option<&str>) -> Output {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.h.ns.name, env!("CARGO_BIN_EXE_kvmctl"), "--root"])
-            .arg(self.h.k.root())
-            .args(args)
-            .env_remove("KVMCTL_ROOT")
-            .env_remove("KVMCTL_FAULT");
-        if let Some(f) = fault {
-            c.env("KVMCTL_FAULT", f);
-        }
-        bounded_output(&mut c)
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let env: Vec<(&str, &str)> = fault.map(|f| ("KVMCTL_FAULT", f)).into_iter().collect();
+        self.h.k.in_ns_env(&self.h.ns, &env, &args)
     }
     fn ok(&self, args: &[&str]) -> String {
         self.h.ok(args)

@@ -8,6 +8,11 @@ pub mod vmhost;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// The test guests built by images/build.sh (`make guest`).
+pub fn guest_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("images/out")
+}
+
 /// A kvmctl state root in a temp dir, removed on drop.
 pub struct Kvm {
     pub dir: tempfile::TempDir,

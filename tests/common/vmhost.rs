@@ -65,3 +65,56 @@ impl VmHost {
         }
     }
 }
+
+/// Numbers the commands typed into guests, so each reply is found by its own markers.
+static GUEST_CMDS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+impl VmHost {
+    /// Type `cmd` into the guest's root shell on its serial console (the VM must have printed
+    /// KVMCTL-GUEST-READY) and wait up to `secs` for it to finish: returns its exit status and
+    /// what it printed. Markers around the command find its reply in the console log, so
+    /// kernel messages before it and the shell's echo of the typed line are not part of it.
+    pub fn guest_sh(&self, vm: &str, cmd: &str, secs: u64) -> (i32, String) {
+        use std::io::Write;
+        let n = GUEST_CMDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (begin, end) = (format!("KVMCTL-BEGIN-{n}"), format!("KVMCTL-RC-{n}="));
+        let line = format!("echo {begin}; {cmd}; echo {end}$?\n");
+        let mut child = self
+            .k
+            .cmd()
+            .args(["console", vm, "--timeout", "0"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(line.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "console {vm}: {}", String::from_utf8_lossy(&out.stderr));
+        let t0 = Instant::now();
+        loop {
+            let log = self.console(vm);
+            let lines: Vec<&str> = log.lines().map(|l| l.trim_end_matches('\r')).collect();
+            if let Some(b) = lines.iter().position(|l| *l == begin) {
+                let rc = lines[b + 1..].iter().position(|l| {
+                    l.strip_prefix(&end).is_some_and(|r| !r.is_empty() && r.bytes().all(|c| c.is_ascii_digit()))
+                });
+                if let Some(r) = rc {
+                    let code = lines[b + 1 + r][end.len()..].parse().unwrap();
+                    return (code, lines[b + 1..b + 1 + r].join("\n"));
+                }
+            }
+            if t0.elapsed() > Duration::from_secs(secs) {
+                panic!("{vm}: `{cmd}` did not finish within {secs}s; console:\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `guest_sh` that must succeed; returns its output.
+    pub fn guest_ok(&self, vm: &str, cmd: &str, secs: u64) -> String {
+        let (rc, out) = self.guest_sh(vm, cmd, secs);
+        assert_eq!(rc, 0, "{vm}: `{cmd}` exited {rc}:\n{out}");
+        out
+    }
+}

@@ -33,6 +33,9 @@ pub struct Element {
     pub children: Vec<Element>,
     pub text: String,
     pub line: usize,
+    /// Byte range of the element's content in the source (between its start and end tags;
+    /// empty for `<x/>`): what `<metadata>` keeps verbatim.
+    pub content: std::ops::Range<usize>,
 }
 
 /// The line of each element, counted forward from the last offset asked: the reader's
@@ -89,7 +92,7 @@ fn start_element(src: &str, lines: &mut Lines, pos: usize, e: &BytesStart<'_>) -
         let value = a.unescape_value().map_err(|err| error_at(src, pos, format!("<{name} {key}>: {err}")))?;
         attrs.push((key, value.into_owned()));
     }
-    Ok(Element { name, attrs, children: Vec::new(), text: String::new(), line })
+    Ok(Element { name, attrs, children: Vec::new(), text: String::new(), line, content: 0..0 })
 }
 
 /// Refuse an element that would sit deeper than the limit (`open` elements above it).
@@ -133,8 +136,10 @@ pub fn parse_document(src: &str) -> Result<Element, XmlError> {
         let event = reader.read_event().map_err(|e| error_at(src, reader.error_position() as usize, e.to_string()))?;
         let text = match event {
             Event::Start(e) => {
-                let el = start_element(src, &mut lines, pos, &e)?;
+                let mut el = start_element(src, &mut lines, pos, &e)?;
                 check_depth(stack.len(), &el)?;
+                let inside = reader.buffer_position() as usize;
+                el.content = inside..inside;
                 stack.push(el);
                 continue;
             }
@@ -145,7 +150,8 @@ pub fn parse_document(src: &str) -> Result<Element, XmlError> {
                 continue;
             }
             Event::End(_) => {
-                let el = stack.pop().ok_or_else(|| error_at(src, pos, "unexpected end tag"))?;
+                let mut el = stack.pop().ok_or_else(|| error_at(src, pos, "unexpected end tag"))?;
+                el.content.end = pos;
                 attach(&mut stack, &mut root, el, src, pos)?;
                 continue;
             }
@@ -171,6 +177,11 @@ impl Element {
         self.attrs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
 
+    /// The element's content exactly as written in `src` (the document it was read from).
+    pub fn raw_content<'s>(&self, src: &'s str) -> &'s str {
+        src.get(self.content.clone()).unwrap_or_default()
+    }
+
     pub fn children_named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Element> + 'a {
         self.children.iter().filter(move |c| c.name == name)
     }
@@ -187,6 +198,10 @@ mod tests {
         assert_eq!(el.attr("x"), Some("1"));
         assert_eq!(el.children[0].text, "t&u");
         assert_eq!((el.line, el.children[0].line, el.children[1].line), (2, 3, 4));
+        let src = "<a><m:x xmlns:m='u'>1 &lt; 2</m:x>\n</a>";
+        let el = parse_document(src).unwrap();
+        assert_eq!(el.raw_content(src), "<m:x xmlns:m='u'>1 &lt; 2</m:x>\n");
+        assert_eq!(el.children[0].raw_content(src), "1 &lt; 2");
     }
 
     #[test]

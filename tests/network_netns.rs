@@ -266,17 +266,43 @@ fn bad_networks_are_refused_and_change_nothing() {
         k.in_ns(&t.host, &["net-define", f.to_str().unwrap()])
     };
     let err = |o: std::process::Output| String::from_utf8_lossy(&o.stderr).into_owned();
-    // Overlap with the host's own address, reported with the interface.
-    assert!(define(&NAT_XML.replace("192.168.150", "10.99.0").replace("natnet", "clash").replace("brnat", "brclash"))
-        .status
-        .success());
-    let e = k.fails_in(&t.host, 1, &["net-start", "clash"]);
+    // net-define runs net-start's preflight: overlap with the host's own address, reported
+    // with the interface; a host link already named like the bridge.
+    let clash = NAT_XML.replace("192.168.150", "10.99.0").replace("natnet", "clash").replace("brnat", "brclash");
+    let e = err(define(&clash));
     assert!(e.contains("overlaps") && e.contains("up0"), "{e}");
-    // A host link already named like the bridge.
     t.host.ip(&["link", "add", "brtaken", "type", "veth", "peer", "name", "brtakenp"]);
-    assert!(define(&NAT_XML.replace("natnet", "taken").replace("brnat", "brtaken")).status.success());
-    let e = k.fails_in(&t.host, 1, &["net-start", "taken"]);
+    let e = err(define(&NAT_XML.replace("natnet", "taken").replace("brnat", "brtaken")));
     assert!(e.contains("bridge brtaken already exists on the host"), "{e}");
+    // What appears on the host after the define is caught by net-start.
+    assert!(define(
+        &NAT_XML.replace("natnet", "later").replace("brnat", "brlater").replace("192.168.150", "192.168.151")
+    )
+    .status
+    .success());
+    t.host.ip(&["addr", "add", "192.168.151.200/24", "dev", "brtakenp"]);
+    let e = k.fails_in(&t.host, 1, &["net-start", "later"]);
+    assert!(e.contains("overlaps") && e.contains("brtakenp"), "{e}");
+    t.host.ip(&["link", "del", "brtaken"]);
+    t.host.ip(&["link", "add", "brlater", "type", "veth", "peer", "name", "brlaterp"]);
+    let e = k.fails_in(&t.host, 1, &["net-start", "later"]);
+    assert!(e.contains("bridge brlater already exists on the host"), "{e}");
+    t.host.ip(&["link", "del", "brlater"]);
+    // A redefinition with another UUID is refused (libvirt's words); without one it keeps it.
+    let uuid = serde_json::from_str::<serde_json::Value>(&k.ok_in(&t.host, &["--json", "net-info", "later"])).unwrap()
+        ["uuid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let later = NAT_XML.replace("natnet", "later").replace("brnat", "brlater").replace("192.168.150", "192.168.151");
+    let other =
+        later.replace("<name>later</name>", "<name>later</name><uuid>4b4c0c2e-0000-4000-8000-000000000001</uuid>");
+    let e = err(define(&other));
+    assert!(e.contains(&format!("network 'later' already exists with uuid {uuid}")), "{e}");
+    let same = later.replace("<name>later</name>", &format!("<name>later</name><uuid>{uuid}</uuid>"));
+    assert!(define(&same).status.success());
+    assert!(define(&later.replace("stp='on'", "stp='off'")).status.success());
+    assert!(k.ok_in(&t.host, &["net-dumpxml", "later"]).contains(&uuid));
     // Bridge mode naming a bridge that does not exist; then one that does.
     let bridged = "<network><name>hb</name><forward mode='bridge'/><bridge name='mybridge0'/></network>";
     assert!(define(bridged).status.success());
@@ -309,7 +335,7 @@ fn bad_networks_are_refused_and_change_nothing() {
     assert!(err(define(&NAT_XML.replace("mode='nat'", "mode='passthrough'"))).contains("passthrough"));
     assert!(err(define(&NAT_XML.replace("brnat", "a-very-long-bridge-name"))).contains("a-very-long-bridge-name"));
     let list = k.ok_in(&t.host, &["net-list", "--all", "--name"]);
-    assert_eq!(list, "clash\ndefault\nhb\nnatnet\ntaken\n");
+    assert_eq!(list, "default\nhb\nlater\nnatnet\n");
     // Nothing half-started anywhere.
     let links = t.host.ip(&["-br", "link"]);
     assert!(!links.contains("brnat") && !links.contains("virbr"), "{links}");

@@ -114,7 +114,8 @@ async fn dispatch(cmd: NetCmd, ctx: &Ctx, nl: &Netlink) -> anyhow::Result<()> {
     let (store, out) = (&ctx.store, &ctx.out);
     match cmd {
         NetCmd::NetDefine { file } => {
-            let def = lifecycle::define(store, &read_file(&file)?).with_context(|| file.display().to_string())?;
+            let def =
+                lifecycle::define(store, nl, &read_file(&file)?).await.with_context(|| file.display().to_string())?;
             out.done(format!("Network {} defined from {}", def.name, file.display()));
         }
         NetCmd::NetCreate { file } => {
@@ -313,12 +314,11 @@ fn edit(ctx: &Ctx, name: &str) -> anyhow::Result<()> {
     let _l = store.lock(Kind::Network, name)?;
     let old: NetworkDef = store.load(Kind::Network, name)?;
     let text = super::editor::edit_text(store, &format!("{name}.xml"), &to_xml(&old), &format!("network '{name}'"))?;
-    let mut new = lifecycle::prepare(store, &text).map_err(|e| anyhow::anyhow!("{e}; network '{name}' unchanged"))?;
+    let new = lifecycle::prepare_as(store, &text, Some(&old))
+        .map_err(|e| anyhow::anyhow!("{e}; network '{name}' unchanged"))?;
     if new.name != name {
         anyhow::bail!("net-edit cannot rename network '{name}' to '{}'; network unchanged", new.name);
     }
-    new.uuid = old.uuid;
-    new.autostart = old.autostart;
     if new == old {
         ctx.out.done(format!("Network {name} XML configuration not changed."));
         return Ok(());

@@ -25,8 +25,9 @@ pub const DEFAULT_TEMPLATE: &str = include_str!("../../templates/networks/defaul
 #[serde(deny_unknown_fields)]
 pub struct NetworkDef {
     pub name: String,
-    /// Generated (v4) when the XML or TOML has none.
-    #[serde(default = "Uuid::new_v4")]
+    /// Nil when the XML or TOML has none: [`NetworkDef::complete`] generates one (v4), and a
+    /// redefinition keeps the defined network's.
+    #[serde(default = "Uuid::nil")]
     pub uuid: Uuid,
     /// Not part of the XML (virsh keeps it apart too): `net-autostart`.
     #[serde(default)]
@@ -51,6 +52,10 @@ pub struct NetworkDef {
     pub ips: Vec<IpDef>,
     #[serde(default, rename = "route", skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<RouteDef>,
+    /// `<metadata>`: the applications' own elements, kept verbatim (the XML between the tags)
+    /// and written back as they came; kvmctl does not read them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<String>,
 }
 
 /// `<forward mode=...>`; no `<forward>` element at all is `Isolated`.
@@ -143,11 +148,15 @@ pub struct BridgeDef {
     pub stp: bool,
     #[serde(default)]
     pub delay: u32,
+    /// `zone='..'`: the firewalld zone libvirt puts the bridge in. Kept and written back;
+    /// kvmctl's firewall is its own nft table, so the zone has no effect (net-start says so).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
 }
 
 impl Default for BridgeDef {
     fn default() -> Self {
-        BridgeDef { name: None, stp: true, delay: 0 }
+        BridgeDef { name: None, stp: true, delay: 0, zone: None }
     }
 }
 
@@ -248,6 +257,12 @@ pub struct DnsHost {
 pub struct IpDef {
     pub address: IpAddr,
     pub prefix: u8,
+    /// `family='ipv4'` was written (IPv6 addresses always carry `family='ipv6'`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub explicit_family: bool,
+    /// How the prefix is written back: as the user wrote it.
+    #[serde(default, skip_serializing_if = "MaskForm::is_usual")]
+    pub mask: MaskForm,
     /// `localPtr='yes'`: reverse lookups for this subnet are answered locally only.
     #[serde(default, skip_serializing_if = "is_false")]
     pub local_ptr: bool,
@@ -269,6 +284,25 @@ impl IpDef {
     /// True when this `<ip>` asks for a DHCP server (ranges or static hosts).
     pub fn has_dhcp(&self) -> bool {
         self.dhcp.as_ref().is_some_and(|d| !d.ranges.is_empty() || !d.hosts.is_empty())
+    }
+}
+
+/// The form of an `<ip>`'s prefix in the XML, kept so that dumpxml writes what was read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MaskForm {
+    /// `netmask=` for IPv4, `prefix=` for IPv6.
+    #[default]
+    Usual,
+    /// `prefix=` on an IPv4 address.
+    Prefix,
+    /// Neither: libvirt's implied prefix (the address class for IPv4, 64 for IPv6).
+    Implied,
+}
+
+impl MaskForm {
+    pub fn is_usual(&self) -> bool {
+        *self == MaskForm::Usual
     }
 }
 
@@ -567,6 +601,7 @@ pub fn next_free_bridge(used: &HashSet<String>) -> String {
 pub fn default_network() -> NetworkDef {
     let mut def = super::libvirt_xml::parse(DEFAULT_TEMPLATE).expect("templates/networks/default.xml parses");
     def.autostart = true;
+    def.uuid = Uuid::new_v4();
     def.mac = Some(def.generate_mac());
     def
 }
@@ -586,6 +621,9 @@ impl NetworkDef {
     /// Fill in what libvirt fills in at define time: a bridge name and a bridge MAC for the
     /// modes where kvmctl creates the bridge (everything but `bridge`).
     pub fn complete(&mut self, used_bridges: &HashSet<String>) {
+        if self.uuid.is_nil() {
+            self.uuid = Uuid::new_v4();
+        }
         if self.forward.mode == ForwardMode::Bridge {
             return;
         }
@@ -721,7 +759,7 @@ mod tests {
         assert_eq!(d.name, "default");
         assert_eq!(d.forward.mode, ForwardMode::Nat);
         // STP off on purpose (templates/networks/README.md): no 4 s wait on every new VM port.
-        assert_eq!(d.bridge, BridgeDef { name: Some("virbr0".into()), stp: false, delay: 0 });
+        assert_eq!(d.bridge, BridgeDef { name: Some("virbr0".into()), stp: false, delay: 0, zone: None });
         assert!(d.autostart && d.mac.is_some());
         assert_eq!(d.ips.len(), 1);
         assert_eq!(d.ips[0].subnet().to_string(), "192.168.122.0/24");

@@ -98,8 +98,15 @@ fn dhcp_ips(def: &NetworkDef) -> impl Iterator<Item = &IpDef> {
     def.dhcp_ip(true).into_iter().chain(def.dhcp_ip(false))
 }
 
+/// A lease time as libvirt writes it for dnsmasq: in the unit it was given (`1h`, `30m`,
+/// `200s`), or `infinite`.
 fn lease_text(lease: &Option<Lease>) -> Option<String> {
-    lease.map(|l| l.seconds().map_or_else(|| "infinite".to_string(), |s| s.to_string()))
+    lease.map(|l| match (l.expiry, l.unit) {
+        (0, _) => "infinite".to_string(),
+        (n, LeaseUnit::Seconds) => format!("{n}s"),
+        (n, LeaseUnit::Minutes) => format!("{n}m"),
+        (n, LeaseUnit::Hours) => format!("{n}h"),
+    })
 }
 
 /// One hostsfile line, in libvirt's forms: `mac,ip,name`, `name,ip`, `mac,ip`;
@@ -357,7 +364,7 @@ mod tests {
             <host id='0:1:0:1:aa:bb' name='c' ip='fd00::5'/><host name='d' ip='fd00::6'/></dhcp></ip>");
         assert_eq!(
             hostsfile(&d),
-            "52:54:00:00:00:01,10.0.0.5,a\nb,10.0.0.6,3600\n52:54:00:00:00:03,10.0.0.7\n\
+            "52:54:00:00:00:01,10.0.0.5,a\nb,10.0.0.6,1h\n52:54:00:00:00:03,10.0.0.7\n\
              id:0:1:0:1:aa:bb,c,[fd00::5]\nd,[fd00::6]\n"
         );
         let conf = render(&d, Path::new("/r")).unwrap().conf;
@@ -372,6 +379,8 @@ mod tests {
         let ip = |a: &str, p: u8| IpDef {
             address: a.parse().unwrap(),
             prefix: p,
+            explicit_family: false,
+            mask: MaskForm::Usual,
             local_ptr: true,
             tftp_root: None,
             dhcp: None,

@@ -4,9 +4,12 @@
 //! refuses everything else with an error naming the element or attribute: nothing is silently
 //! dropped. The exceptions, which have no effect for kvmctl and are accepted but not kept:
 //!
-//! - `<metadata>`: its content (any namespaces) is skipped, not stored, and not written back;
 //! - attributes that `virsh net-dumpxml` itself adds: `connections` and `trustGuestRxFilters`
-//!   on `<network>`, `macTableManager` on `<bridge>` (`ipv6='yes'` on `<network>` is kept).
+//!   on `<network>`, `macTableManager='kernel'` on `<bridge>` (the kernel's learning bridge,
+//!   which is what kvmctl runs; `ipv6='yes'` on `<network>` is kept).
+//!
+//! `<metadata>` is kept verbatim and written back; `family='ipv4'`, a prefix written as
+//! `prefix=` or left out, and lease units are written back as they were read.
 //!
 //! `localPtr='yes'` on `<ip>` is kept and honoured by the dnsmasq config.
 //!
@@ -32,7 +35,9 @@ pub fn parse(xml: &str) -> Result<NetworkDef, NetworkError> {
     if root.name != "network" {
         return Err(NetworkError::NotANetwork(root.name));
     }
-    network(&root)
+    let mut def = network(&root)?;
+    def.metadata = root.child("metadata")?.map(|m| m.raw_content(xml).to_string());
+    Ok(def)
 }
 
 /// `net-define` input: libvirt XML when the text starts with '<' (after whitespace), else the
@@ -83,13 +88,15 @@ fn network(el: &Element) -> Result<NetworkDef, NetworkError> {
     let parent = el.name.clone();
     let name = el.child("name")?.ok_or(NetworkError::MissingElement { parent, element: "name" })?.text_only()?;
     let uuid = match el.child("uuid")? {
-        None => Uuid::new_v4(),
+        None => Uuid::nil(),
         Some(u) => {
             let text = u.text_only()?;
             Uuid::parse_str(&text).map_err(|_| u.bad_value("text", &text, "expected a UUID"))?
         }
     };
-    el.child("metadata")?;
+    if let Some(m) = el.child("metadata")? {
+        m.check_attrs(&[])?;
+    }
     Ok(NetworkDef {
         name,
         uuid,
@@ -106,6 +113,7 @@ fn network(el: &Element) -> Result<NetworkDef, NetworkError> {
         dns: el.child("dns")?.map(dns).transpose()?.unwrap_or_default(),
         ips: el.children_named("ip").map(ip).collect::<Result<_, _>>()?,
         routes: el.children_named("route").map(route).collect::<Result<_, _>>()?,
+        metadata: None,
     })
 }
 
@@ -115,8 +123,18 @@ fn forward_mode(el: &Element) -> Result<ForwardMode, NetworkError> {
         "route" => ForwardMode::Route,
         "open" => ForwardMode::Open,
         "bridge" => ForwardMode::Bridge,
-        m @ ("passthrough" | "private" | "vepa" | "hostdev") => {
-            return Err(el.unsupported(format!("mode '{m}' (direct/hostdev device pools)")))
+        m @ ("passthrough" | "private" | "vepa") => {
+            return Err(el.unsupported(format!(
+                "mode '{m}': macvtap (direct) device pools; kvmctl attaches guests with taps on a \
+                 bridge (use mode 'bridge' with a host bridge)"
+            )))
+        }
+        "hostdev" => {
+            return Err(el.unsupported(
+                "mode 'hostdev': SR-IOV/PCI device assignment pools; kvmctl does not pass host \
+                 PCI devices to guests"
+                    .into(),
+            ))
         }
         m => {
             let reason = "unknown forward mode; kvmctl has nat, route, open, bridge (no <forward> = isolated)";
@@ -126,8 +144,10 @@ fn forward_mode(el: &Element) -> Result<ForwardMode, NetworkError> {
 }
 
 fn forward(el: &Element) -> Result<Forward, NetworkError> {
-    el.check_attrs(&["mode", "dev"])?;
+    // The mode first: a hostdev pool's `managed=` is refused as a hostdev pool, not as an
+    // unknown attribute.
     let mode = forward_mode(el)?;
+    el.check_attrs(&["mode", "dev"])?;
     el.check(&["mode", "dev"], &["nat", "interface"])?;
     let mut dev = el.attr("dev").map(str::to_string);
     let mut ifaces = el.children_named("interface");
@@ -175,16 +195,23 @@ fn nat(el: &Element) -> Result<NatDef, NetworkError> {
 }
 
 fn bridge(el: &Element) -> Result<BridgeDef, NetworkError> {
-    el.check(&["name", "stp", "delay", "macTableManager"], &[])?;
-    if let Some(v) = el.attr("macTableManager") {
-        if v != "kernel" && v != "libvirt" {
-            return Err(el.bad_value("macTableManager", v, "expected 'kernel' or 'libvirt'"));
+    el.check(&["name", "stp", "delay", "macTableManager", "zone"], &[])?;
+    match el.attr("macTableManager") {
+        None | Some("kernel") => {}
+        Some("libvirt") => {
+            return Err(el.unsupported(
+                "macTableManager='libvirt' (learning and flooding off, guests' MACs installed by \
+                 hand): kvmctl's bridges learn MAC addresses in the kernel ('kernel')"
+                    .into(),
+            ))
         }
+        Some(v) => return Err(el.bad_value("macTableManager", v, "expected 'kernel' or 'libvirt'")),
     }
     Ok(BridgeDef {
         name: el.attr("name").map(str::to_string),
         stp: el.flag("stp", "on", "off")?.unwrap_or(true),
         delay: el.parse_attr("delay", "a number of seconds")?.unwrap_or(0),
+        zone: el.attr("zone").map(str::to_string),
     })
 }
 
@@ -261,8 +288,9 @@ fn classful_prefix(a: Ipv4Addr) -> Option<u8> {
     }
 }
 
-/// `address` + `netmask`|`prefix` (+ `family` consistency) of `<ip>` and `<route>`.
-fn address_prefix(el: &Element) -> Result<(IpAddr, u8), NetworkError> {
+/// `address` + `netmask`|`prefix` (+ `family` consistency) of `<ip>` and `<route>`, and the
+/// form the prefix was written in.
+fn address_prefix(el: &Element) -> Result<(IpAddr, u8, MaskForm), NetworkError> {
     let address: IpAddr = el.req_parse("address", "an IP address")?;
     match (el.attr("family"), address) {
         (None, _) | (Some("ipv4"), IpAddr::V4(_)) | (Some("ipv6"), IpAddr::V6(_)) => {}
@@ -273,31 +301,35 @@ fn address_prefix(el: &Element) -> Result<(IpAddr, u8), NetworkError> {
     }
     let netmask: Option<Ipv4Addr> = el.parse_attr("netmask", "an IPv4 netmask")?;
     let prefix: Option<u8> = el.parse_attr("prefix", "a prefix length")?;
-    let prefix =
-        match (address, netmask, prefix) {
-            (_, Some(_), Some(_)) => {
-                return Err(el.bad_value(
-                    "netmask",
-                    el.attr("netmask").unwrap_or_default(),
-                    "use netmask or prefix, not both",
-                ))
-            }
-            (IpAddr::V6(_), Some(_), None) => {
-                return Err(el.bad_value("netmask", el.attr("netmask").unwrap_or_default(), "IPv6 takes a prefix"))
-            }
-            (_, Some(m), None) => netmask_to_prefix(m)
-                .ok_or_else(|| el.bad_value("netmask", &m.to_string(), "not a contiguous netmask"))?,
-            (_, None, Some(p)) => p,
-            (IpAddr::V6(_), None, None) => 64,
-            (IpAddr::V4(a), None, None) => classful_prefix(a)
-                .ok_or_else(|| el.bad_value("address", &a.to_string(), "needs a netmask or prefix"))?,
-        };
-    Ok((address, prefix))
+    let prefix = match (address, netmask, prefix) {
+        (_, Some(_), Some(_)) => {
+            return Err(el.bad_value(
+                "netmask",
+                el.attr("netmask").unwrap_or_default(),
+                "use netmask or prefix, not both",
+            ))
+        }
+        (IpAddr::V6(_), Some(_), None) => {
+            return Err(el.bad_value("netmask", el.attr("netmask").unwrap_or_default(), "IPv6 takes a prefix"))
+        }
+        (_, Some(m), None) => (
+            netmask_to_prefix(m).ok_or_else(|| el.bad_value("netmask", &m.to_string(), "not a contiguous netmask"))?,
+            MaskForm::Usual,
+        ),
+        (IpAddr::V4(_), None, Some(p)) => (p, MaskForm::Prefix),
+        (IpAddr::V6(_), None, Some(p)) => (p, MaskForm::Usual),
+        (IpAddr::V6(_), None, None) => (64, MaskForm::Implied),
+        (IpAddr::V4(a), None, None) => (
+            classful_prefix(a).ok_or_else(|| el.bad_value("address", &a.to_string(), "needs a netmask or prefix"))?,
+            MaskForm::Implied,
+        ),
+    };
+    Ok((address, prefix.0, prefix.1))
 }
 
 fn ip(el: &Element) -> Result<IpDef, NetworkError> {
     el.check(&["address", "netmask", "prefix", "family", "localPtr"], &["dhcp", "tftp"])?;
-    let (address, prefix) = address_prefix(el)?;
+    let (address, prefix, mask) = address_prefix(el)?;
     let tftp_root = match el.child("tftp")? {
         None => None,
         Some(t) => {
@@ -308,6 +340,8 @@ fn ip(el: &Element) -> Result<IpDef, NetworkError> {
     Ok(IpDef {
         address,
         prefix,
+        explicit_family: address.is_ipv4() && el.attr("family") == Some("ipv4"),
+        mask,
         local_ptr: el.flag("localPtr", "yes", "no")?.unwrap_or(false),
         tftp_root,
         dhcp: el.child("dhcp")?.map(dhcp).transpose()?,
@@ -362,7 +396,7 @@ fn dhcp_host(el: &Element) -> Result<DhcpHost, NetworkError> {
 
 fn route(el: &Element) -> Result<RouteDef, NetworkError> {
     el.check(&["family", "address", "netmask", "prefix", "gateway", "metric"], &[])?;
-    let (address, prefix) = address_prefix(el)?;
+    let (address, prefix, _) = address_prefix(el)?;
     Ok(RouteDef {
         address,
         prefix,

@@ -219,10 +219,67 @@ fn libvirt_dumpxml_forward_interface_matching_dev_is_accepted() {
 }
 
 #[test]
-fn metadata_is_accepted_and_dropped() {
-    let xml = wrap("<metadata><app1:foo xmlns:app1='http://app1.org/app1/'><x y='1'/></app1:foo></metadata>");
+fn metadata_is_kept_verbatim_and_written_back() {
+    // libvirt's networkxml2xmlin/metadata.xml, in substance.
+    let inner = "\n    <app1:foo xmlns:app1=\"http://foo.org/\">fooish</app1:foo>\n    \
+                 <app2:bar xmlns:app2=\"http://bar.com/\" maman=\"baz\">barish &amp; co</app2:bar>\n  ";
+    let xml = format!(
+        "<network><name>t</name><forward mode='bridge'/><bridge name='br0'/><metadata>{inner}</metadata></network>"
+    );
     let def = parse(&xml).unwrap();
-    assert!(!to_xml(&def).contains("metadata"));
+    assert_eq!(def.metadata.as_deref(), Some(inner));
+    let out = to_xml(&def);
+    assert!(out.contains(&format!("  <metadata>{inner}</metadata>\n")), "{out}");
+    assert_eq!(parse(&out).unwrap(), def);
+    assert_eq!(NetworkDef::from_toml(&def.to_toml()).unwrap(), def);
+    // A hand-written TOML cannot smuggle elements out of <metadata>.
+    let mut bad = def.clone();
+    bad.metadata = Some("</metadata><forward mode='nat'/><metadata>".into());
+    assert!(bad.validate().unwrap_err().to_string().contains("<metadata>"));
+    bad.metadata = Some("<a>".into());
+    assert!(bad.validate().is_err());
+}
+
+#[test]
+fn family_prefix_form_and_zone_are_written_back_as_read() {
+    // libvirt's nat-network-explicit-flood.xml, in substance.
+    let xml = wrap(
+        "<bridge name='virbr0' macTableManager='kernel' zone='libvirt'/><forward mode='nat'/>\
+         <ip family='ipv4' address='192.168.123.1' netmask='255.255.255.0'/>\
+         <ip family='ipv4' address='10.24.10.1'/><ip address='172.16.1.1' prefix='20'/>\
+         <ip family='ipv6' address='2001:db8:ac10:fd01::1' prefix='64'/>",
+    );
+    let def = parse(&xml).unwrap();
+    let out = to_xml(&def);
+    for want in [
+        "<bridge name='virbr0' zone='libvirt' stp='on' delay='0'/>",
+        "<ip family='ipv4' address='192.168.123.1' netmask='255.255.255.0'/>",
+        "<ip family='ipv4' address='10.24.10.1'/>",
+        "<ip address='172.16.1.1' prefix='20'/>",
+        "<ip family='ipv6' address='2001:db8:ac10:fd01::1' prefix='64'/>",
+    ] {
+        assert!(out.contains(want), "{want} in\n{out}");
+    }
+    assert_eq!(def.ips[1].prefix, 8, "the implied prefix is the address class");
+    assert_eq!(parse(&out).unwrap(), def);
+    assert_eq!(NetworkDef::from_toml(&def.to_toml()).unwrap(), def);
+    let mut d = parse(&wrap("<bridge name='b' zone='bad zone'/>")).unwrap();
+    d.complete(&Default::default());
+    assert!(d.validate().unwrap_err().to_string().contains("firewalld zone"));
+}
+
+#[test]
+fn device_pools_and_learning_off_are_refused_with_their_own_reason() {
+    let e = refused(&wrap(
+        "<forward mode='hostdev' managed='yes'><address type='pci' domain='0x0000' bus='0x03' slot='0x00' function='0x1'/></forward>",
+    ));
+    assert!(e.contains("mode 'hostdev'") && e.contains("PCI") && !e.contains("unknown attribute"), "{e}");
+    for m in ["passthrough", "private", "vepa"] {
+        let e = refused(&wrap(&format!("<forward mode='{m}'><interface dev='eth1'/></forward>")));
+        assert!(e.contains(&format!("mode '{m}'")) && e.contains("macvtap"), "{e}");
+    }
+    let e = refused(&wrap("<bridge name='b' macTableManager='libvirt'/>"));
+    assert!(e.contains("macTableManager='libvirt'") && e.contains("not supported"), "{e}");
 }
 
 #[test]
@@ -281,8 +338,8 @@ fn dnsmasq_options_namespace_is_refused() {
 
 #[test]
 fn unknown_attributes_and_stray_text_are_refused() {
-    let e = refused(&wrap("<bridge name='br1' zone='trusted'/>"));
-    assert!(e.contains("<bridge>") && e.contains("'zone'"), "{e}");
+    let e = refused(&wrap("<bridge name='br1' colour='blue'/>"));
+    assert!(e.contains("<bridge>") && e.contains("'colour'"), "{e}");
     let e = refused(&wrap("<ip address='10.0.0.1' prefix='24' foo='1'/>"));
     assert!(e.contains("'foo'"), "{e}");
     let e = refused(&wrap("<ip address='10.0.0.1' prefix='24'>hello</ip>"));
@@ -314,9 +371,11 @@ fn netmask_and_prefix_rules() {
 }
 
 #[test]
-fn missing_uuid_is_generated() {
-    let a = parse(&wrap("")).unwrap();
-    let b = parse(&wrap("")).unwrap();
+fn missing_uuid_is_generated_when_completed() {
+    let (mut a, mut b) = (parse(&wrap("")).unwrap(), parse(&wrap("")).unwrap());
+    assert!(a.uuid.is_nil(), "no uuid in the text: a redefinition keeps the defined one");
+    a.complete(&Default::default());
+    b.complete(&Default::default());
     assert_ne!(a.uuid, b.uuid);
     assert!(!a.uuid.is_nil());
 }
@@ -373,4 +432,23 @@ fn net_update_snippets_parse_and_render() {
 fn toml_is_refused_with_the_toml_error() {
     let e = parse_any("name = 'x'\n[forward]\nmode = 'passthrough'\n").unwrap_err();
     assert!(matches!(e, NetworkError::Toml(_)) && e.to_string().contains("passthrough"), "{e}");
+}
+
+#[test]
+fn open_network_with_a_forward_dev_is_accepted_as_libvirt_accepts_it() {
+    // libvirt's open-network-with-forward-dev.xml, in substance.
+    let xml = "<network><name>open</name><uuid>81ff0d90-c91e-6742-64da-4a736edb9a9b</uuid><bridge name='virbr1'/>\
+               <mac address='12:34:56:78:9A:BC'/><forward mode='open' dev='eth0'/>\
+               <ip address='192.168.122.1' netmask='255.255.255.0'/></network>";
+    let def = parse(xml).unwrap();
+    def.validate().unwrap();
+    assert_eq!(def.forward.dev.as_deref(), Some("eth0"));
+    let out = to_xml(&def);
+    assert!(out.contains("<forward dev='eth0' mode='open'>"), "{out}");
+    assert_eq!(parse(&out).unwrap(), def);
+    assert!(super::super::firewall::render(&def).is_none(), "open mode has no rules, dev or not");
+    let iso = parse(&xml.replace("<forward mode='open' dev='eth0'/>", "")).unwrap();
+    let mut iso = iso;
+    iso.forward.dev = Some("eth0".into());
+    assert!(iso.validate().unwrap_err().to_string().contains("<forward dev>"));
 }

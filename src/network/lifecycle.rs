@@ -33,6 +33,8 @@ pub enum LifecycleError {
     Inactive(String),
     #[error("network '{name}' has the same UUID as network '{other}'")]
     DuplicateUuid { name: String, other: String },
+    #[error("network '{name}' already exists with uuid {uuid}")]
+    UuidMismatch { name: String, uuid: String },
     #[error("network '{name}': bridge {bridge} is already used by network '{other}'")]
     BridgeTaken { name: String, bridge: String, other: String },
     #[error("network '{name}': bridge {bridge} already exists on the host and was not created by kvmctl")]
@@ -243,8 +245,22 @@ fn used_bridges(store: &Store, except: &str) -> Result<Vec<(String, String)>, Li
 
 /// Parse, complete and validate a network document, checking it against the others.
 pub fn prepare(store: &Store, text: &str) -> Result<NetworkDef, LifecycleError> {
+    prepare_as(store, text, None)
+}
+
+/// [`prepare`] of a new text for the network `old` (net-define over a defined network,
+/// net-edit): the UUID and autostart carry over. A UUID written in the text must be the
+/// network's own, as libvirt requires.
+pub fn prepare_as(store: &Store, text: &str, old: Option<&NetworkDef>) -> Result<NetworkDef, LifecycleError> {
     let mut def = libvirt_xml::parse_any(text)?;
     crate::names::validate("network", &def.name).map_err(NetworkError::from)?;
+    if let Some(old) = old.filter(|o| o.name == def.name) {
+        if !def.uuid.is_nil() && def.uuid != old.uuid {
+            return Err(LifecycleError::UuidMismatch { name: def.name, uuid: old.uuid.to_string() });
+        }
+        def.uuid = old.uuid;
+        def.autostart = old.autostart;
+    }
     let used = used_bridges(store, &def.name)?;
     let set: HashSet<String> = used.iter().map(|(b, _)| b.clone()).collect();
     def.complete(&set);
@@ -274,20 +290,36 @@ fn check_against_others(store: &Store, def: &NetworkDef, used: &[(String, String
     Ok(())
 }
 
-/// `net-define`: persist a new definition (or replace an inactive/active one's config).
-pub fn define(store: &Store, text: &str) -> Result<NetworkDef, LifecycleError> {
-    let def = prepare(store, text)?;
-    let _l = store.lock(Kind::Network, &def.name)?;
-    if let Ok(old) = store.load::<NetworkDef>(Kind::Network, &def.name) {
-        // Redefining keeps the UUID and the autostart flag, as virsh does.
-        let mut def = def;
-        def.uuid = old.uuid;
-        def.autostart = old.autostart;
-        store.save(Kind::Network, &def.name, &def)?;
-        return Ok(def);
+/// `net-define`: persist a new definition (or replace an inactive/active one's config),
+/// after the checks against the host that `net-start` would make ([`preflight`]).
+pub async fn define(store: &Store, nl: &Netlink, text: &str) -> Result<NetworkDef, LifecycleError> {
+    let name = libvirt_xml::parse_any(text)?.name;
+    crate::names::validate("network", &name).map_err(NetworkError::from)?;
+    let _l = store.lock(Kind::Network, &name)?;
+    let old = store.load::<NetworkDef>(Kind::Network, &name).ok();
+    let def = prepare_as(store, text, old.as_ref())?;
+    preflight(store, nl, &def).await?;
+    match old {
+        Some(_) => store.save(Kind::Network, &def.name, &def)?,
+        None => store.create(Kind::Network, &def.name, &def)?,
     }
-    store.create(Kind::Network, &def.name, &def)?;
     Ok(def)
+}
+
+/// What `net-start` checks against the host, run by `net-define` before it stores: a
+/// bridge name held by a link kvmctl did not create, a subnet overlapping an address or a
+/// route on the host (another network's bridge included, named). The network's own running
+/// bridge is not a clash.
+pub async fn preflight(store: &Store, nl: &Netlink, def: &NetworkDef) -> Result<(), LifecycleError> {
+    if !def.creates_bridge() {
+        return Ok(());
+    }
+    let own = load_state(store, &def.name).map(|st| st.bridge);
+    let bridge = def.bridge_name().expect("completed definition has a bridge name");
+    if own.as_deref() != Some(bridge) && nl.link(bridge).await?.is_some() {
+        return Err(LifecycleError::BridgeExists { name: def.name.clone(), bridge: bridge.into() });
+    }
+    check_overlaps(store, nl, def, own.as_deref()).await
 }
 
 /// First use of a root: define libvirt's `default` network (autostart), once.
@@ -441,7 +473,7 @@ async fn start_steps<'a>(
         _ => {}
     }
     if bridge_created {
-        check_overlaps(store, nl, def).await?;
+        check_overlaps(store, nl, def, None).await?;
     }
     undo.add(Undo::Dir(dir.to_path_buf())).map_err(io_at(dir))?;
     fs::create_dir_all(dir).map_err(io_at(dir))?;
@@ -581,11 +613,17 @@ pub async fn reattach(nl: &Netlink, st: &NetState, taps: &[(String, String)]) ->
     Ok(attached)
 }
 
-/// Overlaps with addresses and routes on the host (kvmctl's own bridges included).
-async fn check_overlaps(store: &Store, nl: &Netlink, def: &NetworkDef) -> Result<(), LifecycleError> {
+/// Overlaps with addresses and routes on the host (kvmctl's own bridges included), but for
+/// those on `skip` (the network's own running bridge).
+async fn check_overlaps(
+    store: &Store,
+    nl: &Netlink,
+    def: &NetworkDef,
+    skip: Option<&str>,
+) -> Result<(), LifecycleError> {
     let host = nl.host_nets().await?;
     for s in def.subnets() {
-        for h in &host {
+        for h in host.iter().filter(|h| Some(h.ifname.as_str()) != skip) {
             let hs = super::Subnet::new(h.addr, h.prefix);
             if h.addr.is_loopback() || matches!(h.addr, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80) {
                 continue;

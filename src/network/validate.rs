@@ -9,6 +9,34 @@ use std::net::IpAddr;
 use super::definition::*;
 use super::NetworkError;
 
+/// A firewalld zone name (firewalld's own rule: letters, digits, `_`, `-`, `/`, at most 17).
+fn check_zone(net: &str, zone: &str) -> Result<(), NetworkError> {
+    let ok = !zone.is_empty()
+        && zone.len() <= 17
+        && zone.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'/'));
+    if ok {
+        return Ok(());
+    }
+    let (tag, reason) =
+        (format!("<bridge zone='{zone}'>"), "not a firewalld zone name (letters, digits, _ - /, at most 17)");
+    Err(NetworkError::BadText { net: net.into(), tag, reason: reason.into() })
+}
+
+/// `<metadata>` content (from a hand-written TOML too) must be well-formed XML that stays
+/// inside `<metadata>`: written back verbatim, it may not close the element or open another.
+fn check_metadata(net: &str, m: &str) -> Result<(), NetworkError> {
+    let doc = format!("<metadata>{m}</metadata>");
+    let fits = match crate::xml::parse_document(&doc) {
+        Ok(el) => el.name == "metadata" && el.raw_content(&doc) == m,
+        Err(_) => false,
+    };
+    if fits {
+        return Ok(());
+    }
+    let reason = "its content is not well-formed XML that stays inside <metadata>";
+    Err(NetworkError::BadText { net: net.into(), tag: "<metadata>".into(), reason: reason.into() })
+}
+
 /// Linux IFNAMSIZ - 1.
 const MAX_IFNAME: usize = 15;
 /// dnsmasq's minimum lease time.
@@ -33,6 +61,20 @@ impl NetworkDef {
         }
         if let Some(d) = &self.domain {
             check_dns_name(net, &format!("<domain name='{}'>", d.name), &d.name)?;
+        }
+        if let Some(zone) = &self.bridge.zone {
+            check_zone(net, zone)?;
+        }
+        if let Some(m) = &self.metadata {
+            check_metadata(net, m)?;
+        }
+        if let Some(ip) = self.ips.iter().find(|ip| ip.explicit_family && !ip.is_ipv4()) {
+            let tag = format!("<ip address='{}'>", ip.address);
+            return Err(NetworkError::BadText {
+                net: net.into(),
+                tag,
+                reason: "explicit_family is for IPv4 addresses".into(),
+            });
         }
         self.validate_mode()?;
         self.validate_nat()?;
@@ -78,7 +120,8 @@ impl NetworkDef {
             ForwardMode::Route if self.ips.is_empty() => {
                 return Err(NetworkError::ModeNeedsIp { net: net.into(), mode: mode.to_string(), what: "an <ip>" });
             }
-            ForwardMode::Open | ForwardMode::Isolated if self.forward.dev.is_some() => {
+            // libvirt accepts `dev` with mode open (and adds no rules for it, as kvmctl).
+            ForwardMode::Isolated if self.forward.dev.is_some() => {
                 return refuse("<forward dev>");
             }
             _ => {}

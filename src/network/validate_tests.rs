@@ -177,9 +177,11 @@ fn route_without_ip_is_refused() {
 }
 
 #[test]
-fn forward_dev_on_open_network_is_refused() {
-    let (e, _) = err(&net("<forward mode='open' dev='eth0'/><ip address='10.0.0.1' prefix='24'/>"));
-    assert!(matches!(e, NetworkError::NotWithMode { .. }));
+fn forward_dev_is_accepted_on_open_networks_and_refused_on_isolated_ones() {
+    net("<forward mode='open' dev='eth0'/><ip address='10.0.0.1' prefix='24'/>").validate().unwrap();
+    let mut d = net("<ip address='10.0.0.1' prefix='24'/>");
+    d.forward.dev = Some("eth0".into());
+    assert!(matches!(d.validate().unwrap_err(), NetworkError::NotWithMode { .. }));
 }
 
 #[test]

@@ -66,6 +66,10 @@ pub fn to_xml(def: &NetworkDef) -> String {
     w.open("network", &[("ipv6", yes_if(def.ipv6))]);
     w.text("name", &def.name);
     w.text("uuid", &def.uuid.to_string());
+    if let Some(m) = &def.metadata {
+        // Verbatim, as read: the applications' elements carry their own namespaces.
+        w.out.push_str(&format!("  <metadata>{m}</metadata>\n"));
+    }
     forward(&mut w, &def.forward);
     bridge(&mut w, def);
     if let Some(mtu) = def.mtu {
@@ -122,11 +126,17 @@ fn bridge(w: &mut Writer, def: &NetworkDef) {
     // libvirt prints stp/delay only for the bridges it creates; keep non-defaults regardless
     // so that nothing is lost in a round trip.
     let show = def.forward.mode != ForwardMode::Bridge || !b.stp || b.delay != 0;
-    if b.name.is_none() && !show {
+    if b.name.is_none() && b.zone.is_none() && !show {
         return;
     }
     let stp = show.then(|| if b.stp { "on" } else { "off" }.to_string());
-    w.empty("bridge", &[("name", b.name.clone()), ("stp", stp), ("delay", show.then(|| b.delay.to_string()))]);
+    let attrs = [
+        ("name", b.name.clone()),
+        ("zone", b.zone.clone()),
+        ("stp", stp),
+        ("delay", show.then(|| b.delay.to_string())),
+    ];
+    w.empty("bridge", &attrs);
 }
 
 fn dns(w: &mut Writer, d: &DnsDef) {
@@ -173,11 +183,20 @@ fn dns_host_into(w: &mut Writer, h: &DnsHost) {
 
 fn ip_element(w: &mut Writer, ip: &IpDef) {
     let v4 = ip.is_ipv4();
+    let family = match v4 {
+        false => s("ipv6"),
+        true => ip.explicit_family.then(|| "ipv4".to_string()),
+    };
+    let (netmask, prefix) = match (ip.mask, v4) {
+        (MaskForm::Implied, _) => (None, None),
+        (MaskForm::Usual, true) => (s(prefix_to_netmask(ip.prefix)), None),
+        (MaskForm::Usual, false) | (MaskForm::Prefix, _) => (None, s(ip.prefix)),
+    };
     let attrs = [
-        ("family", (!v4).then(|| "ipv6".to_string())),
+        ("family", family),
         ("address", s(ip.address)),
-        ("netmask", v4.then(|| prefix_to_netmask(ip.prefix).to_string())),
-        ("prefix", (!v4).then(|| ip.prefix.to_string())),
+        ("netmask", netmask),
+        ("prefix", prefix),
         ("localPtr", yes_if(ip.local_ptr)),
     ];
     w.element("ip", &attrs, ip.tftp_root.is_some() || ip.dhcp.is_some(), |w| {
@@ -203,7 +222,9 @@ fn ip_element(w: &mut Writer, ip: &IpDef) {
 
 fn lease_into(w: &mut Writer, lease: &Option<Lease>) {
     if let Some(l) = lease {
-        w.empty("lease", &[("expiry", s(l.expiry)), ("unit", s(l.unit.as_str()))]);
+        // An infinite lease has no unit (libvirt writes none either).
+        let unit = (l.expiry != 0).then(|| l.unit.as_str().to_string());
+        w.empty("lease", &[("expiry", s(l.expiry)), ("unit", unit)]);
     }
 }
 

@@ -221,6 +221,14 @@ fn isolated_network_reaches_the_host_but_not_upstream() {
     let _up = tcp_server(&t.up, "10.99.0.2", 7006);
     assert!(!connect(&t.client, "10.99.0.2", 7006), "guest -> upstream is not forwarded");
     t.k.ok_in(&t.host, &["net-destroy", "iso"]);
+    // A firewalld zone is kept and said to have no effect.
+    let zoned = xml.replace("<name>iso</name>", "<name>zoned</name>").replace("briso'", "brzone' zone='trusted'");
+    t.define(&zoned);
+    let o = t.k.in_ns(&t.host, &["net-start", "zoned"]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success() && e.contains("zone='trusted'") && e.contains("no effect"), "{e}");
+    assert!(t.k.ok_in(&t.host, &["net-dumpxml", "zoned"]).contains("zone='trusted'"));
+    t.k.ok_in(&t.host, &["net-destroy", "zoned"]);
 }
 
 #[test]

@@ -206,6 +206,13 @@ pub(super) async fn started(
     } else {
         ctx.out.done(format!("Network {name} repaired (it was degraded: {})", report.repaired.join("; ")));
     }
+    if let Some(zone) = &def.bridge.zone {
+        eprintln!(
+            "kvmctl: note: network '{name}': <bridge zone='{zone}'> is a firewalld zone; kvmctl's firewall is \
+             its own nft table (inet {}), so the zone has no effect",
+            crate::network::firewall::table_name(name)
+        );
+    }
     let taps = crate::domain::runtime::taps_on_network(&ctx.store, name);
     let attached = lifecycle::reattach(nl, &st, &taps).await?;
     if !attached.is_empty() {

@@ -93,13 +93,16 @@ async fn open_taps(store: &Store, def: &DomainDef, notify: &dyn Fn(&str)) -> Res
     let nl = Netlink::connect().map_err(|e| invalid(&def.name, e.to_string()))?;
     let mut taps = Vec::new();
     for (i, nic) in def.nics.iter().enumerate() {
-        let bridge = match &nic.source {
+        let (bridge, isolated) = match &nic.source {
             NicSource::User => {
                 taps.push(None);
                 continue;
             }
-            NicSource::Network { network } => network_bridge(store, &nl, &def.name, network, notify).await?,
-            NicSource::Bridge { bridge } => bridge.clone(),
+            NicSource::Network { network } => {
+                let st = network_state(store, &nl, &def.name, network, notify).await?;
+                (st.bridge, st.def.port_isolated)
+            }
+            NicSource::Bridge { bridge } => (bridge.clone(), false),
         };
         let link = nl.link(&bridge).await.map_err(|e| invalid(&def.name, e.to_string()))?;
         let br = match link {
@@ -119,42 +122,43 @@ async fn open_taps(store: &Store, def: &DomainDef, notify: &dyn Fn(&str)) -> Res
             .flatten()
             .map(|l| l.index)
             .ok_or_else(|| invalid(&def.name, format!("tap {} vanished", t.name())))?;
-        nl.enslave(idx, br).await.map_err(|e| invalid(&def.name, e.to_string()))?;
+        nl.attach_port(idx, br, isolated).await.map_err(|e| invalid(&def.name, e.to_string()))?;
         let name = t.name().to_string();
         taps.push(Some(NicTap { fd: t.into_fd(), name }));
     }
     Ok(taps)
 }
 
-/// The bridge of a kvmctl network, starting the network if it is inactive.
-async fn network_bridge(
+/// The running state (bridge, definition) of a kvmctl network, starting the network if it is
+/// inactive and repairing it if it is degraded.
+async fn network_state(
     store: &Store,
     nl: &Netlink,
     vm: &str,
     net: &str,
     notify: &dyn Fn(&str),
-) -> Result<String, DomainError> {
+) -> Result<netlife::NetState, DomainError> {
     let wrap = |source| DomainError::Network { name: vm.into(), net: net.into(), source: Box::new(source) };
     let healthy = || async { matches!(netlife::status(store, nl, net).await, Ok(netlife::Status::Active)) };
     if let Some(st) = netlife::load_state(store, net) {
         if healthy().await {
-            return Ok(st.bridge);
+            return Ok(st);
         }
     }
     let _l = store.lock(Kind::Network, net)?;
     if let Some(st) = netlife::load_state(store, net) {
         if healthy().await {
-            return Ok(st.bridge);
+            return Ok(st);
         }
         // Degraded (a kill during its start, a piece removed by hand): repair it first.
         let (st, report) = netlife::start_or_repair(store, nl, &st.def, st.transient).await.map_err(wrap)?;
         notify(&format!("Network '{net}' was degraded ({}): repaired", report.repaired.join("; ")));
-        return Ok(st.bridge);
+        return Ok(st);
     }
     let def: NetworkDef = store.load(Kind::Network, net).map_err(|e| wrap(e.into()))?;
     notify(&format!("Network '{net}' is not active: starting it"));
     let st = netlife::start(store, nl, &def, false).await.map_err(wrap)?;
-    Ok(st.bridge)
+    Ok(st)
 }
 
 /// Start a VM: resolve the accelerator, wire taps, spawn the supervisor, wait until running.

@@ -39,6 +39,10 @@ pub struct NetworkDef {
     pub forward: Forward,
     #[serde(default)]
     pub bridge: BridgeDef,
+    /// `<port isolated='yes'/>`: every VM port on the bridge is an isolated bridge port (the
+    /// kernel's `isolated` flag): guests reach the host and the uplink, never each other.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub port_isolated: bool,
     /// MAC address of the bridge; filled by [`NetworkDef::complete`] when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac: Option<MacAddr>,

@@ -79,7 +79,7 @@ pub fn parse_dns_host(xml: &str) -> Result<DnsHost, NetworkError> {
 }
 
 const NETWORK_CHILDREN: &[&str] =
-    &["name", "uuid", "metadata", "forward", "bridge", "mac", "mtu", "domain", "dns", "ip", "route"];
+    &["name", "uuid", "metadata", "forward", "bridge", "port", "mac", "mtu", "domain", "dns", "ip", "route"];
 
 fn network(el: &Element) -> Result<NetworkDef, NetworkError> {
     el.check(&["ipv6", "trustGuestRxFilters", "connections"], NETWORK_CHILDREN)?;
@@ -104,6 +104,10 @@ fn network(el: &Element) -> Result<NetworkDef, NetworkError> {
         ipv6: el.flag("ipv6", "yes", "no")?.unwrap_or(false),
         forward: el.child("forward")?.map(forward).transpose()?.unwrap_or_default(),
         bridge: el.child("bridge")?.map(bridge).transpose()?.unwrap_or_default(),
+        port_isolated: match el.child("port")? {
+            None => false,
+            Some(p) => p.check(&["isolated"], &[]).and_then(|_| p.flag("isolated", "yes", "no"))?.unwrap_or(false),
+        },
         mac: el.child("mac")?.map(|m| m.check(&["address"], &[]).and_then(|_| mac_attr(m, "address"))).transpose()?,
         mtu: el
             .child("mtu")?

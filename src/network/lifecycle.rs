@@ -605,7 +605,7 @@ pub async fn reattach(nl: &Netlink, st: &NetState, taps: &[(String, String)]) ->
     for (vm, tap) in taps {
         if let Some(l) = nl.link(tap).await? {
             if l.controller != Some(br.index) {
-                nl.enslave(l.index, br.index).await?;
+                nl.attach_port(l.index, br.index, st.def.port_isolated).await?;
                 attached.push(format!("{tap} ({vm})"));
             }
         }

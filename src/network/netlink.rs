@@ -5,9 +5,10 @@ use std::net::IpAddr;
 
 use futures::TryStreamExt;
 use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::link::InfoBridgePort;
 use rtnetlink::packet_route::link::{BridgeStpState, InfoBridge, InfoKind, LinkAttribute, LinkInfo};
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
-use rtnetlink::{Handle, LinkBridge, LinkUnspec, RouteMessageBuilder};
+use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkUnspec, RouteMessageBuilder};
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -136,6 +137,18 @@ impl Netlink {
     pub async fn enslave(&self, index: u32, bridge: u32) -> Result<(), NetlinkError> {
         let msg = LinkUnspec::new_with_index(index).controller(bridge).up().build();
         self.handle.link().set(msg).execute().await.map_err(op(format!("attaching link {index} to bridge {bridge}")))
+    }
+
+    /// Attach a VM's port to a bridge, as its network wants it: up, and an isolated bridge
+    /// port when `isolated` (`<port isolated='yes'/>`).
+    pub async fn attach_port(&self, index: u32, bridge: u32, isolated: bool) -> Result<(), NetlinkError> {
+        self.enslave(index, bridge).await?;
+        if isolated {
+            let msg = LinkBridgePort::new(index).append_info_data(InfoBridgePort::Isolated(true)).build();
+            let what = format!("making link {index} an isolated bridge port");
+            self.handle.link().set_port(msg).execute().await.map_err(op(what))?;
+        }
+        Ok(())
     }
 
     pub async fn delete_link(&self, index: u32) -> Result<(), NetlinkError> {

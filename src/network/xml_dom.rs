@@ -16,7 +16,6 @@ fn unsupported_child(parent: &str, child: &str) -> Option<&'static str> {
         (_, "bandwidth") => "bandwidth limits (<bandwidth>)",
         (_, "virtualport") => "Open vSwitch / 802.1Qbh ports (<virtualport>)",
         (_, "vlan") => "VLAN tagging (<vlan>)",
-        ("network", "port") => "port isolation (<port>)",
         ("network", c) if c.starts_with("dnsmasq:") => "custom dnsmasq options (dnsmasq:options)",
         ("forward", "pf") => "SR-IOV physical-function pools (<pf>)",
         ("forward", "address") => "PCI device pools (<address>)",

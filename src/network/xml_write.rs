@@ -72,6 +72,9 @@ pub fn to_xml(def: &NetworkDef) -> String {
     }
     forward(&mut w, &def.forward);
     bridge(&mut w, def);
+    if def.port_isolated {
+        w.empty("port", &[("isolated", s("yes"))]);
+    }
     if let Some(mtu) = def.mtu {
         w.empty("mtu", &[("size", s(mtu))]);
     }

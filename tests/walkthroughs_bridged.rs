@@ -148,7 +148,17 @@ impl Lan {
         let vol = format!("vol=default/{disk}");
         let netarg = format!("network={net}");
         self.ok(&[
-            "-q", "install", "--name", name, "--memory", "256", "--disk", &vol, "--network", &netarg, "--import",
+            "-q",
+            "install",
+            "--name",
+            name,
+            "--memory",
+            "256",
+            "--disk",
+            &vol,
+            "--network",
+            &netarg,
+            "--import",
             "--noautoconsole",
         ]);
     }
@@ -409,7 +419,10 @@ fn bridged_walkthrough_vm_leases_from_the_lan_and_the_lan_reaches_it() {
     assert!(pings(&t.h.ns, &addr, 10), "the host reaches vm3 over the bridge");
     // Unbridge refuses while the VM's tap is on the bridge, naming it.
     let e = t.refused(&["iface-unbridge", "mybridge0"]);
-    assert!(e.contains(&format!("besides eth0 it has the ports {tap} (tap of VM 'vm3' on network 'bridged_network')")), "{e}");
+    assert!(
+        e.contains(&format!("besides eth0 it has the ports {tap} (tap of VM 'vm3' on network 'bridged_network')")),
+        "{e}"
+    );
     t.ok(&["destroy", "vm3"]);
     t.ok(&["net-destroy", "bridged_network"]);
     t.ok(&["iface-unbridge", "mybridge0"]);

@@ -756,7 +756,7 @@ mod tests {
             RouteAttribute::Gateway(RouteAddress::Inet("10.77.0.1".parse().unwrap())),
             RouteAttribute::Oif(2),
             RouteAttribute::Priority(50),
-            RouteAttribute::CacheInfo(Default::default()),
+            RouteAttribute::Expires(30),
         ];
         assert_eq!(route_text(&m), "default via 10.77.0.1 metric 50 proto static");
         let r = route_for(&m, 7);

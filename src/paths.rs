@@ -94,3 +94,17 @@ fn absolute(p: &Path) -> PathBuf {
         std::env::current_dir().map(|d| d.join(p)).unwrap_or_else(|_| p.to_path_buf())
     }
 }
+
+// Host interfaces bridged by `iface-bridge`: one record per bridge, and one lock for all of
+// them (they change the host's addressing, one command at a time).
+impl Paths {
+    pub fn ifaces_dir(&self) -> PathBuf {
+        self.root.join("ifaces")
+    }
+    pub fn iface_record(&self, bridge: &str) -> PathBuf {
+        self.ifaces_dir().join(format!("{bridge}.toml"))
+    }
+    pub fn ifaces_lock(&self) -> PathBuf {
+        self.locks_dir().join("ifaces")
+    }
+}

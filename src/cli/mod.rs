@@ -4,6 +4,7 @@ mod clone;
 mod console;
 mod domain;
 mod editor;
+mod iface;
 mod install;
 mod network;
 mod output;
@@ -53,6 +54,8 @@ pub enum Command {
     Network(network::NetCmd),
     #[command(flatten)]
     Domain(domain::DomCmd),
+    #[command(flatten)]
+    Iface(iface::IfaceCmd),
 }
 
 /// A whole number for an option: one too large for its type says so and names the maximum,
@@ -110,6 +113,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Volume(c) => volume::run(c, &ctx),
         Command::Network(c) => network::run(c, &ctx),
         Command::Domain(c) => domain::run(c, &ctx),
+        Command::Iface(c) => iface::run(c, &ctx),
     }
 }
 

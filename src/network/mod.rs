@@ -10,6 +10,7 @@ pub mod definition;
 pub mod dnsmasq;
 mod error;
 pub mod firewall;
+pub mod iface;
 pub mod leases;
 pub mod libvirt_xml;
 pub mod lifecycle;

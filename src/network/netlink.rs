@@ -246,3 +246,152 @@ fn to_link(m: &rtnetlink::packet_route::link::LinkMessage) -> Link {
     }
     l
 }
+
+// ---- Host interfaces (iface-bridge, iface-unbridge, iface-list): one link's settings,
+// addresses and routes as the kernel reports them, so that they can be moved as they are.
+
+pub use rtnetlink::packet_route::address::AddressMessage;
+pub use rtnetlink::packet_route::route::RouteMessage;
+
+/// A link with the settings iface-bridge changes and iface-unbridge puts back.
+#[derive(Debug, Clone)]
+pub struct LinkDetail {
+    pub link: Link,
+    pub mtu: u32,
+    pub up: bool,
+    pub loopback: bool,
+    pub mac: Option<Vec<u8>>,
+}
+
+fn is_errno(e: &rtnetlink::Error, errno: i32) -> bool {
+    matches!(e, rtnetlink::Error::NetlinkError(m) if m.raw_code() == -errno)
+}
+
+fn to_detail(m: &rtnetlink::packet_route::link::LinkMessage) -> LinkDetail {
+    use rtnetlink::packet_route::link::LinkFlags;
+    let mut d = LinkDetail {
+        link: to_link(m),
+        mtu: 0,
+        up: m.header.flags.contains(LinkFlags::Up),
+        loopback: m.header.flags.contains(LinkFlags::Loopback),
+        mac: None,
+    };
+    for a in &m.attributes {
+        match a {
+            LinkAttribute::Mtu(v) => d.mtu = *v,
+            LinkAttribute::Address(mac) => d.mac = Some(mac.clone()),
+            _ => {}
+        }
+    }
+    d
+}
+
+/// The address an address message carries (IPv4's local address, IPv6's address).
+pub fn address_ip(m: &AddressMessage) -> Option<IpAddr> {
+    let local = m.attributes.iter().find_map(|a| match a {
+        AddressAttribute::Local(ip) => Some(*ip),
+        _ => None,
+    });
+    local.or_else(|| {
+        m.attributes.iter().find_map(|a| match a {
+            AddressAttribute::Address(ip) => Some(*ip),
+            _ => None,
+        })
+    })
+}
+
+/// The output link of a route, and whether it has several next hops.
+pub fn route_oif(m: &RouteMessage) -> (Option<u32>, bool) {
+    let oif = m.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Oif(i) => Some(*i),
+        _ => None,
+    });
+    (oif, m.attributes.iter().any(|a| matches!(a, RouteAttribute::MultiPath(_))))
+}
+
+impl Netlink {
+    pub async fn link_details(&self) -> Result<Vec<LinkDetail>, NetlinkError> {
+        let msgs: Vec<_> = self.handle.link().get().execute().try_collect().await.map_err(op("listing links"))?;
+        Ok(msgs.iter().map(to_detail).collect())
+    }
+
+    pub async fn link_detail(&self, name: &str) -> Result<Option<LinkDetail>, NetlinkError> {
+        let mut s = self.handle.link().get().match_name(name.to_string()).execute();
+        match s.try_next().await {
+            Ok(Some(m)) => Ok(Some(to_detail(&m))),
+            Ok(None) => Ok(None),
+            Err(e) if is_enodev(&e) => Ok(None),
+            Err(e) => Err(op(format!("looking up link {name}"))(e)),
+        }
+    }
+
+    /// Every address on the host, as the kernel lists them.
+    pub async fn address_messages(&self) -> Result<Vec<AddressMessage>, NetlinkError> {
+        self.handle.address().get().execute().try_collect().await.map_err(op("listing addresses"))
+    }
+
+    /// Every IPv4 and IPv6 route of every table, as the kernel lists them.
+    pub async fn route_messages(&self) -> Result<Vec<RouteMessage>, NetlinkError> {
+        let mut out = Vec::new();
+        for msg in [
+            RouteMessageBuilder::<std::net::Ipv4Addr>::new().build(),
+            RouteMessageBuilder::<std::net::Ipv6Addr>::new().build(),
+        ] {
+            let mut got: Vec<_> =
+                self.handle.route().get(msg).execute().try_collect().await.map_err(op("listing routes"))?;
+            out.append(&mut got);
+        }
+        Ok(out)
+    }
+
+    /// Add an address as described by a whole message; one already there is fine.
+    pub async fn add_address_message(&self, m: AddressMessage, what: &str) -> Result<(), NetlinkError> {
+        let ip = address_ip(&m);
+        let mut req = self.handle.address().add(m.header.index, ip.unwrap_or(IpAddr::from([0, 0, 0, 0])), 0);
+        *req.message_mut() = m;
+        match req.execute().await {
+            Err(e) if is_eexist(&e) => Ok(()),
+            r => r.map_err(op(format!("adding address {what}"))),
+        }
+    }
+
+    /// Delete an address; one already gone is fine.
+    pub async fn del_address_message(&self, m: AddressMessage, what: &str) -> Result<(), NetlinkError> {
+        match self.handle.address().del(m).execute().await {
+            Err(e) if is_errno(&e, libc::EADDRNOTAVAIL) || is_enodev(&e) => Ok(()),
+            r => r.map_err(op(format!("removing address {what}"))),
+        }
+    }
+
+    /// Add a route as described by a whole message; the same route already there is fine.
+    pub async fn add_route_message(&self, m: RouteMessage, what: &str) -> Result<(), NetlinkError> {
+        match self.handle.route().add(m).execute().await {
+            Err(e) if is_eexist(&e) => Ok(()),
+            r => r.map_err(op(format!("adding route {what}"))),
+        }
+    }
+
+    /// Delete a route; one already gone is fine.
+    pub async fn del_route_message(&self, m: RouteMessage, what: &str) -> Result<(), NetlinkError> {
+        match self.handle.route().del(m).execute().await {
+            Err(e) if is_errno(&e, libc::ESRCH) || is_enodev(&e) => Ok(()),
+            r => r.map_err(op(format!("removing route {what}"))),
+        }
+    }
+
+    /// Take a link off its bridge.
+    pub async fn set_nomaster(&self, index: u32) -> Result<(), NetlinkError> {
+        let msg = LinkUnspec::new_with_index(index).nocontroller().build();
+        self.handle.link().set(msg).execute().await.map_err(op(format!("detaching link {index} from its bridge")))
+    }
+
+    pub async fn set_mtu(&self, index: u32, mtu: u32) -> Result<(), NetlinkError> {
+        let msg = LinkUnspec::new_with_index(index).mtu(mtu).build();
+        self.handle.link().set(msg).execute().await.map_err(op(format!("setting the MTU of link {index} to {mtu}")))
+    }
+
+    pub async fn set_down(&self, index: u32) -> Result<(), NetlinkError> {
+        let msg = LinkUnspec::new_with_index(index).down().build();
+        self.handle.link().set(msg).execute().await.map_err(op(format!("bringing link {index} down")))
+    }
+}

@@ -405,3 +405,98 @@ fn routed_network_static_guest_and_upstream_see_each_others_own_address() {
     w.h.ok(&["net-destroy", "router"]);
     w.step("done");
 }
+
+/// An isolated network as seeds 003 and 004 describe it (no `<forward>`), with the DHCP and
+/// DNS that seed 004 says dnsmasq still provides: a static lease with a name for VM2, and a
+/// DNS name for the upstream machine that resolves although nothing reaches it.
+const ISOLATED_XML: &str = "<network>
+  <name>isolated</name>
+  <bridge name='virbr2' stp='on' delay='0'/>
+  <dns>
+    <host ip='10.99.0.2'>
+      <hostname>upstream</hostname>
+    </host>
+  </dns>
+  <ip address='192.168.100.1' netmask='255.255.255.0'>
+    <dhcp>
+      <range start='192.168.100.2' end='192.168.100.254'/>
+      <host mac='52:54:00:00:64:0c' name='vm2' ip='192.168.100.12'/>
+    </dhcp>
+  </ip>
+</network>
+";
+
+/// Seeds 003 and 004, "Isolated mode": VM1 and VM2 reach each other and the host, nothing
+/// outside in either direction (even with a default route in the guest and a route in
+/// upstream), and names still resolve through the network's dnsmasq while pings to the
+/// outside fail.
+#[test]
+fn isolated_network_vms_reach_each_other_and_the_host_resolve_names_but_nothing_outside() {
+    if !prereqs() {
+        return;
+    }
+    let w = Walk::new();
+    let out = w.net_define("isolated.xml", ISOLATED_XML);
+    assert!(out.contains("Network isolated defined from"), "{out}");
+    w.h.ok(&["net-start", "isolated"]);
+    let rules = w.h.ns.ok(&["nft", "list", "table", "inet", "kvmctl_isolated"]);
+    assert!(!rules.contains("masquerade") && rules.contains("oifname \"virbr2\" reject"), "{rules}");
+    // An isolated network turns no forwarding on, and a fresh namespace has none; on a real host
+    // it is usually on (a NAT network, docker...). Turn it on here (in the host namespace only),
+    // so that what keeps the VMs in is the network's firewall, not the namespace's default.
+    w.h.ns.ok(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    w.step("network up; installing VM1, VM2");
+
+    w.vm("VM1", "network=isolated");
+    w.vm("VM2", "network=isolated,mac=52:54:00:00:64:0c");
+    let (n1, n2) = (w.ready("VM1"), w.ready("VM2"));
+    w.step("both ready");
+    assert!(n1.addr.starts_with("192.168.100.") && n1.addr.ends_with("/24"), "{n1:?}");
+    assert_eq!((n2.mac.as_str(), n2.addr.as_str()), ("52:54:00:00:64:0c", "192.168.100.12/24"), "VM2's static lease");
+    let leases = w.h.ok(&["net-dhcp-leases", "isolated"]);
+    assert!(leases.lines().any(|l| l.contains(&n1.mac) && l.contains(&n1.addr)), "{leases}");
+    assert!(leases.lines().any(|l| l.contains(&n2.mac) && l.contains(&n2.addr) && l.contains("vm2")), "{leases}");
+    let routes = w.h.guest_ok("VM1", "ip route", 30);
+    assert!(!routes.contains("default"), "an isolated network offers no gateway: {routes}");
+
+    // Inside: guest <-> guest, guest -> host (the host sees the guest's own address).
+    assert!(w.guest_pings("VM1", n2.ip()), "VM1 -> VM2");
+    assert!(w.guest_pings("VM2", n1.ip()), "VM2 -> VM1");
+    assert!(w.guest_pings("VM1", "192.168.100.1"), "VM1 -> host");
+    let server = tcp_server(&w.h.ns, "192.168.100.1", 7021);
+    assert!(w.guest_sends("VM1", "192.168.100.1", 7021, "hello-host"), "VM1 -> host:7021");
+    assert_eq!(peer_of(server), (n1.ip().to_string(), "hello-host".to_string()));
+    w.step("inside checked");
+
+    // Names resolve through the network's dnsmasq: the other VM's DHCP name and a <dns><host>,
+    // asked of the gateway and through the resolv.conf DHCP wrote. (Type A: dnsmasq of an
+    // isolated network has no upstream server to ask for the AAAA records it does not hold,
+    // and answers those REFUSED, as libvirt's does.)
+    let vm2 = w.h.guest_ok("VM1", "nslookup -type=a vm2 192.168.100.1", 60);
+    assert!(vm2.contains("192.168.100.12"), "{vm2}");
+    let resolv = w.h.guest_ok("VM1", "cat /etc/resolv.conf", 30);
+    assert!(resolv.contains("nameserver 192.168.100.1"), "{resolv}");
+    let up = w.h.guest_ok("VM1", "nslookup -type=a upstream", 60);
+    assert!(up.contains(UPSTREAM), "{up}");
+    // ... but nothing reaches the outside: not by name, not even with a default route.
+    assert!(!w.guest_pings("VM1", "upstream"), "VM1 -> upstream without a route");
+    w.h.guest_ok("VM1", "ip route add default via 192.168.100.1", 30);
+    assert!(!w.guest_pings("VM1", "upstream"), "isolated: VM1 cannot ping upstream even via the host");
+    let _server = tcp_server(&w.up, UPSTREAM, 7022);
+    assert!(!w.guest_sends("VM1", UPSTREAM, 7022, "leak"), "isolated: no TCP to upstream");
+    w.step("outbound checked");
+
+    // Nor in: upstream, with a route toward the subnet, reaches neither VM.
+    w.up.ip(&["route", "add", "192.168.100.0/24", "via", HOST_UP]);
+    assert!(!pings(&w.up, n1.ip()) && !pings(&w.up, n2.ip()), "isolated: upstream cannot ping the VMs");
+    w.guest_listen("VM1", 7023);
+    assert!(!connects(&w.up, n1.ip(), 7023), "isolated: no connection in from upstream");
+    assert!(w.guest_sends("VM2", n1.ip(), 7023, "hello-from-VM2"), "VM2 -> VM1:7023");
+    assert_eq!(w.h.guest_ok("VM1", "cat /tmp/in.7023", 30).trim(), "hello-from-VM2");
+    w.step("inbound checked");
+
+    w.h.ok(&["destroy", "VM1"]);
+    w.h.ok(&["destroy", "VM2"]);
+    w.h.ok(&["net-destroy", "isolated"]);
+    w.step("done");
+}

@@ -5,6 +5,7 @@ mod console;
 mod domain;
 mod editor;
 mod install;
+mod net_attach;
 mod network;
 mod output;
 mod pool;

@@ -32,7 +32,11 @@ pub fn parse(xml: &str) -> Result<NetworkDef, NetworkError> {
     if root.name != "network" {
         return Err(NetworkError::NotANetwork(root.name));
     }
-    network(&root)
+    // kvmctl's own elements (its XML namespace) first; the rest is libvirt's.
+    let (root, interfaces) = super::attach::split_kvmctl_xml(root)?;
+    let mut def = network(&root)?;
+    def.interfaces = interfaces;
+    Ok(def)
 }
 
 /// `net-define` input: libvirt XML when the text starts with '<' (after whitespace), else the
@@ -106,6 +110,7 @@ fn network(el: &Element) -> Result<NetworkDef, NetworkError> {
         dns: el.child("dns")?.map(dns).transpose()?.unwrap_or_default(),
         ips: el.children_named("ip").map(ip).collect::<Result<_, _>>()?,
         routes: el.children_named("route").map(route).collect::<Result<_, _>>()?,
+        interfaces: Vec::new(),
     })
 }
 

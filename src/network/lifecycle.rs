@@ -25,6 +25,8 @@ pub enum LifecycleError {
     Netlink(#[from] NetlinkError),
     #[error(transparent)]
     Process(#[from] ProcessError),
+    #[error(transparent)]
+    Attach(#[from] super::attach::AttachError),
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
     #[error("network '{0}' is already active")]
@@ -78,6 +80,10 @@ pub struct NetState {
     /// `starting` from the intent until the start is committed.
     #[serde(default)]
     pub phase: Phase,
+    /// Host interfaces enslaved to the bridge (`<kvmctl:interface>`), as they were before:
+    /// recorded before each is enslaved, put back by net-destroy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub enslaved: Vec<super::attach::Enslaved>,
 }
 
 impl NetState {
@@ -132,7 +138,7 @@ pub fn load_state(store: &Store, name: &str) -> Option<NetState> {
     serde_json::from_str(&text).ok()
 }
 
-fn save_state(store: &Store, name: &str, st: &NetState) -> Result<(), LifecycleError> {
+pub(super) fn save_state(store: &Store, name: &str, st: &NetState) -> Result<(), LifecycleError> {
     let p = state_file(store, name);
     let text = serde_json::to_string_pretty(st).expect("state serializes");
     runtime_write(&p, text.as_bytes()).map_err(io_at(&p))
@@ -222,6 +228,9 @@ async fn problems(store: &Store, nl: &Netlink, st: &NetState, locked: bool) -> R
             (None, Some(pid)) => format!("dnsmasq (pid {pid}) is not running"),
             (None, None) => "dnsmasq is not running".to_string(),
         });
+    }
+    if let Some(br) = nl.link(&st.bridge).await? {
+        problems.extend(super::attach::problems(nl, st, br.index).await?);
     }
     Ok(problems)
 }
@@ -455,6 +464,7 @@ async fn start_steps<'a>(
         dnsmasq_pid: None,
         transient,
         phase: Phase::Starting,
+        enslaved: Vec::new(),
     };
     save_state(store, &name, &st)?;
     crate::fault::point("net-start.intent");
@@ -524,6 +534,7 @@ async fn converge<'a>(
         }
         enable_forwarding(&def)?;
         crate::fault::point("net-start.routes");
+        super::attach::enslave_step(store, nl, st, idx, undo).await?;
     } else if nl.link(&st.bridge).await?.is_none() {
         return Err(LifecycleError::NoBridge { name: def.name.clone(), bridge: st.bridge.clone() });
     }
@@ -694,6 +705,8 @@ pub async fn destroy(
         return Err(LifecycleError::InUse { name: name.into(), vms: users.join(", ") });
     }
     let problems = problems(store, nl, &st, true).await?;
+    // Host interfaces first, as they were before they were enslaved (again after a kill).
+    super::attach::release_all(nl, &st).await?;
     let conf = RunFiles::new(&dir).conf;
     // The table first (committed in under a millisecond); its socket stays open until the
     // bridge is gone, since closing it holds the nftables lock that the bridge's

@@ -670,11 +670,15 @@ fn a_net_start_or_net_destroy_killed_at_any_step_is_finished_by_the_next_one() {
     }
     let t = Topo::new();
     t.define(&routed_nat_xml());
+    // A host interface enslaved at each start (net-attach-interface), released at each destroy.
+    t.host.veth("lk0", &t.up, "lk1");
+    t.k.ok_in(&t.host, &["net-attach-interface", "natnet", "lk0"]);
     let start_points = [
         ("net-start.intent", "its start was interrupted; bridge brnat is gone"),
         ("net-start.bridge", "its start was interrupted; nftables table inet kvmctl_natnet is missing"),
         ("net-start.addresses", "its start was interrupted; nftables table inet kvmctl_natnet is missing"),
         ("net-start.routes", "its start was interrupted; nftables table inet kvmctl_natnet is missing"),
+        ("net-start.interfaces", "its start was interrupted; nftables table inet kvmctl_natnet is missing"),
         ("net-start.table", "its start was interrupted; dnsmasq is not running"),
         ("net-start.dnsmasq-files", "its start was interrupted; dnsmasq is not running"),
         ("net-start.dnsmasq", "runs but was not recorded"),
@@ -689,9 +693,11 @@ fn a_net_start_or_net_destroy_killed_at_any_step_is_finished_by_the_next_one() {
         let out = t.k.ok_in(&t.host, &["net-start", "natnet"]);
         assert!(out.contains("Network natnet repaired (it was degraded: "), "{point}: {out}");
         assert_working(&t, point);
+        assert!(t.host.ip(&["link", "show", "lk0"]).contains("master brnat"), "{point}");
         assert!(t.k.fails_in(&t.host, 1, &["net-start", "natnet"]).contains("already active"), "{point}");
         t.k.ok_in(&t.host, &["net-destroy", "natnet"]);
         assert_nothing_left(&t, "natnet", point);
+        assert!(!t.host.ip(&["link", "show", "lk0"]).contains("master"), "{point}");
     }
     for point in ["net-destroy.table", "net-destroy.dnsmasq", "net-destroy.rundir"] {
         t.k.ok_in(&t.host, &["net-start", "natnet"]);

@@ -277,6 +277,14 @@ fn nat_default_network_two_vms_reach_each_other_and_upstream_but_upstream_cannot
     assert!(br.contains("192.168.122.1/24"), "{br}");
     let link = w.h.ns.ip(&["-br", "link", "show", "virbr0"]);
     assert!(link.contains("52:54:00:53:d4:ee"), "the seed's bridge MAC: {link}");
+    // The default kvmctl made on first use takes the seed's UUID (nobody chose the generated
+    // one); from then on another UUID for 'default' is refused, as libvirt refuses it.
+    assert!(w.h.ok(&["net-info", "default"]).contains("f6514662-26e5-431e-8544-fd216bed9312"));
+    let other = DEFAULT_XML.replace("f6514662-26e5-431e-8544-fd216bed9312", "f6514662-26e5-431e-8544-fd216bed9313");
+    let f = w.h.k.dir.path().join("other-default.xml");
+    std::fs::write(&f, other).unwrap();
+    let e = w.h.fails(1, &["net-define", f.to_str().unwrap()]);
+    assert!(e.contains("network 'default' already exists with uuid f6514662-26e5-431e-8544-fd216bed9312"), "{e}");
 
     // Both VMs boot together.
     w.step("network up; installing VM1, VM2");

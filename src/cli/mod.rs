@@ -6,6 +6,7 @@ mod domain;
 mod editor;
 mod iface;
 mod install;
+mod net_attach;
 mod network;
 mod output;
 mod pool;

@@ -71,6 +71,14 @@ pub enum NetCmd {
         #[arg(long)]
         config: bool,
     },
+    /// Enslave a host interface to the network's bridge (kept in the definition; live when active).
+    NetAttachInterface {
+        network: String,
+        interface: String,
+        /// Release it instead (as it was before it was enslaved) and drop it from the definition.
+        #[arg(long)]
+        detach: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -184,6 +192,9 @@ async fn dispatch(cmd: NetCmd, ctx: &Ctx, nl: &Netlink) -> anyhow::Result<()> {
             net_update(ctx, &network, command, section, &xml, live, config)?;
             out.done(format!("Updated network {network} {section}"));
         }
+        NetCmd::NetAttachInterface { network, interface, detach } => {
+            super::net_attach::run(ctx, nl, &network, &interface, detach).await?
+        }
     }
     Ok(())
 }
@@ -222,7 +233,7 @@ pub(super) async fn started(
 }
 
 /// Fail with "not found" unless the network is defined, running, or has leftovers.
-fn known(ctx: &Ctx, name: &str) -> anyhow::Result<()> {
+pub(super) fn known(ctx: &Ctx, name: &str) -> anyhow::Result<()> {
     if ctx.store.exists(Kind::Network, name)
         || lifecycle::load_state(&ctx.store, name).is_some()
         || (crate::names::validate("network", name).is_ok() && lifecycle::has_runtime(&ctx.store, name))

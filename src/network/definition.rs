@@ -60,6 +60,24 @@ pub struct NetworkDef {
     /// and written back as they came; kvmctl does not read them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<String>,
+    /// `<kvmctl:interface dev='..'/>` (kvmctl's XML namespace): host interfaces that
+    /// `net-start` enslaves to the bridge (`net-attach-interface`), as `brctl addif` would.
+    #[serde(default, rename = "interface", skip_serializing_if = "Vec::is_empty")]
+    pub interfaces: Vec<HostInterface>,
+}
+
+/// A host interface enslaved to the network's bridge while the network runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostInterface {
+    pub dev: String,
+}
+
+impl NetworkDef {
+    /// Does the definition list host interface `dev`?
+    pub fn has_interface(&self, dev: &str) -> bool {
+        self.interfaces.iter().any(|i| i.dev == dev)
+    }
 }
 
 /// `<forward mode=...>`; no `<forward>` element at all is `Isolated`.

@@ -35,7 +35,10 @@ pub fn parse(xml: &str) -> Result<NetworkDef, NetworkError> {
     if root.name != "network" {
         return Err(NetworkError::NotANetwork(root.name));
     }
+    // kvmctl's own elements (its XML namespace) first; the rest is libvirt's.
+    let (root, interfaces) = super::attach::split_kvmctl_xml(root)?;
     let mut def = network(&root)?;
+    def.interfaces = interfaces;
     def.metadata = root.child("metadata")?.map(|m| m.raw_content(xml).to_string());
     Ok(def)
 }
@@ -118,6 +121,7 @@ fn network(el: &Element) -> Result<NetworkDef, NetworkError> {
         ips: el.children_named("ip").map(ip).collect::<Result<_, _>>()?,
         routes: el.children_named("route").map(route).collect::<Result<_, _>>()?,
         metadata: None,
+        interfaces: Vec::new(),
     })
 }
 

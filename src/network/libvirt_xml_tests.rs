@@ -452,3 +452,44 @@ fn open_network_with_a_forward_dev_is_accepted_as_libvirt_accepts_it() {
     iso.forward.dev = Some("eth0".into());
     assert!(iso.validate().unwrap_err().to_string().contains("<forward dev>"));
 }
+
+const KVMCTL_NS: &str = "https://kvmctl.dev/xml/network/1";
+
+#[test]
+fn kvmctl_interface_elements_round_trip_under_any_prefix_bound_to_kvmctls_namespace() {
+    let xml = format!(
+        "<network xmlns:k='{KVMCTL_NS}'><name>lan</name><bridge name='br-lan'/><k:interface dev='ens2'/><k:interface dev='ens3'/></network>"
+    );
+    let def = parse(&xml).unwrap();
+    let devs: Vec<&str> = def.interfaces.iter().map(|i| i.dev.as_str()).collect();
+    assert_eq!(devs, ["ens2", "ens3"]);
+    let out = to_xml(&def);
+    assert!(out.starts_with(&format!("<network xmlns:kvmctl='{KVMCTL_NS}'>\n")), "{out}");
+    assert!(out.ends_with("  <kvmctl:interface dev='ens2'/>\n  <kvmctl:interface dev='ens3'/>\n</network>\n"), "{out}");
+    assert_eq!(parse(&out).unwrap(), def);
+    let toml = def.to_toml();
+    assert!(toml.contains("[[interface]]\ndev = \"ens2\"\n"), "{toml}");
+    assert_eq!(NetworkDef::from_toml(&toml).unwrap(), def);
+    // No interface: no namespace declaration either.
+    assert!(!to_xml(&parse(SEED_NAT).unwrap()).contains("xmlns"));
+}
+
+#[test]
+fn kvmctl_elements_need_kvmctls_namespace_and_are_checked() {
+    let undeclared = "<network><name>n</name><kvmctl:interface dev='ens2'/></network>";
+    assert!(refused(undeclared).contains("undeclared namespace prefix 'kvmctl'"), "{}", refused(undeclared));
+    let wrong = "<network xmlns:kvmctl='http://example.org/x'><name>n</name></network>";
+    assert_eq!(
+        refused(wrong),
+        format!("<network xmlns:kvmctl='http://example.org/x'>: kvmctl's namespace is '{KVMCTL_NS}'")
+    );
+    let other = format!("<network xmlns:kvmctl='{KVMCTL_NS}'><name>n</name><kvmctl:port dev='x'/></network>");
+    assert!(refused(&other).contains("unknown element <kvmctl:port>"), "{}", refused(&other));
+    let no_dev = format!("<network xmlns:kvmctl='{KVMCTL_NS}'><name>n</name><kvmctl:interface/></network>");
+    assert!(refused(&no_dev).contains("missing attribute 'dev'"), "{}", refused(&no_dev));
+    let extra =
+        format!("<network xmlns:kvmctl='{KVMCTL_NS}'><name>n</name><kvmctl:interface dev='a' mtu='1'/></network>");
+    assert!(refused(&extra).contains("unknown attribute 'mtu'"), "{}", refused(&extra));
+    // Other namespaces stay refused as before.
+    assert!(refused("<network xmlns:x='urn:x'><name>n</name></network>").contains("xmlns:x"));
+}

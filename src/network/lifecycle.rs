@@ -25,6 +25,8 @@ pub enum LifecycleError {
     Netlink(#[from] NetlinkError),
     #[error(transparent)]
     Process(#[from] ProcessError),
+    #[error(transparent)]
+    Attach(#[from] super::attach::AttachError),
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
     #[error("network '{0}' is already active")]
@@ -80,6 +82,10 @@ pub struct NetState {
     /// `starting` from the intent until the start is committed.
     #[serde(default)]
     pub phase: Phase,
+    /// Host interfaces enslaved to the bridge (`<kvmctl:interface>`), as they were before:
+    /// recorded before each is enslaved, put back by net-destroy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub enslaved: Vec<super::attach::Enslaved>,
 }
 
 impl NetState {
@@ -134,7 +140,7 @@ pub fn load_state(store: &Store, name: &str) -> Option<NetState> {
     serde_json::from_str(&text).ok()
 }
 
-fn save_state(store: &Store, name: &str, st: &NetState) -> Result<(), LifecycleError> {
+pub(super) fn save_state(store: &Store, name: &str, st: &NetState) -> Result<(), LifecycleError> {
     let p = state_file(store, name);
     let text = serde_json::to_string_pretty(st).expect("state serializes");
     runtime_write(&p, text.as_bytes()).map_err(io_at(&p))
@@ -225,6 +231,9 @@ async fn problems(store: &Store, nl: &Netlink, st: &NetState, locked: bool) -> R
             (None, None) => "dnsmasq is not running".to_string(),
         });
     }
+    if let Some(br) = nl.link(&st.bridge).await? {
+        problems.extend(super::attach::problems(nl, st, br.index).await?);
+    }
     Ok(problems)
 }
 
@@ -255,10 +264,11 @@ pub fn prepare_as(store: &Store, text: &str, old: Option<&NetworkDef>) -> Result
     let mut def = libvirt_xml::parse_any(text)?;
     crate::names::validate("network", &def.name).map_err(NetworkError::from)?;
     if let Some(old) = old.filter(|o| o.name == def.name) {
-        if !def.uuid.is_nil() && def.uuid != old.uuid {
+        if def.uuid.is_nil() {
+            def.uuid = old.uuid;
+        } else if def.uuid != old.uuid && !is_generated_default(store, old) {
             return Err(LifecycleError::UuidMismatch { name: def.name, uuid: old.uuid.to_string() });
         }
-        def.uuid = old.uuid;
         def.autostart = old.autostart;
     }
     let used = used_bridges(store, &def.name)?;
@@ -337,11 +347,20 @@ pub fn ensure_default(store: &Store) -> Result<(), LifecycleError> {
         def.complete(&used);
         def.validate()?;
         match store.create(Kind::Network, "default", &def) {
-            Ok(()) | Err(StoreError::AlreadyExists { .. }) => {}
+            Ok(()) => return atomic_write(&marker, def.uuid.to_string().as_bytes()).map_err(io_at(&marker)),
+            Err(StoreError::AlreadyExists { .. }) => {}
             Err(e) => return Err(e.into()),
         }
     }
     atomic_write(&marker, b"").map_err(io_at(&marker))
+}
+
+/// Is `old` the `default` network as kvmctl defined it on first use, with the UUID it made
+/// up (recorded in the marker)? Its first redefinition from a file takes the file's UUID: the
+/// user never chose the generated one (libvirt's own `default` comes with the package).
+fn is_generated_default(store: &Store, old: &NetworkDef) -> bool {
+    let marker = store.paths.root.join(".default-network");
+    old.name == "default" && fs::read_to_string(marker).is_ok_and(|u| u.trim() == old.uuid.to_string())
 }
 
 fn nft(batch: &str) -> Result<(), ProcessError> {
@@ -487,6 +506,7 @@ async fn start_steps<'a>(
         dnsmasq_pid: None,
         transient,
         phase: Phase::Starting,
+        enslaved: Vec::new(),
     };
     save_state(store, &name, &st)?;
     crate::fault::point("net-start.intent");
@@ -556,6 +576,7 @@ async fn converge<'a>(
         }
         enable_forwarding(&def)?;
         crate::fault::point("net-start.routes");
+        super::attach::enslave_step(store, nl, st, idx, undo).await?;
     } else if nl.link(&st.bridge).await?.is_none() {
         return Err(LifecycleError::NoBridge { name: def.name.clone(), bridge: st.bridge.clone() });
     }
@@ -732,6 +753,8 @@ pub async fn destroy(
         return Err(LifecycleError::InUse { name: name.into(), vms: users.join(", ") });
     }
     let problems = problems(store, nl, &st, true).await?;
+    // Host interfaces first, as they were before they were enslaved (again after a kill).
+    super::attach::release_all(nl, &st).await?;
     let conf = RunFiles::new(&dir).conf;
     // The table first (committed in under a millisecond); its socket stays open until the
     // bridge is gone, since closing it holds the nftables lock that the bridge's

@@ -6,6 +6,7 @@
 //! None of them touches the host; the code that creates bridges, applies the ruleset and spawns
 //! dnsmasq builds on them.
 
+pub mod attach;
 pub mod definition;
 pub mod dnsmasq;
 mod error;
@@ -24,8 +25,8 @@ mod xml_write;
 
 pub use definition::{
     default_network, next_free_bridge, overlaps, Bootp, BridgeDef, DhcpDef, DhcpHost, DhcpRange, DnsDef, DnsHost,
-    DomainDef, Forward, ForwardMode, Forwarder, IpDef, Ipv4Range, Lease, LeaseUnit, MacAddr, NatDef, NetworkDef,
-    PortRange, RouteDef, SrvRecord, Subnet, TxtRecord,
+    DomainDef, Forward, ForwardMode, Forwarder, HostInterface, IpDef, Ipv4Range, Lease, LeaseUnit, MacAddr, NatDef,
+    NetworkDef, PortRange, RouteDef, SrvRecord, Subnet, TxtRecord,
 };
 pub use dnsmasq::{DnsmasqFiles, RunFiles};
 pub use error::NetworkError;

@@ -11,6 +11,9 @@ use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
 use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkUnspec, RouteMessageBuilder};
 use thiserror::Error;
 
+mod port;
+pub use port::{LinkAddr, PortLink};
+
 #[derive(Debug, Error)]
 pub enum NetlinkError {
     #[error("cannot open a netlink socket: {0}")]

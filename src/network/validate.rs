@@ -81,6 +81,7 @@ impl NetworkDef {
         validate_dns(net, &self.dns)?;
         self.validate_ips()?;
         self.validate_static_hosts()?;
+        self.validate_interfaces()?;
         self.routes.iter().try_for_each(|r| self.validate_route(r))
     }
 
@@ -417,7 +418,7 @@ fn check_dns_name(net: &str, tag: &str, name: &str) -> Result<(), NetworkError> 
     Ok(())
 }
 
-fn check_ifname(net: &str, tag: &str, name: &str, is_bridge: bool) -> Result<(), NetworkError> {
+pub(super) fn check_ifname(net: &str, tag: &str, name: &str, is_bridge: bool) -> Result<(), NetworkError> {
     let bad = |reason: &str| NetworkError::BadIfName { net: net.into(), tag: tag.into(), reason: reason.into() };
     if name.len() > MAX_IFNAME {
         if is_bridge {

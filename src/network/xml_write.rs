@@ -63,7 +63,8 @@ fn yes_if(b: bool) -> Option<String> {
 /// The network as `virsh net-dumpxml` would print it.
 pub fn to_xml(def: &NetworkDef) -> String {
     let mut w = Writer::default();
-    w.open("network", &[("ipv6", yes_if(def.ipv6))]);
+    let ns = (!def.interfaces.is_empty()).then(|| super::attach::XML_NS.to_string());
+    w.open("network", &[("xmlns:kvmctl", ns), ("ipv6", yes_if(def.ipv6))]);
     w.text("name", &def.name);
     w.text("uuid", &def.uuid.to_string());
     if let Some(m) = &def.metadata {
@@ -98,6 +99,9 @@ pub fn to_xml(def: &NetworkDef) -> String {
             ("metric", r.metric.map(|m| m.to_string())),
         ];
         w.empty("route", &attrs);
+    }
+    for i in &def.interfaces {
+        w.empty("kvmctl:interface", &[("dev", s(&i.dev))]);
     }
     w.close("network");
     w.out

@@ -83,7 +83,7 @@ start=$(date +%s)
 
 # ---------------------------------------------------------------- host packages
 need_pkgs=(busybox-static syslinux syslinux-common mtools dosfstools cpio qemu-utils kmod gzip
-	isolinux pxelinux xorriso fdisk systemd-boot-efi ovmf)
+	isolinux pxelinux xorriso fdisk systemd-boot-efi ovmf dhcpcd-base)
 apt_updated=0
 apt_update() {
 	if [ "$apt_updated" = 0 ]; then
@@ -111,6 +111,10 @@ export PATH="$PATH:/usr/sbin:/sbin"
 
 busybox=/bin/busybox
 [ -x "$busybox" ] || die "$busybox missing (busybox-static)"
+# DHCPv6 client of the guest (busybox-static has no udhcpc6): dhcpcd and the
+# shared libraries it links (glibc), copied from the host's Debian packages.
+dhcpcd=/usr/sbin/dhcpcd
+[ -x "$dhcpcd" ] || die "$dhcpcd missing (dhcpcd-base)"
 mbr_bin=/usr/lib/syslinux/mbr/mbr.bin
 [ -f "$mbr_bin" ] || die "$mbr_bin missing (syslinux-common)"
 ldlinux_c32=/usr/lib/syslinux/modules/bios/ldlinux.c32
@@ -210,12 +214,19 @@ root="$tmp/root"
 mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,etc/kvmctl,proc,sys,dev,run,tmp,root,mnt,var/log,lib/modules}
 cp -a "$here/guest/rootfs/." "$root/"
 chmod 0755 "$root/init" "$root/etc/init.d/rcS" "$root/etc/udhcpc.script" "$root/etc/acpi/PWRF/00000080" \
-	"$root/sbin/kvmctl-install" "$root/sbin/kvmctl-cloudinit"
+	"$root/sbin/kvmctl-install" "$root/sbin/kvmctl-cloudinit" "$root/sbin/kvmctl-ipv6"
 chmod 0700 "$root/root"
 chmod 1777 "$root/tmp"
 cp "$busybox" "$root/bin/busybox"
 for app in $("$busybox" --list-full); do
 	[ -e "$root/$app" ] || [ -L "$root/$app" ] || ln -s /bin/busybox "$root/$app"
+done
+# dhcpcd + the libraries ldd names (the dynamic loader at its absolute path)
+mkdir -p "$root/usr/sbin" "$root/var/lib/dhcpcd"
+cp "$dhcpcd" "$root/usr/sbin/dhcpcd"
+for lib in $(ldd "$dhcpcd" | sed -n 's/.*=> \(\/[^ ]*\) .*/\1/p; s/^[[:space:]]*\(\/[^ ]*\) .*/\1/p'); do
+	mkdir -p "$root$(dirname "$lib")"
+	cp -L "$lib" "$root$lib"
 done
 mkdir -p "$root/usr/share/udhcpc"
 ln -sf /etc/udhcpc.script "$root/usr/share/udhcpc/default.script"

@@ -132,6 +132,10 @@ pub struct NatDef {
     /// `<port start end>`; libvirt's default 1024-65535.
     #[serde(default)]
     pub port: PortRange,
+    /// `<nat ipv6='yes'>` (libvirt >= 6.5): masquerade the IPv6 subnets too; without it the
+    /// IPv6 of a NAT network is routed (guest addresses kept), as in libvirt.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub ipv6: bool,
 }
 
 impl NatDef {

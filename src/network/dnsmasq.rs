@@ -317,13 +317,17 @@ fn dhcp(c: &mut String, def: &NetworkDef, files: &RunFiles) {
     }
 }
 
-/// IPv6 router advertisements: `enable-ra` with DHCPv6, else `ra-only` per IPv6 subnet.
+/// IPv6 router advertisements: `enable-ra` with DHCPv6 (its prefix is advertised without the
+/// autonomous flag and with "managed": stateful DHCPv6, no SLAAC), and `ra-only` (SLAAC) for
+/// every IPv6 subnet without DHCP. libvirt writes the `ra-only` lines only when no subnet has
+/// DHCPv6, which leaves the other IPv6 subnets of such a network unadvertised (guests get no
+/// address there at all); kvmctl advertises them for SLAAC in both cases.
 fn router_advertisements(c: &mut String, def: &NetworkDef) {
-    if def.dhcp_ip(false).is_some() {
+    let dhcp6 = def.dhcp_ip(false);
+    if dhcp6.is_some() {
         c.push_str("enable-ra\n");
-        return;
     }
-    for ip in def.ips.iter().filter(|ip| !ip.is_ipv4()) {
+    for ip in def.ips.iter().filter(|ip| !ip.is_ipv4() && Some(*ip) != dhcp6) {
         let _ = writeln!(c, "dhcp-range={},ra-only", ip.address);
     }
 }

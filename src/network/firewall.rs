@@ -7,12 +7,15 @@
 //! - **nat**: per IPv4 subnet, masquerade toward anything outside it (`to :1024-65535` for tcp
 //!   and udp, plain for the rest; `snat` to `<nat><address>` instead when given; never for
 //!   multicast 224.0.0.0/24 or broadcast), replies in (established/related), guests out; IPv6
-//!   subnets are routed (no NAT for IPv6, like libvirt);
+//!   subnets are routed (guest addresses kept, both ways, like libvirt), unless `<nat
+//!   ipv6='yes'>`: then they are masqueraded too (never toward ff02::/16), replies only in;
 //! - **route**: forwarding both ways between each subnet and the outside;
 //! - **isolated**: no forwarding in or out of the bridge; guest <-> host traffic is untouched;
 //! - all three: guest <-> guest through the bridge allowed, everything else forwarded to or from
 //!   the bridge rejected, restricted to `<forward dev>` when given; DHCP/DNS/TFTP input to the
-//!   host from the bridge accepted (and DHCP replies out);
+//!   host from the bridge accepted (and DHCP replies out), DHCPv6 included; ICMPv6 (neighbour
+//!   discovery, router solicitations and advertisements) needs no rule: the input and output
+//!   chains only add accepts to policy accept, as in libvirt, whose rules have none either;
 //! - **open**, **bridge**: no table at all.
 //!
 //! An accept in this table does not override a drop in another table (firewalld, docker).
@@ -51,8 +54,9 @@ pub fn render(def: &NetworkDef) -> Option<String> {
     let _ = writeln!(out, "\tcomment \"kvmctl network {}\"", def.name);
     host_chains(&mut out, def, br);
     chain(&mut out, "forward", "filter hook forward priority filter", &forward_rules(def, br));
-    if def.forward.mode == ForwardMode::Nat {
-        chain(&mut out, "postrouting", "nat hook postrouting priority srcnat", &nat_rules(def));
+    let nat = if def.forward.mode == ForwardMode::Nat { nat_rules(def) } else { vec![] };
+    if !nat.is_empty() {
+        chain(&mut out, "postrouting", "nat hook postrouting priority srcnat", &nat);
     }
     out.push_str("}\n");
     Some(out)
@@ -119,8 +123,9 @@ fn forward_rules(def: &NetworkDef, br: &str) -> Vec<String> {
     if def.forward.mode != ForwardMode::Isolated {
         for s in def.subnets() {
             let fam = family(&s);
-            // NAT: only replies come in; IPv6 of a NAT network and route networks are routed.
-            let replies_only = def.forward.mode == ForwardMode::Nat && s.is_ipv4();
+            // NAT: only replies come in; IPv6 of a NAT network (unless <nat ipv6='yes'>) and
+            // route networks are routed.
+            let replies_only = def.forward.mode == ForwardMode::Nat && masqueraded(def, &s);
             let state = if replies_only { " ct state established,related" } else { "" };
             rules.push(format!("{dev_in}oifname \"{br}\" {fam} daddr {s}{state} accept"));
             rules.push(format!("iifname \"{br}\"{dev_out} {fam} saddr {s} accept"));
@@ -129,6 +134,11 @@ fn forward_rules(def: &NetworkDef, br: &str) -> Vec<String> {
     rules.push(format!("oifname \"{br}\" reject"));
     rules.push(format!("iifname \"{br}\" reject"));
     rules
+}
+
+/// Is this subnet of a NAT network masqueraded? IPv4 always, IPv6 with `<nat ipv6='yes'>`.
+fn masqueraded(def: &NetworkDef, s: &Subnet) -> bool {
+    s.is_ipv4() || def.forward.nat.ipv6
 }
 
 fn nat_rules(def: &NetworkDef) -> Vec<String> {
@@ -154,6 +164,14 @@ fn nat_rules(def: &NetworkDef) -> Vec<String> {
         rules.push(format!("meta l4proto tcp {base} {with_ports}"));
         rules.push(format!("meta l4proto udp {base} {with_ports}"));
         rules.push(format!("{base} {plain}"));
+    }
+    // <nat ipv6='yes'>: masquerade (the <address> range is IPv4 only, as in libvirt).
+    for s in def.subnets().into_iter().filter(|s| !s.is_ipv4() && def.forward.nat.ipv6) {
+        rules.push(format!("ip6 saddr {s} ip6 daddr ff02::/16 return"));
+        let base = format!("ip6 saddr {s} ip6 daddr != {s}{dev_out}");
+        rules.push(format!("meta l4proto tcp {base} masquerade to {port}"));
+        rules.push(format!("meta l4proto udp {base} masquerade to {port}"));
+        rules.push(format!("{base} masquerade"));
     }
     rules
 }

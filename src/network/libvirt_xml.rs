@@ -183,7 +183,7 @@ fn forward(el: &Element) -> Result<Forward, NetworkError> {
 }
 
 fn nat(el: &Element) -> Result<NatDef, NetworkError> {
-    el.check(&[], &["address", "port"])?;
+    el.check(&["ipv6"], &["address", "port"])?;
     let address = match el.child("address")? {
         None => None,
         Some(a) => {
@@ -199,7 +199,7 @@ fn nat(el: &Element) -> Result<NatDef, NetworkError> {
             PortRange { start: p.req_parse("start", "a port number")?, end: p.req_parse("end", "a port number")? }
         }
     };
-    Ok(NatDef { address, port })
+    Ok(NatDef { address, port, ipv6: el.flag("ipv6", "yes", "no")?.unwrap_or(false) })
 }
 
 fn bridge(el: &Element) -> Result<BridgeDef, NetworkError> {

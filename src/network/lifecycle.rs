@@ -566,6 +566,7 @@ async fn converge<'a>(
                 idx
             }
         };
+        ignore_guest_router_advertisements(&st.bridge)?;
         for ip in &def.ips {
             nl.add_address_again(idx, ip.address, ip.prefix).await?;
         }
@@ -686,6 +687,24 @@ fn enable_forwarding(def: &NetworkDef) -> Result<(), LifecycleError> {
             continue;
         }
         fs::write(k, "1\n").map_err(io_at(Path::new(k)))?;
+    }
+    Ok(())
+}
+
+/// A bridge kvmctl owns never takes IPv6 configuration from its guests (as libvirt sets it):
+/// `accept_ra=0` and `autoconf=0` on the bridge, in this network namespace. Nothing to do
+/// where IPv6 is off (no `/proc/sys/net/ipv6/conf/<bridge>`).
+fn ignore_guest_router_advertisements(bridge: &str) -> Result<(), LifecycleError> {
+    let dir = Path::new("/proc/sys/net/ipv6/conf").join(bridge);
+    if !dir.is_dir() {
+        return Ok(());
+    }
+    for knob in ["accept_ra", "autoconf"] {
+        let k = dir.join(knob);
+        if fs::read_to_string(&k).map(|v| v.trim() == "0").unwrap_or(false) {
+            continue;
+        }
+        fs::write(&k, "0\n").map_err(io_at(&k))?;
     }
     Ok(())
 }

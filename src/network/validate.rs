@@ -111,14 +111,9 @@ impl NetworkDef {
                     return refuse(element);
                 }
             }
-            ForwardMode::Nat if !self.ips.iter().any(IpDef::is_ipv4) => {
-                return Err(NetworkError::ModeNeedsIp {
-                    net: net.into(),
-                    mode: mode.to_string(),
-                    what: "an IPv4 <ip>",
-                });
-            }
-            ForwardMode::Route if self.ips.is_empty() => {
+            // An IPv6-only NAT network is libvirt's too: its IPv6 is routed (or masqueraded
+            // with <nat ipv6='yes'>), and it has no IPv4 rules.
+            ForwardMode::Nat | ForwardMode::Route if self.ips.is_empty() => {
                 return Err(NetworkError::ModeNeedsIp { net: net.into(), mode: mode.to_string(), what: "an <ip>" });
             }
             // libvirt accepts `dev` with mode open (and adds no rules for it, as kvmctl).

@@ -166,9 +166,23 @@ fn bridge_mode_with_ip_is_refused() {
 }
 
 #[test]
-fn nat_without_ipv4_is_refused() {
-    let (e, msg) = err(&net("<forward mode='nat'/><ip family='ipv6' address='fd00::1' prefix='64'/>"));
-    assert!(matches!(e, NetworkError::ModeNeedsIp { .. }) && msg.contains("IPv4"), "{msg}");
+fn nat_without_any_ip_is_refused() {
+    let (e, msg) = err(&net("<forward mode='nat'/>"));
+    assert!(matches!(e, NetworkError::ModeNeedsIp { .. }) && msg.contains("needs an <ip>"), "{msg}");
+}
+
+#[test]
+fn ipv6_only_nat_network_is_accepted_as_libvirt_does() {
+    // libvirt's networkxml2confdata/dhcp6-network.xml, with nat ipv6='yes' too.
+    for nat in ["<forward mode='nat'/>", "<forward mode='nat'><nat ipv6='yes'/></forward>"] {
+        net(&format!(
+            "{nat}<ip family='ipv6' address='2001:db8:ac10:fd01::1' prefix='64'><dhcp>\
+             <range start='2001:db8:ac10:fd01::1:10' end='2001:db8:ac10:fd01::1:ff'/>\
+             <host id='0:3:0:1:0:16:3e:11:22:33' name='peter.xyz' ip='2001:db8:ac10:fd01::1:22'/></dhcp></ip>"
+        ))
+        .validate()
+        .unwrap();
+    }
 }
 
 #[test]

@@ -115,7 +115,7 @@ fn forward(w: &mut Writer, f: &Forward) {
     let attrs = [("dev", f.dev.clone()), ("mode", s(f.mode))];
     w.element("forward", &attrs, nat || f.dev.is_some(), |w| {
         if nat {
-            w.open("nat", &[]);
+            w.open("nat", &[("ipv6", f.nat.ipv6.then(|| "yes".to_string()))]);
             if let Some(a) = &f.nat.address {
                 w.empty("address", &[("start", s(a.start)), ("end", s(a.end))]);
             }

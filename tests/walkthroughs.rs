@@ -189,11 +189,11 @@ impl Helper {
     }
 }
 
-/// A one-connection TCP server in `ns` on `addr:port` (60 s to get it); `peer_of` tells who
+/// A one-connection TCP server in `ns` on `addr:port` (IPv4 or IPv6; 60 s to get it); `peer_of` tells who
 /// connected and what it sent.
 fn tcp_server(ns: &Netns, addr: &str, port: u16) -> Helper {
     let code = format!(
-        "import socket\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
+        "import socket\ns=socket.socket(socket.AF_INET6 if ':' in '{addr}' else socket.AF_INET)\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
          s.bind(('{addr}',{port}))\ns.listen(1)\ns.settimeout(60)\nprint('READY',flush=True)\n\
          c,a=s.accept()\nc.settimeout(10)\nd=c.recv(100).decode().strip()\nprint('PEER',a[0],d,flush=True)\n"
     );
@@ -506,5 +506,173 @@ fn isolated_network_vms_reach_each_other_and_the_host_resolve_names_but_nothing_
     w.h.ok(&["destroy", "VM1"]);
     w.h.ok(&["destroy", "VM2"]);
     w.h.ok(&["net-destroy", "isolated"]);
+    w.step("done");
+}
+
+// ---------------------------------------------------------------------------------- IPv6
+
+const HOST_UP6: &str = "fd99::1";
+const UPSTREAM6: &str = "fd99::2";
+
+impl Walk {
+    /// IPv6 on the upstream link too (no duplicate address detection: the link is new and
+    /// ours), the host's IPv6 default route upstream.
+    fn with_ipv6(self) -> Walk {
+        self.h.ns.ip(&["-6", "addr", "add", &format!("{HOST_UP6}/64"), "dev", "up0", "nodad"]);
+        self.up.ip(&["-6", "addr", "add", &format!("{UPSTREAM6}/64"), "dev", "eth0", "nodad"]);
+        self.h.ns.ip(&["-6", "route", "add", "default", "via", UPSTREAM6]);
+        self
+    }
+
+    /// Wait for `n` global IPv6 addresses of the guest's eth0 (its `KVMCTL-NIC6` lines, printed
+    /// as SLAAC and DHCPv6 complete); returns them as `addr/prefix`.
+    fn ipv6_addresses(&self, vm: &str, n: usize) -> Vec<String> {
+        let log = self.h.wait_console(vm, "KVMCTL-NIC6: eth0 ", n, 180);
+        // The lines come from the background, so one may follow the shell's prompt.
+        let tag = "KVMCTL-NIC6: eth0 addr=";
+        log.lines().filter_map(|l| l.find(tag).map(|i| l[i + tag.len()..].trim_end().to_string())).collect()
+    }
+}
+
+/// libvirt's own `dhcp6-network` case, reduced: a NAT network with only IPv6 (accepted as
+/// libvirt accepts it), one subnet with DHCPv6 and a static host by DUID, one with router
+/// advertisements only (SLAAC).
+const NAT6_XML: &str = "<network>
+  <name>nat6</name>
+  <forward mode='nat'/>
+  <bridge name='virbr6'/>
+  <ip family='ipv6' address='fd00:6::1' prefix='64'>
+    <dhcp>
+      <range start='fd00:6::100' end='fd00:6::1ff'/>
+      <host id='0:3:0:1:52:54:0:0:6:6' name='vm6' ip='fd00:6::22'/>
+    </dhcp>
+  </ip>
+  <ip family='ipv6' address='fd00:7::1' prefix='64'/>
+</network>
+";
+
+/// IPv6 walkthrough, part 1: an IPv6-only NAT network. The guest takes its static DHCPv6
+/// address (matched by its DUID-LL) and a SLAAC address from the second subnet's router
+/// advertisements; its IPv6 is routed, not translated: upstream sees the guest's own
+/// address and, with a route back, reaches it. There are no IPv4 rules at all.
+#[test]
+fn ipv6_only_nat_network_dhcpv6_and_slaac_and_the_ipv6_is_routed() {
+    if !prereqs() {
+        return;
+    }
+    let w = Walk::new().with_ipv6();
+    let out = w.net_define("nat6.xml", NAT6_XML);
+    assert!(out.contains("Network nat6 defined from"), "{out}");
+    w.h.ok(&["net-start", "nat6"]);
+    let rules = w.h.ns.ok(&["nft", "list", "table", "inet", "kvmctl_nat6"]);
+    assert!(
+        rules.contains("ip6 saddr fd00:6::/64 accept") && rules.contains("ip6 saddr fd00:7::/64 accept"),
+        "{rules}"
+    );
+    assert!(!rules.contains("ip saddr") && !rules.contains("ip daddr"), "no IPv4 rules: {rules}");
+    assert!(!rules.contains("masquerade") && !rules.contains("postrouting"), "IPv6 is routed: {rules}");
+    let xml = w.h.ok(&["net-dumpxml", "nat6"]);
+    assert!(xml.contains("<ip family='ipv6' address='fd00:7::1' prefix='64'/>"), "{xml}");
+    w.step("network up; installing VM6");
+
+    w.vm("VM6", "network=nat6,mac=52:54:00:00:06:06");
+    let nic = w.ready("VM6");
+    assert_eq!(nic.addr, "none", "no IPv4 on this network: {nic:?}");
+    let addrs = w.ipv6_addresses("VM6", 2);
+    w.step("IPv6 addresses up");
+    // DHCPv6 hands out the host entry's address (a /128: the prefix comes from the RA);
+    // SLAAC makes the EUI-64 address of the MAC in the RA-only subnet.
+    assert!(addrs.iter().any(|a| a.starts_with("fd00:6::22/")), "DHCPv6 static host: {addrs:?}");
+    assert!(addrs.iter().any(|a| a == "fd00:7::5054:ff:fe00:606/64"), "SLAAC: {addrs:?}");
+    assert_eq!(addrs.len(), 2, "nothing from the DHCPv6 subnet by SLAAC (managed, no autonomous flag): {addrs:?}");
+    let routes = w.h.guest_ok("VM6", "ip -6 route", 30);
+    assert!(routes.contains("default via fe80::"), "the router advertisements make the bridge the gateway: {routes}");
+    let leases = w.h.ok(&["net-dhcp-leases", "nat6"]);
+    assert!(leases.contains("fd00:6::22") && leases.contains("vm6"), "{leases}");
+
+    // Out: the guest reaches the host and, once upstream knows the way back to the subnets
+    // (through the host), upstream with its own address.
+    assert!(w.guest_pings("VM6", "fd00:6::1"), "VM6 -> host");
+    for subnet in ["fd00:6::/64", "fd00:7::/64"] {
+        w.up.ip(&["-6", "route", "add", subnet, "via", HOST_UP6]);
+    }
+    assert!(w.guest_pings("VM6", UPSTREAM6), "VM6 -> upstream");
+    let server = tcp_server(&w.up, UPSTREAM6, 7061);
+    assert!(w.guest_sends("VM6", UPSTREAM6, 7061, "hello-from-VM6"), "VM6 -> upstream:7061");
+    let (peer, said) = peer_of(server);
+    assert_eq!(said, "hello-from-VM6");
+    let own: Vec<&str> = addrs.iter().map(|a| a.split('/').next().unwrap()).collect();
+    assert!(own.contains(&peer.as_str()), "routed: upstream sees the guest's own address {own:?}, not {peer}");
+    w.step("outbound checked");
+
+    // In: upstream reaches the guest.
+    w.guest_listen("VM6", 7062);
+    assert!(connects(&w.up, "fd00:6::22", 7062), "routed IPv6: upstream connects to the guest");
+    w.step("inbound checked");
+
+    w.h.ok(&["destroy", "VM6"]);
+    w.h.ok(&["net-destroy", "nat6"]);
+    w.step("done");
+}
+
+/// A dual-stack NAT network whose IPv6 is masqueraded too (`<nat ipv6='yes'/>`, libvirt 6.5).
+const NATV6_XML: &str = "<network>
+  <name>dual</name>
+  <forward mode='nat'>
+    <nat ipv6='yes'/>
+  </forward>
+  <bridge name='virbr8'/>
+  <ip address='192.168.168.1' netmask='255.255.255.0'>
+    <dhcp>
+      <range start='192.168.168.2' end='192.168.168.254'/>
+    </dhcp>
+  </ip>
+  <ip family='ipv6' address='fd00:8::1' prefix='64'>
+    <dhcp>
+      <range start='fd00:8::100' end='fd00:8::1ff'/>
+    </dhcp>
+  </ip>
+</network>
+";
+
+/// IPv6 walkthrough, part 2: `<nat ipv6='yes'/>`. The guest leases an IPv4 and a DHCPv6
+/// address from the range; upstream sees only the host's IPv6 address and cannot open a
+/// connection to the guest, even with a route toward the subnet.
+#[test]
+fn nat_ipv6_yes_masquerades_ipv6_and_lets_nothing_in() {
+    if !prereqs() {
+        return;
+    }
+    let w = Walk::new().with_ipv6();
+    w.net_define("dual.xml", NATV6_XML);
+    w.h.ok(&["net-start", "dual"]);
+    let xml = w.h.ok(&["net-dumpxml", "dual"]);
+    assert!(xml.contains("<nat ipv6='yes'"), "{xml}");
+    w.step("network up; installing VM8");
+
+    w.vm("VM8", "network=dual");
+    let nic = w.ready("VM8");
+    assert!(nic.addr.starts_with("192.168.168.") && nic.addr.ends_with("/24"), "{nic:?}");
+    let addrs = w.ipv6_addresses("VM8", 1);
+    let v6 = addrs[0].split('/').next().unwrap().to_string();
+    let last = u32::from_str_radix(v6.strip_prefix("fd00:8::").unwrap_or("0"), 16).unwrap_or(0);
+    assert!((0x100..=0x1ff).contains(&last), "DHCPv6 from the range: {addrs:?}");
+    w.step("dual stack up");
+
+    let server = tcp_server(&w.up, UPSTREAM6, 7081);
+    assert!(w.guest_sends("VM8", UPSTREAM6, 7081, "hello6-from-VM8"), "VM8 -> upstream:7081 over IPv6");
+    assert_eq!(peer_of(server), (HOST_UP6.to_string(), "hello6-from-VM8".to_string()), "IPv6 masqueraded");
+    let server = tcp_server(&w.up, UPSTREAM, 7082);
+    assert!(w.guest_sends("VM8", UPSTREAM, 7082, "hello4-from-VM8"), "VM8 -> upstream:7082 over IPv4");
+    assert_eq!(peer_of(server), (HOST_UP.to_string(), "hello4-from-VM8".to_string()), "IPv4 masqueraded");
+    w.step("outbound checked");
+
+    w.up.ip(&["-6", "route", "add", "fd00:8::/64", "via", HOST_UP6]);
+    w.guest_listen("VM8", 7083);
+    assert!(!connects(&w.up, &v6, 7083), "NAT: no IPv6 connection in from upstream");
+    w.step("inbound checked");
+
+    w.h.ok(&["destroy", "VM8"]);
+    w.h.ok(&["net-destroy", "dual"]);
     w.step("done");
 }

@@ -849,3 +849,67 @@ fn net_destroy_of_a_network_in_use_needs_force_and_net_start_reattaches_the_taps
     t.k.ok_in(&t.host, &["net-destroy", "natnet"]);
     assert_nothing_left(&t, "natnet", "after the VM");
 }
+
+/// The TXT record `name` as the DNS server at `server` answers it from `ns` (python3, one
+/// UDP query, 5 s timeout); `None` when there is no answer.
+fn dns_txt(ns: &Netns, server: &str, name: &str) -> Option<String> {
+    let code = format!(
+        "import socket,struct\nq=b''.join(bytes([len(p)])+p.encode() for p in '{name}'.split('.'))+b'\\0'\n\
+         s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.settimeout(5)\n\
+         s.sendto(struct.pack('>HHHHHH',0x4b56,0x100,1,0,0,0)+q+struct.pack('>HH',16,1),('{server}',53))\n\
+         r=s.recv(4096)\nn=struct.unpack('>H',r[6:8])[0]\nassert n>0,'no answer'\ni=12+len(q)+4\n\
+         i+=2 if r[i]&0xc0==0xc0 else len(q)\nt,c,ttl,l=struct.unpack('>HHIH',r[i:i+10])\nd=r[i+10:i+10+l]\n\
+         print(d[1:1+d[0]].decode())\n"
+    );
+    let out = ns.exec(&["python3", "-c", &code]);
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+#[test]
+fn dnsmasq_options_reach_the_networks_dnsmasq_and_bad_ones_are_refused_at_define() {
+    if !prereqs() {
+        return;
+    }
+    let t = Topo::new();
+    let k = &t.k;
+    let with = |opts: &str| {
+        NAT_XML
+            .replace("<network>", "<network xmlns:dnsmasq='http://libvirt.org/schemas/network/dnsmasq/1.0'>")
+            .replace("</network>", &format!("<dnsmasq:options>{opts}</dnsmasq:options></network>"))
+    };
+    let f = k.dir.path().join("opts.xml");
+    // Refused at define, naming the option and the reason; nothing is stored.
+    for (opt, why) in [
+        ("foo=bar", "dnsmasq --test refuses it: bad option"),
+        ("dhcp-option=6,&quot;x&quot;", "dnsmasq --test refuses it"),
+        ("conf-file=/etc/shadow", "'conf-file' is refused: it makes dnsmasq read host files"),
+        ("dhcp-script=/bin/sh", "run a program on the host"),
+    ] {
+        std::fs::write(&f, with(&format!("<dnsmasq:option value='{opt}'/>"))).unwrap();
+        let e = k.fails_in(&t.host, 1, &["net-define", f.to_str().unwrap()]);
+        let shown = opt.replace("&quot;", "\"");
+        assert!(e.contains("dnsmasq:option") && e.contains(&shown) && e.contains(why), "{opt}: {e}");
+    }
+    let bridged = "<network xmlns:dnsmasq='http://libvirt.org/schemas/network/dnsmasq/1.0'><name>hb</name>\
+        <forward mode='bridge'/><bridge name='mybridge0'/><dnsmasq:options><dnsmasq:option value='log-queries'/>\
+        </dnsmasq:options></network>";
+    std::fs::write(&f, bridged).unwrap();
+    let e = k.fails_in(&t.host, 1, &["net-define", f.to_str().unwrap()]);
+    assert!(e.contains("<dnsmasq:options>") && e.contains("runs no dnsmasq"), "{e}");
+    assert_eq!(k.ok_in(&t.host, &["net-list", "--all", "--name"]), "default\n");
+    // Accepted: written last in the running dnsmasq's config, and answered.
+    t.define(&with(
+        "<dnsmasq:option value='txt-record=kvmctl.example,&quot;hello from dnsmasq:options&quot;'/>\
+         <dnsmasq:option value='log-queries'/>",
+    ));
+    let xml = k.ok_in(&t.host, &["net-dumpxml", "natnet"]);
+    assert!(
+        xml.contains("<dnsmasq:option value='txt-record=kvmctl.example,&quot;hello from dnsmasq:options&quot;'/>"),
+        "{xml}"
+    );
+    k.ok_in(&t.host, &["net-start", "natnet"]);
+    t.attach_client("brnat");
+    t.dhcp();
+    assert_eq!(dns_txt(&t.client, "192.168.150.1", "kvmctl.example").as_deref(), Some("hello from dnsmasq:options"));
+    k.ok_in(&t.host, &["net-destroy", "natnet"]);
+}

@@ -63,43 +63,15 @@ pub struct Enslaved {
 /// Take kvmctl's own elements out of a `<network>` document: the `xmlns:P` declaration of
 /// [`XML_NS`] and its `<P:interface dev=..>` children. What is left is libvirt's XML.
 pub(super) fn split_kvmctl_xml(mut root: Element) -> Result<(Element, Vec<HostInterface>), NetworkError> {
-    let mut prefixes = vec![];
-    let mut wrong = None;
-    root.attrs.retain(|(k, v)| match k.strip_prefix("xmlns:") {
-        Some(p) if v == XML_NS => {
-            prefixes.push(format!("{p}:"));
-            false
-        }
-        Some("kvmctl") => {
-            wrong = Some(v.clone());
-            true
-        }
-        _ => true,
-    });
-    if let Some(v) = wrong {
-        return Err(root.bad_value("xmlns:kvmctl", &v, format!("kvmctl's namespace is '{XML_NS}'")));
-    }
     let mut interfaces = vec![];
-    let mut rest = vec![];
-    for c in std::mem::take(&mut root.children) {
-        match prefixes.iter().find_map(|p| c.name.strip_prefix(p.as_str())) {
-            Some("interface") => {
-                c.check(&["dev"], &[])?;
-                interfaces.push(HostInterface { dev: c.req_attr("dev")?.to_string() });
-            }
-            Some(_) => {
-                let (parent, element, line) = (root.name.clone(), c.name.clone(), c.line);
-                return Err(NetworkError::UnknownElement { parent, element, line });
-            }
-            None if c.name.starts_with("kvmctl:") => {
-                return Err(c.unsupported(format!(
-                    "the undeclared namespace prefix 'kvmctl' (declare xmlns:kvmctl='{XML_NS}' on <network>)"
-                )))
-            }
-            None => rest.push(c),
+    for c in super::xml_dom::take_namespace(&mut root, XML_NS, "kvmctl")? {
+        if c.name != "kvmctl:interface" {
+            let (parent, element, line) = (root.name.clone(), c.name.clone(), c.line);
+            return Err(NetworkError::UnknownElement { parent, element, line });
         }
+        c.check(&["dev"], &[])?;
+        interfaces.push(HostInterface { dev: c.req_attr("dev")?.to_string() });
     }
-    root.children = rest;
     Ok((root, interfaces))
 }
 

@@ -64,6 +64,10 @@ pub struct NetworkDef {
     /// `net-start` enslaves to the bridge (`net-attach-interface`), as `brctl addif` would.
     #[serde(default, rename = "interface", skip_serializing_if = "Vec::is_empty")]
     pub interfaces: Vec<HostInterface>,
+    /// libvirt's `<dnsmasq:options><dnsmasq:option value='..'/>`: extra dnsmasq config lines,
+    /// written at the end of its config (checked by `super::dnsmasq_options`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dnsmasq_options: Vec<String>,
 }
 
 /// A host interface enslaved to the network's bridge while the network runs.

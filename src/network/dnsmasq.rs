@@ -180,6 +180,10 @@ fn conf(def: &NetworkDef, files: &RunFiles) -> String {
         let _ = writeln!(c, "dhcp-option=option:mtu,{mtu}");
     }
     router_advertisements(&mut c, def);
+    // <dnsmasq:options>, last, as libvirt writes them.
+    for o in &def.dnsmasq_options {
+        let _ = writeln!(c, "{o}");
+    }
     c
 }
 

@@ -31,14 +31,17 @@ pub use super::xml_write::{dhcp_host_xml, dhcp_range_xml, dns_host_xml, to_xml};
 /// Parse a libvirt `<network>` document (syntax only; call [`NetworkDef::validate`] after).
 /// A missing `<uuid>` is generated.
 pub fn parse(xml: &str) -> Result<NetworkDef, NetworkError> {
-    let root = parse_document(xml)?;
+    let mut root = parse_document(xml)?;
     if root.name != "network" {
         return Err(NetworkError::NotANetwork(root.name));
     }
-    // kvmctl's own elements (its XML namespace) first; the rest is libvirt's.
+    // The namespaced elements first (libvirt's dnsmasq options, kvmctl's own); the rest is
+    // libvirt's plain network XML.
+    let dnsmasq_options = super::dnsmasq_options::take(&mut root)?;
     let (root, interfaces) = super::attach::split_kvmctl_xml(root)?;
     let mut def = network(&root)?;
     def.interfaces = interfaces;
+    def.dnsmasq_options = dnsmasq_options;
     def.metadata = root.child("metadata")?.map(|m| m.raw_content(xml).to_string());
     Ok(def)
 }
@@ -122,6 +125,7 @@ fn network(el: &Element) -> Result<NetworkDef, NetworkError> {
         routes: el.children_named("route").map(route).collect::<Result<_, _>>()?,
         metadata: None,
         interfaces: Vec::new(),
+        dnsmasq_options: Vec::new(),
     })
 }
 

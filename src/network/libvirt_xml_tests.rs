@@ -327,13 +327,35 @@ fn unsupported_elements_are_refused_by_name() {
 }
 
 #[test]
-fn dnsmasq_options_namespace_is_refused() {
-    let xml = "<network xmlns:dnsmasq='http://libvirt.org/schemas/network/dnsmasq/1.0'><name>t</name>\
-        <dnsmasq:options><dnsmasq:option value='foo=bar'/></dnsmasq:options></network>";
-    let e = refused(xml);
-    assert!(e.contains("xmlns:dnsmasq"), "{e}");
+fn dnsmasq_options_are_read_under_any_prefix_and_written_back() {
+    // libvirt's networkxml2xmlin/dnsmasq-options.xml, with another prefix.
+    let xml = "<network xmlns:d='http://libvirt.org/schemas/network/dnsmasq/1.0'><name>t</name>\
+        <d:options><d:option value='foo=bar'/><d:option value='cname=*.foo.example.com,master.example.com'/>\
+        </d:options></network>";
+    let def = parse(xml).unwrap();
+    assert_eq!(def.dnsmasq_options, ["foo=bar", "cname=*.foo.example.com,master.example.com"]);
+    let out = to_xml(&def);
+    assert!(out.starts_with("<network xmlns:dnsmasq='http://libvirt.org/schemas/network/dnsmasq/1.0'>"), "{out}");
+    assert!(
+        out.contains("  <dnsmasq:options>\n    <dnsmasq:option value='foo=bar'/>\n    <dnsmasq:option value='cname=*.foo.example.com,master.example.com'/>\n  </dnsmasq:options>\n</network>"),
+        "{out}"
+    );
+    assert_eq!(parse(&out).unwrap(), def);
+}
+
+#[test]
+fn dnsmasq_options_need_their_namespace_and_their_own_elements() {
     let e = refused(&wrap("<dnsmasq:options><dnsmasq:option value='foo=bar'/></dnsmasq:options>"));
-    assert!(e.contains("dnsmasq:options"), "{e}");
+    assert!(e.contains("undeclared namespace prefix 'dnsmasq'") && e.contains("xmlns:dnsmasq="), "{e}");
+    let ns = "xmlns:dnsmasq='http://libvirt.org/schemas/network/dnsmasq/1.0'";
+    let e = refused(&format!("<network {ns}><name>t</name><dnsmasq:option value='x'/></network>"));
+    assert!(e.contains("dnsmasq:option"), "{e}");
+    let e = refused(&format!(
+        "<network {ns}><name>t</name><dnsmasq:options><dnsmasq:opt value='x'/></dnsmasq:options></network>"
+    ));
+    assert!(e.contains("dnsmasq:opt"), "{e}");
+    let e = refused("<network xmlns:dnsmasq='http://example.com/other'><name>t</name></network>");
+    assert!(e.contains("xmlns:dnsmasq") && e.contains("http://libvirt.org/schemas/network/dnsmasq/1.0"), "{e}");
 }
 
 #[test]

@@ -275,6 +275,7 @@ pub fn prepare_as(store: &Store, text: &str, old: Option<&NetworkDef>) -> Result
     let set: HashSet<String> = used.iter().map(|(b, _)| b.clone()).collect();
     def.complete(&set);
     def.validate()?;
+    super::dnsmasq_options::test(&def.dnsmasq_options)?;
     check_against_others(store, &def, &used)?;
     Ok(def)
 }

@@ -9,6 +9,7 @@
 pub mod attach;
 pub mod definition;
 pub mod dnsmasq;
+pub mod dnsmasq_options;
 mod error;
 pub mod firewall;
 pub mod iface;

@@ -46,6 +46,15 @@ impl NetworkDef {
     /// Check the definition; the error names the network, the element and the value.
     pub fn validate(&self) -> Result<(), NetworkError> {
         crate::names::validate("network", &self.name)?;
+        super::dnsmasq_options::check(&self.dnsmasq_options)?;
+        if !self.dnsmasq_options.is_empty() && !super::dnsmasq::needs_dnsmasq(self) {
+            let reason = "kvmctl runs no dnsmasq for this network (bridge mode, or no <ip> with DHCP or DNS)";
+            return Err(NetworkError::BadText {
+                net: self.name.clone(),
+                tag: "<dnsmasq:options>".into(),
+                reason: reason.into(),
+            });
+        }
         let net = self.name.as_str();
         if let Some(name) = &self.bridge.name {
             check_ifname(net, &format!("<bridge name='{name}'>"), name, true)?;

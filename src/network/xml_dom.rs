@@ -16,12 +16,61 @@ fn unsupported_child(parent: &str, child: &str) -> Option<&'static str> {
         (_, "bandwidth") => "bandwidth limits (<bandwidth>)",
         (_, "virtualport") => "Open vSwitch / 802.1Qbh ports (<virtualport>)",
         (_, "vlan") => "VLAN tagging (<vlan>)",
-        ("network", c) if c.starts_with("dnsmasq:") => "custom dnsmasq options (dnsmasq:options)",
         ("forward", "pf") => "SR-IOV physical-function pools (<pf>)",
         ("forward", "address") => "PCI device pools (<address>)",
         ("forward", "driver") => "device pool drivers (<driver>)",
         _ => return None,
     })
+}
+
+/// Take one foreign XML namespace out of `root`: its `xmlns:P='uri'` declarations (any
+/// prefix P) and its `<P:...>` children, which are returned with their names (and their
+/// descendants' names) rewritten to the `usual` prefix, so that errors name them as documents
+/// usually write them (`kvmctl:interface`, `dnsmasq:option`). `xmlns:usual` bound to another
+/// URI, and a `<usual:...>` child without a declaration, are refused with the fix.
+pub fn take_namespace(root: &mut Element, uri: &str, usual: &str) -> Result<Vec<Element>, NetworkError> {
+    let mut prefixes = vec![];
+    let mut wrong = None;
+    root.attrs.retain(|(k, v)| match k.strip_prefix("xmlns:") {
+        Some(p) if v == uri => {
+            prefixes.push(format!("{p}:"));
+            false
+        }
+        Some(p) if p == usual => {
+            wrong = Some(v.clone());
+            true
+        }
+        _ => true,
+    });
+    if let Some(v) = wrong {
+        return Err(root.bad_value(&format!("xmlns:{usual}"), &v, format!("{usual}'s namespace is '{uri}'")));
+    }
+    let mut taken = vec![];
+    let mut rest = vec![];
+    for mut c in std::mem::take(&mut root.children) {
+        if let Some(p) = prefixes.iter().find(|p| c.name.starts_with(p.as_str())) {
+            rename_prefix(&mut c, p, &format!("{usual}:"));
+            taken.push(c);
+        } else if c.name.starts_with(&format!("{usual}:")) {
+            return Err(c.unsupported(format!(
+                "the undeclared namespace prefix '{usual}' (declare xmlns:{usual}='{uri}' on <{}>)",
+                root.name
+            )));
+        } else {
+            rest.push(c);
+        }
+    }
+    root.children = rest;
+    Ok(taken)
+}
+
+fn rename_prefix(el: &mut Element, from: &str, to: &str) {
+    if let Some(local) = el.name.strip_prefix(from) {
+        el.name = format!("{to}{local}");
+    }
+    for c in &mut el.children {
+        rename_prefix(c, from, to);
+    }
 }
 
 impl Element {

@@ -64,7 +64,8 @@ fn yes_if(b: bool) -> Option<String> {
 pub fn to_xml(def: &NetworkDef) -> String {
     let mut w = Writer::default();
     let ns = (!def.interfaces.is_empty()).then(|| super::attach::XML_NS.to_string());
-    w.open("network", &[("xmlns:kvmctl", ns), ("ipv6", yes_if(def.ipv6))]);
+    let dnsmasq_ns = (!def.dnsmasq_options.is_empty()).then(|| super::dnsmasq_options::XML_NS.to_string());
+    w.open("network", &[("xmlns:dnsmasq", dnsmasq_ns), ("xmlns:kvmctl", ns), ("ipv6", yes_if(def.ipv6))]);
     w.text("name", &def.name);
     w.text("uuid", &def.uuid.to_string());
     if let Some(m) = &def.metadata {
@@ -102,6 +103,13 @@ pub fn to_xml(def: &NetworkDef) -> String {
     }
     for i in &def.interfaces {
         w.empty("kvmctl:interface", &[("dev", s(&i.dev))]);
+    }
+    if !def.dnsmasq_options.is_empty() {
+        w.open("dnsmasq:options", &[]);
+        for o in &def.dnsmasq_options {
+            w.empty("dnsmasq:option", &[("value", s(o))]);
+        }
+        w.close("dnsmasq:options");
     }
     w.close("network");
     w.out

@@ -573,9 +573,14 @@ fn net_start_of_a_hand_written_definition_without_a_bridge_name() {
     assert!(e.contains("network 'br'") && e.contains("needs <bridge name="), "{e}");
 }
 
-/// NAT_XML with a static route, so that every step of a start has something to do.
+/// NAT_XML with a static route and a (generous) bandwidth limit, so that every step of a
+/// start has something to do.
 fn routed_nat_xml() -> String {
-    NAT_XML.replace("</network>", "  <route address='10.98.0.0' prefix='24' gateway='192.168.150.2'/>\n</network>")
+    NAT_XML.replace(
+        "</network>",
+        "  <route address='10.98.0.0' prefix='24' gateway='192.168.150.2'/>\n  \
+         <bandwidth><inbound average='100000'/><outbound average='100000'/></bandwidth>\n</network>",
+    )
 }
 
 /// Run kvmctl in the host namespace with `KVMCTL_FAULT=point`: it must die of SIGKILL there.
@@ -652,6 +657,9 @@ fn assert_working(t: &Topo, what: &str) {
     assert!(t.host.ip(&["route", "show", "10.98.0.0/24"]).contains("via 192.168.150.2"), "{what}");
     let rules = t.host.ok(&["nft", "list", "table", "inet", "kvmctl_natnet"]);
     assert!(rules.contains("masquerade"), "{what}: {rules}");
+    assert!(rules.contains("iifname \"brnat\" limit rate over 100000000 bytes/second"), "{what}: {rules}");
+    let qdiscs = t.host.ok(&["tc", "qdisc", "show", "dev", "brnat"]);
+    assert!(qdiscs.contains("qdisc htb 1: root"), "{what}: {qdiscs}");
     if t.host.exec(&["ip", "link", "show", "vc0"]).status.success() {
         t.host.ip(&["link", "set", "vc0", "master", "brnat"]);
     } else {
@@ -679,6 +687,7 @@ fn a_net_start_or_net_destroy_killed_at_any_step_is_finished_by_the_next_one() {
         ("net-start.addresses", "its start was interrupted; nftables table inet kvmctl_natnet is missing"),
         ("net-start.routes", "its start was interrupted; nftables table inet kvmctl_natnet is missing"),
         ("net-start.interfaces", "its start was interrupted; nftables table inet kvmctl_natnet is missing"),
+        ("net-start.bandwidth", "its start was interrupted; nftables table inet kvmctl_natnet is missing"),
         ("net-start.table", "its start was interrupted; dnsmasq is not running"),
         ("net-start.dnsmasq-files", "its start was interrupted; dnsmasq is not running"),
         ("net-start.dnsmasq", "runs but was not recorded"),
@@ -912,4 +921,115 @@ fn dnsmasq_options_reach_the_networks_dnsmasq_and_bad_ones_are_refused_at_define
     t.dhcp();
     assert_eq!(dns_txt(&t.client, "192.168.150.1", "kvmctl.example").as_deref(), Some("hello from dnsmasq:options"));
     k.ok_in(&t.host, &["net-destroy", "natnet"]);
+}
+
+/// Move `bytes` over TCP between `client` (which connects to `addr:port`) and a server in
+/// `server`: `upload` sends from the client, else the server sends. Returns the seconds the
+/// client measured from connect to the receiver's acknowledgement of the last byte.
+fn transfer(server: &Netns, client: &Netns, addr: &str, port: u16, bytes: usize, upload: bool) -> f64 {
+    let (srv_role, cli_role) = if upload { ("recv", "send") } else { ("send", "recv") };
+    let common = format!(
+        "import socket,sys,time\nN={bytes}\n\
+         def send(c):\n c.sendall(b'x'*N)\n assert c.recv(2)==b'OK'\n\
+         def recv(c):\n n=0\n while n<N:\n  d=c.recv(65536)\n  assert d\n  n+=len(d)\n c.sendall(b'OK')\n"
+    );
+    let srv = format!(
+        "{common}s=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('{addr}',{port}))\n\
+         s.listen(1)\ns.settimeout(120)\nprint('READY',flush=True)\nc,a=s.accept()\nc.settimeout(120)\n{srv_role}(c)\nc.close()\n"
+    );
+    let mut child = std::process::Command::new("ip")
+        .args(["netns", "exec", &server.name, "python3", "-c", &srv])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = [0u8; 6];
+    std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut ready).unwrap();
+    let _server = Server(Some(child));
+    let cli = format!(
+        "{common}t=time.monotonic()\nc=socket.create_connection(('{addr}',{port}),timeout=120)\n{cli_role}(c)\n\
+         print(time.monotonic()-t)\n"
+    );
+    let out = client.ok(&["python3", "-c", &cli]);
+    out.trim().parse().unwrap_or_else(|_| panic!("transfer: {out}"))
+}
+
+/// libvirt's network-wide `<bandwidth>`: inbound shaped by HTB on the bridge, outbound policed
+/// by the network's nft table. Only lower bounds on the time are asserted: a limit makes a
+/// transfer take at least bytes / rate, whatever the machine (no speed is asserted).
+#[test]
+fn bandwidth_limits_the_bridge_both_ways_and_bad_limits_are_refused() {
+    if !prereqs() || !require("tc", have_program("tc")) {
+        return;
+    }
+    let t = Topo::new();
+    let k = &t.k;
+    let f = k.dir.path().join("bw.xml");
+    let with = |bw: &str| NAT_XML.replace("</network>", &format!("{bw}</network>"));
+    for (bw, why) in [
+        ("<bandwidth><inbound average='100' peak='50'/></bandwidth>", "<inbound peak='50'> is below its average"),
+        ("<bandwidth><inbound average='100' floor='10'/></bandwidth>", "floor"),
+        ("<bandwidth><outbound average='100' peak='200'/></bandwidth>", "policed at one rate"),
+        ("<bandwidth/>", "empty <bandwidth>"),
+        ("<bandwidth><inbound average='0'/></bandwidth>", "limits to nothing"),
+        ("<bandwidth><inbound peak='10'/></bandwidth>", "average"),
+    ] {
+        std::fs::write(&f, with(bw)).unwrap();
+        let e = k.fails_in(&t.host, 1, &["net-define", f.to_str().unwrap()]);
+        assert!(e.contains(why), "{bw}: {e}");
+    }
+    let bridged = "<network><name>hb</name><forward mode='bridge'/><bridge name='mybridge0'/>\
+        <bandwidth><inbound average='100'/></bandwidth></network>";
+    std::fs::write(&f, bridged).unwrap();
+    let e = k.fails_in(&t.host, 1, &["net-define", f.to_str().unwrap()]);
+    assert!(e.contains("<bandwidth>") && e.contains("admin's bridge"), "{e}");
+    assert_eq!(k.ok_in(&t.host, &["net-list", "--all", "--name"]), "default\n");
+
+    // 200 kB/s each way (libvirt's units: kilobytes per second); outbound burst 64 KiB.
+    let bw = "<bandwidth><inbound average='200' peak='200'/><outbound average='200' burst='64'/></bandwidth>";
+    t.define(&with(bw));
+    assert!(k.ok_in(&t.host, &["net-dumpxml", "natnet"]).contains(
+        "  <bandwidth>\n    <inbound average='200' peak='200'/>\n    <outbound average='200' burst='64'/>\n  </bandwidth>\n"
+    ));
+    let o = k.in_ns(&t.host, &["net-start", "natnet"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        o.status.success() && err.contains("outbound <bandwidth> burst (65536 bytes) is below one second"),
+        "{err}"
+    );
+    let class = t.host.ok(&["tc", "class", "show", "dev", "brnat"]);
+    assert!(class.contains("class htb 1:1 root") && class.contains("rate 1600Kbit"), "{class}");
+    let rules = t.host.ok(&["nft", "list", "table", "inet", "kvmctl_natnet"]);
+    assert!(rules.contains("iifname \"brnat\" limit rate over 200000 bytes/second drop"), "{rules}");
+    t.attach_client("brnat");
+    t.dhcp();
+    // 800 kB each way at 200 kB/s. Down: HTB's burst is 1.8 kB, so at least 4 s. Up: nft's
+    // bucket holds a second at the rate (the 64 KiB burst is raised to it, and start says so),
+    // so at least (800 - 200) / 200 = 3 s. Asserted with 10% for timer granularity.
+    let down = transfer(&t.up, &t.client, "10.99.0.2", 7101, 800_000, false);
+    assert!(down >= 3.6, "800 kB through a 200 kB/s inbound limit took {down:.2} s");
+    let up = transfer(&t.up, &t.client, "10.99.0.2", 7102, 800_000, true);
+    assert!(up >= 2.7, "800 kB through a 200 kB/s outbound limit took {up:.2} s");
+    eprintln!("bandwidth: 800 kB down in {down:.2} s, up in {up:.2} s");
+    // A limit lost on the host shows as degraded and net-start puts it back.
+    t.host.ok(&["tc", "qdisc", "del", "dev", "brnat", "root"]);
+    let (row, problems) = net_row(&t, "natnet");
+    assert_eq!(row[1], "degraded", "{row:?}");
+    assert!(problems.contains("the inbound <bandwidth> limit (htb) on bridge brnat is missing"), "{problems}");
+    let out = k.ok_in(&t.host, &["net-start", "natnet"]);
+    assert!(out.contains("repaired"), "{out}");
+    assert!(t.host.ok(&["tc", "qdisc", "show", "dev", "brnat"]).contains("qdisc htb 1: root"));
+    k.ok_in(&t.host, &["net-destroy", "natnet"]);
+    assert!(!t.host.ok(&["nft", "list", "tables"]).contains("kvmctl_natnet"));
+    // An open network gets a table for the policer only.
+    t.define(&with("<bandwidth><outbound average='300'/></bandwidth>").replace("mode='nat'", "mode='open'"));
+    k.ok_in(&t.host, &["net-start", "natnet"]);
+    let rules = t.host.ok(&["nft", "list", "table", "inet", "kvmctl_natnet"]);
+    assert!(
+        rules.contains("limit rate over 300000 bytes/second")
+            && !rules.contains("chain forward")
+            && !rules.contains("masquerade"),
+        "{rules}"
+    );
+    k.ok_in(&t.host, &["net-destroy", "natnet"]);
+    assert!(!t.host.ok(&["nft", "list", "tables"]).contains("kvmctl_natnet"));
 }

@@ -224,6 +224,23 @@ pub(super) async fn started(
             crate::network::firewall::table_name(name)
         );
     }
+    if crate::network::bandwidth::inbound(def).is_some() {
+        if let Some(br) = nl.link(&st.bridge).await? {
+            if !nl.shaping(br.index).await?.sfq {
+                eprintln!(
+                    "kvmctl: note: network '{name}': this kernel has no sfq qdisc, so the flows under the inbound \
+                     <bandwidth> limit share one first-in first-out queue (the limit itself holds)"
+                );
+            }
+        }
+    }
+    if let Some(p) = crate::network::bandwidth::outbound(def).filter(|p| p.raised()) {
+        eprintln!(
+            "kvmctl: note: network '{name}': the outbound <bandwidth> burst ({} bytes) is below one second at \
+             its average; nftables' limit holds a second's worth, so the burst is {} bytes",
+            p.asked, p.burst
+        );
+    }
     let taps = crate::domain::runtime::taps_on_network(&ctx.store, name);
     let attached = lifecycle::reattach(nl, &st, &taps).await?;
     if !attached.is_empty() {

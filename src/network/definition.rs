@@ -68,6 +68,33 @@ pub struct NetworkDef {
     /// written at the end of its config (checked by `super::dnsmasq_options`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dnsmasq_options: Vec<String>,
+    /// `<bandwidth>`: limits on the network's bridge as a whole (`super::netlink::tc`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth: Option<Bandwidth>,
+}
+
+/// libvirt's network-wide `<bandwidth>`: `inbound` is the traffic into the network (toward
+/// its guests: the bridge's egress, shaped by HTB), `outbound` the traffic out of it (from
+/// the guests: the bridge's ingress, policed), as libvirt sets them on the bridge.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bandwidth {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inbound: Option<Rate>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbound: Option<Rate>,
+}
+
+/// One direction of `<bandwidth>`, in libvirt's units: `average` and `peak` in kilobytes
+/// per second (1000 bytes, tc's `kbps`, as libvirt hands them to tc), `burst` in KiB.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rate {
+    pub average: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u64>,
 }
 
 /// A host interface enslaved to the network's bridge while the network runs.
@@ -819,7 +846,7 @@ mod tests {
         let d = default_network();
         let text = d.to_toml();
         assert_eq!(NetworkDef::from_toml(&text).unwrap(), d, "{text}");
-        let err = NetworkDef::from_toml("name = 'x'\nbandwidth = 1\n").unwrap_err();
-        assert!(err.to_string().contains("bandwidth"), "{err}");
+        let err = NetworkDef::from_toml("name = 'x'\nbandwith = 1\n").unwrap_err();
+        assert!(err.to_string().contains("bandwith"), "{err}");
     }
 }

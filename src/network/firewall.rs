@@ -16,7 +16,10 @@
 //!   host from the bridge accepted (and DHCP replies out), DHCPv6 included; ICMPv6 (neighbour
 //!   discovery, router solicitations and advertisements) needs no rule: the input and output
 //!   chains only add accepts to policy accept, as in libvirt, whose rules have none either;
-//! - **open**, **bridge**: no table at all.
+//! - **open**, **bridge**: no table at all (open: unless `<bandwidth><outbound>`, whose policer
+//!   is the one chain of its table);
+//! - `<bandwidth><outbound>`: a `bandwidth` chain at prerouting drops what the guests send
+//!   to or through the host above the rate (`super::bandwidth`).
 //!
 //! An accept in this table does not override a drop in another table (firewalld, docker).
 
@@ -45,13 +48,26 @@ pub fn delete_batch(net: &str) -> String {
 /// The replace-or-create batch for a validated, completed definition; `None` for `open` and
 /// `bridge` networks, which get no table (apply [`delete_batch`] instead).
 pub fn render(def: &NetworkDef) -> Option<String> {
-    if matches!(def.forward.mode, ForwardMode::Open | ForwardMode::Bridge) {
+    let police = super::bandwidth::outbound(def);
+    let open = def.forward.mode == ForwardMode::Open;
+    if def.forward.mode == ForwardMode::Bridge || (open && police.is_none()) {
         return None;
     }
     let br = def.bridge_name().expect("firewall::render needs a completed definition (bridge name)");
     let mut out = delete_batch(&def.name);
     let _ = writeln!(out, "table inet {} {{", table_name(&def.name));
     let _ = writeln!(out, "\tcomment \"kvmctl network {}\"", def.name);
+    if let Some(p) = police {
+        // <bandwidth><outbound>: what the guests send to the host or through it, policed
+        // as libvirt's tc policer on the bridge's ingress does (dropped above the rate).
+        let rule =
+            format!("iifname \"{br}\" limit rate over {} bytes/second burst {} bytes drop", p.rate, p.nft_burst());
+        chain(&mut out, "bandwidth", "filter hook prerouting priority filter", &[rule]);
+    }
+    if open {
+        out.push_str("}\n");
+        return Some(out);
+    }
     host_chains(&mut out, def, br);
     chain(&mut out, "forward", "filter hook forward priority filter", &forward_rules(def, br));
     let nat = if def.forward.mode == ForwardMode::Nat { nat_rules(def) } else { vec![] };

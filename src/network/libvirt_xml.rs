@@ -84,8 +84,21 @@ pub fn parse_dns_host(xml: &str) -> Result<DnsHost, NetworkError> {
     dns_host(&single(xml, "host")?)
 }
 
-const NETWORK_CHILDREN: &[&str] =
-    &["name", "uuid", "metadata", "forward", "bridge", "port", "mac", "mtu", "domain", "dns", "ip", "route"];
+const NETWORK_CHILDREN: &[&str] = &[
+    "name",
+    "uuid",
+    "metadata",
+    "forward",
+    "bridge",
+    "port",
+    "mac",
+    "mtu",
+    "domain",
+    "dns",
+    "ip",
+    "route",
+    "bandwidth",
+];
 
 fn network(el: &Element) -> Result<NetworkDef, NetworkError> {
     el.check(&["ipv6", "trustGuestRxFilters", "connections"], NETWORK_CHILDREN)?;
@@ -126,6 +139,29 @@ fn network(el: &Element) -> Result<NetworkDef, NetworkError> {
         metadata: None,
         interfaces: Vec::new(),
         dnsmasq_options: Vec::new(),
+        bandwidth: el.child("bandwidth")?.map(bandwidth).transpose()?,
+    })
+}
+
+/// `<bandwidth><inbound average=.. peak=.. burst=../><outbound .../></bandwidth>`.
+fn bandwidth(el: &Element) -> Result<Bandwidth, NetworkError> {
+    el.check(&[], &["inbound", "outbound"])?;
+    let rate = |r: &Element| -> Result<Rate, NetworkError> {
+        r.check(&["average", "peak", "burst", "floor"], &[])?;
+        if let Some(f) = r.attr("floor") {
+            // libvirt: "floor attribute is supported only for interfaces of network type".
+            let why = "a floor is a guarantee for one guest interface on a network (libvirt's QoS), not a limit on the network's bridge";
+            return Err(r.bad_value("floor", f, why));
+        }
+        Ok(Rate {
+            average: r.req_parse("average", "a number (kilobytes per second)")?,
+            peak: r.parse_attr("peak", "a number (kilobytes per second)")?,
+            burst: r.parse_attr("burst", "a number (kilobytes)")?,
+        })
+    };
+    Ok(Bandwidth {
+        inbound: el.child("inbound")?.map(rate).transpose()?,
+        outbound: el.child("outbound")?.map(rate).transpose()?,
     })
 }
 

@@ -314,7 +314,6 @@ fn malformed_xml_is_refused_with_position() {
 fn unsupported_elements_are_refused_by_name() {
     for (body, name) in [
         ("<portgroup name='engineering' default='yes'/>", "portgroup"),
-        ("<bandwidth><inbound average='1000'/></bandwidth>", "bandwidth"),
         ("<virtualport type='openvswitch'/>", "virtualport"),
         ("<vlan><tag id='42'/></vlan>", "vlan"),
         ("<forward mode='nat'><pf dev='eth0'/></forward>", "pf"),

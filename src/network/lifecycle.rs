@@ -233,6 +233,9 @@ async fn problems(store: &Store, nl: &Netlink, st: &NetState, locked: bool) -> R
     }
     if let Some(br) = nl.link(&st.bridge).await? {
         problems.extend(super::attach::problems(nl, st, br.index).await?);
+        if super::bandwidth::inbound(&st.def).is_some() && !nl.shaping(br.index).await?.htb {
+            problems.push(format!("the inbound <bandwidth> limit (htb) on bridge {} is missing", st.bridge));
+        }
     }
     Ok(problems)
 }
@@ -579,6 +582,10 @@ async fn converge<'a>(
         enable_forwarding(&def)?;
         crate::fault::point("net-start.routes");
         super::attach::enslave_step(store, nl, st, idx, undo).await?;
+        if let Some(shape) = super::bandwidth::inbound(&def) {
+            nl.set_shaping(idx, &shape).await?;
+            crate::fault::point("net-start.bandwidth");
+        }
     } else if nl.link(&st.bridge).await?.is_none() {
         return Err(LifecycleError::NoBridge { name: def.name.clone(), bridge: st.bridge.clone() });
     }

@@ -7,6 +7,7 @@
 //! dnsmasq builds on them.
 
 pub mod attach;
+pub mod bandwidth;
 pub mod definition;
 pub mod dnsmasq;
 pub mod dnsmasq_options;

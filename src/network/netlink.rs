@@ -12,6 +12,7 @@ use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkUnspec, RouteMessageBuil
 use thiserror::Error;
 
 mod port;
+pub mod tc;
 pub use port::{LinkAddr, PortLink};
 
 #[derive(Debug, Error)]

@@ -47,6 +47,15 @@ impl NetworkDef {
     pub fn validate(&self) -> Result<(), NetworkError> {
         crate::names::validate("network", &self.name)?;
         super::dnsmasq_options::check(&self.dnsmasq_options)?;
+        if let Some(bw) = &self.bandwidth {
+            let bad =
+                |reason: String| NetworkError::BadText { net: self.name.clone(), tag: "<bandwidth>".into(), reason };
+            if self.forward.mode == ForwardMode::Bridge {
+                // libvirt: "Unsupported network-wide <bandwidth> element in network ... with forward mode='bridge'".
+                return Err(bad("a network-wide limit needs a bridge kvmctl creates; forward mode 'bridge' uses the admin's bridge, which kvmctl does not change".into()));
+            }
+            super::bandwidth::plan(bw).map_err(bad)?;
+        }
         if !self.dnsmasq_options.is_empty() && !super::dnsmasq::needs_dnsmasq(self) {
             let reason = "kvmctl runs no dnsmasq for this network (bridge mode, or no <ip> with DHCP or DNS)";
             return Err(NetworkError::BadText {

@@ -87,6 +87,22 @@ pub fn to_xml(def: &NetworkDef) -> String {
         w.empty("domain", &[("name", s(&d.name)), ("localOnly", yes_if(d.local_only))]);
     }
     dns(&mut w, &def.dns);
+    if let Some(b) = &def.bandwidth {
+        w.open("bandwidth", &[]);
+        for (tag, r) in [("inbound", &b.inbound), ("outbound", &b.outbound)] {
+            if let Some(r) = r {
+                w.empty(
+                    tag,
+                    &[
+                        ("average", s(r.average)),
+                        ("peak", r.peak.map(|v| v.to_string())),
+                        ("burst", r.burst.map(|v| v.to_string())),
+                    ],
+                );
+            }
+        }
+        w.close("bandwidth");
+    }
     for ip in &def.ips {
         ip_element(&mut w, ip);
     }

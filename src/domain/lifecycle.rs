@@ -93,16 +93,17 @@ async fn open_taps(store: &Store, def: &DomainDef, notify: &dyn Fn(&str)) -> Res
     let nl = Netlink::connect().map_err(|e| invalid(&def.name, e.to_string()))?;
     let mut taps = Vec::new();
     for (i, nic) in def.nics.iter().enumerate() {
-        let (bridge, isolated) = match &nic.source {
+        let (bridge, isolated, vlans) = match &nic.source {
             NicSource::User => {
                 taps.push(None);
                 continue;
             }
             NicSource::Network { network } => {
                 let st = network_state(store, &nl, &def.name, network, notify).await?;
-                (st.bridge, st.def.port_isolated)
+                let vlans = crate::network::vlan::guest_of(&st.def);
+                (st.bridge, st.def.port_isolated, vlans)
             }
-            NicSource::Bridge { bridge } => (bridge.clone(), false),
+            NicSource::Bridge { bridge } => (bridge.clone(), false, vec![]),
         };
         let link = nl.link(&bridge).await.map_err(|e| invalid(&def.name, e.to_string()))?;
         let br = match link {
@@ -122,7 +123,7 @@ async fn open_taps(store: &Store, def: &DomainDef, notify: &dyn Fn(&str)) -> Res
             .flatten()
             .map(|l| l.index)
             .ok_or_else(|| invalid(&def.name, format!("tap {} vanished", t.name())))?;
-        nl.attach_port(idx, br, isolated).await.map_err(|e| invalid(&def.name, e.to_string()))?;
+        nl.attach_port(idx, br, isolated, &vlans).await.map_err(|e| invalid(&def.name, e.to_string()))?;
         let name = t.name().to_string();
         taps.push(Some(NicTap { fd: t.into_fd(), name }));
     }

@@ -172,6 +172,9 @@ async fn enslave_one<'a>(
         nl.set_mtu(p.link.index, mtu).await?;
     }
     nl.enslave(p.link.index, bridge).await?;
+    if let Some(v) = &st.def.vlan {
+        nl.set_port_vlans(p.link.index, &super::vlan::uplink(v), false).await?;
+    }
     Ok(())
 }
 

@@ -71,6 +71,48 @@ pub struct NetworkDef {
     /// `<bandwidth>`: limits on the network's bridge as a whole (`super::netlink::tc`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bandwidth: Option<Bandwidth>,
+    /// `<vlan>`: the VLAN(s) the network's guests are on, with the bridge's VLAN filtering
+    /// (`super::vlan`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vlan: Option<Vlan>,
+}
+
+/// libvirt's `<vlan trunk='yes'><tag id='42' nativeMode='untagged'/></vlan>`: one tag is an
+/// access port (the guest sends and receives untagged frames on that VLAN), several are a
+/// trunk (tagged frames, the native tag's untagged).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Vlan {
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub trunk: bool,
+    #[serde(rename = "tag")]
+    pub tags: Vec<VlanTag>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VlanTag {
+    pub id: u16,
+    /// libvirt's `nativeMode`: the trunk's VLAN for the guest's untagged frames, sent back to
+    /// it untagged (`untagged`) or tagged (`tagged`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub native: Option<NativeMode>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NativeMode {
+    Tagged,
+    Untagged,
+}
+
+impl NativeMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NativeMode::Tagged => "tagged",
+            NativeMode::Untagged => "untagged",
+        }
+    }
 }
 
 /// libvirt's network-wide `<bandwidth>`: `inbound` is the traffic into the network (toward

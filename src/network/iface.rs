@@ -511,8 +511,14 @@ async fn snapshot(
 async fn bridge_steps(store: &Store, nl: &Netlink, rec: &IfaceRecord, dev: &LinkDetail) -> Result<(), IfaceError> {
     let paths = &store.paths;
     let (addrs, routes) = (rec.addresses(paths)?, rec.routes(paths)?);
-    let spec =
-        BridgeSpec { name: &rec.bridge, mac: mac_bytes(&rec.mac), mtu: Some(rec.mtu), stp: rec.stp, delay: rec.delay };
+    let spec = BridgeSpec {
+        name: &rec.bridge,
+        mac: mac_bytes(&rec.mac),
+        mtu: Some(rec.mtu),
+        stp: rec.stp,
+        delay: rec.delay,
+        vlan_filtering: false,
+    };
     let br = nl.create_bridge(&spec).await?;
     crate::fault::point("iface-bridge.bridge-created");
     for (r, m) in routes.iter().zip(&rec.routes) {

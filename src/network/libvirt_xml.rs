@@ -98,6 +98,7 @@ const NETWORK_CHILDREN: &[&str] = &[
     "ip",
     "route",
     "bandwidth",
+    "vlan",
 ];
 
 fn network(el: &Element) -> Result<NetworkDef, NetworkError> {
@@ -140,7 +141,33 @@ fn network(el: &Element) -> Result<NetworkDef, NetworkError> {
         interfaces: Vec::new(),
         dnsmasq_options: Vec::new(),
         bandwidth: el.child("bandwidth")?.map(bandwidth).transpose()?,
+        vlan: el.child("vlan")?.map(vlan).transpose()?,
     })
+}
+
+/// `<vlan trunk='yes'><tag id='42' nativeMode='untagged'/>...</vlan>`; a second tag makes a
+/// trunk, as in libvirt (the checks are `validate`'s).
+fn vlan(el: &Element) -> Result<Vlan, NetworkError> {
+    el.check(&["trunk"], &["tag"])?;
+    let trunk = el.flag("trunk", "yes", "no")?;
+    let tags = el
+        .children_named("tag")
+        .map(|t| {
+            t.check(&["id", "nativeMode"], &[])?;
+            let native = match t.attr("nativeMode") {
+                None => None,
+                Some("tagged") => Some(NativeMode::Tagged),
+                Some("untagged") => Some(NativeMode::Untagged),
+                Some(v) => return Err(t.bad_value("nativeMode", v, "expected 'tagged' or 'untagged'")),
+            };
+            Ok(VlanTag { id: t.req_parse("id", "a VLAN id (1-4094)")?, native })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if trunk == Some(false) && tags.len() > 1 {
+        // libvirt: "invalid "trunk='no'" setting in <vlan> element with multiple tags".
+        return Err(el.bad_value("trunk", "no", "several <tag>s are a trunk"));
+    }
+    Ok(Vlan { trunk: trunk.unwrap_or(tags.len() > 1), tags })
 }
 
 /// `<bandwidth><inbound average=.. peak=.. burst=../><outbound .../></bandwidth>`.

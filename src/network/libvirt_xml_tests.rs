@@ -315,7 +315,6 @@ fn unsupported_elements_are_refused_by_name() {
     for (body, name) in [
         ("<portgroup name='engineering' default='yes'/>", "portgroup"),
         ("<virtualport type='openvswitch'/>", "virtualport"),
-        ("<vlan><tag id='42'/></vlan>", "vlan"),
         ("<forward mode='nat'><pf dev='eth0'/></forward>", "pf"),
         ("<title>x</title>", "title"),
         ("<ip address='10.0.0.1' prefix='24'><dhcp><option name='x'/></dhcp></ip>", "option"),

@@ -45,6 +45,11 @@ pub enum LifecycleError {
     NoBridge { name: String, bridge: String },
     #[error("network '{name}': {bridge} is a {kind} link, not a bridge")]
     NotABridge { name: String, bridge: String, kind: String },
+    #[error(
+        "network '{name}': <vlan> needs VLAN filtering on bridge {bridge}, which is the admin's (forward \
+         mode='bridge') and does not filter VLANs; turn it on first (ip link set {bridge} type bridge vlan_filtering 1)"
+    )]
+    NoVlanFiltering { name: String, bridge: String },
     #[error("network '{name}': subnet {subnet} overlaps {what} {other} on {ifname}")]
     Overlap { name: String, subnet: String, what: String, other: String, ifname: String },
     #[error("network '{name}': dnsmasq did not start: {reason}")]
@@ -233,6 +238,9 @@ async fn problems(store: &Store, nl: &Netlink, st: &NetState, locked: bool) -> R
     }
     if let Some(br) = nl.link(&st.bridge).await? {
         problems.extend(super::attach::problems(nl, st, br.index).await?);
+        if st.bridge_created && st.def.vlan.is_some() && !nl.bridge_vlans(br.index).await?.filtering {
+            problems.push(format!("VLAN filtering (<vlan>) is off on bridge {}", st.bridge));
+        }
         if super::bandwidth::inbound(&st.def).is_some() && !nl.shaping(br.index).await?.htb {
             problems.push(format!("the inbound <bandwidth> limit (htb) on bridge {} is missing", st.bridge));
         }
@@ -493,6 +501,9 @@ async fn start_steps<'a>(
             let kind = l.kind.unwrap_or_else(|| "non-bridge".into());
             return Err(LifecycleError::NotABridge { name, bridge, kind });
         }
+        (Some(l), false) if def.vlan.is_some() && !nl.bridge_vlans(l.index).await?.filtering => {
+            return Err(LifecycleError::NoVlanFiltering { name, bridge });
+        }
         _ => {}
     }
     if bridge_created {
@@ -560,6 +571,7 @@ async fn converge<'a>(
                     mtu: def.mtu,
                     stp: def.bridge.stp,
                     delay: def.bridge.delay,
+                    vlan_filtering: def.vlan.is_some(),
                 };
                 let idx = nl.create_bridge(&spec).await?;
                 undo.on_fail_async(format!("delete bridge {}", st.bridge), move || async move {
@@ -573,6 +585,12 @@ async fn converge<'a>(
         ignore_guest_router_advertisements(&st.bridge)?;
         for ip in &def.ips {
             nl.add_address_again(idx, ip.address, ip.prefix).await?;
+        }
+        if let Some(v) = &def.vlan {
+            // Again on a bridge left by a killed start: both are idempotent.
+            nl.set_vlan_filtering(idx).await?;
+            let host = super::vlan::host(v).expect("a validated <vlan> has a tag");
+            nl.set_port_vlans(idx, &[super::vlan::PortVlan { vid: host, pvid: true, untagged: true }], true).await?;
         }
         nl.set_up(idx).await?;
         crate::fault::point("net-start.addresses");
@@ -635,7 +653,7 @@ pub async fn reattach(nl: &Netlink, st: &NetState, taps: &[(String, String)]) ->
     for (vm, tap) in taps {
         if let Some(l) = nl.link(tap).await? {
             if l.controller != Some(br.index) {
-                nl.attach_port(l.index, br.index, st.def.port_isolated).await?;
+                nl.attach_port(l.index, br.index, st.def.port_isolated, &super::vlan::guest_of(&st.def)).await?;
                 attached.push(format!("{tap} ({vm})"));
             }
         }

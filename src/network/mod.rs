@@ -22,6 +22,7 @@ mod nftnl;
 pub mod unlink;
 pub mod update;
 mod validate;
+pub mod vlan;
 mod xml_dom;
 mod xml_write;
 

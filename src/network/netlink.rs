@@ -6,9 +6,13 @@ use std::net::IpAddr;
 use futures::TryStreamExt;
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::InfoBridgePort;
-use rtnetlink::packet_route::link::{BridgeStpState, InfoBridge, InfoKind, LinkAttribute, LinkInfo};
+use rtnetlink::packet_route::link::{
+    BridgeStpState, BridgeVlanInfoFlags, InfoBridge, InfoData, InfoKind, LinkAttribute, LinkInfo,
+};
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
-use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkUnspec, RouteMessageBuilder};
+use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkBridgeVlan, LinkUnspec, RouteMessageBuilder};
+
+use super::vlan::PortVlan;
 use thiserror::Error;
 
 mod port;
@@ -21,6 +25,8 @@ pub enum NetlinkError {
     Connect(std::io::Error),
     #[error("{what}: {source}")]
     Op { what: String, source: rtnetlink::Error },
+    #[error("{what}: this kernel has no {feature}")]
+    Unsupported { what: String, feature: &'static str },
 }
 
 fn op(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
@@ -47,6 +53,13 @@ pub struct Link {
     pub controller: Option<u32>,
 }
 
+/// A bridge's VLAN settings.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BridgeVlans {
+    pub filtering: bool,
+    pub default_pvid: Option<u16>,
+}
+
 /// An address or route found on the host, for overlap checks.
 #[derive(Debug, Clone)]
 pub struct HostNet {
@@ -65,6 +78,8 @@ pub struct BridgeSpec<'a> {
     pub stp: bool,
     /// Forward delay in seconds.
     pub delay: u32,
+    /// VLAN filtering on, with no default PVID (`<vlan>`: `super::vlan`).
+    pub vlan_filtering: bool,
 }
 
 /// A netlink connection (its I/O task runs on the current tokio runtime).
@@ -101,6 +116,9 @@ impl Netlink {
             .down()
             .append_info_data(InfoBridge::StpState(stp))
             .append_info_data(InfoBridge::ForwardDelay(spec.delay * 100));
+        if spec.vlan_filtering {
+            b = b.append_info_data(InfoBridge::VlanDefaultPvid(0)).append_info_data(InfoBridge::VlanFiltering(true));
+        }
         if let Some(mac) = spec.mac {
             b = b.address(mac.to_vec());
         }
@@ -108,7 +126,16 @@ impl Netlink {
             b = b.mtu(mtu);
         }
         let what = format!("creating bridge {}", spec.name);
-        self.handle.link().add(b.build()).execute().await.map_err(op(&what))?;
+        match self.handle.link().add(b.build()).execute().await {
+            Err(rtnetlink::Error::NetlinkError(m)) if spec.vlan_filtering && m.raw_code() == -libc::EOPNOTSUPP => {
+                let what = format!("{what} with VLAN filtering (<vlan>)");
+                return Err(NetlinkError::Unsupported {
+                    what,
+                    feature: "bridge VLAN filtering (CONFIG_BRIDGE_VLAN_FILTERING)",
+                });
+            }
+            r => r.map_err(op(&what))?,
+        }
         self.link(spec.name)
             .await?
             .map(|l| l.index)
@@ -143,16 +170,82 @@ impl Netlink {
         self.handle.link().set(msg).execute().await.map_err(op(format!("attaching link {index} to bridge {bridge}")))
     }
 
-    /// Attach a VM's port to a bridge, as its network wants it: up, and an isolated bridge
-    /// port when `isolated` (`<port isolated='yes'/>`).
-    pub async fn attach_port(&self, index: u32, bridge: u32, isolated: bool) -> Result<(), NetlinkError> {
+    /// Attach a VM's port to a bridge, as its network wants it: up, an isolated bridge port
+    /// when `isolated` (`<port isolated='yes'/>`), and on the VLANs `vlans` only (`<vlan>`).
+    pub async fn attach_port(
+        &self,
+        index: u32,
+        bridge: u32,
+        isolated: bool,
+        vlans: &[PortVlan],
+    ) -> Result<(), NetlinkError> {
         self.enslave(index, bridge).await?;
         if isolated {
             let msg = LinkBridgePort::new(index).append_info_data(InfoBridgePort::Isolated(true)).build();
             let what = format!("making link {index} an isolated bridge port");
             self.handle.link().set_port(msg).execute().await.map_err(op(what))?;
         }
+        if !vlans.is_empty() {
+            // A bridge with a default PVID (the admin's) put the new port on that VLAN.
+            if let Some(pvid) = self.bridge_vlans(bridge).await?.default_pvid.filter(|p| *p != 0) {
+                if !vlans.iter().any(|v| v.vid == pvid) {
+                    let msg = LinkBridgeVlan::new(index).vlan(pvid, BridgeVlanInfoFlags::empty()).build();
+                    let what = format!("removing link {index} from the bridge's default VLAN {pvid}");
+                    self.handle.link().del_with_message(msg).execute().await.map_err(op(what))?;
+                }
+            }
+            self.set_port_vlans(index, vlans, false).await?;
+        }
         Ok(())
+    }
+
+    /// Put bridge port `index` (or the bridge itself, `bridge_self`) on `vlans`.
+    pub async fn set_port_vlans(&self, index: u32, vlans: &[PortVlan], bridge_self: bool) -> Result<(), NetlinkError> {
+        let mut b = LinkBridgeVlan::new(index);
+        if bridge_self {
+            b = b.bridge_self();
+        }
+        for v in vlans {
+            let mut flags = BridgeVlanInfoFlags::empty();
+            flags.set(BridgeVlanInfoFlags::Pvid, v.pvid);
+            flags.set(BridgeVlanInfoFlags::Untagged, v.untagged);
+            b = b.vlan(v.vid, flags);
+        }
+        let ids: Vec<String> = vlans.iter().map(|v| v.vid.to_string()).collect();
+        let what = format!("putting link {index} on VLAN {}", ids.join(", "));
+        self.handle.link().set(b.build()).execute().await.map_err(op(what))
+    }
+
+    /// Turn VLAN filtering on for bridge `index`, with no default PVID (see `super::vlan`).
+    pub async fn set_vlan_filtering(&self, index: u32) -> Result<(), NetlinkError> {
+        let mut msg = LinkUnspec::new_with_index(index).build();
+        msg.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Bridge),
+            LinkInfo::Data(InfoData::Bridge(vec![InfoBridge::VlanDefaultPvid(0), InfoBridge::VlanFiltering(true)])),
+        ]));
+        let what = format!("turning VLAN filtering on for bridge {index}");
+        self.handle.link().set_port(msg).execute().await.map_err(op(what))
+    }
+
+    /// Bridge `index`'s VLAN filtering and default PVID.
+    pub async fn bridge_vlans(&self, index: u32) -> Result<BridgeVlans, NetlinkError> {
+        let mut s = self.handle.link().get().match_index(index).execute();
+        let m = s.try_next().await.map_err(op(format!("looking up bridge {index}")))?;
+        let mut out = BridgeVlans::default();
+        for a in m.iter().flat_map(|m| &m.attributes) {
+            let LinkAttribute::LinkInfo(infos) = a else { continue };
+            for i in infos {
+                let LinkInfo::Data(InfoData::Bridge(data)) = i else { continue };
+                for d in data {
+                    match d {
+                        InfoBridge::VlanFiltering(f) => out.filtering = *f,
+                        InfoBridge::VlanDefaultPvid(p) => out.default_pvid = Some(*p),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        Ok(out)
     }
 
     pub async fn delete_link(&self, index: u32) -> Result<(), NetlinkError> {

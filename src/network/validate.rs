@@ -56,6 +56,13 @@ impl NetworkDef {
             }
             super::bandwidth::plan(bw).map_err(bad)?;
         }
+        if let Some(v) = &self.vlan {
+            super::vlan::check(v).map_err(|reason| NetworkError::BadText {
+                net: self.name.clone(),
+                tag: "<vlan>".into(),
+                reason,
+            })?;
+        }
         if !self.dnsmasq_options.is_empty() && !super::dnsmasq::needs_dnsmasq(self) {
             let reason = "kvmctl runs no dnsmasq for this network (bridge mode, or no <ip> with DHCP or DNS)";
             return Err(NetworkError::BadText {

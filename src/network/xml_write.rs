@@ -87,6 +87,13 @@ pub fn to_xml(def: &NetworkDef) -> String {
         w.empty("domain", &[("name", s(&d.name)), ("localOnly", yes_if(d.local_only))]);
     }
     dns(&mut w, &def.dns);
+    if let Some(v) = &def.vlan {
+        w.open("vlan", &[("trunk", yes_if(v.trunk))]);
+        for t in &v.tags {
+            w.empty("tag", &[("id", s(t.id)), ("nativeMode", t.native.map(|n| n.as_str().to_string()))]);
+        }
+        w.close("vlan");
+    }
     if let Some(b) = &def.bandwidth {
         w.open("bandwidth", &[]);
         for (tag, r) in [("inbound", &b.inbound), ("outbound", &b.outbound)] {

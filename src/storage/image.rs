@@ -203,7 +203,7 @@ pub struct Source<'a> {
 }
 
 enum Layer {
-    Qcow2(Qcow2Reader),
+    Qcow2(Box<Qcow2Reader>),
     Raw { file: File, len: u64 },
 }
 
@@ -251,7 +251,7 @@ impl Chain {
                     if let Some(b) = &r.header.backing_file {
                         next = Some(src.backing.follow(&p, b, r.header.backing_format.as_deref())?);
                     }
-                    layers.push(Layer::Qcow2(r));
+                    layers.push(Layer::Qcow2(Box::new(r)));
                 }
                 Format::Raw => {
                     let file = File::open(&p).map_err(ioe)?;
@@ -293,7 +293,7 @@ fn has_data(layers: &mut [Layer], off: u64, len: u64) -> Result<bool, ChainError
             while g < end {
                 let piece = (cs - g % cs).min(end - g);
                 match r.map(g / cs)? {
-                    Mapping::Data(_) => return Ok(true),
+                    Mapping::Data(_) | Mapping::Compressed { .. } => return Ok(true),
                     Mapping::Zero => {}
                     Mapping::Unallocated => {
                         if has_data(rest, g, piece)? {
@@ -355,6 +355,11 @@ fn read_layer(layers: &mut [Layer], off: u64, buf: &mut [u8]) -> Result<bool, Ch
                         any = true;
                         pos += run;
                         continue;
+                    }
+                    Mapping::Compressed { off: h, len } => {
+                        let within = (g % cs) as usize;
+                        buf[pos..pos + piece].copy_from_slice(&r.inflate(h, len)?[within..within + piece]);
+                        any = true;
                     }
                     Mapping::Zero => buf[pos..pos + piece].fill(0),
                     Mapping::Unallocated => any |= read_layer(rest, g, &mut buf[pos..pos + piece])?,

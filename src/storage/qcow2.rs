@@ -25,7 +25,11 @@ const L2_ZERO: u64 = 1;
 const COPIED: u64 = 1 << 63;
 const INCOMPAT_CORRUPT: u64 = 1 << 1;
 const INCOMPAT_EXTERNAL_DATA: u64 = 1 << 2;
+const INCOMPAT_COMPRESSION_TYPE: u64 = 1 << 3;
 const INCOMPAT_EXTENDED_L2: u64 = 1 << 4;
+/// The header's `compression_type` (byte 104, v3 headers of 105 bytes or more).
+pub const COMPRESSION_ZLIB: u8 = 0;
+pub const COMPRESSION_ZSTD: u8 = 1;
 /// qemu's `QCOW_MAX_L1_SIZE`: the active L1 table is at most 32 MiB of 8-byte entries; qemu
 /// refuses to open (or grow) an image whose virtual size needs more ("Active L1 table too
 /// large").
@@ -68,6 +72,8 @@ pub struct Header {
     pub crypt_method: u32,
     pub backing_file: Option<String>,
     pub backing_format: Option<String>,
+    /// How compressed clusters are compressed: [`COMPRESSION_ZLIB`] or [`COMPRESSION_ZSTD`].
+    pub compression_type: u8,
 }
 
 impl Header {
@@ -132,6 +138,7 @@ pub fn read_header(path: &Path) -> Result<Header, Qcow2Error> {
         incompatible_features: 0,
         backing_file: None,
         backing_format: None,
+        compression_type: COMPRESSION_ZLIB,
     };
     if !(9..=21).contains(&h.cluster_bits) {
         return Err(corrupt(format!("cluster_bits {} out of range", h.cluster_bits)));
@@ -146,6 +153,22 @@ pub fn read_header(path: &Path) -> Result<Header, Qcow2Error> {
         header_len = be32(&buf, 100) as usize;
         if !(104..=buf.len()).contains(&header_len) {
             return Err(corrupt(format!("header length {header_len} invalid")));
+        }
+        if header_len > 104 {
+            h.compression_type = buf[104];
+        }
+        let flagged = h.incompatible_features & INCOMPAT_COMPRESSION_TYPE != 0;
+        match h.compression_type {
+            COMPRESSION_ZLIB if flagged => {
+                return Err(corrupt("compression type bit set for zlib (qemu sets it only for other types)".into()))
+            }
+            COMPRESSION_ZSTD if !flagged => {
+                return Err(corrupt("zstd compression without its incompatible-feature bit".into()))
+            }
+            COMPRESSION_ZLIB | COMPRESSION_ZSTD => {}
+            t => {
+                return Err(Qcow2Error::Unsupported { path: path.to_path_buf(), what: format!("compression type {t}") })
+            }
         }
     }
     if h.incompatible_features & INCOMPAT_CORRUPT != 0 {
@@ -202,6 +225,8 @@ pub enum Mapping {
     Zero,
     /// Not in this image: look in the backing file.
     Unallocated,
+    /// A compressed cluster: at most `len` bytes at host offset `off` inflate to the cluster.
+    Compressed { off: u64, len: u64 },
 }
 
 /// An open qcow2 image: header, L1 table, and a cache of the L2 tables read so far.
@@ -212,6 +237,9 @@ pub struct Qcow2Reader {
     file: File,
     l1: Vec<u64>,
     l2_cache: BTreeMap<u32, Vec<u64>>,
+    file_len: u64,
+    /// The last compressed cluster inflated: its host offset and its bytes.
+    inflated: Option<(u64, Vec<u8>)>,
 }
 
 impl Qcow2Reader {
@@ -225,7 +253,16 @@ impl Qcow2Reader {
         let mut raw = vec![0u8; header.l1_size as usize * 8];
         file.read_exact_at(&mut raw, header.l1_table_offset).map_err(ioe)?;
         let l1 = raw.chunks_exact(8).map(|c| u64::from_be_bytes(c.try_into().unwrap())).collect();
-        Ok(Qcow2Reader { path: path.to_path_buf(), header, file, l1, l2_cache: BTreeMap::new() })
+        let file_len = file.metadata().map_err(ioe)?.len();
+        Ok(Qcow2Reader {
+            path: path.to_path_buf(),
+            header,
+            file,
+            l1,
+            l2_cache: BTreeMap::new(),
+            file_len,
+            inflated: None,
+        })
     }
 
     fn corrupt(&self, reason: String) -> Qcow2Error {
@@ -255,10 +292,17 @@ impl Qcow2Reader {
         }
         let e = self.l2_cache[&l1_idx][(cluster % per_l2) as usize];
         if e & L2_COMPRESSED != 0 {
-            return Err(Qcow2Error::Unsupported {
-                path: self.path.clone(),
-                what: "compressed clusters (convert with qemu-img first)".into(),
-            });
+            // qcow2's compressed cluster descriptor: the low `shift` bits are the host offset,
+            // the next `cluster_bits - 8` the number of 512-byte sectors it spans, minus one.
+            let shift = 62 - (self.header.cluster_bits - 8);
+            let off = e & ((1u64 << shift) - 1);
+            let sectors = ((e >> shift) & ((1u64 << (self.header.cluster_bits - 8)) - 1)) + 1;
+            let len = sectors * 512 - (off & 511);
+            if off == 0 || off >= self.file_len {
+                return Err(self
+                    .corrupt(format!("compressed cluster {cluster} at offset {off} lies beyond the end of the file")));
+            }
+            return Ok(Mapping::Compressed { off, len: len.min(self.file_len - off) });
         }
         if e & L2_ZERO != 0 && self.header.version == 3 {
             return Ok(Mapping::Zero);
@@ -267,6 +311,37 @@ impl Qcow2Reader {
             0 => Ok(Mapping::Unallocated),
             off => Ok(Mapping::Data(off)),
         }
+    }
+
+    /// The bytes of the compressed cluster at `off` (from [`Mapping::Compressed`]), inflated.
+    /// A stream that does not inflate to exactly one cluster is refused as corrupt; what
+    /// would inflate past the cluster is never produced (the output buffer is the cluster).
+    pub fn inflate(&mut self, off: u64, len: u64) -> Result<&[u8], Qcow2Error> {
+        if !matches!(&self.inflated, Some((at, _)) if *at == off) {
+            if self.header.compression_type == COMPRESSION_ZSTD {
+                return Err(Qcow2Error::Unsupported {
+                    path: self.path.clone(),
+                    what: "zstd-compressed clusters (convert with qemu-img first)".into(),
+                });
+            }
+            let cs = self.header.cluster_size() as usize;
+            let mut raw = vec![0u8; len as usize];
+            self.read_host(&mut raw, off)?;
+            let mut out = self.inflated.take().map(|(_, v)| v).unwrap_or_default();
+            out.clear();
+            out.reserve_exact(cs);
+            let mut d = flate2::Decompress::new(false);
+            let status = d.decompress_vec(&raw, &mut out, flate2::FlushDecompress::Finish);
+            if status.is_err() || out.len() != cs {
+                let why = match status {
+                    Err(e) => format!("does not inflate ({e})"),
+                    Ok(_) => format!("inflates to {} bytes, not the cluster's {cs}", out.len()),
+                };
+                return Err(self.corrupt(format!("compressed cluster at offset {off} {why}")));
+            }
+            self.inflated = Some((off, out));
+        }
+        Ok(&self.inflated.as_ref().expect("inflated above").1)
     }
 
     pub fn read_host(&self, buf: &mut [u8], host_off: u64) -> Result<(), Qcow2Error> {

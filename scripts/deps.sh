@@ -34,6 +34,6 @@ if ((${#missing[@]})); then
 fi
 
 if ! command -v cargo >/dev/null; then
-  echo "deps: cargo not found: install a Rust toolchain (>= 1.80) with rustup first" >&2
+  echo "deps: cargo not found: install a Rust toolchain (>= 1.87) with rustup first" >&2
   exit 1
 fi

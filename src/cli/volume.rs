@@ -160,6 +160,15 @@ pub fn run(cmd: VolCmd, ctx: &Ctx) -> anyhow::Result<()> {
             if let Some(b) = &info.backing_file {
                 rows.push(("Backing file", format!("{b} ({})", info.backing_format.as_deref().unwrap_or("?"))));
             }
+            if info.dirty {
+                rows.push((
+                    "State",
+                    "dirty: not closed cleanly (reads and copies as qemu-img check -r leaves it)".into(),
+                ));
+            }
+            if !info.bitmaps.is_empty() {
+                rows.push(("Bitmaps", info.bitmaps.join(", ")));
+            }
             if let Some(p) = &info.problem {
                 rows.push(("Problem", p.clone()));
             }

@@ -403,7 +403,7 @@ pub fn wait_stopped(store: &Store, name: &str, timeout: Duration) -> bool {
         if !rd.alive() {
             let stopped = rd
                 .read_state()
-                .map_or(true, |s| matches!(s.state, VmState::Shutoff | VmState::Crashed) && s.qemu_pid.is_none());
+                .is_none_or(|s| matches!(s.state, VmState::Shutoff | VmState::Crashed) && s.qemu_pid.is_none());
             if stopped {
                 return true;
             }

@@ -17,6 +17,11 @@ pub enum CopyError {
     Source(#[from] ChainError),
     #[error(transparent)]
     Qcow2(#[from] Qcow2Error),
+    #[error(
+        "{path}: carries persistent dirty bitmaps {names} that a copy would lose (a linked clone keeps \
+         them on its base; or drop them first: qemu-img bitmap --remove {path} NAME)"
+    )]
+    Bitmaps { path: String, names: String },
     #[error("writing {path}: {source}")]
     Write { path: String, source: std::io::Error },
 }
@@ -37,6 +42,10 @@ pub fn copy_image(
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<u64, CopyError> {
     let mut chain = Chain::open(src)?;
+    if let Some((path, names)) = chain.bitmaps().first() {
+        let names = names.iter().map(|n| format!("'{n}'")).collect::<Vec<_>>().join(", ");
+        return Err(CopyError::Bitmaps { path: path.display().to_string(), names });
+    }
     let size = chain.size;
     let werr = |source| CopyError::Write { path: out_path.display().to_string(), source };
     let mut writer = match format {

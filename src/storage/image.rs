@@ -54,6 +54,11 @@ pub struct ImageInfo {
     pub physical: u64,
     pub backing_file: Option<String>,
     pub backing_format: Option<String>,
+    /// Not closed cleanly (qemu's dirty bit, with lazy refcounts): its refcounts may be stale,
+    /// its mapping is not, so it reads and copies as `qemu-img check -r` would leave it.
+    pub dirty: bool,
+    /// Persistent dirty bitmaps the image carries (a full copy would lose them).
+    pub bitmaps: Vec<String>,
     pub problem: Option<String>,
 }
 
@@ -74,6 +79,8 @@ pub fn inspect_as(path: &Path, format: Format) -> io::Result<ImageInfo> {
         physical: meta.len(),
         backing_file: None,
         backing_format: None,
+        dirty: false,
+        bitmaps: Vec::new(),
         problem: None,
     };
     if !meta.is_file() {
@@ -92,9 +99,8 @@ pub fn inspect_as(path: &Path, format: Format) -> io::Result<ImageInfo> {
                 info.capacity = h.size;
                 info.backing_file = h.backing_file.clone();
                 info.backing_format = h.backing_format.clone();
-                if h.is_dirty() {
-                    info.problem = Some("dirty: was not closed cleanly (qemu-img check -r all repairs it)".into());
-                }
+                info.dirty = h.is_dirty();
+                info.bitmaps = h.bitmaps;
             }
             Err(Qcow2Error::Io { source, .. }) => return Err(source),
             Err(e) => {
@@ -267,6 +273,17 @@ impl Chain {
         Ok(Chain { layers, size })
     }
 
+    /// The persistent dirty bitmaps in the chain's qcow2 images, by image.
+    pub fn bitmaps(&self) -> Vec<(&Path, &[String])> {
+        self.layers
+            .iter()
+            .filter_map(|l| match l {
+                Layer::Qcow2(r) if !r.header.bitmaps.is_empty() => Some((r.path.as_path(), &r.header.bitmaps[..])),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Read guest bytes at `off` into `buf`; returns whether any of it came from allocated
     /// data (false: the whole range is a hole and reads as zeros). A range with no data at
     /// all is answered from the mappings alone and `buf` is left untouched.
@@ -287,12 +304,12 @@ fn has_data(layers: &mut [Layer], off: u64, len: u64) -> Result<bool, ChainError
             Ok(avail > 0 && !is_hole(file, off, avail))
         }
         Layer::Qcow2(r) => {
-            let cs = r.header.cluster_size();
+            let gs = r.header.granule();
             let end = (off + len).min(r.header.size);
             let mut g = off;
             while g < end {
-                let piece = (cs - g % cs).min(end - g);
-                match r.map(g / cs)? {
+                let piece = (gs - g % gs).min(end - g);
+                match r.map(g / gs)? {
                     Mapping::Data(_) | Mapping::Compressed { .. } => return Ok(true),
                     Mapping::Zero => {}
                     Mapping::Unallocated => {
@@ -326,32 +343,32 @@ fn read_layer(layers: &mut [Layer], off: u64, buf: &mut [u8]) -> Result<bool, Ch
             Ok(true)
         }
         Layer::Qcow2(r) => {
-            let cs = r.header.cluster_size();
+            let (cs, gs) = (r.header.cluster_size(), r.header.granule());
             let size = r.header.size;
             let mut any = false;
             let mut pos = 0usize;
             while pos < buf.len() {
                 let g = off + pos as u64;
-                let piece = ((cs - g % cs) as usize).min(buf.len() - pos);
+                let piece = ((gs - g % gs) as usize).min(buf.len() - pos);
                 if g >= size {
                     buf[pos..].fill(0);
                     break;
                 }
-                match r.map(g / cs)? {
+                match r.map(g / gs)? {
                     Mapping::Data(h) => {
-                        // Coalesce clusters that are contiguous on the host into one read.
+                        // Coalesce granules that are contiguous on the host into one read.
                         let mut run = piece;
-                        let mut expect = h + g % cs + piece as u64;
+                        let mut expect = h + g % gs + piece as u64;
                         while pos + run < buf.len() {
                             let g2 = off + (pos + run) as u64;
-                            if g2 >= size || r.map(g2 / cs)? != Mapping::Data(expect) {
+                            if g2 >= size || r.map(g2 / gs)? != Mapping::Data(expect) {
                                 break;
                             }
-                            let p2 = (cs as usize).min(buf.len() - pos - run);
+                            let p2 = (gs as usize).min(buf.len() - pos - run);
                             run += p2;
                             expect += p2 as u64;
                         }
-                        r.read_host(&mut buf[pos..pos + run], h + g % cs)?;
+                        r.read_host(&mut buf[pos..pos + run], h + g % gs)?;
                         any = true;
                         pos += run;
                         continue;

@@ -19,6 +19,9 @@ pub const MAGIC: u32 = 0x5146_49fb;
 pub const DEFAULT_CLUSTER_BITS: u32 = 16;
 const EXT_END: u32 = 0;
 const EXT_BACKING_FORMAT: u32 = 0xe279_2aca;
+const EXT_BITMAPS: u32 = 0x2385_2875;
+/// autoclear bit 0: the bitmaps extension is consistent (qemu clears it when it is not).
+const AUTOCLEAR_BITMAPS: u64 = 1;
 const OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
 const L2_COMPRESSED: u64 = 1 << 62;
 const L2_ZERO: u64 = 1;
@@ -74,6 +77,11 @@ pub struct Header {
     pub backing_format: Option<String>,
     /// How compressed clusters are compressed: [`COMPRESSION_ZLIB`] or [`COMPRESSION_ZSTD`].
     pub compression_type: u8,
+    /// Extended L2 entries: each cluster split into 32 subclusters with their own
+    /// allocation and zero bits.
+    pub extended_l2: bool,
+    /// The names of the persistent dirty bitmaps the image carries (when they are valid).
+    pub bitmaps: Vec<String>,
 }
 
 impl Header {
@@ -83,7 +91,26 @@ impl Header {
     pub fn is_dirty(&self) -> bool {
         self.incompatible_features & 1 != 0
     }
+    /// Bytes of an L2 entry: 16 with extended L2 entries, else 8.
+    pub fn l2_entry_size(&self) -> u64 {
+        if self.extended_l2 {
+            16
+        } else {
+            8
+        }
+    }
+    /// The unit a guest address maps in: a subcluster with extended L2 entries, else a cluster.
+    pub fn granule(&self) -> u64 {
+        if self.extended_l2 {
+            self.cluster_size() / SUBCLUSTERS
+        } else {
+            self.cluster_size()
+        }
+    }
 }
+
+/// Subclusters per cluster with extended L2 entries.
+const SUBCLUSTERS: u64 = 32;
 
 fn be32(b: &[u8], at: usize) -> u32 {
     u32::from_be_bytes(b[at..at + 4].try_into().unwrap())
@@ -139,17 +166,27 @@ pub fn read_header(path: &Path) -> Result<Header, Qcow2Error> {
         backing_file: None,
         backing_format: None,
         compression_type: COMPRESSION_ZLIB,
+        extended_l2: false,
+        bitmaps: Vec::new(),
     };
+    match h.crypt_method {
+        0 => {}
+        1 => return Err(unsupported_encryption(path, "AES")),
+        2 => return Err(unsupported_encryption(path, "LUKS")),
+        m => return Err(Qcow2Error::Unsupported { path: path.to_path_buf(), what: format!("encryption method {m}") }),
+    }
     if !(9..=21).contains(&h.cluster_bits) {
         return Err(corrupt(format!("cluster_bits {} out of range", h.cluster_bits)));
     }
     let cs = h.cluster_size();
     let mut header_len = 72usize;
+    let mut autoclear = 0u64;
     if version == 3 {
         if buf.len() < 104 {
             return Err(corrupt("v3 header truncated".into()));
         }
         h.incompatible_features = be64(&buf, 72);
+        autoclear = be64(&buf, 88);
         header_len = be32(&buf, 100) as usize;
         if !(104..=buf.len()).contains(&header_len) {
             return Err(corrupt(format!("header length {header_len} invalid")));
@@ -174,11 +211,30 @@ pub fn read_header(path: &Path) -> Result<Header, Qcow2Error> {
     if h.incompatible_features & INCOMPAT_CORRUPT != 0 {
         return Err(corrupt("image is marked corrupt by qemu".into()));
     }
-    for (bit, what) in [(INCOMPAT_EXTERNAL_DATA, "external data file"), (INCOMPAT_EXTENDED_L2, "extended L2 entries")] {
-        if h.incompatible_features & bit != 0 {
-            return Err(Qcow2Error::Unsupported { path: path.to_path_buf(), what: what.into() });
-        }
+    if h.incompatible_features & INCOMPAT_EXTERNAL_DATA != 0 {
+        return Err(Qcow2Error::Unsupported {
+            path: path.to_path_buf(),
+            what: "external data file (the guest's data lives in another file the header names; \
+                   kvmctl does not follow it)"
+                .into(),
+        });
     }
+    h.extended_l2 = h.incompatible_features & INCOMPAT_EXTENDED_L2 != 0;
+    if h.extended_l2 && h.cluster_bits < 14 {
+        return Err(corrupt(format!(
+            "extended L2 entries with {}-byte clusters (qemu needs at least 16384)",
+            h.cluster_size()
+        )));
+    }
+    let unknown = h.incompatible_features
+        & !(1 | INCOMPAT_CORRUPT | INCOMPAT_EXTERNAL_DATA | INCOMPAT_COMPRESSION_TYPE | INCOMPAT_EXTENDED_L2);
+    if unknown != 0 {
+        return Err(Qcow2Error::Unsupported {
+            path: path.to_path_buf(),
+            what: format!("incompatible feature bits {unknown:#x}"),
+        });
+    }
+    let mut bitmap_dir = None;
     // Header extensions (v3 only; v2 images may carry them too right after 72 bytes).
     let mut at = header_len;
     while at + 8 <= buf.len() {
@@ -188,8 +244,15 @@ pub fn read_header(path: &Path) -> Result<Header, Qcow2Error> {
         }
         let data =
             buf.get(at + 8..at + 8 + len).ok_or_else(|| corrupt("header extension overruns the first 4 KiB".into()))?;
-        if ty == EXT_BACKING_FORMAT {
-            h.backing_format = Some(String::from_utf8_lossy(data).into_owned());
+        match ty {
+            EXT_BACKING_FORMAT => h.backing_format = Some(String::from_utf8_lossy(data).into_owned()),
+            EXT_BITMAPS if autoclear & AUTOCLEAR_BITMAPS != 0 => {
+                if data.len() < 24 {
+                    return Err(corrupt("bitmaps extension shorter than 24 bytes".into()));
+                }
+                bitmap_dir = Some((be32(data, 0), be64(data, 8), be64(data, 16)));
+            }
+            _ => {}
         }
         at += 8 + len.div_ceil(8) * 8;
     }
@@ -201,8 +264,11 @@ pub fn read_header(path: &Path) -> Result<Header, Qcow2Error> {
             .map_err(|_| corrupt("backing file name lies beyond the end of the file".into()))?;
         h.backing_file = Some(String::from_utf8_lossy(&name).into_owned());
     }
+    if let Some((count, dir_size, dir_off)) = bitmap_dir {
+        h.bitmaps = bitmap_names(&file, file_len, count, dir_size, dir_off).map_err(corrupt)?;
+    }
     let l1_end = h.l1_table_offset + h.l1_size as u64 * 8;
-    let needed_l1 = h.size.div_ceil(cs * (cs / 8));
+    let needed_l1 = h.size.div_ceil(cs * (cs / h.l2_entry_size()));
     if (h.l1_size as u64) < needed_l1 {
         return Err(corrupt(format!("L1 table has {} entries, {} needed for the virtual size", h.l1_size, needed_l1)));
     }
@@ -214,6 +280,37 @@ pub fn read_header(path: &Path) -> Result<Header, Qcow2Error> {
         return Err(corrupt(format!("truncated: refcount table ends at {rt_end}, file is {file_len} bytes")));
     }
     Ok(h)
+}
+
+fn unsupported_encryption(path: &Path, how: &str) -> Qcow2Error {
+    Qcow2Error::Unsupported {
+        path: path.to_path_buf(),
+        what: format!(
+            "{how} encryption (kvmctl holds no keys: decrypt it with qemu-img convert --object \
+             secret,... --image-opts first)"
+        ),
+    }
+}
+
+/// The names in a bitmap directory of `count` entries, `size` bytes at `off` (qcow2 spec,
+/// "Bitmap directory": 24 fixed bytes, extra data, the name, padded to 8 bytes).
+fn bitmap_names(file: &File, file_len: u64, count: u32, size: u64, off: u64) -> Result<Vec<String>, String> {
+    if size > 64 << 20 || off.checked_add(size).is_none_or(|end| end > file_len) {
+        return Err(format!("bitmap directory ({size} bytes at offset {off}) lies beyond the end of the file"));
+    }
+    let mut dir = vec![0u8; size as usize];
+    file.read_exact_at(&mut dir, off).map_err(|e| format!("bitmap directory: {e}"))?;
+    let mut names = Vec::new();
+    let mut at = 0usize;
+    for _ in 0..count {
+        let entry = dir.get(at..at + 24).ok_or("bitmap directory is shorter than its entries")?;
+        let name_len = u16::from_be_bytes([entry[18], entry[19]]) as usize;
+        let extra = be32(entry, 20) as usize;
+        let name = dir.get(at + 24 + extra..at + 24 + extra + name_len).ok_or("bitmap name overruns the directory")?;
+        names.push(String::from_utf8_lossy(name).into_owned());
+        at += (24 + extra + name_len).div_ceil(8) * 8;
+    }
+    Ok(names)
 }
 
 /// Where a guest cluster's data lives in one image of a chain.
@@ -245,9 +342,6 @@ pub struct Qcow2Reader {
 impl Qcow2Reader {
     pub fn open(path: &Path) -> Result<Qcow2Reader, Qcow2Error> {
         let header = read_header(path)?;
-        if header.crypt_method != 0 {
-            return Err(Qcow2Error::Unsupported { path: path.into(), what: "encryption".into() });
-        }
         let ioe = |source| Qcow2Error::Io { path: path.to_path_buf(), source };
         let file = File::open(path).map_err(ioe)?;
         let mut raw = vec![0u8; header.l1_size as usize * 8];
@@ -269,10 +363,15 @@ impl Qcow2Reader {
         Qcow2Error::Corrupt { path: self.path.clone(), reason }
     }
 
-    /// Map one guest cluster (in this image's cluster size).
-    pub fn map(&mut self, cluster: u64) -> Result<Mapping, Qcow2Error> {
-        let cs = self.header.cluster_size();
-        let per_l2 = cs / 8;
+    /// Map one granule of the guest disk (see [`Header::granule`]: a subcluster with
+    /// extended L2 entries, else a cluster): `unit` is the guest offset over the granule.
+    pub fn map(&mut self, unit: u64) -> Result<Mapping, Qcow2Error> {
+        let h = &self.header;
+        let (cs, gs) = (h.cluster_size(), h.granule());
+        let per_cluster = cs / gs;
+        let (cluster, sub) = (unit / per_cluster, unit % per_cluster);
+        let per_l2 = cs / h.l2_entry_size();
+        let words = (h.l2_entry_size() / 8) as usize;
         let l1_idx = (cluster / per_l2) as u32;
         let l1e = *self.l1.get(l1_idx as usize).unwrap_or(&0);
         let l2_off = l1e & OFFSET_MASK;
@@ -290,7 +389,9 @@ impl Qcow2Reader {
             }
             self.l2_cache.insert(l1_idx, t);
         }
-        let e = self.l2_cache[&l1_idx][(cluster % per_l2) as usize];
+        let at = (cluster % per_l2) as usize * words;
+        let e = self.l2_cache[&l1_idx][at];
+        let bitmap = if words == 2 { self.l2_cache[&l1_idx][at + 1] } else { 0 };
         if e & L2_COMPRESSED != 0 {
             // qcow2's compressed cluster descriptor: the low `shift` bits are the host offset,
             // the next `cluster_bits - 8` the number of 512-byte sectors it spans, minus one.
@@ -304,39 +405,49 @@ impl Qcow2Reader {
             }
             return Ok(Mapping::Compressed { off, len: len.min(self.file_len - off) });
         }
+        let host = e & OFFSET_MASK;
+        if host != 0 && (!host.is_multiple_of(cs) || host >= self.file_len) {
+            return Err(self.corrupt(format!("cluster {cluster} maps to host offset {host}, outside the file")));
+        }
+        if words == 2 {
+            // Extended L2: the low 32 bits of the bitmap say which subclusters are allocated
+            // here, the high 32 which read as zeros; the descriptor's own zero bit is unused.
+            let (alloc, zero) = (bitmap & 0xffff_ffff, bitmap >> 32);
+            if alloc & zero != 0 || (host == 0 && alloc != 0) {
+                return Err(self.corrupt(format!("cluster {cluster} has an invalid subcluster bitmap {bitmap:#x}")));
+            }
+            return Ok(if zero >> sub & 1 != 0 {
+                Mapping::Zero
+            } else if alloc >> sub & 1 != 0 {
+                Mapping::Data(host + sub * gs)
+            } else {
+                Mapping::Unallocated
+            });
+        }
         if e & L2_ZERO != 0 && self.header.version == 3 {
             return Ok(Mapping::Zero);
         }
-        match e & OFFSET_MASK {
+        match host {
             0 => Ok(Mapping::Unallocated),
             off => Ok(Mapping::Data(off)),
         }
     }
 
-    /// The bytes of the compressed cluster at `off` (from [`Mapping::Compressed`]), inflated.
-    /// A stream that does not inflate to exactly one cluster is refused as corrupt; what
-    /// would inflate past the cluster is never produced (the output buffer is the cluster).
+    /// The bytes of the compressed cluster at `off` (from [`Mapping::Compressed`]), inflated
+    /// with the image's compression type. A stream that does not inflate to exactly one
+    /// cluster is refused as corrupt: what would inflate past the cluster is never produced
+    /// beyond one byte (the output is bounded by the cluster, so a bomb costs nothing).
     pub fn inflate(&mut self, off: u64, len: u64) -> Result<&[u8], Qcow2Error> {
         if !matches!(&self.inflated, Some((at, _)) if *at == off) {
-            if self.header.compression_type == COMPRESSION_ZSTD {
-                return Err(Qcow2Error::Unsupported {
-                    path: self.path.clone(),
-                    what: "zstd-compressed clusters (convert with qemu-img first)".into(),
-                });
-            }
             let cs = self.header.cluster_size() as usize;
             let mut raw = vec![0u8; len as usize];
             self.read_host(&mut raw, off)?;
             let mut out = self.inflated.take().map(|(_, v)| v).unwrap_or_default();
-            out.clear();
-            out.reserve_exact(cs);
-            let mut d = flate2::Decompress::new(false);
-            let status = d.decompress_vec(&raw, &mut out, flate2::FlushDecompress::Finish);
-            if status.is_err() || out.len() != cs {
-                let why = match status {
-                    Err(e) => format!("does not inflate ({e})"),
-                    Ok(_) => format!("inflates to {} bytes, not the cluster's {cs}", out.len()),
-                };
+            let result = match self.header.compression_type {
+                COMPRESSION_ZSTD => unzstd(&raw, &mut out, cs),
+                _ => unzlib(&raw, &mut out, cs),
+            };
+            if let Err(why) = result {
                 return Err(self.corrupt(format!("compressed cluster at offset {off} {why}")));
             }
             self.inflated = Some((off, out));
@@ -346,6 +457,59 @@ impl Qcow2Reader {
 
     pub fn read_host(&self, buf: &mut [u8], host_off: u64) -> Result<(), Qcow2Error> {
         self.file.read_exact_at(buf, host_off).map_err(|source| Qcow2Error::Io { path: self.path.clone(), source })
+    }
+}
+
+/// Inflate raw deflate (qcow2's zlib type: no zlib header) from `raw` into `out`, which must
+/// come to exactly `cs` bytes. `raw` may carry garbage after the stream (its length is only
+/// known to the sector).
+fn unzlib(raw: &[u8], out: &mut Vec<u8>, cs: usize) -> Result<(), String> {
+    use flate2::{Decompress, FlushDecompress, Status};
+    out.clear();
+    out.resize(cs, 0);
+    let mut d = Decompress::new(false);
+    // Flush `None`: with `Finish`, a stream that does not fit leaves the decoder failed,
+    // and the check below could not tell "ends here" from "goes on".
+    let status = d.decompress(raw, out, FlushDecompress::None).map_err(|e| format!("does not inflate ({e})"))?;
+    let got = d.total_out() as usize;
+    if got != cs {
+        out.truncate(got);
+        return Err(format!("inflates to {got} bytes, not the cluster's {cs}"));
+    }
+    if status != Status::StreamEnd {
+        // The cluster is full: one byte more would mean the stream goes on past it.
+        let mut more = [0u8; 1];
+        let rest = &raw[d.total_in() as usize..];
+        if d.decompress(rest, &mut more, FlushDecompress::None).is_ok() && d.total_out() as usize > cs {
+            return Err(format!("inflates past the cluster's {cs} bytes"));
+        }
+    }
+    Ok(())
+}
+
+/// Decompress a zstd frame (qcow2's zstd type) from `raw` into `out`, exactly `cs` bytes.
+/// The window is bounded, so a hostile frame cannot make the decoder allocate more than
+/// a few MiB.
+fn unzstd(raw: &[u8], out: &mut Vec<u8>, cs: usize) -> Result<(), String> {
+    use std::io::Read;
+    out.clear();
+    let mut src = raw;
+    let mut d = ruzstd::decoding::StreamingDecoder::new_with_max_window_size(&mut src, 8 << 20)
+        .map_err(|e| format!("is not a zstd frame ({e})"))?;
+    out.resize(cs + 1, 0);
+    let mut got = 0;
+    while got < cs + 1 {
+        match d.read(&mut out[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) => return Err(format!("does not decompress ({e})")),
+        }
+    }
+    out.truncate(got.min(cs));
+    match got {
+        n if n > cs => Err(format!("decompresses past the cluster's {cs} bytes")),
+        n if n < cs => Err(format!("decompresses to {n} bytes, not the cluster's {cs}")),
+        _ => Ok(()),
     }
 }
 
@@ -591,6 +755,28 @@ mod tests {
         assert_eq!(h.backing_file.as_deref(), Some("/pool/base.qcow2"));
         assert_eq!(h.backing_format.as_deref(), Some("qcow2"));
         assert_eq!(h.l1_size, 2048);
+    }
+
+    #[test]
+    fn zlib_streams_must_fill_the_cluster_exactly() {
+        use flate2::{write::DeflateEncoder, Compression};
+        use std::io::Write;
+        let deflate = |data: &[u8]| {
+            let mut e = DeflateEncoder::new(Vec::new(), Compression::default());
+            e.write_all(data).unwrap();
+            e.finish().unwrap()
+        };
+        let mut out = Vec::new();
+        let mut exact = deflate(&[7u8; 4096]);
+        exact.extend_from_slice(&[0xee; 300]); // garbage up to the sector's end is allowed
+        unzlib(&exact, &mut out, 4096).unwrap();
+        assert_eq!(out, vec![7u8; 4096]);
+        let e = unzlib(&deflate(&[7u8; 4000]), &mut out, 4096).unwrap_err();
+        assert!(e.contains("inflates to 4000 bytes"), "{e}");
+        let e = unzlib(&deflate(&[7u8; 4097]), &mut out, 4096).unwrap_err();
+        assert!(e.contains("inflates past the cluster"), "{e}");
+        let e = unzlib(&[0xff; 64], &mut out, 4096).unwrap_err();
+        assert!(e.contains("does not inflate"), "{e}");
     }
 
     #[test]

@@ -392,6 +392,7 @@ pub fn import(
         Some(n) => n.to_string(),
         None => file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
     };
+    check_not_in_use(file, true, "shut down the VM using it before importing its disk")?;
     // Import is where a format is probed: the file comes from outside kvmctl.
     let src_fmt = image::detect(file).map_err(io_at(file))?;
     let policy = pool::backing_policy(store);

@@ -40,9 +40,60 @@ impl FromStr for Format {
     }
 }
 
-/// Detect a file's format from its content (qcow2 magic, else raw).
+/// Detect a file's format from its content: qcow2, raw, or an error naming the other image
+/// format it is (a vmdk is never recorded as raw: a guest would see the vmdk's bytes as its
+/// disk).
 pub fn detect(path: &Path) -> io::Result<Format> {
+    if let Some(what) = foreign_format(path)? {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "is a {what} image, which kvmctl does not import yet (convert it first: \
+                 qemu-img convert -p -O qcow2 FILE FILE.qcow2)"
+            ),
+        ));
+    }
     Ok(if qcow2::is_qcow2(path)? { Format::Qcow2 } else { Format::Raw })
+}
+
+/// The image formats qemu knows besides qcow2 and raw, by the signatures qemu's own probes
+/// look for (block/*.c `*_probe`), checked at the start of the file and, for dmg, its end.
+pub fn foreign_format(path: &Path) -> io::Result<Option<&'static str>> {
+    let f = File::open(path)?;
+    let len = f.metadata()?.len();
+    let mut head = vec![0u8; 512.min(len) as usize];
+    f.read_exact_at(&mut head, 0)?;
+    let at = |off: usize, sig: &[u8]| head.get(off..off + sig.len()) == Some(sig);
+    let known: [(&[u8], usize, &'static str); 11] = [
+        (b"KDMV", 0, "vmdk (VMware sparse)"),
+        (b"COWD", 0, "vmdk (VMware ESX)"),
+        (b"# Disk DescriptorFile", 0, "vmdk (VMware descriptor)"),
+        (&[0x7f, 0x10, 0xda, 0xbe], 64, "vdi (VirtualBox)"),
+        (b"vhdxfile", 0, "vhdx (Hyper-V)"),
+        (b"conectix", 0, "vpc (Virtual PC / Hyper-V VHD)"),
+        (b"QED\0", 0, "qed"),
+        (b"WithoutFreeSpace", 0, "parallels"),
+        (b"WithouFreSpacExt", 0, "parallels"),
+        (b"Bochs Virtual HD Image", 0, "bochs"),
+        (b"LUKS\xba\xbe", 0, "LUKS-encrypted"),
+    ];
+    if let Some((_, _, what)) = known.iter().find(|(sig, off, _)| at(*off, sig)) {
+        return Ok(Some(what));
+    }
+    if at(0, &qcow2::MAGIC.to_be_bytes()) && at(4, &1u32.to_be_bytes()) {
+        return Ok(Some("qcow (version 1)"));
+    }
+    if at(0, b"#!/bin/sh\n#V2.0 Format\nmodprobe cloop") {
+        return Ok(Some("cloop"));
+    }
+    if len >= 512 {
+        let mut tail = [0u8; 4];
+        f.read_exact_at(&mut tail, len - 512)?;
+        if &tail == b"koly" {
+            return Ok(Some("dmg (Apple disk image)"));
+        }
+    }
+    Ok(None)
 }
 
 /// What `vol-info`/`vol-list --details` show; `problem` marks a damaged image.

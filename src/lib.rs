@@ -6,6 +6,7 @@ pub mod cli;
 pub mod console;
 pub mod domain;
 pub mod fault;
+pub mod images;
 pub mod inventory;
 pub mod limits;
 pub mod media;

@@ -15,6 +15,8 @@ pub enum Kind {
     Pool,
     Network,
     Domain,
+    /// A pulled base image (`image pull`).
+    Image,
 }
 
 impl Kind {
@@ -23,6 +25,7 @@ impl Kind {
             Kind::Pool => "pools",
             Kind::Network => "networks",
             Kind::Domain => "domains",
+            Kind::Image => "base-images",
         }
     }
     pub fn noun(self) -> &'static str {
@@ -30,6 +33,7 @@ impl Kind {
             Kind::Pool => "pool",
             Kind::Network => "network",
             Kind::Domain => "domain",
+            Kind::Image => "image",
         }
     }
 }

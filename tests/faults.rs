@@ -1,5 +1,5 @@
 //! Issue 11: a kill -9 at every named fault point (src/fault.rs) of install, start, shutdown,
-//! destroy, clone, vol-clone and vol-import, each followed by the next command. Afterwards:
+//! destroy, clone, vol-clone and vol-import (copied and converted), each followed by the next command. Afterwards:
 //! nothing leaked (tap, bridge, nft table, dnsmasq, lock, socket, temp file, journal,
 //! half-written definition), the bystander VM still runs with the same qemu, and the retry of
 //! the same command succeeds (or finds the work done, where the kill came after its point of no
@@ -242,6 +242,29 @@ fn cases() -> Vec<Case> {
             cmd: |_| s(&["-q", "vol-import", guest().to_str().unwrap(), "--pool", "default", "--name", "vi.qcow2"]),
             retry: Retry::Succeeds,
             cleanup: |w| vol_gone("vi.qcow2")(w),
+        },
+        Case {
+            point: "vol-import.converted",
+            prepare: |w| {
+                vol_gone("vv.qcow2")(w);
+                let vmdk = w.scratch.join("g.vmdk");
+                if !vmdk.exists() {
+                    sh("qemu-img", &["convert", "-O", "vmdk", guest().to_str().unwrap(), vmdk.to_str().unwrap()]);
+                }
+            },
+            cmd: |w| {
+                s(&[
+                    "-q",
+                    "vol-import",
+                    w.scratch.join("g.vmdk").to_str().unwrap(),
+                    "--pool",
+                    "default",
+                    "--name",
+                    "vv.qcow2",
+                ])
+            },
+            retry: Retry::Succeeds,
+            cleanup: |w| vol_gone("vv.qcow2")(w),
         },
         Case {
             point: "start.taps",

@@ -320,34 +320,3 @@ fn truncated_and_bit_flipped_images_are_refused_with_the_reason_and_nothing_left
     std::fs::write(c.p("far.qcow2"), &v).unwrap();
     c.refused("far.qcow2", &["corrupt", "outside the file"]);
 }
-
-/// A vmdk used to be imported as raw (its bytes as the guest's disk, its file size as the
-/// capacity): every format qemu-img writes is named and refused, nothing left in the pool.
-#[test]
-fn foreign_formats_are_named_never_recorded_as_raw() {
-    if !qemu_tools() {
-        return;
-    }
-    let c = Corpus::new();
-    for (fmt, opts, named) in [
-        ("vmdk", "", "vmdk (VMware sparse)"),
-        ("vmdk", "subformat=streamOptimized", "vmdk (VMware sparse)"),
-        ("vmdk", "subformat=monolithicFlat", "vmdk (VMware descriptor)"),
-        ("vdi", "", "vdi (VirtualBox)"),
-        ("vhdx", "", "vhdx (Hyper-V)"),
-        ("vpc", "", "vpc (Virtual PC / Hyper-V VHD)"),
-        ("qcow", "", "qcow (version 1)"),
-        ("qed", "", "qed"),
-        ("parallels", "", "parallels"),
-    ] {
-        let name = format!("d-{}.{fmt}", opts.replace(['=', ','], "-"));
-        let mut args = vec!["convert", "-f", "raw", "-O", fmt];
-        if !opts.is_empty() {
-            args.extend(["-o", opts]);
-        }
-        let (src, dst) = (c.raw().to_string(), c.p(&name));
-        args.extend([src.as_str(), dst.as_str()]);
-        sh("qemu-img", &args);
-        c.refused(&name, &[&format!("is a {named} image"), "qemu-img convert"]);
-    }
-}

@@ -381,15 +381,27 @@ fn domiflist(ctx: &Ctx, name: &str) -> anyhow::Result<()> {
 }
 
 #[derive(Serialize)]
-struct IfAddr {
+pub(super) struct IfAddr {
     name: String,
     mac: String,
     protocol: &'static str,
-    address: String,
+    pub(super) address: String,
     source: String,
 }
 
 fn domifaddr(ctx: &Ctx, name: &str) -> anyhow::Result<()> {
+    let rows = if_addrs(ctx, name)?;
+    if ctx.out.json {
+        return ctx.out.json(&rows);
+    }
+    let t: Vec<Vec<String>> =
+        rows.iter().map(|r| vec![r.name.clone(), r.mac.clone(), r.protocol.into(), r.address.clone()]).collect();
+    print!("{}", table(&["Name", "MAC address", "Protocol", "Address"], &t));
+    Ok(())
+}
+
+/// A running VM's addresses: its leases on kvmctl networks, and user-mode DHCP's (`domifaddr`).
+pub(super) fn if_addrs(ctx: &Ctx, name: &str) -> anyhow::Result<Vec<IfAddr>> {
     let store = &ctx.store;
     let def = lifecycle::current_def(store, name)?;
     let rd = RunDir::of(store, name);
@@ -437,13 +449,7 @@ fn domifaddr(ctx: &Ctx, name: &str) -> anyhow::Result<()> {
             }
         }
     }
-    if ctx.out.json {
-        return ctx.out.json(&rows);
-    }
-    let t: Vec<Vec<String>> =
-        rows.iter().map(|r| vec![r.name.clone(), r.mac.clone(), r.protocol.into(), r.address.clone()]).collect();
-    print!("{}", table(&["Name", "MAC address", "Protocol", "Address"], &t));
-    Ok(())
+    Ok(rows)
 }
 
 fn undefine(ctx: &Ctx, name: &str, remove_storage: bool, nvram: bool, keep_nvram: bool) -> anyhow::Result<()> {

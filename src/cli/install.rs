@@ -87,9 +87,70 @@ pub struct InstallArgs {
     /// Do not boot the installed system after the install phase.
     #[arg(long)]
     noreboot: bool,
-    /// Wait this many minutes for the install phase to end (-1: forever).
-    #[arg(long, allow_hyphen_values = true)]
+    /// Wait this many minutes for the install phase to end (-1 or no value: forever); with
+    /// --image, until the guest has a DHCP lease.
+    #[arg(long, allow_hyphen_values = true, num_args = 0..=1, default_missing_value = "-1")]
     wait: Option<i64>,
+    /// Boot a pulled cloud image (kvmctl image pull): a linked overlay on it, grown to
+    /// --disk size=GiB, with a NoCloud seed (--cloud-init options apply).
+    #[arg(long, conflicts_with_all = ["import", "cdrom", "location", "pxe", "boot"])]
+    image: Option<String>,
+}
+
+/// `--image NAME`: the install's disk becomes a linked overlay on the pulled image, in the
+/// image's pool, at least as large as the image; a NoCloud seed is made even without
+/// --cloud-init (cloud images wait for one).
+fn apply_image(ctx: &Ctx, a: &mut InstallArgs) -> anyhow::Result<()> {
+    use crate::domain::options::DiskSource;
+    let Some(name) = a.image.clone() else { return Ok(()) };
+    let rec = crate::images::load(&ctx.store, &name)?;
+    if !rec.path.exists() {
+        bail!("--image {name}: its volume {}/{} is gone (image rm {name}, then pull it again)", rec.pool, rec.volume);
+    }
+    let mut spec = match a.disk.len() {
+        0 => format!("pool={},size=1", rec.pool).parse::<DiskSpec>().map_err(|e| anyhow::anyhow!("{e}"))?,
+        1 => a.disk.remove(0),
+        _ => bail!("--image {name} makes one disk: give at most one --disk (size=GiB)"),
+    };
+    if !matches!(spec.source, DiskSource::NewVolume { .. }) || spec.backing_store.is_some() {
+        bail!(
+            "--image {name}: --disk takes only size=GiB (and bus=, cache=) here; the disk is an overlay on the image"
+        );
+    }
+    spec.source = DiskSource::NewVolume { pool: rec.pool.clone() };
+    spec.size = Some(spec.size.unwrap_or(0).max(rec.capacity));
+    spec.format = Some(crate::domain::definition::DiskFormat::Qcow2);
+    spec.backing_store = Some(rec.volume.clone());
+    spec.backing_format = Some(rec.format);
+    a.disk = vec![spec];
+    a.import = true;
+    a.cloud_init.get_or_insert_with(String::new);
+    if a.osinfo.is_none() {
+        a.osinfo = rec.osinfo.clone();
+    }
+    Ok(())
+}
+
+/// `install --image ... --wait`: until the guest has an address (or `minutes` pass).
+fn wait_lease(ctx: &Ctx, name: &str, minutes: i64) -> anyhow::Result<()> {
+    let rd = RunDir::of(&ctx.store, name);
+    let t0 = std::time::Instant::now();
+    loop {
+        if !rd.alive() {
+            bail!("domain '{name}' stopped before it had an address");
+        }
+        let addrs = super::domain::if_addrs(ctx, name)?;
+        if let Some(a) = addrs.first() {
+            ctx.out.done(format!("Domain '{name}' has address {}", a.address));
+            return Ok(());
+        }
+        if minutes >= 0 && t0.elapsed() > Duration::from_secs(minutes as u64 * 60) {
+            bail!(
+                "domain '{name}' has no DHCP lease after {minutes} minute(s); it keeps running (kvmctl console {name})"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
 
 /// `--boot`: kernel=,initrd=,kernel_args= (direct kernel boot), uefi, a device order
@@ -149,7 +210,8 @@ fn parse_graphics(g: &str) -> anyhow::Result<Graphics> {
     }
 }
 
-pub(super) fn install_cmd(ctx: &Ctx, a: InstallArgs) -> anyhow::Result<()> {
+pub(super) fn install_cmd(ctx: &Ctx, mut a: InstallArgs) -> anyhow::Result<()> {
+    apply_image(ctx, &mut a)?;
     let accel = match a.virt_type.as_deref() {
         None => a.accel,
         Some("kvm") => Accel::Kvm,
@@ -188,6 +250,7 @@ pub(super) fn install_cmd(ctx: &Ctx, a: InstallArgs) -> anyhow::Result<()> {
         boot,
         noreboot: a.noreboot,
         wait: a.wait,
+        image: a.image.is_some(),
     };
     if (src.cdrom.is_some() || src.location.is_some() || src.pxe) && opts.disks.is_empty() && !a.dry_run {
         bail!("--cdrom, --location and --pxe install onto a disk: give one with --disk (size=GiB creates it)");
@@ -265,8 +328,10 @@ fn install_steps(ctx: &Ctx, opts: &InstallOpts, src: &Sources, dry_run: bool, tr
             crate::fault::point("install.started");
             revert.commit();
             ctx.out.done(format!("Domain '{}' started (install phase; it boots from disk afterwards)", def.name));
-            if let Some(minutes) = src.wait {
-                wait_install(store, &def.name, minutes)?;
+            match (src.wait, src.image) {
+                (Some(minutes), true) => wait_lease(ctx, &def.name, minutes)?,
+                (Some(minutes), false) => wait_install(store, &def.name, minutes)?,
+                (None, _) => {}
             }
             return Ok(());
         }
@@ -287,6 +352,8 @@ struct Sources {
     boot: BootSpec,
     noreboot: bool,
     wait: Option<i64>,
+    /// Booting a pulled image: --wait waits for a lease.
+    image: bool,
 }
 
 impl Sources {

@@ -5,6 +5,7 @@ mod console;
 mod domain;
 mod editor;
 mod iface;
+mod image;
 mod install;
 mod net_attach;
 mod network;
@@ -57,6 +58,9 @@ pub enum Command {
     Domain(domain::DomCmd),
     #[command(flatten)]
     Iface(iface::IfaceCmd),
+    /// Cloud images: pull, list, rm, catalog.
+    #[command(subcommand)]
+    Image(image::ImageCmd),
 }
 
 /// A whole number for an option: one too large for its type says so and names the maximum,
@@ -115,6 +119,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Network(c) => network::run(c, &ctx),
         Command::Domain(c) => domain::run(c, &ctx),
         Command::Iface(c) => iface::run(c, &ctx),
+        Command::Image(c) => image::run(c, &ctx),
     }
 }
 

@@ -87,12 +87,15 @@ pub enum VolCmd {
         #[arg(long)]
         pool: Option<String>,
     },
-    /// Copy a volume's bytes into a file.
+    /// Copy a volume's bytes into a file; with --format, export the disk as its guest sees it.
     VolDownload {
         vol: String,
         file: PathBuf,
         #[arg(long)]
         pool: Option<String>,
+        /// qcow2 | raw | vmdk | vdi | vhdx | vpc: the whole backing chain, in this format.
+        #[arg(long, value_parser = ["qcow2", "raw", "vmdk", "vdi", "vhdx", "vpc"])]
+        format: Option<String>,
     },
     /// Clone a volume: a sparse full copy, or with --linked a qcow2 overlay (constant time).
     VolClone {
@@ -110,7 +113,8 @@ pub enum VolCmd {
         #[arg(long)]
         sync: bool,
     },
-    /// Bring an existing image (raw or qcow2) into a pool, converting with --format.
+    /// Bring an image into a pool: raw or qcow2 (converted with --format), or vmdk, vdi, vhdx,
+    /// vhd or qcow (converted to qcow2, or to --format raw).
     VolImport {
         file: PathBuf,
         #[arg(long)]
@@ -192,9 +196,9 @@ pub fn run(cmd: VolCmd, ctx: &Ctx) -> anyhow::Result<()> {
             let n = volume::upload(&v, &file, &users, &mut out.progress("upload"))?;
             out.done(format!("Uploaded {} into {}", human(n), v.name));
         }
-        VolCmd::VolDownload { vol, file, pool } => {
+        VolCmd::VolDownload { vol, file, pool, format } => {
             let v = volume::resolve(store, pool.as_deref(), &vol)?;
-            let n = volume::download(&v, &file, &mut out.progress("download"))?;
+            let n = volume::download(store, &v, &file, format.as_deref(), &mut out.progress("download"))?;
             out.done(format!("Downloaded {} to {}", human(n), file.display()));
         }
         VolCmd::VolClone { vol, newname, pool, newpool, linked, sync } => {

@@ -171,8 +171,13 @@ fn disk(
                     }
                 }
                 was_created = true;
+                p
+            } else if let Some((driver, what)) = convertible(&p) {
+                was_created = true;
+                convert_disk(store, vm, index, &p, driver, what, spec, dry_run, revert)?
+            } else {
+                p
             }
-            p
         }
         DiskSource::Volume { pool, name } => {
             volume::resolve(store, Some(pool), name)
@@ -230,6 +235,54 @@ fn disk(
         shareable: spec.shareable,
         created: was_created,
     })
+}
+
+/// A vmdk, vdi, vhdx, vhd or qcow given as `--disk path=`: its qemu driver and its name.
+fn convertible(p: &Path) -> Option<(&'static str, &'static str)> {
+    let f = image::foreign_format(p).ok()??;
+    Some((f.driver?, f.what))
+}
+
+/// `--disk path=disk.vmdk`: converted (qcow2, or format=raw) into a new volume named after the
+/// VM in the `default` pool, which the VM boots instead; registered with `revert` first.
+#[allow(clippy::too_many_arguments)]
+fn convert_disk(
+    store: &Store,
+    vm: &str,
+    index: usize,
+    p: &Path,
+    driver: &str,
+    what: &str,
+    spec: &DiskSpec,
+    dry_run: bool,
+    revert: &mut Revert,
+) -> Result<std::path::PathBuf, DomainError> {
+    let pool = "default";
+    let fail = |e: String| {
+        bad(vm, format!("--disk path={}: a {what} image is converted into pool '{pool}': {e}", p.display()))
+    };
+    let def = crate::storage::pool::active(store, pool).map_err(|e| fail(e.to_string()))?;
+    let format = spec.format.unwrap_or(DiskFormat::Qcow2);
+    let name = match index {
+        0 => format!("{vm}.{format}"),
+        i => format!("{vm}-{i}.{format}"),
+    };
+    let path = def.target.join(&name);
+    if dry_run {
+        return Ok(path);
+    }
+    if path.exists() {
+        return Err(fail(format!("volume '{name}' already exists (pick another --name)")));
+    }
+    let journal = |e: std::io::Error| bad(vm, format!("cannot write the install journal: {e}"));
+    revert.add(Undo::File(path.clone())).map_err(journal)?;
+    let mut quiet = |_, _| {};
+    if let Err(e) = volume::import_foreign(store, p, driver, pool, &name, format, false, &mut quiet) {
+        revert.forget(&path).map_err(journal)?;
+        return Err(fail(e.to_string()));
+    }
+    eprintln!("Converted {} ({what}) into volume {pool}/{name}", p.display());
+    Ok(path)
 }
 
 /// A new disk file at a path outside any pool (qcow2 unless format=raw).

@@ -24,6 +24,14 @@ pub fn runtime_write(path: &Path, data: &[u8]) -> io::Result<()> {
     tmp.rename_into(path)
 }
 
+/// The directory a file is in: `.` for a bare name like `out.img` (whose parent is "").
+fn dir_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    }
+}
+
 pub fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
@@ -40,7 +48,7 @@ impl TempFile {
     pub fn new_beside(dest: &Path, mode: u32) -> io::Result<TempFile> {
         use std::sync::atomic::{AtomicU32, Ordering};
         static SEQ: AtomicU32 = AtomicU32::new(0);
-        let dir = dest.parent().unwrap_or(Path::new("."));
+        let dir = dir_of(dest);
         let base = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         loop {
             let n = SEQ.fetch_add(1, Ordering::Relaxed);
@@ -72,7 +80,7 @@ impl TempFile {
         fs::rename(&self.path, dest)?;
         super::interrupt::unregister(&self.path);
         self.path = PathBuf::new();
-        fsync_dir(dest.parent().unwrap_or(Path::new(".")))
+        fsync_dir(dir_of(dest))
     }
 
     /// rename over `dest` without fsync (runtime files).
@@ -89,7 +97,7 @@ impl TempFile {
     pub fn commit_new(mut self, dest: &Path) -> io::Result<()> {
         self.file().sync_all()?;
         self.link_new(dest)?;
-        fsync_dir(dest.parent().unwrap_or(Path::new(".")))
+        fsync_dir(dir_of(dest))
     }
 
     /// `commit_new` without waiting for the disk: the file appears complete or not at all,

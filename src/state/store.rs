@@ -73,6 +73,7 @@ impl Store {
             paths.defs_dir(Kind::Pool),
             paths.defs_dir(Kind::Network),
             paths.defs_dir(Kind::Domain),
+            paths.defs_dir(Kind::Image),
             paths.locks_dir(),
             paths.run.clone(),
             paths.run_dir(Kind::Pool),

@@ -11,6 +11,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+pub use super::foreign::Foreign;
 use super::qcow2::{self, Mapping, Qcow2Error, Qcow2Reader};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,53 +45,52 @@ impl FromStr for Format {
 /// format it is (a vmdk is never recorded as raw: a guest would see the vmdk's bytes as its
 /// disk).
 pub fn detect(path: &Path) -> io::Result<Format> {
-    if let Some(what) = foreign_format(path)? {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!(
-                "is a {what} image, which kvmctl does not import yet (convert it first: \
-                 qemu-img convert -p -O qcow2 FILE FILE.qcow2)"
-            ),
-        ));
+    if let Some(f) = foreign_format(path)? {
+        let how = match f.driver {
+            Some(_) => "kvmctl runs qcow2 and raw images: vol-import converts it (kvmctl vol-import FILE --pool POOL)",
+            None => "kvmctl does not import it (convert it first: qemu-img convert -p -O qcow2 FILE FILE.qcow2)",
+        };
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("is a {} image; {how}", f.what)));
     }
     Ok(if qcow2::is_qcow2(path)? { Format::Qcow2 } else { Format::Raw })
 }
 
 /// The image formats qemu knows besides qcow2 and raw, by the signatures qemu's own probes
 /// look for (block/*.c `*_probe`), checked at the start of the file and, for dmg, its end.
-pub fn foreign_format(path: &Path) -> io::Result<Option<&'static str>> {
+pub fn foreign_format(path: &Path) -> io::Result<Option<Foreign>> {
     let f = File::open(path)?;
     let len = f.metadata()?.len();
     let mut head = vec![0u8; 512.min(len) as usize];
     f.read_exact_at(&mut head, 0)?;
     let at = |off: usize, sig: &[u8]| head.get(off..off + sig.len()) == Some(sig);
-    let known: [(&[u8], usize, &'static str); 11] = [
-        (b"KDMV", 0, "vmdk (VMware sparse)"),
-        (b"COWD", 0, "vmdk (VMware ESX)"),
-        (b"# Disk DescriptorFile", 0, "vmdk (VMware descriptor)"),
-        (&[0x7f, 0x10, 0xda, 0xbe], 64, "vdi (VirtualBox)"),
-        (b"vhdxfile", 0, "vhdx (Hyper-V)"),
-        (b"conectix", 0, "vpc (Virtual PC / Hyper-V VHD)"),
-        (b"QED\0", 0, "qed"),
-        (b"WithoutFreeSpace", 0, "parallels"),
-        (b"WithouFreSpacExt", 0, "parallels"),
-        (b"Bochs Virtual HD Image", 0, "bochs"),
-        (b"LUKS\xba\xbe", 0, "LUKS-encrypted"),
+    let some = |what, driver| Ok(Some(Foreign { what, driver }));
+    let known: [(&[u8], usize, &'static str, Option<&'static str>); 11] = [
+        (b"KDMV", 0, "vmdk (VMware sparse)", Some("vmdk")),
+        (b"COWD", 0, "vmdk (VMware ESX)", Some("vmdk")),
+        (b"# Disk DescriptorFile", 0, "vmdk (VMware descriptor)", Some("vmdk")),
+        (&[0x7f, 0x10, 0xda, 0xbe], 64, "vdi (VirtualBox)", Some("vdi")),
+        (b"vhdxfile", 0, "vhdx (Hyper-V)", Some("vhdx")),
+        (b"conectix", 0, "vpc (Virtual PC / Hyper-V VHD)", Some("vpc")),
+        (b"QED\0", 0, "qed", None),
+        (b"WithoutFreeSpace", 0, "parallels", None),
+        (b"WithouFreSpacExt", 0, "parallels", None),
+        (b"Bochs Virtual HD Image", 0, "bochs", None),
+        (b"LUKS\xba\xbe", 0, "LUKS-encrypted", None),
     ];
-    if let Some((_, _, what)) = known.iter().find(|(sig, off, _)| at(*off, sig)) {
-        return Ok(Some(what));
+    if let Some((_, _, what, driver)) = known.iter().find(|(sig, off, _, _)| at(*off, sig)) {
+        return some(what, *driver);
     }
     if at(0, &qcow2::MAGIC.to_be_bytes()) && at(4, &1u32.to_be_bytes()) {
-        return Ok(Some("qcow (version 1)"));
+        return some("qcow (version 1)", Some("qcow"));
     }
     if at(0, b"#!/bin/sh\n#V2.0 Format\nmodprobe cloop") {
-        return Ok(Some("cloop"));
+        return some("cloop", None);
     }
     if len >= 512 {
         let mut tail = [0u8; 4];
         f.read_exact_at(&mut tail, len - 512)?;
         if &tail == b"koly" {
-            return Ok(Some("dmg (Apple disk image)"));
+            return some("dmg (Apple disk image)", None);
         }
     }
     Ok(None)

@@ -2,6 +2,7 @@
 
 pub mod copy;
 mod error;
+pub mod foreign;
 pub mod image;
 pub mod pool;
 pub mod qcow2;

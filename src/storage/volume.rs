@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use super::copy::{copy_bytes, copy_image};
 use super::error::{io_at, StorageError};
+use super::foreign;
 use super::image::{self, Format, ImageInfo, InUse, Source};
 use super::pool::{self, PoolDef, PoolState};
 use super::qcow2::{self, Backing, Qcow2Writer};
@@ -374,7 +375,9 @@ fn format_of(recorded: &[(String, PathBuf, String)], path: &Path) -> Result<Form
     }
 }
 
-/// `vol-import`: bring an image into a pool, converting to `format` if given.
+/// `vol-import`: bring an image into a pool, converting to `format` if given. An image of
+/// another hypervisor's format (vmdk, vdi, vhdx, vhd, qcow) is converted with qemu-img into
+/// `format` (qcow2 by default), named after the file with the new format's extension.
 pub fn import(
     store: &Store,
     file: &Path,
@@ -388,11 +391,21 @@ pub fn import(
     if !meta.is_file() {
         return Err(StorageError::Invalid(format!("{} is not a regular file", file.display())));
     }
+    check_not_in_use(file, true, "shut down the VM using it before importing its disk")?;
+    if let Some(foreign) = image::foreign_format(file).map_err(io_at(file))? {
+        if let Some(driver) = foreign.driver {
+            let format = format.unwrap_or(Format::Qcow2);
+            let name = match name {
+                Some(n) => n.to_string(),
+                None => converted_name(file, format),
+            };
+            return import_foreign(store, file, driver, pool_name, &name, format, sync, progress);
+        }
+    }
     let name = match name {
         Some(n) => n.to_string(),
         None => file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
     };
-    check_not_in_use(file, true, "shut down the VM using it before importing its disk")?;
     // Import is where a format is probed: the file comes from outside kvmctl.
     let src_fmt = image::detect(file).map_err(io_at(file))?;
     let policy = pool::backing_policy(store);
@@ -402,6 +415,72 @@ pub fn import(
     let source = Source { path: file, format: src_fmt, backing: &policy };
     copy_image(source, &out, &dest, format.unwrap_or(src_fmt), sync, "vol-import.copy", progress)?;
     nv.commit(sync)
+}
+
+/// `disk.vmdk` -> `disk.qcow2` (or `disk.raw`).
+pub fn converted_name(file: &Path, format: Format) -> String {
+    let stem = file.file_stem().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    format!("{stem}.{format}")
+}
+
+/// Convert a vmdk/vdi/vhdx/vhd/qcow image (`driver`) into a new volume with qemu-img, checked
+/// before it is linked into the pool.
+#[allow(clippy::too_many_arguments)]
+pub fn import_foreign(
+    store: &Store,
+    file: &Path,
+    driver: &str,
+    pool_name: &str,
+    name: &str,
+    format: Format,
+    sync: bool,
+    progress: Progress,
+) -> Result<VolRef, StorageError> {
+    let file = fs::canonicalize(file).map_err(io_at(file))?;
+    foreign::check_standalone(&file, driver)?;
+    foreign::check_within_file(&file, driver)?;
+    let size = foreign::virtual_size(&file, driver)?;
+    check_capacity(&format!("volume '{name}' in pool '{pool_name}'"), format, qcow2::DEFAULT_CLUSTER_BITS, size)?;
+    let nv = NewVolume::begin(store, pool_name, name)?;
+    let tmp = nv.tmp.path().to_path_buf();
+    foreign::convert(&[(file.clone(), driver)], &tmp, foreign::driver_of(format), size, progress)?;
+    crate::fault::point("vol-import.converted");
+    if format == Format::Qcow2 {
+        foreign::check_qcow2(&tmp)?;
+    }
+    // Read back as kvmctl will run it: the format it was written as, the size it had.
+    let got = image::inspect_as(&tmp, format).map_err(io_at(&tmp))?;
+    if let Some(p) = got.problem {
+        return Err(StorageError::Invalid(format!("{}: the converted image is damaged: {p}", file.display())));
+    }
+    if got.capacity < size {
+        return Err(StorageError::Invalid(format!(
+            "{}: the converted image holds {} bytes, not the source's {size}",
+            file.display(),
+            got.capacity
+        )));
+    }
+    nv.commit(sync)
+}
+
+/// Move a complete file (a verified download) into a pool as volume `name`: renamed when on
+/// the pool's file system, else copied (sparse) and the original left to the caller.
+pub fn take_file(store: &Store, pool_name: &str, name: &str, file: &Path) -> Result<VolRef, StorageError> {
+    let mut nv = NewVolume::begin(store, pool_name, name)?;
+    let tmp = nv.tmp.path().to_path_buf();
+    match fs::rename(file, &tmp) {
+        Ok(()) => {
+            // The temp's own (empty) inode was replaced: sync the one now at its path.
+            File::open(&tmp).and_then(|f| f.sync_all()).map_err(io_at(&tmp))?;
+        }
+        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+            let src = File::open(file).map_err(io_at(file))?;
+            let out = nv.file().try_clone().map_err(io_at(&tmp))?;
+            copy_bytes(&src, &out, &tmp, &mut |_, _| {})?;
+        }
+        Err(e) => return Err(io_at(file)(e)),
+    }
+    nv.commit(true)
 }
 
 /// `vol-upload`: replace the volume's content with a file's bytes, atomically.
@@ -416,11 +495,52 @@ pub fn upload(vref: &VolRef, file: &Path, users: &Users, progress: Progress) -> 
     Ok(n)
 }
 
-/// `vol-download`: the volume's bytes into `file` (written beside it, then renamed).
-pub fn download(vref: &VolRef, file: &Path, progress: Progress) -> Result<u64, StorageError> {
-    let src = File::open(&vref.path).map_err(io_at(&vref.path))?;
+/// `vol-download`: the volume's bytes into `file` (written beside it, then renamed); with
+/// `format`, the disk as its guest sees it (the whole backing chain) written in that format:
+/// qcow2 and raw by kvmctl's own copy, vmdk, vdi, vhdx and vpc by qemu-img.
+pub fn download(
+    store: &Store,
+    vref: &VolRef,
+    file: &Path,
+    format: Option<&str>,
+    progress: Progress,
+) -> Result<u64, StorageError> {
+    let Some(format) = format else {
+        let src = File::open(&vref.path).map_err(io_at(&vref.path))?;
+        let mut tmp = TempFile::new_beside(file, 0o644).map_err(io_at(file))?;
+        let n = copy_bytes(&src, tmp.file(), file, progress)?;
+        tmp.commit(file).map_err(io_at(file))?;
+        return Ok(n);
+    };
+    check_not_in_use(&vref.path, true, "shut the VM off (or pause it) before exporting its disk")?;
+    let src_info = info(store, vref)?;
+    if let Some(p) = &src_info.problem {
+        return Err(StorageError::Invalid(format!("volume {}: {p}", vref.path.display())));
+    }
+    let policy = pool::backing_policy(store);
+    let source = Source { path: &vref.path, format: src_info.format, backing: &policy };
     let mut tmp = TempFile::new_beside(file, 0o644).map_err(io_at(file))?;
-    let n = copy_bytes(&src, tmp.file(), file, progress)?;
+    let size = match format {
+        "qcow2" | "raw" => {
+            let f = if format == "raw" { Format::Raw } else { Format::Qcow2 };
+            let out = tmp.file().try_clone().map_err(io_at(file))?;
+            copy_image(source, &out, file, f, false, "vol-download.copy", progress)?
+        }
+        _ if foreign::EXPORT_DRIVERS.contains(&format) => {
+            let mut layers = vec![(vref.path.clone(), foreign::driver_of(src_info.format))];
+            for (p, f) in image::backing_files(source)? {
+                layers.push((p, foreign::driver_of(f)));
+            }
+            let tmp_path = tmp.path().to_path_buf();
+            foreign::convert(&layers, &tmp_path, format, src_info.capacity, progress)?;
+            src_info.capacity
+        }
+        _ => {
+            return Err(StorageError::Invalid(format!(
+                "vol-download --format '{format}': use qcow2, raw, vmdk, vdi, vhdx or vpc"
+            )))
+        }
+    };
     tmp.commit(file).map_err(io_at(file))?;
-    Ok(n)
+    Ok(size)
 }

@@ -118,8 +118,9 @@ impl FromStr for CloudInitOpts {
             let file = |k: &'static str| -> Result<Option<PathBuf>, MediaError> {
                 match value.as_deref() {
                     Some(v) if !v.is_empty() => {
-                        check_file(k, Path::new(v))?;
-                        Ok(Some(PathBuf::from(v)))
+                        let p = home_relative(v);
+                        check_file(k, &p)?;
+                        Ok(Some(p))
                     }
                     _ => Err(MediaError::CloudInitValue {
                         key: k.into(),
@@ -188,6 +189,14 @@ fn random_bytes(n: usize) -> Vec<u8> {
 }
 
 /// A password of `PASSWORD_LEN` letters and digits (unbiased: bytes >= 248 are dropped).
+/// `~/x` as the shell would expand it (a tilde after `key=` is not expanded by the shell).
+fn home_relative(v: &str) -> PathBuf {
+    match (v.strip_prefix("~/"), std::env::var_os("HOME")) {
+        (Some(rest), Some(home)) => PathBuf::from(home).join(rest),
+        _ => PathBuf::from(v),
+    }
+}
+
 pub fn generate_password() -> String {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
     let mut out = String::with_capacity(PASSWORD_LEN);
@@ -314,6 +323,16 @@ pub fn build_seed(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_leading_tilde_is_the_home_directory() {
+        let home = std::env::var_os("HOME").map(PathBuf::from);
+        if let Some(h) = home {
+            assert_eq!(home_relative("~/.ssh/id.pub"), h.join(".ssh/id.pub"));
+        }
+        assert_eq!(home_relative("/k/~/x"), PathBuf::from("/k/~/x"));
+        assert_eq!(home_relative("~user/x"), PathBuf::from("~user/x"));
+    }
 
     #[test]
     fn split_keeps_double_comma_as_literal() {

@@ -16,6 +16,14 @@ fn main() -> ExitCode {
     kvmctl::cli::init_tracing(cli.verbose, cli.quiet);
     match kvmctl::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        // `kvmctl console VM --log | head`: the reader went away, which is not an error.
+        Err(e)
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             let mut msg = format!("error: {e}");
             for cause in e.chain().skip(1) {

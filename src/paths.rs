@@ -70,6 +70,10 @@ impl Paths {
     pub fn lock_file(&self, kind: Kind, name: &str) -> PathBuf {
         self.locks_dir().join(format!("{}.{name}", kind.noun()))
     }
+    /// A VM's VNC password (0600 in a 0700 dir): never in a definition, an argv or a log.
+    pub fn vnc_password(&self, vm: &str) -> PathBuf {
+        self.root.join("secrets").join(format!("{vm}.vnc"))
+    }
     /// The `default` directory pool.
     pub fn default_pool_dir(&self) -> PathBuf {
         self.root.join("images")

@@ -140,6 +140,19 @@ fn console_log_keeps_the_boot_and_pipes_work_for_scripts() {
     let tail = h.ok(&["console", "l1", "--log", "--tail", "2"]);
     assert!(tail.lines().count() <= 2 && !tail.contains("SYSLINUX"), "{tail}");
     assert!(h.fails(1, &["console", "l1"]).contains("is not running"));
+    // `console --log | head`: a reader that went away ends it quietly, exit 0.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kvmctl"))
+        .arg("--root")
+        .arg(h.k.root())
+        .args(["console", "l1", "--log"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // closed before kvmctl writes a byte
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{:?}", out.status);
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "", "no broken-pipe error");
 }
 
 #[test]

@@ -75,7 +75,7 @@ fn cases() -> Vec<(&'static str, DomainDef, Accel)> {
     let mut d = base("nics");
     d.machine = "q35".parse().unwrap();
     d.cpu = Some("qemu64".parse().unwrap());
-    d.graphics = Graphics::Vnc { listen: "127.0.0.1".parse().unwrap() };
+    d.graphics = Graphics::Vnc { listen: "127.0.0.1".parse().unwrap(), port: None, password: false };
     d.nics.push(nic(NicSource::Bridge { bridge: "br0".into() }, NicModel::E1000, "52:54:00:00:00:03"));
     d.nics.push(nic(NicSource::Network { network: "n".into() }, NicModel::Rtl8139, "52:54:00:00:00:04"));
     d.nics.push(nic(NicSource::User, NicModel::Virtio, "52:54:00:00:00:05"));
@@ -83,6 +83,13 @@ fn cases() -> Vec<(&'static str, DomainDef, Accel)> {
     d.disks.push(disk("@D/hd,a.raw", "raw", DiskBus::Ide, DiskDevice::Disk));
     d.disks.push(disk("@D/c,d.iso", "raw", DiskBus::Ide, DiskDevice::Cdrom));
     v.push(("q35-vnc-nic-models", d, Accel::Tcg));
+
+    // A fixed port (display 5) on IPv6, with a password: `password=on`, the password itself
+    // never in the argv (it goes over QMP).
+    let mut d = base("vncpw");
+    d.graphics = Graphics::Vnc { listen: "::1".parse().unwrap(), port: Some(5905), password: true };
+    d.disks.push(disk("@D/vm.qcow2", "qcow2", DiskBus::Virtio, DiskDevice::Disk));
+    v.push(("vnc-port-password", d, Accel::Tcg));
 
     let mut d = base("uefi");
     d.firmware = Firmware::Uefi { code: "/usr/share/OVMF/OVMF_CODE.fd".into(), nvram: "@D/uefi_VARS.fd".into() };

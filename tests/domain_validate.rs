@@ -104,6 +104,14 @@ fn install_refuses_every_option_value_that_would_reach_qemu_unchecked() {
             1,
             "listen='127.0.0.1,to=99' is not an IP address",
         ),
+        // Every --graphics key is implemented or refused by name.
+        (vec!["--disk", "size=1", "--graphics", "vnc,foo=bar"], 1, "unknown key 'foo'"),
+        (vec!["--disk", "size=1", "--graphics", "vnc,port=80"], 1, "port=80 is not a VNC port"),
+        (vec!["--disk", "size=1", "--graphics", "vnc,port=99999"], 1, "port=99999 is not a VNC port"),
+        (vec!["--disk", "size=1", "--graphics", "vnc,password=123456789"], 1, "1 to 8 printable characters"),
+        (vec!["--disk", "size=1", "--graphics", "vnc,password"], 1, "'password' needs a value"),
+        (vec!["--disk", "size=1", "--graphics", "spice"], 1, "use none or vnc"),
+        (vec!["--disk", "size=1", "--graphics", "none,port=5900"], 1, "use none or vnc"),
     ];
     for (extra, code, want) in cases {
         let mut a = vec!["install", "--name", "x", "--memory", "64", "--import"];

@@ -94,6 +94,10 @@ pub enum DomCmd {
     },
     /// The VM's addresses (from its networks' DHCP leases; user-mode NICs from QMP).
     Domifaddr { domain: String },
+    /// Where the running VM's VNC display listens: ADDR:DISPLAY.
+    Vncdisplay { domain: String },
+    /// The running VM's display as a URI: vnc://ADDR:PORT.
+    Domdisplay { domain: String },
     /// The VM's NICs.
     Domiflist { domain: String },
     /// The VM's disks.
@@ -177,6 +181,11 @@ pub fn run(cmd: DomCmd, ctx: &Ctx) -> anyhow::Result<()> {
             println!("{}", if reason { format!("{} ({why})", st.as_str()) } else { st.as_str().to_string() });
         }
         DomCmd::Domifaddr { domain } => domifaddr(ctx, &domain)?,
+        DomCmd::Vncdisplay { domain } => println!("{}", vnc_listen(ctx, &domain)?.0),
+        DomCmd::Domdisplay { domain } => {
+            let (host, display) = vnc_listen(ctx, &domain)?.1;
+            println!("vnc://{host}:{}", 5900 + u32::from(display));
+        }
         DomCmd::Domiflist { domain } => domiflist(ctx, &domain)?,
         DomCmd::Domblklist { domain } => {
             let def = lifecycle::current_def(store, &domain)?;
@@ -389,6 +398,23 @@ pub(super) struct IfAddr {
     source: String,
 }
 
+/// The running VM's VNC listen address as qemu was given it (`-vnc HOST:DISPLAY[,...]`):
+/// `HOST:DISPLAY`, and the two apart.
+fn vnc_listen(ctx: &Ctx, name: &str) -> anyhow::Result<(String, (String, u16))> {
+    lifecycle::current_def(&ctx.store, name)?;
+    let rd = RunDir::of(&ctx.store, name);
+    if !rd.alive() {
+        bail!(DomainError::NotRunning(name.into()));
+    }
+    let argv: Vec<String> = serde_json::from_slice(&std::fs::read(rd.argv())?).context("the VM's recorded argv")?;
+    let Some(vnc) = argv.iter().position(|a| a == "-vnc").and_then(|i| argv.get(i + 1)) else {
+        bail!("domain '{name}' has no graphics (install it with --graphics vnc)");
+    };
+    let addr = vnc.split(',').next().unwrap_or_default();
+    let (host, display) = addr.rsplit_once(':').context("the VM's -vnc argument")?;
+    Ok((addr.to_string(), (host.to_string(), display.parse().context("the VM's VNC display")?)))
+}
+
 fn domifaddr(ctx: &Ctx, name: &str) -> anyhow::Result<()> {
     let rows = if_addrs(ctx, name)?;
     if ctx.out.json {
@@ -487,6 +513,7 @@ fn undefine(ctx: &Ctx, name: &str, remove_storage: bool, nvram: bool, keep_nvram
     }
     store.remove(Kind::Domain, name)?;
     let _ = std::fs::remove_dir_all(&rd.dir);
+    let _ = std::fs::remove_file(store.paths.vnc_password(name));
     if let (Some(f), true) = (&nvram_file, nvram) {
         std::fs::remove_file(f)?;
         removed.push(f.display().to_string());

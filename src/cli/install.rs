@@ -194,20 +194,37 @@ fn parse_boot(boot: &str, extra: Option<&str>) -> anyhow::Result<BootSpec> {
     Ok(spec)
 }
 
-fn parse_graphics(g: &str) -> anyhow::Result<Graphics> {
+/// `--graphics none | vnc[,listen=ADDR][,port=N][,password=PW]`: every key is implemented or
+/// refused by name. Returns the graphics and the VNC password, kept apart from the definition.
+fn parse_graphics(g: &str) -> anyhow::Result<(Graphics, Option<String>)> {
     let items = split_kv(g);
-    match items.first().map(|(k, _)| k.as_str()) {
-        Some("none") => Ok(Graphics::None),
-        Some("vnc") => {
-            let listen =
-                items.iter().find(|(k, _)| k == "listen").and_then(|(_, v)| v.as_deref()).unwrap_or("127.0.0.1");
-            match listen.parse() {
-                Ok(listen) => Ok(Graphics::Vnc { listen }),
-                Err(_) => bail!("--graphics '{g}': listen='{listen}' is not an IP address"),
-            }
-        }
-        _ => bail!("--graphics '{g}': use none or vnc[,listen=ADDR]"),
+    match items.first().map(|(k, v)| (k.as_str(), v)) {
+        Some(("none", None)) if items.len() == 1 => return Ok((Graphics::None, None)),
+        Some(("vnc", None)) => {}
+        _ => bail!("--graphics '{g}': use none or vnc[,listen=ADDR][,port=5900..65535][,password=PW]"),
     }
+    let (mut listen, mut port, mut password) = ("127.0.0.1".to_string(), None, None);
+    for (k, v) in &items[1..] {
+        let Some(v) = v.clone() else { bail!("--graphics '{g}': '{k}' needs a value ({k}=...)") };
+        match k.as_str() {
+            "listen" => listen = v,
+            "port" if v == "-1" || v == "auto" => port = None,
+            "port" => match v.parse::<u16>() {
+                Ok(p) if p >= 5900 => port = Some(p),
+                _ => bail!("--graphics '{g}': port={v} is not a VNC port (5900..65535, or -1 for one kvmctl picks)"),
+            },
+            "password" | "passwd" => {
+                // VNC's authentication uses at most 8 characters: a longer one would be cut silently.
+                if v.is_empty() || v.len() > 8 || v.chars().any(|c| c.is_control()) {
+                    bail!("--graphics '{g}': a VNC password is 1 to 8 printable characters (VNC authentication uses no more)");
+                }
+                password = Some(v);
+            }
+            other => bail!("--graphics '{g}': unknown key '{other}' (vnc takes listen=, port=, password=)"),
+        }
+    }
+    let Ok(listen) = listen.parse() else { bail!("--graphics '{g}': listen='{listen}' is not an IP address") };
+    Ok((Graphics::Vnc { listen, port, password: password.is_some() }, password))
 }
 
 pub(super) fn install_cmd(ctx: &Ctx, mut a: InstallArgs) -> anyhow::Result<()> {
@@ -226,6 +243,7 @@ pub(super) fn install_cmd(ctx: &Ctx, mut a: InstallArgs) -> anyhow::Result<()> {
         bail!("--extra-args needs a kernel to pass them to (--location or --boot kernel=...)");
     }
     let kernel = boot.kernel.clone();
+    let (graphics, vnc_password) = parse_graphics(&a.graphics)?;
     let opts = InstallOpts {
         name: a.name.clone(),
         memory_mib: a.memory,
@@ -235,7 +253,7 @@ pub(super) fn install_cmd(ctx: &Ctx, mut a: InstallArgs) -> anyhow::Result<()> {
         networks: a.network,
         import: a.import || a.cdrom.is_some() || a.location.is_some() || a.pxe,
         kernel,
-        graphics: parse_graphics(&a.graphics)?,
+        graphics,
         os_variant: a.osinfo,
         autostart: a.autostart,
         accel,
@@ -251,6 +269,7 @@ pub(super) fn install_cmd(ctx: &Ctx, mut a: InstallArgs) -> anyhow::Result<()> {
         noreboot: a.noreboot,
         wait: a.wait,
         image: a.image.is_some(),
+        vnc_password,
     };
     if (src.cdrom.is_some() || src.location.is_some() || src.pxe) && opts.disks.is_empty() && !a.dry_run {
         bail!("--cdrom, --location and --pxe install onto a disk: give one with --disk (size=GiB creates it)");
@@ -304,6 +323,12 @@ fn install_steps(ctx: &Ctx, opts: &InstallOpts, src: &Sources, dry_run: bool, tr
         return Ok(());
     }
     let rd = RunDir::of(store, &def.name);
+    if let Some(pw) = &src.vnc_password {
+        let path = store.paths.vnc_password(&def.name);
+        crate::state::private_dir(path.parent().expect("secrets dir"))?;
+        revert.add(Undo::File(path.clone()))?;
+        crate::state::runtime_write(&path, pw.as_bytes())?;
+    }
     if !transient {
         revert.add(Undo::File(store.paths.def_file(Kind::Domain, &def.name)))?;
         store.create(Kind::Domain, &def.name, &def)?;
@@ -354,6 +379,8 @@ struct Sources {
     wait: Option<i64>,
     /// Booting a pulled image: --wait waits for a lease.
     image: bool,
+    /// `--graphics vnc,password=`: written to the VM's secret file, not its definition.
+    vnc_password: Option<String>,
 }
 
 impl Sources {

@@ -226,12 +226,15 @@ pub fn render(def: &DomainDef, env: &RenderEnv) -> Result<Vec<String>, ArgvError
     a.push(["-serial", "chardev:serial0"]);
     match &def.graphics {
         Graphics::None => a.push(["-display", "none"]),
-        Graphics::Vnc { listen: std::net::IpAddr::V4(ip) } => {
-            a.push(["-vnc", &format!("{ip}:{}", env.vnc_display)]);
-            a.push(["-device", "VGA"]);
-        }
-        Graphics::Vnc { listen: std::net::IpAddr::V6(ip) } => {
-            a.push(["-vnc", &format!("[{ip}]:{}", env.vnc_display)]);
+        Graphics::Vnc { listen, port, password } => {
+            let display = port.map(|p| p.saturating_sub(5900)).unwrap_or(env.vnc_display);
+            let host = match listen {
+                std::net::IpAddr::V4(ip) => ip.to_string(),
+                std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+            };
+            // The password itself goes over QMP (set_password), never into the argv.
+            let auth = if *password { ",password=on" } else { "" };
+            a.push(["-vnc", &format!("{host}:{display}{auth}")]);
             a.push(["-device", "VGA"]);
         }
     }

@@ -255,6 +255,12 @@ pub enum Graphics {
     Vnc {
         #[serde(deserialize_with = "ip_addr")]
         listen: IpAddr,
+        /// A fixed TCP port (5900 and up); none: a display number kvmctl picks.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        port: Option<u16>,
+        /// Clients must give the password kept in `<root>/secrets/VM.vnc` (set over QMP).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        password: bool,
     },
 }
 
@@ -382,7 +388,7 @@ mod tests {
         d.nics.push(NicDef { source: NicSource::User, model: NicModel::E1000, mac });
         d.machine = "pc-q35-7.2".parse().unwrap();
         d.cpu = Some("Opteron_G5".parse().unwrap());
-        d.graphics = Graphics::Vnc { listen: "::1".parse().unwrap() };
+        d.graphics = Graphics::Vnc { listen: "::1".parse().unwrap(), port: None, password: false };
         let text = toml::to_string_pretty(&d).unwrap();
         assert!(text.contains("[[disks]]") && text.contains("type = \"network\""), "{text}");
         assert_eq!(toml::from_str::<DomainDef>(&text).unwrap(), d);

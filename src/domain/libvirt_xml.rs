@@ -119,8 +119,11 @@ pub fn to_xml(def: &DomainDef) -> String {
         x += &format!("    <interface type='{ty}'>\n      <mac address='{}'/>\n{src}      <model type='{model}'/>\n    </interface>\n", n.mac);
     }
     x += "    <serial type='pty'>\n      <target port='0'/>\n    </serial>\n    <console type='pty'>\n      <target type='serial' port='0'/>\n    </console>\n";
-    if let Graphics::Vnc { listen } = &def.graphics {
-        x += &format!("    <graphics type='vnc' port='-1' autoport='yes' listen='{listen}'/>\n");
+    if let Graphics::Vnc { listen, port, .. } = &def.graphics {
+        match port {
+            Some(p) => x += &format!("    <graphics type='vnc' port='{p}' autoport='no' listen='{listen}'/>\n"),
+            None => x += &format!("    <graphics type='vnc' port='-1' autoport='yes' listen='{listen}'/>\n"),
+        }
     }
     x += "  </devices>\n</domain>\n";
     x

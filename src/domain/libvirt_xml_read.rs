@@ -417,7 +417,7 @@ fn graphics(el: &Element) -> Result<Graphics> {
     }
     let listen = listen.unwrap_or_else(|| "127.0.0.1".into());
     let listen: IpAddr = listen.parse().map_err(|_| bad(el, "listen", &listen, "is not an IP address"))?;
-    Ok(Graphics::Vnc { listen })
+    Ok(Graphics::Vnc { listen, port: None, password: false })
 }
 
 #[cfg(test)]
@@ -434,7 +434,7 @@ mod tests {
         d.boot_order = vec!["cdrom".into(), "hd".into()];
         d.boot_menu = true;
         d.firmware = Firmware::Uefi { code: "/usr/share/OVMF/OVMF_CODE.fd".into(), nvram: "/n/web1_VARS.fd".into() };
-        d.graphics = Graphics::Vnc { listen: "::1".parse().unwrap() };
+        d.graphics = Graphics::Vnc { listen: "::1".parse().unwrap(), port: None, password: false };
         let disk = |path: &str, bus, device, format| DiskDef {
             path: PathBuf::from(path),
             format,

@@ -13,7 +13,7 @@ use thiserror::Error;
 
 use super::accel::{self, Accel};
 use super::argv::{render, RenderEnv};
-use super::definition::{DomainDef, NicSource};
+use super::definition::{DomainDef, Graphics, NicSource};
 use super::runtime::{now_secs, NextBoot, QemuSockets, RunDir, RunState, VmState};
 use super::supervisor::{self, Reply, Request};
 use super::{adopt, confine, tap};
@@ -236,6 +236,7 @@ pub fn start_phased(
         |source| DomainError::Definition { name: name.clone(), source: super::validate::ValidateError::Argv(source) };
     let argv = render(def, &env(&files.handed[0])).map_err(unsafe_value)?;
     write_run_files(&rd, def, &argv, &taps, res.accel, transient)?;
+    hand_vnc_password(store, &rd, def)?;
     crate::fault::point("start.run-files");
     let _ = fs::remove_file(rd.next_boot());
     if let Some(p) = phase {
@@ -289,6 +290,27 @@ fn write_run_files(
         adoptions: 0,
     };
     rd.write_state(&st).map_err(io_at(rd.state()))
+}
+
+/// A VNC password goes to the supervisor in the private run dir; it sets it over QMP before
+/// the guest runs.
+fn hand_vnc_password(store: &Store, rd: &RunDir, def: &DomainDef) -> Result<(), DomainError> {
+    let dest = rd.dir.join(super::runtime::VNC_PASSWORD);
+    if !matches!(def.graphics, Graphics::Vnc { password: true, .. }) {
+        let _ = std::fs::remove_file(&dest);
+        return Ok(());
+    }
+    let src = store.paths.vnc_password(&def.name);
+    let pw = std::fs::read(&src).map_err(|e| {
+        invalid(
+            &def.name,
+            format!(
+                "its VNC password cannot be read from {} ({e}); install the VM again with --graphics vnc,password=...",
+                src.display()
+            ),
+        )
+    })?;
+    runtime_write(&dest, &pw).map_err(io_at(&dest))
 }
 
 /// VNC display numbers: one per running VM, from the VM's position among defined names.

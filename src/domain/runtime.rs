@@ -11,6 +11,9 @@ use crate::paths::Kind;
 use crate::state::{bind_private, private_dir, runtime_write, try_lock_exclusive, Store};
 
 /// Every file of one VM's runtime dir.
+/// The VM's VNC password, handed by `start` to its supervisor (0600 in the 0700 run dir).
+pub const VNC_PASSWORD: &str = "vnc-password";
+
 #[derive(Debug, Clone)]
 pub struct RunDir {
     pub dir: PathBuf,

@@ -746,6 +746,13 @@ const STARTUP: Duration = Duration::from_secs(30);
 
 async fn connect_and_run(rd: &RunDir, hub: &Arc<Hub>) -> Result<(QmpHandle, QmpEvents), String> {
     let (qmp, events) = connect_qemu(rd, hub).await?;
+    // A VNC password: set before the guest runs (qemu refuses clients until then).
+    if let Ok(pw) = std::fs::read_to_string(rd.dir.join(super::runtime::VNC_PASSWORD)) {
+        use qapi::qmp::{SetPasswordOptions, SetPasswordOptionsBase, SetPasswordOptionsVnc};
+        let base = SetPasswordOptionsBase { connected: None, password: pw.trim_end_matches('\n').to_string() };
+        let opts = SetPasswordOptions::vnc { base, vnc: SetPasswordOptionsVnc { display: None } };
+        qmp.execute(qapi::qmp::set_password(opts)).await.map_err(|e| format!("set_password: {e}"))?;
+    }
     qmp.execute(qapi::qmp::cont {}).await.map_err(|e| format!("cont: {e}"))?;
     Ok((qmp, events))
 }

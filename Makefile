@@ -2,7 +2,7 @@
 CARGO ?= cargo
 BIN := target/release/kvmctl
 
-.PHONY: all deps build guest demo test stress lint bench clean
+.PHONY: all deps build guest demo test stress lint bench clean man install
 
 all: build
 
@@ -34,6 +34,25 @@ lint:
 bench: deps build
 	scripts/deps.sh --bench
 	python3 bench/run.py $(BIN)
+
+# One man page per command (clap_mangen), into target/man.
+man: build
+	rm -rf target/man
+	$(BIN) __man target/man
+
+# The binary, man pages, shell completions and the systemd unit, under $(DESTDIR)$(PREFIX).
+PREFIX ?= /usr/local
+install: build man
+	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/kvmctl
+	install -d $(DESTDIR)$(PREFIX)/share/man/man1
+	install -m 0644 target/man/*.1 $(DESTDIR)$(PREFIX)/share/man/man1/
+	install -d $(DESTDIR)$(PREFIX)/share/bash-completion/completions $(DESTDIR)$(PREFIX)/share/zsh/site-functions \
+	  $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d
+	$(BIN) completion bash > $(DESTDIR)$(PREFIX)/share/bash-completion/completions/kvmctl
+	$(BIN) completion zsh > $(DESTDIR)$(PREFIX)/share/zsh/site-functions/_kvmctl
+	$(BIN) completion fish > $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d/kvmctl.fish
+	install -d $(DESTDIR)/etc/systemd/system
+	sed 's|/usr/local/bin/kvmctl|$(PREFIX)/bin/kvmctl|g' templates/kvmctl.service > $(DESTDIR)/etc/systemd/system/kvmctl.service
 
 clean:
 	$(CARGO) clean

@@ -9,6 +9,8 @@ fn main() -> ExitCode {
     if args.get(1).is_some_and(|a| a == "__supervise") {
         kvmctl::domain::supervisor::main_from_args(&args[2..]);
     }
+    // `COMPLETE=bash kvmctl` prints the shell's registration; the shell then calls back here.
+    clap_complete::CompleteEnv::with_factory(<kvmctl::cli::Cli as clap::CommandFactory>::command).complete();
     // Ctrl+C, SIGTERM and SIGHUP remove this command's temp files before it dies.
     kvmctl::state::interrupt::remove_temps_on_signals();
     // clap exits with 2 on usage errors and 0 for --help/--version.

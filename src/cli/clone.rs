@@ -11,11 +11,11 @@ use crate::paths::Kind;
 #[derive(Debug, Args)]
 pub struct CloneArgs {
     /// Source VM (short form: `clone SRC NEW`).
-    #[arg(value_name = "SRC", required_unless_present = "original")]
+    #[arg(value_name = "SRC", required_unless_present = "original", add = super::vm_names())]
     src: Option<String>,
     #[arg(value_name = "NEW")]
     new: Option<String>,
-    #[arg(long, short = 'o', conflicts_with = "src")]
+    #[arg(long, short = 'o', conflicts_with = "src", add = super::vm_names())]
     original: Option<String>,
     #[arg(long, short = 'n', conflicts_with = "new")]
     name: Option<String>,

@@ -11,6 +11,7 @@ use crate::domain::runtime::RunDir;
 
 #[derive(Debug, Args)]
 pub struct ConsoleArgs {
+    #[arg(add = super::vm_names())]
     domain: String,
     /// Take the console over from another session (it is told and detached).
     #[arg(long)]

@@ -41,11 +41,18 @@ pub enum DomCmd {
     /// Define (or update) a VM from a kvmctl TOML definition or libvirt domain XML.
     Define { file: PathBuf },
     /// Print the VM as libvirt domain XML (common subset).
-    Dumpxml { domain: String },
+    Dumpxml {
+        #[arg(add = super::vm_names())]
+        domain: String,
+    },
     /// Edit the VM's definition (TOML) in $EDITOR; invalid edits are refused.
-    Edit { domain: String },
+    Edit {
+        #[arg(add = super::vm_names())]
+        domain: String,
+    },
     /// Start a defined VM.
     Start {
+        #[arg(add = super::vm_names())]
         domain: String,
         /// Attach to the serial console once it runs.
         #[arg(long)]
@@ -57,22 +64,39 @@ pub enum DomCmd {
     Clone(CloneArgs),
     /// ACPI power-off; after --timeout seconds, escalate (quit, then SIGKILL).
     Shutdown {
+        #[arg(add = super::vm_names())]
         domain: String,
         #[arg(long, default_value_t = 120, value_parser = super::whole_u64)]
         timeout: u64,
     },
     /// Reboot the guest (ACPI power button, then reset instead of power-off).
-    Reboot { domain: String },
+    Reboot {
+        #[arg(add = super::vm_names())]
+        domain: String,
+    },
     /// Hard reset.
-    Reset { domain: String },
+    Reset {
+        #[arg(add = super::vm_names())]
+        domain: String,
+    },
     /// Stop the VM at once (quit, then SIGKILL).
-    Destroy { domain: String },
+    Destroy {
+        #[arg(add = super::vm_names())]
+        domain: String,
+    },
     /// Pause the vCPUs.
-    Suspend { domain: String },
+    Suspend {
+        #[arg(add = super::vm_names())]
+        domain: String,
+    },
     /// Resume paused vCPUs.
-    Resume { domain: String },
+    Resume {
+        #[arg(add = super::vm_names())]
+        domain: String,
+    },
     /// Remove a VM's definition (refused while running).
     Undefine {
+        #[arg(add = super::vm_names())]
         domain: String,
         /// Also delete the VM's writable disks.
         #[arg(long)]
@@ -85,25 +109,45 @@ pub enum DomCmd {
         keep_nvram: bool,
     },
     /// Show a VM's resources and state.
-    Dominfo { domain: String },
+    Dominfo {
+        #[arg(add = super::vm_names())]
+        domain: String,
+    },
     /// Show a VM's state.
     Domstate {
+        #[arg(add = super::vm_names())]
         domain: String,
         #[arg(long)]
         reason: bool,
     },
     /// The VM's addresses (from its networks' DHCP leases; user-mode NICs from QMP).
-    Domifaddr { domain: String },
+    Domifaddr {
+        #[arg(add = super::vm_names())]
+        domain: String,
+    },
     /// Where the running VM's VNC display listens: ADDR:DISPLAY.
-    Vncdisplay { domain: String },
+    Vncdisplay {
+        #[arg(add = super::vm_names())]
+        domain: String,
+    },
     /// The running VM's display as a URI: vnc://ADDR:PORT.
-    Domdisplay { domain: String },
+    Domdisplay {
+        #[arg(add = super::vm_names())]
+        domain: String,
+    },
     /// The VM's NICs.
-    Domiflist { domain: String },
+    Domiflist {
+        #[arg(add = super::vm_names())]
+        domain: String,
+    },
     /// The VM's disks.
-    Domblklist { domain: String },
+    Domblklist {
+        #[arg(add = super::vm_names())]
+        domain: String,
+    },
     /// Start the VM at boot (kvmctl up).
     Autostart {
+        #[arg(add = super::vm_names())]
         domain: String,
         #[arg(long)]
         disable: bool,

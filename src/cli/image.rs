@@ -29,7 +29,10 @@ pub enum ImageCmd {
     /// List the pulled images.
     List,
     /// Remove a pulled image and its volume (refused while a VM or an overlay uses it).
-    Rm { name: String },
+    Rm {
+        #[arg(add = super::image_names())]
+        name: String,
+    },
     /// The images `image pull NAME` knows (built in, and <root>/catalog.toml).
     Catalog,
 }

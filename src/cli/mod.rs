@@ -61,6 +61,100 @@ pub enum Command {
     /// Cloud images: pull, list, rm, catalog.
     #[command(subcommand)]
     Image(image::ImageCmd),
+    /// Print the shell completion script (commands, options, and the names of VMs, networks,
+    /// pools, volumes and images): `source <(kvmctl completion bash)`.
+    Completion {
+        #[arg(value_parser = ["bash", "zsh", "fish", "elvish", "powershell"])]
+        shell: String,
+    },
+    /// Write one man page per command into DIR (`make man`).
+    #[command(hide = true, name = "__man")]
+    Man { dir: PathBuf },
+}
+
+/// The registration script of `shell`, calling `kvmctl` (from PATH) back for every completion.
+fn completion(shell: &str) -> anyhow::Result<()> {
+    use clap::CommandFactory;
+    // SAFETY: single-threaded here (before any runtime or thread starts).
+    std::env::set_var("COMPLETE", shell);
+    clap_complete::CompleteEnv::with_factory(Cli::command).completer("kvmctl").try_complete(["kvmctl"], None)?;
+    Ok(())
+}
+
+/// `kvmctl.1` and one `kvmctl-COMMAND.1` per command, for `man -l` or `make install`.
+fn man_pages(dir: &std::path::Path) -> anyhow::Result<()> {
+    use clap::CommandFactory;
+    std::fs::create_dir_all(dir)?;
+    let cmd = Cli::command();
+    let write = |name: &str, c: clap::Command| -> anyhow::Result<()> {
+        let mut buf = Vec::new();
+        clap_mangen::Man::new(c).render(&mut buf)?;
+        std::fs::write(dir.join(format!("{name}.1")), buf)?;
+        Ok(())
+    };
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let name = format!("kvmctl-{}", sub.get_name());
+        write(&name, sub.clone().name(name.clone()).bin_name(format!("kvmctl {}", sub.get_name())))?;
+        for nested in sub.get_subcommands() {
+            let n = format!("kvmctl-{}-{}", sub.get_name(), nested.get_name());
+            let bin = format!("kvmctl {} {}", sub.get_name(), nested.get_name());
+            write(&n, nested.clone().name(n.clone()).bin_name(bin))?;
+        }
+    }
+    write("kvmctl", cmd)
+}
+
+/// Dynamic completion (`source <(COMPLETE=bash kvmctl)`): the names of defined objects, read
+/// from the definition directories of the root in `KVMCTL_ROOT` (or the default one) without
+/// taking a lock or creating anything.
+fn defined(kind: crate::paths::Kind) -> Vec<String> {
+    let paths = Paths::resolve(std::env::var_os("KVMCTL_ROOT").map(PathBuf::from));
+    let mut names: Vec<String> = std::fs::read_dir(paths.defs_dir(kind))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.strip_suffix(".toml").map(str::to_string))
+        .filter(|n| crate::names::validate(kind.noun(), n).is_ok())
+        .collect();
+    names.sort();
+    names
+}
+
+fn candidates(names: Vec<String>) -> Vec<clap_complete::engine::CompletionCandidate> {
+    names.into_iter().map(clap_complete::engine::CompletionCandidate::new).collect()
+}
+
+pub(crate) fn vm_names() -> clap_complete::engine::ArgValueCandidates {
+    clap_complete::engine::ArgValueCandidates::new(|| candidates(defined(crate::paths::Kind::Domain)))
+}
+pub(crate) fn network_names() -> clap_complete::engine::ArgValueCandidates {
+    clap_complete::engine::ArgValueCandidates::new(|| candidates(defined(crate::paths::Kind::Network)))
+}
+pub(crate) fn pool_names() -> clap_complete::engine::ArgValueCandidates {
+    clap_complete::engine::ArgValueCandidates::new(|| candidates(defined(crate::paths::Kind::Pool)))
+}
+pub(crate) fn image_names() -> clap_complete::engine::ArgValueCandidates {
+    clap_complete::engine::ArgValueCandidates::new(|| candidates(defined(crate::paths::Kind::Image)))
+}
+/// Volume names: the image files in every defined pool's target directory.
+pub(crate) fn volume_names() -> clap_complete::engine::ArgValueCandidates {
+    clap_complete::engine::ArgValueCandidates::new(|| {
+        let paths = Paths::resolve(std::env::var_os("KVMCTL_ROOT").map(PathBuf::from));
+        let mut names = Vec::new();
+        for pool in defined(crate::paths::Kind::Pool) {
+            let Ok(text) = std::fs::read_to_string(paths.def_file(crate::paths::Kind::Pool, &pool)) else { continue };
+            let Ok(def) = toml::from_str::<crate::storage::PoolDef>(&text) else { continue };
+            for e in std::fs::read_dir(&def.target).into_iter().flatten().flatten() {
+                let n = e.file_name().to_string_lossy().into_owned();
+                if !n.starts_with('.') && e.file_type().is_ok_and(|t| t.is_file()) {
+                    names.push(n);
+                }
+            }
+        }
+        names.sort();
+        names.dedup();
+        candidates(names)
+    })
 }
 
 /// A whole number for an option: one too large for its type says so and names the maximum,
@@ -109,6 +203,11 @@ pub fn init_tracing(verbose: u8, quiet: bool) {
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match &cli.command {
+        Command::Completion { shell } => return completion(shell),
+        Command::Man { dir } => return man_pages(dir),
+        _ => {}
+    }
     let store = Store::open(Paths::resolve(cli.root))?;
     crate::storage::pool::ensure_defaults(&store)?;
     crate::network::lifecycle::ensure_default(&store)?;
@@ -120,6 +219,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Domain(c) => domain::run(c, &ctx),
         Command::Iface(c) => iface::run(c, &ctx),
         Command::Image(c) => image::run(c, &ctx),
+        Command::Completion { .. } | Command::Man { .. } => unreachable!("handled before the store is opened"),
     }
 }
 

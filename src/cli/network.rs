@@ -23,18 +23,26 @@ pub enum NetCmd {
     /// Create and start a transient network from a file (not persisted).
     NetCreate { file: PathBuf },
     /// Start a defined network: bridge, firewall, dnsmasq.
-    NetStart { network: String },
+    NetStart {
+        #[arg(add = super::network_names())]
+        network: String,
+    },
     /// Stop a network, removing everything its start created.
     NetDestroy {
+        #[arg(add = super::network_names())]
         network: String,
         /// Also when running VMs have NICs on it (they are re-attached at the next net-start).
         #[arg(long)]
         force: bool,
     },
     /// Remove a network's definition (an active network keeps running, as a transient one).
-    NetUndefine { network: String },
+    NetUndefine {
+        #[arg(add = super::network_names())]
+        network: String,
+    },
     /// Start the network at boot (kvmctl up).
     NetAutostart {
+        #[arg(add = super::network_names())]
         network: String,
         #[arg(long)]
         disable: bool,
@@ -42,24 +50,33 @@ pub enum NetCmd {
     /// List networks (active ones unless --all).
     NetList(NetListArgs),
     /// Show a network's state, bridge and UUID.
-    NetInfo { network: String },
+    NetInfo {
+        #[arg(add = super::network_names())]
+        network: String,
+    },
     /// Print the network as libvirt XML.
     NetDumpxml {
+        #[arg(add = super::network_names())]
         network: String,
         /// The persistent definition, not the running one.
         #[arg(long)]
         inactive: bool,
     },
     /// Edit the definition in $EDITOR; an invalid edit is refused and the old one kept.
-    NetEdit { network: String },
+    NetEdit {
+        #[arg(add = super::network_names())]
+        network: String,
+    },
     /// Show the DHCP leases of a network.
     NetDhcpLeases {
+        #[arg(add = super::network_names())]
         network: String,
         #[arg(long)]
         mac: Option<String>,
     },
     /// Add, delete or modify a static DHCP host or DNS host: net-update NET add ip-dhcp-host "<host .../>".
     NetUpdate {
+        #[arg(add = super::network_names())]
         network: String,
         command: UpdateCmd,
         section: Section,
@@ -73,6 +90,7 @@ pub enum NetCmd {
     },
     /// Enslave a host interface to the network's bridge (kept in the definition; live when active).
     NetAttachInterface {
+        #[arg(add = super::network_names())]
         network: String,
         interface: String,
         /// Release it instead (as it was before it was enslaved) and drop it from the definition.

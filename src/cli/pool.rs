@@ -25,15 +25,28 @@ pub enum PoolCmd {
         target: PathBuf,
     },
     /// Create the pool's target directory.
-    PoolBuild { pool: String },
+    PoolBuild {
+        #[arg(add = super::pool_names())]
+        pool: String,
+    },
     /// Start (activate) a pool.
-    PoolStart { pool: String },
+    PoolStart {
+        #[arg(add = super::pool_names())]
+        pool: String,
+    },
     /// Stop (deactivate) a pool; its files stay.
-    PoolDestroy { pool: String },
+    PoolDestroy {
+        #[arg(add = super::pool_names())]
+        pool: String,
+    },
     /// Remove an inactive pool's definition; its files stay.
-    PoolUndefine { pool: String },
+    PoolUndefine {
+        #[arg(add = super::pool_names())]
+        pool: String,
+    },
     /// Start the pool automatically at boot (kvmctl up).
     PoolAutostart {
+        #[arg(add = super::pool_names())]
         pool: String,
         #[arg(long)]
         disable: bool,
@@ -41,9 +54,15 @@ pub enum PoolCmd {
     /// List pools (active ones unless --all).
     PoolList(PoolListArgs),
     /// Show a pool's state and space.
-    PoolInfo { pool: String },
+    PoolInfo {
+        #[arg(add = super::pool_names())]
+        pool: String,
+    },
     /// Re-read a pool's directory.
-    PoolRefresh { pool: String },
+    PoolRefresh {
+        #[arg(add = super::pool_names())]
+        pool: String,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -22,6 +22,7 @@ fn capacity(s: &str) -> Result<u64, String> {
 pub enum VolCmd {
     /// Create a volume: vol-create-as POOL NAME CAPACITY (10G, 512MiB, 1GB...).
     VolCreateAs {
+        #[arg(add = super::pool_names())]
         pool: String,
         name: String,
         #[arg(value_parser = capacity, allow_hyphen_values = true)]
@@ -40,8 +41,10 @@ pub enum VolCmd {
     /// List a pool's volumes.
     VolList {
         #[arg(required_unless_present = "pool_opt")]
+        #[arg(add = super::pool_names())]
         pool: Option<String>,
         #[arg(long = "pool", conflicts_with = "pool")]
+        #[arg(add = super::pool_names())]
         pool_opt: Option<String>,
         /// Type, capacity and allocation columns.
         #[arg(long)]
@@ -49,30 +52,38 @@ pub enum VolCmd {
     },
     /// Show a volume's type, capacity, allocation and backing file.
     VolInfo {
+        #[arg(add = super::volume_names())]
         vol: String,
         #[arg(long)]
+        #[arg(add = super::pool_names())]
         pool: Option<String>,
     },
     /// Print a volume's path.
     VolPath {
+        #[arg(add = super::volume_names())]
         vol: String,
         #[arg(long)]
+        #[arg(add = super::pool_names())]
         pool: Option<String>,
     },
     /// Delete a volume (refused while a VM or an overlay uses it, unless --force).
     VolDelete {
+        #[arg(add = super::volume_names())]
         vol: String,
         #[arg(long)]
+        #[arg(add = super::pool_names())]
         pool: Option<String>,
         #[arg(long)]
         force: bool,
     },
     /// Change a volume's capacity (shrinking needs --shrink).
     VolResize {
+        #[arg(add = super::volume_names())]
         vol: String,
         #[arg(value_parser = capacity, allow_hyphen_values = true)]
         capacity: u64,
         #[arg(long)]
+        #[arg(add = super::pool_names())]
         pool: Option<String>,
         /// CAPACITY is added to the current size.
         #[arg(long)]
@@ -82,16 +93,20 @@ pub enum VolCmd {
     },
     /// Replace a volume's content with a file's bytes.
     VolUpload {
+        #[arg(add = super::volume_names())]
         vol: String,
         file: PathBuf,
         #[arg(long)]
+        #[arg(add = super::pool_names())]
         pool: Option<String>,
     },
     /// Copy a volume's bytes into a file; with --format, export the disk as its guest sees it.
     VolDownload {
+        #[arg(add = super::volume_names())]
         vol: String,
         file: PathBuf,
         #[arg(long)]
+        #[arg(add = super::pool_names())]
         pool: Option<String>,
         /// qcow2 | raw | vmdk | vdi | vhdx | vpc: the whole backing chain, in this format.
         #[arg(long, value_parser = ["qcow2", "raw", "vmdk", "vdi", "vhdx", "vpc"])]
@@ -99,12 +114,15 @@ pub enum VolCmd {
     },
     /// Clone a volume: a sparse full copy, or with --linked a qcow2 overlay (constant time).
     VolClone {
+        #[arg(add = super::volume_names())]
         vol: String,
         newname: String,
         #[arg(long)]
+        #[arg(add = super::pool_names())]
         pool: Option<String>,
         /// Pool for the clone (default: the source's pool).
         #[arg(long)]
+        #[arg(add = super::pool_names())]
         newpool: Option<String>,
         #[arg(long)]
         linked: bool,
@@ -118,6 +136,7 @@ pub enum VolCmd {
     VolImport {
         file: PathBuf,
         #[arg(long)]
+        #[arg(add = super::pool_names())]
         pool: String,
         #[arg(long)]
         name: Option<String>,

@@ -335,8 +335,6 @@ pub struct Qcow2Reader {
     l1: Vec<u64>,
     l2_cache: BTreeMap<u32, Vec<u64>>,
     file_len: u64,
-    /// The last compressed cluster inflated: its host offset and its bytes.
-    inflated: Option<(u64, Vec<u8>)>,
 }
 
 impl Qcow2Reader {
@@ -348,15 +346,7 @@ impl Qcow2Reader {
         file.read_exact_at(&mut raw, header.l1_table_offset).map_err(ioe)?;
         let l1 = raw.chunks_exact(8).map(|c| u64::from_be_bytes(c.try_into().unwrap())).collect();
         let file_len = file.metadata().map_err(ioe)?.len();
-        Ok(Qcow2Reader {
-            path: path.to_path_buf(),
-            header,
-            file,
-            l1,
-            l2_cache: BTreeMap::new(),
-            file_len,
-            inflated: None,
-        })
+        Ok(Qcow2Reader { path: path.to_path_buf(), header, file, l1, l2_cache: BTreeMap::new(), file_len })
     }
 
     fn corrupt(&self, reason: String) -> Qcow2Error {
@@ -433,83 +423,8 @@ impl Qcow2Reader {
         }
     }
 
-    /// The bytes of the compressed cluster at `off` (from [`Mapping::Compressed`]), inflated
-    /// with the image's compression type. A stream that does not inflate to exactly one
-    /// cluster is refused as corrupt: what would inflate past the cluster is never produced
-    /// beyond one byte (the output is bounded by the cluster, so a bomb costs nothing).
-    pub fn inflate(&mut self, off: u64, len: u64) -> Result<&[u8], Qcow2Error> {
-        if !matches!(&self.inflated, Some((at, _)) if *at == off) {
-            let cs = self.header.cluster_size() as usize;
-            let mut raw = vec![0u8; len as usize];
-            self.read_host(&mut raw, off)?;
-            let mut out = self.inflated.take().map(|(_, v)| v).unwrap_or_default();
-            let result = match self.header.compression_type {
-                COMPRESSION_ZSTD => unzstd(&raw, &mut out, cs),
-                _ => unzlib(&raw, &mut out, cs),
-            };
-            if let Err(why) = result {
-                return Err(self.corrupt(format!("compressed cluster at offset {off} {why}")));
-            }
-            self.inflated = Some((off, out));
-        }
-        Ok(&self.inflated.as_ref().expect("inflated above").1)
-    }
-
     pub fn read_host(&self, buf: &mut [u8], host_off: u64) -> Result<(), Qcow2Error> {
         self.file.read_exact_at(buf, host_off).map_err(|source| Qcow2Error::Io { path: self.path.clone(), source })
-    }
-}
-
-/// Inflate raw deflate (qcow2's zlib type: no zlib header) from `raw` into `out`, which must
-/// come to exactly `cs` bytes. `raw` may carry garbage after the stream (its length is only
-/// known to the sector).
-fn unzlib(raw: &[u8], out: &mut Vec<u8>, cs: usize) -> Result<(), String> {
-    use flate2::{Decompress, FlushDecompress, Status};
-    out.clear();
-    out.resize(cs, 0);
-    let mut d = Decompress::new(false);
-    // Flush `None`: with `Finish`, a stream that does not fit leaves the decoder failed,
-    // and the check below could not tell "ends here" from "goes on".
-    let status = d.decompress(raw, out, FlushDecompress::None).map_err(|e| format!("does not inflate ({e})"))?;
-    let got = d.total_out() as usize;
-    if got != cs {
-        out.truncate(got);
-        return Err(format!("inflates to {got} bytes, not the cluster's {cs}"));
-    }
-    if status != Status::StreamEnd {
-        // The cluster is full: one byte more would mean the stream goes on past it.
-        let mut more = [0u8; 1];
-        let rest = &raw[d.total_in() as usize..];
-        if d.decompress(rest, &mut more, FlushDecompress::None).is_ok() && d.total_out() as usize > cs {
-            return Err(format!("inflates past the cluster's {cs} bytes"));
-        }
-    }
-    Ok(())
-}
-
-/// Decompress a zstd frame (qcow2's zstd type) from `raw` into `out`, exactly `cs` bytes.
-/// The window is bounded, so a hostile frame cannot make the decoder allocate more than
-/// a few MiB.
-fn unzstd(raw: &[u8], out: &mut Vec<u8>, cs: usize) -> Result<(), String> {
-    use std::io::Read;
-    out.clear();
-    let mut src = raw;
-    let mut d = ruzstd::decoding::StreamingDecoder::new_with_max_window_size(&mut src, 8 << 20)
-        .map_err(|e| format!("is not a zstd frame ({e})"))?;
-    out.resize(cs + 1, 0);
-    let mut got = 0;
-    while got < cs + 1 {
-        match d.read(&mut out[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) => return Err(format!("does not decompress ({e})")),
-        }
-    }
-    out.truncate(got.min(cs));
-    match got {
-        n if n > cs => Err(format!("decompresses past the cluster's {cs} bytes")),
-        n if n < cs => Err(format!("decompresses to {n} bytes, not the cluster's {cs}")),
-        _ => Ok(()),
     }
 }
 
@@ -755,28 +670,6 @@ mod tests {
         assert_eq!(h.backing_file.as_deref(), Some("/pool/base.qcow2"));
         assert_eq!(h.backing_format.as_deref(), Some("qcow2"));
         assert_eq!(h.l1_size, 2048);
-    }
-
-    #[test]
-    fn zlib_streams_must_fill_the_cluster_exactly() {
-        use flate2::{write::DeflateEncoder, Compression};
-        use std::io::Write;
-        let deflate = |data: &[u8]| {
-            let mut e = DeflateEncoder::new(Vec::new(), Compression::default());
-            e.write_all(data).unwrap();
-            e.finish().unwrap()
-        };
-        let mut out = Vec::new();
-        let mut exact = deflate(&[7u8; 4096]);
-        exact.extend_from_slice(&[0xee; 300]); // garbage up to the sector's end is allowed
-        unzlib(&exact, &mut out, 4096).unwrap();
-        assert_eq!(out, vec![7u8; 4096]);
-        let e = unzlib(&deflate(&[7u8; 4000]), &mut out, 4096).unwrap_err();
-        assert!(e.contains("inflates to 4000 bytes"), "{e}");
-        let e = unzlib(&deflate(&[7u8; 4097]), &mut out, 4096).unwrap_err();
-        assert!(e.contains("inflates past the cluster"), "{e}");
-        let e = unzlib(&[0xff; 64], &mut out, 4096).unwrap_err();
-        assert!(e.contains("does not inflate"), "{e}");
     }
 
     #[test]

@@ -793,3 +793,27 @@ fn compressed_images_are_read_and_copied_uncompressed() {
     let left: Vec<_> = std::fs::read_dir(k.images()).unwrap().flatten().map(|e| e.file_name()).collect();
     assert!(!left.iter().any(|n| n.to_string_lossy().contains("bad")), "{left:?}");
 }
+
+/// `--compress` is for full copies into qcow2: with `--linked` it is a usage error, and a
+/// copy whose output would be raw is refused by name, nothing left in the pool.
+#[test]
+fn compress_is_refused_for_linked_clones_and_raw_output() {
+    let k = Kvm::new();
+    k.ok(&["vol-create-as", "default", "q.qcow2", "64M", "--format", "qcow2"]);
+    k.ok(&["vol-create-as", "default", "r.img", "64M"]);
+    let e = k.fails(2, &["vol-clone", "q.qcow2", "l.qcow2", "--pool", "default", "--linked", "--compress"]);
+    assert!(e.contains("--compress") && e.contains("--linked"), "{e}");
+    let e = k.fails(2, &["clone", "vm", "vm2", "--linked", "--compress"]);
+    assert!(e.contains("--compress") && e.contains("--linked"), "{e}");
+    let src = k.images().join("q.qcow2");
+    let e = k.fails(
+        1,
+        &["vol-import", src.to_str().unwrap(), "--pool", "default", "--name", "i.img", "--format", "raw", "--compress"],
+    );
+    assert!(e.contains("--compress needs qcow2 output"), "{e}");
+    let e = k.fails(1, &["vol-clone", "r.img", "r2.img", "--pool", "default", "--compress"]);
+    assert!(e.contains("--compress needs qcow2 output"), "{e}");
+    let mut names: Vec<_> = std::fs::read_dir(k.images()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    names.sort();
+    assert_eq!(names, vec!["q.qcow2", "r.img"], "nothing but the two sources, no temp file");
+}

@@ -9,6 +9,8 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
@@ -571,8 +573,8 @@ impl Inflations {
         Ok(())
     }
 
-    /// Inflate every job into `buf`, half the work on a second thread. The error is the
-    /// first failing job's (its index and why).
+    /// Inflate every job into `buf` on two threads. The error is the first failing job's
+    /// (its index and why).
     fn inflate_into(&mut self, buf: &mut [u8], inflaters: &mut [Inflater; 2]) -> Result<(), (usize, String)> {
         let mut direct: Vec<(usize, usize)> = Vec::new();
         let mut work: Vec<(usize, Target)> = Vec::new();
@@ -594,28 +596,30 @@ impl Inflations {
             (rest, done) = (tail, pos + mine.len());
             work.push((i, Target::Direct(mine)));
         }
-        // Split by stream bytes, which is what inflating costs.
-        let total: usize = work.iter().map(|(i, _)| self.jobs[*i].raw.len()).sum();
-        let mut half = 0;
-        let split = work
-            .iter()
-            .position(|(i, _)| {
-                half += self.jobs[*i].raw.len();
-                half * 2 >= total
-            })
-            .map_or(work.len(), |p| p + 1);
-        let (jobs, raw) = (&self.jobs, &self.raw);
-        let [inf_a, inf_b] = inflaters;
-        let (a, b) = work.split_at_mut(split);
-        let (ra, rb) = if b.is_empty() {
-            (inflate_all(a, jobs, raw, inf_a), Ok(()))
-        } else {
-            std::thread::scope(|s| {
-                let other = s.spawn(|| inflate_all(b, jobs, raw, inf_b));
-                let mine = inflate_all(a, jobs, raw, inf_a);
-                (mine, other.join().expect("inflating thread panicked"))
-            })
+        // Two threads, each taking the next cluster as it is free.
+        let work: Vec<Mutex<(usize, Target)>> = work.into_iter().map(Mutex::new).collect();
+        let (jobs, raw, next) = (&self.jobs, &self.raw, AtomicUsize::new(0));
+        let run = |inf: &mut Inflater| -> Result<(), (usize, String)> {
+            while let Some(w) = work.get(next.fetch_add(1, Ordering::Relaxed)) {
+                let mut w = w.lock().expect("inflation lock");
+                let (i, t) = &mut *w;
+                let j = &jobs[*i];
+                let out = match t {
+                    Target::Direct(d) => &mut **d,
+                    Target::Scratch(v) => &mut v[..],
+                };
+                inf.inflate(j.ty, &raw[j.raw.clone()], out).map_err(|why| (*i, why))?;
+            }
+            Ok(())
         };
+        let [inf_a, inf_b] = inflaters;
+        let (ra, rb) = std::thread::scope(|s| {
+            let other = (work.len() > 1).then(|| s.spawn(|| run(inf_b)));
+            let mine = run(inf_a);
+            (mine, other.map_or(Ok(()), |t| t.join().expect("inflating thread panicked")))
+        });
+        // Clusters are handed out in order and each thread stops at its first failure: the
+        // smaller of the two is the first failing cluster.
         match (ra, rb) {
             (Err(x), Err(y)) => return Err(if x.0 <= y.0 { x } else { y }),
             (Err(e), _) | (_, Err(e)) => return Err(e),
@@ -623,6 +627,7 @@ impl Inflations {
         }
         let scratch: Vec<(usize, Vec<u8>)> = work
             .into_iter()
+            .map(|m| m.into_inner().expect("inflation lock"))
             .filter_map(|(i, t)| match t {
                 Target::Scratch(v) => Some((i, v)),
                 Target::Direct(_) => None,
@@ -636,24 +641,6 @@ impl Inflations {
         }
         Ok(())
     }
-}
-
-/// Inflate `work` in order with one decoder state; stops at the first error.
-fn inflate_all(
-    work: &mut [(usize, Target)],
-    jobs: &[Inflation],
-    raw: &[u8],
-    inf: &mut Inflater,
-) -> Result<(), (usize, String)> {
-    for (i, t) in work {
-        let j = &jobs[*i];
-        let out = match t {
-            Target::Direct(d) => &mut **d,
-            Target::Scratch(v) => &mut v[..],
-        };
-        inf.inflate(j.ty, &raw[j.raw.clone()], out).map_err(|why| (*i, why))?;
-    }
-    Ok(())
 }
 
 /// Is `off..off+len` of a file entirely a hole? (SEEK_DATA; false when unsure.)

@@ -318,16 +318,24 @@ pub fn resize(
 }
 
 /// `vol-clone`: a full, sparse copy in the source's format, or a qcow2 overlay (`linked`).
-/// A full copy waits for the disk only with `sync` (an overlay, a few KiB, always does).
+/// A full copy waits for the disk only with `sync` (an overlay, a few KiB, always does);
+/// with `compress` (full qcow2 copies) its clusters are written compressed.
+#[allow(clippy::too_many_arguments)]
 pub fn clone(
     store: &Store,
     src: &VolRef,
     pool_name: &str,
     new_name: &str,
     linked: bool,
+    compress: bool,
     sync: bool,
     progress: Progress,
 ) -> Result<VolRef, StorageError> {
+    if linked && compress {
+        return Err(StorageError::Invalid(
+            "--compress makes a full copy; a linked clone has nothing to compress".into(),
+        ));
+    }
     check_not_in_use(&src.path, true, "shut the VM off (or pause it) before cloning its disk")?;
     let src_info = info(store, src)?;
     let src_format = src_info.format;
@@ -343,7 +351,7 @@ pub fn clone(
         let out = nv.file().try_clone().map_err(io_at(&dest))?;
         let policy = pool::backing_policy(store);
         let source = Source { path: &src.path, format: src_format, backing: &policy };
-        copy_image(source, &out, &dest, src_format, sync, "vol-clone.copy", progress)?;
+        copy_image(source, &out, &dest, src_format, compress, sync, "vol-clone.copy", progress)?;
     }
     nv.commit(sync || linked)
 }
@@ -375,12 +383,14 @@ fn format_of(recorded: &[(String, PathBuf, String)], path: &Path) -> Result<Form
 }
 
 /// `vol-import`: bring an image into a pool, converting to `format` if given.
+#[allow(clippy::too_many_arguments)]
 pub fn import(
     store: &Store,
     file: &Path,
     pool_name: &str,
     name: Option<&str>,
     format: Option<Format>,
+    compress: bool,
     sync: bool,
     progress: Progress,
 ) -> Result<VolRef, StorageError> {
@@ -400,7 +410,7 @@ pub fn import(
     let dest = nv.dest.clone();
     let out = nv.file().try_clone().map_err(io_at(&dest))?;
     let source = Source { path: file, format: src_fmt, backing: &policy };
-    copy_image(source, &out, &dest, format.unwrap_or(src_fmt), sync, "vol-import.copy", progress)?;
+    copy_image(source, &out, &dest, format.unwrap_or(src_fmt), compress, sync, "vol-import.copy", progress)?;
     nv.commit(sync)
 }
 

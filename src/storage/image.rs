@@ -596,7 +596,8 @@ impl Inflations {
             (rest, done) = (tail, pos + mine.len());
             work.push((i, Target::Direct(mine)));
         }
-        // Two threads, each taking the next cluster as it is free.
+        // Two threads, each taking the next cluster (in job order) as it is free.
+        work.sort_unstable_by_key(|(i, _)| *i);
         let work: Vec<Mutex<(usize, Target)>> = work.into_iter().map(Mutex::new).collect();
         let (jobs, raw, next) = (&self.jobs, &self.raw, AtomicUsize::new(0));
         let run = |inf: &mut Inflater| -> Result<(), (usize, String)> {

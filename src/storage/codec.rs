@@ -1,6 +1,6 @@
 //! Compressed qcow2 clusters: inflating (zlib's raw deflate, zstd) and deflating, with the
-//! decoder and encoder state kept from one cluster to the next (a fresh zlib state is ~40 KiB
-//! of allocations and a fresh zstd decoder a few MiB of buffers).
+//! decoder and encoder state kept from one cluster to the next instead of allocated anew for
+//! each.
 
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 use ruzstd::decoding::{FrameDecoder, StreamingDecoder};

@@ -3,6 +3,9 @@
 
 Usage: bench/run.py [path/to/kvmctl]   (make bench)
 Prints a Markdown table; the numbers in BENCHMARKS.md come from it.
+KVMCTL_BENCH=storage,network,domains picks groups; BENCH_ONLY=SUBSTRING runs only the storage
+rows whose name contains it (and, unless KVMCTL_BENCH names them, no network or domain rows),
+e.g. BENCH_ONLY=compressed.
 """
 import contextlib
 import json
@@ -53,6 +56,12 @@ def allocated(path):
 
 
 rows = []
+ONLY = os.environ.get("BENCH_ONLY", "")
+
+
+def wanted(*names):
+    """Does BENCH_ONLY (unset: everything) select a row with one of these names?"""
+    return not ONLY or any(ONLY in n for n in names)
 
 
 def row(name, ours, peer, peer_name, target, note=""):
@@ -68,6 +77,17 @@ def bench_storage(tmp):
     peer_dir = os.path.join(tmp, "peer")
     os.makedirs(peer_dir)
 
+    if wanted("vol-create-as 10G qcow2"):
+        bench_create(k, images, peer_dir)
+    if wanted("full clone 4 GiB / 512 MiB data", "full clone 4 GiB / 512 MiB data --sync"):
+        bench_full_clone(k, tmp, images, peer_dir)
+    if wanted("linked clone of 10G", "linked clone of 1T"):
+        bench_linked(k, images, peer_dir)
+    if wanted(*COMPRESSED_ROWS):
+        bench_compressed(k, tmp, images, peer_dir)
+
+
+def bench_create(k, images, peer_dir):
     # 1. vol-create-as 10G qcow2 vs qemu-img create.
     v = os.path.join(images, "v.qcow2")
     p = os.path.join(peer_dir, "v.qcow2")
@@ -78,6 +98,8 @@ def bench_storage(tmp):
     )
     row("vol-create-as 10G qcow2", ours, peer, "qemu-img create", "not slower (>= 1.0x)")
 
+
+def bench_full_clone(k, tmp, images, peer_dir):
     # 2. Full clone of a 4 GiB volume holding 512 MiB of data vs qemu-img convert -O qcow2.
     run(k + ["vol-create-as", "default", "src.qcow2", "4G", "--format", "qcow2"])
     src = os.path.join(images, "src.qcow2")
@@ -102,6 +124,8 @@ def bench_storage(tmp):
         name = "full clone 4 GiB / 512 MiB data" + (" --sync" if extra else "")
         row(name, ours, peer, f"qemu-img convert -t {cache} -O qcow2", target, note)
 
+
+def bench_linked(k, images, peer_dir):
     # 3. Linked clone of 10 GiB and of 1 TiB: constant time.
     for size in ["10G", "1T"]:
         name = f"base{size}.qcow2"
@@ -115,6 +139,60 @@ def bench_storage(tmp):
             [timed(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", base, ov], lambda: rm(ov)) for _ in range(30)]
         )
         row(f"linked clone of {size}", statistics.median(times), peer, "qemu-img create -b", "< 5 ms, same for both sizes")
+
+
+COMPRESSED_ROWS = ("copy of a compressed 2 GiB qcow2", "copy of a compressed 2 GiB qcow2 --compress")
+
+
+def mixed_raw(path, size=2 << 30):
+    """A disk with realistic mixed content, per 16 MiB: 8 MiB of zeros (a hole), 4 MiB of
+    text-like data (words from a vocabulary, about 3:1 under deflate), 4 MiB of random bytes."""
+    import random
+
+    r = random.Random(13)
+    vocab = ["".join(r.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(r.randint(2, 10))) for _ in range(5000)]
+    lines = []
+    n = 0
+    while n < 4 << 20:
+        line = " ".join(r.choice(vocab) for _ in range(r.randint(4, 14))) + "\n"
+        lines.append(line)
+        n += len(line)
+    text = "".join(lines).encode()[: 4 << 20]
+    with open(path, "wb") as f:
+        for off in range(0, size, 16 << 20):
+            f.seek(off + (8 << 20))
+            # The text shifted per block, so that no two blocks are the same.
+            k = (off >> 20) * 4099 % len(text)
+            f.write(text[k:] + text[:k])
+            f.write(os.urandom(4 << 20))
+        f.truncate(size)
+
+
+def bench_compressed(k, tmp, images, peer_dir):
+    # 4. Copies of a compressed 2 GiB qcow2 (qemu-img convert -c of a mixed raw disk):
+    # written uncompressed (vs qemu-img convert -O qcow2) and compressed (vs convert -c).
+    raw = os.path.join(tmp, "mixed.raw")
+    mixed_raw(raw)
+    src = os.path.join(tmp, "mixed-c.qcow2")
+    run(["qemu-img", "convert", "-c", "-f", "raw", "-O", "qcow2", raw, src])
+    os.remove(raw)
+    dst = os.path.join(images, "imp.qcow2")
+    conv = os.path.join(peer_dir, "conv.qcow2")
+    for name, extra, peer_opts, n in [(COMPRESSED_ROWS[0], [], [], 5), (COMPRESSED_ROWS[1], ["--compress"], ["-c"], 3)]:
+        if not wanted(name):
+            continue
+        ours, peer = alternate(
+            n,
+            lambda: timed(k + ["vol-import", src, "--pool", "default", "--name", "imp.qcow2"] + extra, lambda: rm(dst)),
+            lambda: timed(["qemu-img", "convert"] + peer_opts + ["-O", "qcow2", src, conv], lambda: rm(conv)),
+        )
+        run(["qemu-img", "compare", src, dst])
+        run(["qemu-img", "check", dst])
+        mib = lambda p: os.stat(p).st_size / (1 << 20)
+        note = f"source {mib(src):.0f} MiB; output {mib(dst):.0f} MiB (qemu-img: {mib(conv):.0f} MiB)"
+        row(name, ours, peer, "qemu-img convert " + " ".join(peer_opts + ["-O", "qcow2"]), ">= 1.0x", note)
+        rm(dst)
+        rm(conv)
 
 
 class Namespace:
@@ -462,7 +540,7 @@ def main():
     if not os.path.exists(KVMCTL):
         sys.exit(f"bench: {KVMCTL} not found; run make build")
     # KVMCTL_BENCH=storage,network,domains runs only those groups (default: all).
-    groups = os.environ.get("KVMCTL_BENCH", "storage,network,domains").split(",")
+    groups = os.environ.get("KVMCTL_BENCH", "storage" if ONLY else "storage,network,domains").split(",")
     tmp = tempfile.mkdtemp(prefix="kvmctl-bench-", dir="/var/tmp")
     try:
         for name, fn in (("storage", bench_storage), ("network", bench_network), ("domains", bench_domains)):

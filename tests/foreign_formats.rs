@@ -126,6 +126,19 @@ fn every_foreign_format_qemu_img_writes_is_imported_as_qcow2_or_raw() {
     let dest = b.k.images().join("vhd.img");
     same_disk(&raw, "raw", dest.to_str().unwrap(), "raw");
     assert_eq!(b.k.json(&["vol-info", "vhd.img", "--pool", "default"])["format"], "raw");
+    // --compress: qemu-img convert -c; with raw output it is refused and nothing is written.
+    let vdi = b.p("d.vdi");
+    b.k.ok(&["-q", "vol-import", &vdi, "--pool", "default", "--name", "vdi-z.qcow2", "--compress"]);
+    let z = b.k.images().join("vdi-z.qcow2");
+    qemu_img_check(&z);
+    same_disk(&raw, "raw", z.to_str().unwrap(), "qcow2");
+    let map = sh("qemu-img", &["map", "--output=json", "-f", "qcow2", z.to_str().unwrap()]);
+    let map: serde_json::Value = serde_json::from_str(&map).unwrap();
+    let compressed = map.as_array().unwrap().iter().filter(|e| e["data"] == true && e.get("offset").is_none()).count();
+    assert!(compressed > 0, "compressed clusters written: {map}");
+    let e = b.k.fails(1, &["vol-import", &vdi, "--pool", "default", "--format", "raw", "--compress"]);
+    assert!(e.contains("--compress needs qcow2 output"), "{e}");
+    b.k.ok(&["-q", "vol-delete", "vdi-z.qcow2", "--pool", "default"]);
     // The converted volume is named in `vol-list` like any other; nothing else is in the pool.
     assert_eq!(b.pool_files(), vec!["vhd.img".to_string()]);
 }

@@ -793,3 +793,66 @@ fn compressed_images_are_read_and_copied_uncompressed() {
     let left: Vec<_> = std::fs::read_dir(k.images()).unwrap().flatten().map(|e| e.file_name()).collect();
     assert!(!left.iter().any(|n| n.to_string_lossy().contains("bad")), "{left:?}");
 }
+
+/// `--compress` is for full copies into qcow2: with `--linked` it is a usage error, and a
+/// copy whose output would be raw is refused by name, nothing left in the pool.
+#[test]
+fn compress_is_refused_for_linked_clones_and_raw_output() {
+    let k = Kvm::new();
+    k.ok(&["vol-create-as", "default", "q.qcow2", "64M", "--format", "qcow2"]);
+    k.ok(&["vol-create-as", "default", "r.img", "64M"]);
+    let e = k.fails(2, &["vol-clone", "q.qcow2", "l.qcow2", "--pool", "default", "--linked", "--compress"]);
+    assert!(e.contains("--compress") && e.contains("--linked"), "{e}");
+    let e = k.fails(2, &["clone", "vm", "vm2", "--linked", "--compress"]);
+    assert!(e.contains("--compress") && e.contains("--linked"), "{e}");
+    let src = k.images().join("q.qcow2");
+    let e = k.fails(
+        1,
+        &["vol-import", src.to_str().unwrap(), "--pool", "default", "--name", "i.img", "--format", "raw", "--compress"],
+    );
+    assert!(e.contains("--compress needs qcow2 output"), "{e}");
+    let e = k.fails(1, &["vol-clone", "r.img", "r2.img", "--pool", "default", "--compress"]);
+    assert!(e.contains("--compress needs qcow2 output"), "{e}");
+    let mut names: Vec<_> = std::fs::read_dir(k.images()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    names.sort();
+    assert_eq!(names, vec!["q.qcow2", "r.img"], "nothing but the two sources, no temp file");
+}
+
+/// `clone --compress`: the VM's qcow2 disks are copied compressed (qemu reads them as the
+/// source, `qemu-img check` is clean); a raw disk to copy is refused before anything is made.
+#[test]
+fn clone_compress_writes_qcow2_disks_compressed_and_refuses_raw_ones() {
+    if !qemu_tools() {
+        return;
+    }
+    let k = Kvm::new();
+    let img = k.images();
+    k.ok(&["-q", "vol-create-as", "default", "s.qcow2", "64M", "--format", "qcow2"]);
+    k.ok(&["-q", "vol-create-as", "default", "r.img", "8M"]);
+    let s = img.join("s.qcow2");
+    for (i, byte) in [0x11u8, 0x22, 0x33].iter().enumerate() {
+        qemu_write(&s, "qcow2", *byte, i as u64 * (8 << 20), 1 << 20);
+    }
+    let def = format!(
+        "name = \"s\"\nuuid = \"3e3fce45-4f53-4fa7-bb32-11f34168b82c\"\nmemory_mib = 128\nvcpus = 1\n\
+         [[disks]]\npath = \"{i}/s.qcow2\"\nformat = \"qcow2\"\n[[disks]]\npath = \"{i}/r.img\"\nformat = \"raw\"\n",
+        i = img.display()
+    );
+    let f = k.dir.path().join("s.toml");
+    std::fs::write(&f, def).unwrap();
+    k.ok(&["define", f.to_str().unwrap()]);
+    let e = k.fails(1, &["clone", "s", "c", "--compress"]);
+    assert!(e.contains("--compress needs qcow2 output: disk vdb is raw"), "{e}");
+    assert_eq!(k.ok(&["list", "--all", "--name"]), "s\n");
+    assert!(!img.join("c.qcow2").exists());
+    k.ok(&["clone", "s", "c", "--compress", "--skip-copy", "vdb"]);
+    let c = img.join("c.qcow2");
+    let out = sh("qemu-img", &["check", c.to_str().unwrap()]);
+    assert!(out.contains("No errors were found on the image."), "{out}");
+    sh("qemu-img", &["compare", "-f", "qcow2", "-F", "qcow2", s.to_str().unwrap(), c.to_str().unwrap()]);
+    let map: serde_json::Value =
+        serde_json::from_str(&sh("qemu-img", &["map", "--output=json", "-f", "qcow2", c.to_str().unwrap()])).unwrap();
+    let compressed = map.as_array().unwrap().iter().filter(|e| e["data"] == true && e.get("offset").is_none()).count();
+    assert!(compressed > 0, "{map}");
+    assert!(std::fs::metadata(&c).unwrap().len() < 1 << 20, "3 MiB of repeated bytes, compressed");
+}

@@ -42,6 +42,9 @@ pub struct CloneArgs {
     /// Allocate the whole copy (raw disks).
     #[arg(long)]
     nonsparse: bool,
+    /// Write the copied qcow2 disks' clusters compressed (zlib), like `qemu-img convert -c`.
+    #[arg(long, conflicts_with_all = ["linked", "preserve_data"])]
+    compress: bool,
     /// Return only once the copied disks are on stable storage (fsync).
     #[arg(long)]
     sync: bool,
@@ -72,6 +75,7 @@ pub(super) fn clone_cmd(ctx: &Ctx, a: CloneArgs) -> anyhow::Result<()> {
         skip_copy: a.skip_copy,
         preserve_data: a.preserve_data,
         nonsparse: a.nonsparse,
+        compress: a.compress,
         sync: a.sync,
     };
     let _src = store.lock(Kind::Domain, &original)?;

@@ -126,6 +126,10 @@ pub enum VolCmd {
         newpool: Option<String>,
         #[arg(long)]
         linked: bool,
+        /// Write the copy's clusters compressed (zlib), like `qemu-img convert -c` (full
+        /// copies of qcow2 volumes).
+        #[arg(long, conflicts_with = "linked")]
+        compress: bool,
         /// Return only once the copy is on stable storage (fsync). By default, as with
         /// `qemu-img convert`, the kernel writes it back on its own schedule.
         #[arg(long)]
@@ -142,6 +146,10 @@ pub enum VolCmd {
         name: Option<String>,
         #[arg(long)]
         format: Option<Format>,
+        /// Write the copy's clusters compressed (zlib), like `qemu-img convert -c` (qcow2
+        /// output).
+        #[arg(long)]
+        compress: bool,
         /// Return only once the copy is on stable storage (fsync).
         #[arg(long)]
         sync: bool,
@@ -220,7 +228,7 @@ pub fn run(cmd: VolCmd, ctx: &Ctx) -> anyhow::Result<()> {
             let n = volume::download(store, &v, &file, format.as_deref(), &mut out.progress("download"))?;
             out.done(format!("Downloaded {} to {}", human(n), file.display()));
         }
-        VolCmd::VolClone { vol, newname, pool, newpool, linked, sync } => {
+        VolCmd::VolClone { vol, newname, pool, newpool, linked, compress, sync } => {
             let v = volume::resolve(store, pool.as_deref(), &vol)?;
             let target = newpool.or(v.pool.clone()).ok_or_else(|| {
                 anyhow::anyhow!(
@@ -228,11 +236,12 @@ pub fn run(cmd: VolCmd, ctx: &Ctx) -> anyhow::Result<()> {
                     v.path.display()
                 )
             })?;
-            volume::clone(store, &v, &target, &newname, linked, sync, &mut out.progress("clone"))?;
+            volume::clone(store, &v, &target, &newname, linked, compress, sync, &mut out.progress("clone"))?;
             out.done(format!("Vol {newname} cloned from {}", v.name));
         }
-        VolCmd::VolImport { file, pool, name, format, sync } => {
-            let v = volume::import(store, &file, &pool, name.as_deref(), format, sync, &mut out.progress("import"))?;
+        VolCmd::VolImport { file, pool, name, format, compress, sync } => {
+            let progress = &mut out.progress("import");
+            let v = volume::import(store, &file, &pool, name.as_deref(), format, compress, sync, progress)?;
             out.done(format!("Vol {} imported into pool {pool}", v.name));
         }
     }

@@ -29,6 +29,8 @@ pub struct CloneOpts {
     /// `--preserve-data`: the `--file` paths exist and are used as they are.
     pub preserve_data: bool,
     pub nonsparse: bool,
+    /// Full copies: write their clusters compressed (qcow2 disks only).
+    pub compress: bool,
     /// Full copies: fsync them before they are linked into place.
     pub sync: bool,
 }
@@ -50,6 +52,9 @@ pub struct DiskPlan {
 /// The new definition and the disk work it needs (nothing is created here).
 pub fn plan(store: &Store, o: &CloneOpts) -> Result<(DomainDef, Vec<DiskPlan>), DomainError> {
     crate::names::validate("domain", &o.name).map_err(|e| bad(&o.name, e.to_string()))?;
+    if o.compress && (o.linked || o.preserve_data) {
+        return Err(bad(&o.name, "--compress is for full copies (not with --linked or --preserve-data)"));
+    }
     let src: DomainDef = store.load(Kind::Domain, &o.original)?;
     if store.exists(Kind::Domain, &o.name) {
         return Err(bad(&o.name, "is already defined"));
@@ -117,6 +122,9 @@ pub fn plan(store: &Store, o: &CloneOpts) -> Result<(DomainDef, Vec<DiskPlan>), 
             }
         } else if to.exists() {
             return Err(bad(&o.name, format!("disk {} already exists (name another with --file)", to.display())));
+        }
+        if o.compress && format != Format::Qcow2 && !o.preserve_data {
+            return Err(bad(&o.name, format!("--compress needs qcow2 output: disk {target} is {format}")));
         }
         plans.push(DiskPlan { target, from: d.path.clone(), format, to: Some(to.clone()) });
         *d = DiskDef { path: to, created: true, format: if o.linked { Format::Qcow2 } else { d.format }, ..d.clone() };
@@ -193,7 +201,7 @@ fn place_disks(
                 s.spawn(move || {
                     let to = p.to.as_ref().expect("planned");
                     let src = Source { path: &p.from, format: p.format, backing: policy };
-                    make_disk(src, to, o.linked, o.nonsparse, o.sync, &|d| {
+                    make_disk(src, to, o, &|d| {
                         progress(done.fetch_add(d, std::sync::atomic::Ordering::Relaxed) + d, total)
                     })
                 })
@@ -231,14 +239,8 @@ fn place_disks(
 
 /// One new disk, written to a temp file beside its destination; the source is read with the
 /// format its definition records.
-fn make_disk(
-    src: Source,
-    to: &Path,
-    linked: bool,
-    nonsparse: bool,
-    sync: bool,
-    progress: &dyn Fn(u64),
-) -> Result<TempFile, String> {
+fn make_disk(src: Source, to: &Path, o: &CloneOpts, progress: &dyn Fn(u64)) -> Result<TempFile, String> {
+    let (linked, nonsparse, sync) = (o.linked, o.nonsparse, o.sync);
     let from = src.path;
     let info = image::inspect_as(from, src.format).map_err(|e| format!("{}: {e}", from.display()))?;
     if let Some(p) = info.problem {
@@ -257,7 +259,7 @@ fn make_disk(
     } else {
         let out = tmp.file().try_clone().map_err(|e| e.to_string())?;
         let mut last = 0u64;
-        copy_image(src, &out, to, src.format, sync, "clone.copy", &mut |d, _| {
+        copy_image(src, &out, to, src.format, o.compress, sync, "clone.copy", &mut |d, _| {
             progress(d - last);
             last = d;
         })

@@ -277,7 +277,7 @@ fn convert_disk(
     let journal = |e: std::io::Error| bad(vm, format!("cannot write the install journal: {e}"));
     revert.add(Undo::File(path.clone())).map_err(journal)?;
     let mut quiet = |_, _| {};
-    if let Err(e) = volume::import_foreign(store, p, driver, pool, &name, format, false, &mut quiet) {
+    if let Err(e) = volume::import_foreign(store, p, driver, pool, &name, format, false, false, &mut quiet) {
         revert.forget(&path).map_err(journal)?;
         return Err(fail(e.to_string()));
     }

@@ -267,6 +267,7 @@ fn keep(store: &Store, part: &Path, url: &str, name: &str, pool: &str) -> Result
             pool,
             &format!("{name}.qcow2"),
             Format::Qcow2,
+            false,
             true,
             &mut |_, _| {},
         )?

@@ -3,7 +3,10 @@
 
 use std::fs::File;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
+use super::codec::Deflater;
 use super::image::{is_zero, Chain, ChainError, Format, Source};
 use super::qcow2::{Qcow2Error, Qcow2Writer};
 
@@ -24,6 +27,8 @@ pub enum CopyError {
     Bitmaps { path: String, names: String },
     #[error("writing {path}: {source}")]
     Write { path: String, source: std::io::Error },
+    #[error("--compress needs qcow2 output (the copy would be {format})")]
+    CompressNeedsQcow2 { format: Format },
 }
 
 /// Copy `src` (read with its recorded format) into `out` (an empty file) as `format`;
@@ -31,16 +36,23 @@ pub enum CopyError {
 ///
 /// A reader thread walks the source chain while this thread writes, so reading, zero
 /// detection and writing overlap. With `durable`, writeback to disk is started as the copy
-/// goes, so that the caller's final fsync has little left to wait for.
+/// goes, so that the caller's final fsync has little left to wait for. With `compress`
+/// (qcow2 only), each cluster that shrinks is written compressed, as `qemu-img convert -c`
+/// writes it.
+#[allow(clippy::too_many_arguments)]
 pub fn copy_image(
     src: Source,
     out: &File,
     out_path: &Path,
     format: Format,
+    compress: bool,
     durable: bool,
     fault: &str,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<u64, CopyError> {
+    if compress && format != Format::Qcow2 {
+        return Err(CopyError::CompressNeedsQcow2 { format });
+    }
     let mut chain = Chain::open(src)?;
     if let Some((path, names)) = chain.bitmaps().first() {
         let names = names.iter().map(|n| format!("'{n}'")).collect::<Vec<_>>().join(", ");
@@ -52,12 +64,15 @@ pub fn copy_image(
         Format::Qcow2 => Some(Qcow2Writer::new(out, size, None)?),
         Format::Raw => None,
     };
+    let mut packer = compress.then(Packer::default);
     pipelined(
         size,
         |off, buf| chain.read(off, buf).map_err(CopyError::from),
         |off, buf, any| {
-            if any {
-                write_nonzero(buf, off, writer.as_mut(), out).map_err(werr)?;
+            match (any, &mut packer, writer.as_mut()) {
+                (false, _, _) => {}
+                (true, Some(p), Some(w)) => p.write_chunk(buf, off, w).map_err(werr)?,
+                (true, _, w) => write_nonzero(buf, off, w, out).map_err(werr)?,
             }
             if durable {
                 start_writeback(out);
@@ -145,6 +160,84 @@ fn write_nonzero(chunk: &[u8], off: u64, mut writer: Option<&mut Qcow2Writer>, o
             i += OUT_CLUSTER; // an all-zero cluster: left as a hole
         }
     }
+    Ok(())
+}
+
+/// Compressed output: the non-zero clusters of each chunk deflated on two threads (each
+/// taking the next cluster as it is free), then written in guest order, packed compressed
+/// where they shrank and as they are elsewhere. Memory: one chunk's worth of streams.
+#[derive(Default)]
+struct Packer {
+    deflaters: [Deflater; 2],
+    /// One buffer per non-zero cluster of the chunk: its stream, or empty if it did not shrink.
+    streams: Vec<Mutex<Vec<u8>>>,
+}
+
+impl Packer {
+    fn write_chunk(&mut self, chunk: &[u8], off: u64, w: &mut Qcow2Writer) -> std::io::Result<()> {
+        let cs = OUT_CLUSTER;
+        let nonzero: Vec<usize> = (0..chunk.len().div_ceil(cs))
+            .filter(|&i| !is_zero(&chunk[i * cs..((i + 1) * cs).min(chunk.len())]))
+            .collect();
+        if self.streams.len() < nonzero.len() {
+            self.streams.resize_with(nonzero.len(), Default::default);
+        }
+        let (streams, next) = (&self.streams[..], AtomicUsize::new(0));
+        let work = |d: &mut Deflater| -> std::io::Result<()> {
+            let mut padded = Vec::new();
+            loop {
+                let k = next.fetch_add(1, Ordering::Relaxed);
+                let Some(&i) = nonzero.get(k) else { return Ok(()) };
+                let mut out = streams[k].lock().expect("stream lock");
+                deflate_cluster(&chunk[i * cs..((i + 1) * cs).min(chunk.len())], &mut out, d, &mut padded)?;
+            }
+        };
+        let [da, db] = &mut self.deflaters;
+        let (ra, rb) = std::thread::scope(|s| {
+            let other = (nonzero.len() > 1).then(|| s.spawn(|| work(db)));
+            let mine = work(da);
+            (mine, other.map_or(Ok(()), |t| t.join().expect("deflating thread panicked")))
+        });
+        ra?;
+        rb?;
+        // Write in guest order; runs of clusters that did not shrink in one call each.
+        let streams: Vec<&Vec<u8>> = self.streams.iter_mut().map(|m| &*m.get_mut().expect("stream lock")).collect();
+        let first = off / cs as u64;
+        let mut k = 0;
+        while k < nonzero.len() {
+            let i = nonzero[k];
+            if !streams[k].is_empty() {
+                w.write_compressed(first + i as u64, streams[k])?;
+                k += 1;
+                continue;
+            }
+            let mut end = k + 1;
+            while end < nonzero.len()
+                && nonzero[end] == i + (end - k)
+                && streams[end].is_empty()
+                && (end - k) * cs < MAX_WRITE
+            {
+                end += 1;
+            }
+            let bytes = &chunk[i * cs..((i + end - k) * cs).min(chunk.len())];
+            w.write_clusters(first + i as u64, bytes)?;
+            k = end;
+        }
+        Ok(())
+    }
+}
+
+/// Deflate one cluster into `out` (left empty if it does not shrink). The image's last
+/// cluster may be short: it is deflated padded with zeros, as the guest reads it.
+fn deflate_cluster(data: &[u8], out: &mut Vec<u8>, d: &mut Deflater, padded: &mut Vec<u8>) -> std::io::Result<()> {
+    let mut data = data;
+    if data.len() < OUT_CLUSTER {
+        padded.clear();
+        padded.extend_from_slice(data);
+        padded.resize(OUT_CLUSTER, 0);
+        data = padded;
+    }
+    d.deflate(data, out)?;
     Ok(())
 }
 

@@ -184,18 +184,23 @@ pub fn driver_of(format: Format) -> &'static str {
 }
 
 /// Convert `layers` (a disk as its guest sees it, top first, each with its qemu driver) into
-/// a new image at `out` (an existing empty file, replaced) as `out_driver`, reporting
+/// a new image at `out` (an existing empty file, replaced) as `out_driver` (compressed with
+/// `compress`, qcow2 only), reporting
 /// `-p`'s progress as `progress(done, total)` over `total` bytes. qemu-img dies with kvmctl.
 pub fn convert(
     layers: &[(PathBuf, &str)],
     out: &Path,
     out_driver: &str,
+    compress: bool,
     total: u64,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<(), StorageError> {
     let src = format!("json:{}", blockdev(layers));
-    let args: Vec<String> =
-        vec!["convert".into(), "-p".into(), "-O".into(), out_driver.into(), src, out.to_string_lossy().into_owned()];
+    let mut args: Vec<String> = vec!["convert".into(), "-p".into(), "-O".into(), out_driver.into()];
+    if compress {
+        args.push("-c".into());
+    }
+    args.extend([src, out.to_string_lossy().into_owned()]);
     tracing::debug!(?args, "qemu-img");
     let mut cmd = Command::new("qemu-img");
     cmd.args(&args).env("LC_ALL", "C").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());

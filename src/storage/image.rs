@@ -1,6 +1,7 @@
 //! Disk image files: format detection, inspection, qemu's locks, and reading a whole
 //! backing chain as one guest-visible disk.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::fs::File;
 use std::io;
@@ -8,9 +9,12 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
+use super::codec::Inflater;
 pub use super::foreign::Foreign;
 use super::qcow2::{self, Mapping, Qcow2Error, Qcow2Reader};
 
@@ -286,6 +290,9 @@ pub fn backing_files(src: Source) -> Result<Vec<(PathBuf, Format)>, ChainError> 
 pub struct Chain {
     layers: Vec<Layer>,
     pub size: u64,
+    /// Decoder state for compressed clusters, one per inflating thread, kept across reads.
+    inflaters: [Inflater; 2],
+    pending: Inflations,
 }
 
 const MAX_CHAIN: usize = 16;
@@ -321,7 +328,7 @@ impl Chain {
             Layer::Qcow2(r) => r.header.size,
             Layer::Raw { len, .. } => *len,
         };
-        Ok(Chain { layers, size })
+        Ok(Chain { layers, size, inflaters: Default::default(), pending: Inflations::default() })
     }
 
     /// The persistent dirty bitmaps in the chain's qcow2 images, by image.
@@ -338,11 +345,29 @@ impl Chain {
     /// Read guest bytes at `off` into `buf`; returns whether any of it came from allocated
     /// data (false: the whole range is a hole and reads as zeros). A range with no data at
     /// all is answered from the mappings alone and `buf` is left untouched.
+    ///
+    /// Compressed clusters are inflated once the mappings are walked, on two threads.
     pub fn read(&mut self, off: u64, buf: &mut [u8]) -> Result<bool, ChainError> {
         if !has_data(&mut self.layers, off, buf.len() as u64)? {
             return Ok(false);
         }
-        read_layer(&mut self.layers, off, buf)
+        self.pending.clear();
+        let any = read_layer(&mut self.layers, 0, off, buf, 0, &mut self.pending)?;
+        if !self.pending.jobs.is_empty() {
+            self.pending.read_streams(&self.layers)?;
+            self.pending.inflate_into(buf, &mut self.inflaters).map_err(|(job, why)| {
+                let j = &self.pending.jobs[job];
+                let path = match &self.layers[j.layer] {
+                    Layer::Qcow2(r) => r.path.clone(),
+                    Layer::Raw { .. } => PathBuf::new(),
+                };
+                ChainError::Qcow2(Qcow2Error::Corrupt {
+                    path,
+                    reason: format!("compressed cluster at offset {} {why}", j.off),
+                })
+            })?;
+        }
+        Ok(any)
     }
 }
 
@@ -376,7 +401,16 @@ fn has_data(layers: &mut [Layer], off: u64, len: u64) -> Result<bool, ChainError
     }
 }
 
-fn read_layer(layers: &mut [Layer], off: u64, buf: &mut [u8]) -> Result<bool, ChainError> {
+/// Fill `buf` (at position `at` of the caller's buffer) with guest bytes at `off` from
+/// `layers` (the chain from `depth` down); compressed clusters are left to `pending`.
+fn read_layer(
+    layers: &mut [Layer],
+    depth: usize,
+    off: u64,
+    buf: &mut [u8],
+    at: usize,
+    pending: &mut Inflations,
+) -> Result<bool, ChainError> {
     let Some((layer, rest)) = layers.split_first_mut() else {
         buf.fill(0);
         return Ok(false);
@@ -425,17 +459,188 @@ fn read_layer(layers: &mut [Layer], off: u64, buf: &mut [u8]) -> Result<bool, Ch
                         continue;
                     }
                     Mapping::Compressed { off: h, len } => {
-                        let within = (g % cs) as usize;
-                        buf[pos..pos + piece].copy_from_slice(&r.inflate(h, len)?[within..within + piece]);
+                        let stream = Stream { layer: depth, off: h, len, ty: r.header.compression_type, cs };
+                        pending.add(stream, (at + pos, (g % cs) as usize, piece));
                         any = true;
                     }
                     Mapping::Zero => buf[pos..pos + piece].fill(0),
-                    Mapping::Unallocated => any |= read_layer(rest, g, &mut buf[pos..pos + piece])?,
+                    Mapping::Unallocated => {
+                        any |= read_layer(rest, depth + 1, g, &mut buf[pos..pos + piece], at + pos, pending)?
+                    }
                 }
                 pos += piece;
             }
             Ok(any)
         }
+    }
+}
+
+/// A compressed cluster's stream in one image of a chain: `layer` (0 = top), its host
+/// offset and length (to its last sector's end), compression type, and cluster size.
+#[derive(Debug, Clone, Copy)]
+struct Stream {
+    layer: usize,
+    off: u64,
+    len: u64,
+    ty: u8,
+    cs: u64,
+}
+
+/// One compressed cluster a read needs: its stream, where the stream's bytes are in
+/// `Inflations::raw`, and where its bytes go: (buffer position, offset in the cluster, length).
+struct Inflation {
+    stream: Stream,
+    raw: std::ops::Range<usize>,
+    dests: Vec<(usize, usize, usize)>,
+}
+
+impl std::ops::Deref for Inflation {
+    type Target = Stream;
+    fn deref(&self) -> &Stream {
+        &self.stream
+    }
+}
+
+/// Streams closer than this on the host are read with one pread (qemu packs them back to
+/// back, so a chunk's streams are usually one run).
+const STREAM_GAP: u64 = 64 << 10;
+/// The longest run of streams read at once.
+const STREAM_RUN: u64 = 16 << 20;
+
+/// The compressed clusters of one [`Chain::read`], each inflated once however many pieces
+/// of the buffer it fills. Memory stays bounded by the chunk: the streams of its clusters
+/// and, for clusters only partly in it, one cluster each.
+#[derive(Default)]
+struct Inflations {
+    jobs: Vec<Inflation>,
+    index: HashMap<(usize, u64), usize>,
+    raw: Vec<u8>,
+    spare: Vec<Vec<u8>>,
+}
+
+/// Where one inflation goes: straight into the buffer (a whole cluster in it), or into a
+/// cluster of its own whose pieces are copied out afterwards.
+enum Target<'a> {
+    Direct(&'a mut [u8]),
+    Scratch(Vec<u8>),
+}
+
+impl Inflations {
+    fn clear(&mut self) {
+        self.jobs.clear();
+        self.index.clear();
+        self.raw.clear();
+    }
+
+    fn add(&mut self, stream: Stream, dest: (usize, usize, usize)) {
+        let n = self.jobs.len();
+        let i = *self.index.entry((stream.layer, stream.off)).or_insert(n);
+        if i == n {
+            self.jobs.push(Inflation { stream, raw: 0..0, dests: Vec::new() });
+        }
+        self.jobs[i].dests.push(dest);
+    }
+
+    /// Read every job's stream into `raw`, neighbours on the host in one pread.
+    fn read_streams(&mut self, layers: &[Layer]) -> Result<(), ChainError> {
+        let mut order: Vec<usize> = (0..self.jobs.len()).collect();
+        order.sort_unstable_by_key(|&i| (self.jobs[i].layer, self.jobs[i].off));
+        let mut k = 0;
+        while k < order.len() {
+            let first = &self.jobs[order[k]];
+            let (layer, start) = (first.layer, first.off);
+            let mut end = start + first.len;
+            let mut last = k + 1;
+            while let Some(next) = order.get(last).map(|&i| &self.jobs[i]) {
+                let next_end = end.max(next.off + next.len);
+                if next.layer != layer || next.off > end + STREAM_GAP || next_end - start > STREAM_RUN {
+                    break;
+                }
+                end = next_end;
+                last += 1;
+            }
+            let base = self.raw.len();
+            self.raw.resize(base + (end - start) as usize, 0);
+            let Layer::Qcow2(r) = &layers[layer] else { unreachable!("compressed clusters are in qcow2 layers") };
+            r.read_host(&mut self.raw[base..], start)?;
+            for &i in &order[k..last] {
+                let j = &mut self.jobs[i];
+                let at = base + (j.off - start) as usize;
+                j.raw = at..at + j.len as usize;
+            }
+            k = last;
+        }
+        Ok(())
+    }
+
+    /// Inflate every job into `buf` on two threads. The error is the first failing job's
+    /// (its index and why).
+    fn inflate_into(&mut self, buf: &mut [u8], inflaters: &mut [Inflater; 2]) -> Result<(), (usize, String)> {
+        let mut direct: Vec<(usize, usize)> = Vec::new();
+        let mut work: Vec<(usize, Target)> = Vec::new();
+        for (i, j) in self.jobs.iter().enumerate() {
+            match j.dests[..] {
+                [(pos, 0, n)] if n as u64 == j.cs => direct.push((pos, i)),
+                _ => {
+                    let mut v = self.spare.pop().unwrap_or_default();
+                    v.resize(j.cs as usize, 0);
+                    work.push((i, Target::Scratch(v)));
+                }
+            }
+        }
+        direct.sort_unstable();
+        let (mut rest, mut done) = (&mut buf[..], 0usize);
+        for (pos, i) in direct {
+            let tail = std::mem::take(&mut rest).split_at_mut(pos - done).1;
+            let (mine, tail) = tail.split_at_mut(self.jobs[i].cs as usize);
+            (rest, done) = (tail, pos + mine.len());
+            work.push((i, Target::Direct(mine)));
+        }
+        // Two threads, each taking the next cluster (in job order) as it is free.
+        work.sort_unstable_by_key(|(i, _)| *i);
+        let work: Vec<Mutex<(usize, Target)>> = work.into_iter().map(Mutex::new).collect();
+        let (jobs, raw, next) = (&self.jobs, &self.raw, AtomicUsize::new(0));
+        let run = |inf: &mut Inflater| -> Result<(), (usize, String)> {
+            while let Some(w) = work.get(next.fetch_add(1, Ordering::Relaxed)) {
+                let mut w = w.lock().expect("inflation lock");
+                let (i, t) = &mut *w;
+                let j = &jobs[*i];
+                let out = match t {
+                    Target::Direct(d) => &mut **d,
+                    Target::Scratch(v) => &mut v[..],
+                };
+                inf.inflate(j.ty, &raw[j.raw.clone()], out).map_err(|why| (*i, why))?;
+            }
+            Ok(())
+        };
+        let [inf_a, inf_b] = inflaters;
+        let (ra, rb) = std::thread::scope(|s| {
+            let other = (work.len() > 1).then(|| s.spawn(|| run(inf_b)));
+            let mine = run(inf_a);
+            (mine, other.map_or(Ok(()), |t| t.join().expect("inflating thread panicked")))
+        });
+        // Clusters are handed out in order and each thread stops at its first failure: the
+        // smaller of the two is the first failing cluster.
+        match (ra, rb) {
+            (Err(x), Err(y)) => return Err(if x.0 <= y.0 { x } else { y }),
+            (Err(e), _) | (_, Err(e)) => return Err(e),
+            _ => {}
+        }
+        let scratch: Vec<(usize, Vec<u8>)> = work
+            .into_iter()
+            .map(|m| m.into_inner().expect("inflation lock"))
+            .filter_map(|(i, t)| match t {
+                Target::Scratch(v) => Some((i, v)),
+                Target::Direct(_) => None,
+            })
+            .collect();
+        for (i, v) in scratch {
+            for &(pos, within, n) in &self.jobs[i].dests {
+                buf[pos..pos + n].copy_from_slice(&v[within..within + n]);
+            }
+            self.spare.push(v);
+        }
+        Ok(())
     }
 }
 

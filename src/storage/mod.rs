@@ -1,5 +1,6 @@
 //! Storage: directory pools and the volumes (image files) in them.
 
+pub mod codec;
 pub mod copy;
 mod error;
 pub mod foreign;

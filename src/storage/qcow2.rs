@@ -335,8 +335,6 @@ pub struct Qcow2Reader {
     l1: Vec<u64>,
     l2_cache: BTreeMap<u32, Vec<u64>>,
     file_len: u64,
-    /// The last compressed cluster inflated: its host offset and its bytes.
-    inflated: Option<(u64, Vec<u8>)>,
 }
 
 impl Qcow2Reader {
@@ -348,15 +346,7 @@ impl Qcow2Reader {
         file.read_exact_at(&mut raw, header.l1_table_offset).map_err(ioe)?;
         let l1 = raw.chunks_exact(8).map(|c| u64::from_be_bytes(c.try_into().unwrap())).collect();
         let file_len = file.metadata().map_err(ioe)?.len();
-        Ok(Qcow2Reader {
-            path: path.to_path_buf(),
-            header,
-            file,
-            l1,
-            l2_cache: BTreeMap::new(),
-            file_len,
-            inflated: None,
-        })
+        Ok(Qcow2Reader { path: path.to_path_buf(), header, file, l1, l2_cache: BTreeMap::new(), file_len })
     }
 
     fn corrupt(&self, reason: String) -> Qcow2Error {
@@ -433,83 +423,8 @@ impl Qcow2Reader {
         }
     }
 
-    /// The bytes of the compressed cluster at `off` (from [`Mapping::Compressed`]), inflated
-    /// with the image's compression type. A stream that does not inflate to exactly one
-    /// cluster is refused as corrupt: what would inflate past the cluster is never produced
-    /// beyond one byte (the output is bounded by the cluster, so a bomb costs nothing).
-    pub fn inflate(&mut self, off: u64, len: u64) -> Result<&[u8], Qcow2Error> {
-        if !matches!(&self.inflated, Some((at, _)) if *at == off) {
-            let cs = self.header.cluster_size() as usize;
-            let mut raw = vec![0u8; len as usize];
-            self.read_host(&mut raw, off)?;
-            let mut out = self.inflated.take().map(|(_, v)| v).unwrap_or_default();
-            let result = match self.header.compression_type {
-                COMPRESSION_ZSTD => unzstd(&raw, &mut out, cs),
-                _ => unzlib(&raw, &mut out, cs),
-            };
-            if let Err(why) = result {
-                return Err(self.corrupt(format!("compressed cluster at offset {off} {why}")));
-            }
-            self.inflated = Some((off, out));
-        }
-        Ok(&self.inflated.as_ref().expect("inflated above").1)
-    }
-
     pub fn read_host(&self, buf: &mut [u8], host_off: u64) -> Result<(), Qcow2Error> {
         self.file.read_exact_at(buf, host_off).map_err(|source| Qcow2Error::Io { path: self.path.clone(), source })
-    }
-}
-
-/// Inflate raw deflate (qcow2's zlib type: no zlib header) from `raw` into `out`, which must
-/// come to exactly `cs` bytes. `raw` may carry garbage after the stream (its length is only
-/// known to the sector).
-fn unzlib(raw: &[u8], out: &mut Vec<u8>, cs: usize) -> Result<(), String> {
-    use flate2::{Decompress, FlushDecompress, Status};
-    out.clear();
-    out.resize(cs, 0);
-    let mut d = Decompress::new(false);
-    // Flush `None`: with `Finish`, a stream that does not fit leaves the decoder failed,
-    // and the check below could not tell "ends here" from "goes on".
-    let status = d.decompress(raw, out, FlushDecompress::None).map_err(|e| format!("does not inflate ({e})"))?;
-    let got = d.total_out() as usize;
-    if got != cs {
-        out.truncate(got);
-        return Err(format!("inflates to {got} bytes, not the cluster's {cs}"));
-    }
-    if status != Status::StreamEnd {
-        // The cluster is full: one byte more would mean the stream goes on past it.
-        let mut more = [0u8; 1];
-        let rest = &raw[d.total_in() as usize..];
-        if d.decompress(rest, &mut more, FlushDecompress::None).is_ok() && d.total_out() as usize > cs {
-            return Err(format!("inflates past the cluster's {cs} bytes"));
-        }
-    }
-    Ok(())
-}
-
-/// Decompress a zstd frame (qcow2's zstd type) from `raw` into `out`, exactly `cs` bytes.
-/// The window is bounded, so a hostile frame cannot make the decoder allocate more than
-/// a few MiB.
-fn unzstd(raw: &[u8], out: &mut Vec<u8>, cs: usize) -> Result<(), String> {
-    use std::io::Read;
-    out.clear();
-    let mut src = raw;
-    let mut d = ruzstd::decoding::StreamingDecoder::new_with_max_window_size(&mut src, 8 << 20)
-        .map_err(|e| format!("is not a zstd frame ({e})"))?;
-    out.resize(cs + 1, 0);
-    let mut got = 0;
-    while got < cs + 1 {
-        match d.read(&mut out[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) => return Err(format!("does not decompress ({e})")),
-        }
-    }
-    out.truncate(got.min(cs));
-    match got {
-        n if n > cs => Err(format!("decompresses past the cluster's {cs} bytes")),
-        n if n < cs => Err(format!("decompresses to {n} bytes, not the cluster's {cs}")),
-        _ => Ok(()),
     }
 }
 
@@ -532,6 +447,11 @@ pub struct Backing {
 
 /// A qcow2 image written front to back: data clusters are appended in the order given,
 /// metadata (L2 tables, refcounts, L1, header) is written by `finish`.
+///
+/// Compressed clusters (qemu's zlib type) are packed back to back at byte granularity, as
+/// qemu packs them: several share a host cluster and one may straddle two. A host cluster's
+/// refcount is then the number of compressed clusters touching it (qemu's rule, which
+/// `qemu-img check` verifies); any other cluster's is 1.
 pub struct Qcow2Writer<'f> {
     file: &'f File,
     cluster_bits: u32,
@@ -540,7 +460,30 @@ pub struct Qcow2Writer<'f> {
     l1_offset: u64,
     l1_entries: u64,
     l2: BTreeMap<u64, Vec<u64>>,
+    /// The first free byte (not cluster-aligned after compressed clusters).
     next_free: u64,
+    /// Host clusters holding compressed streams: how many streams touch each.
+    shared: BTreeMap<u64, u16>,
+    /// Compressed streams not yet written, to go at host offset `packed_at`.
+    packed: Vec<u8>,
+    packed_at: u64,
+}
+
+/// Compressed streams are written once this many bytes of them are packed.
+const PACKED_WRITE: usize = 1 << 20;
+
+/// qcow2's compressed cluster descriptor for a `len`-byte stream at host offset `off`:
+/// the offset in the low `62 - (cluster_bits - 8)` bits, then the number of 512-byte
+/// sectors it touches beyond the first.
+fn compressed_descriptor(off: u64, len: u64, cluster_bits: u32) -> u64 {
+    let shift = 62 - (cluster_bits - 8);
+    let extra = ((off + len - 1) >> 9) - (off >> 9);
+    L2_COMPRESSED | (extra << shift) | off
+}
+
+/// The host clusters a `len`-byte stream at `off` touches.
+fn touched(off: u64, len: u64, cs: u64) -> std::ops::RangeInclusive<u64> {
+    off / cs..=(off + len - 1) / cs
 }
 
 impl<'f> Qcow2Writer<'f> {
@@ -562,6 +505,9 @@ impl<'f> Qcow2Writer<'f> {
             l1_entries,
             l2: BTreeMap::new(),
             next_free: cs + l1_clusters * cs,
+            shared: BTreeMap::new(),
+            packed: Vec::new(),
+            packed_at: 0,
         })
     }
 
@@ -579,13 +525,53 @@ impl<'f> Qcow2Writer<'f> {
     /// contents of guest clusters starting at `first_cluster`.
     pub fn write_clusters(&mut self, first_cluster: u64, data: &[u8]) -> io::Result<()> {
         let cs = self.cluster_size();
-        let host = self.next_free;
+        self.flush_packed()?;
+        let host = self.next_free.next_multiple_of(cs);
+        self.next_free = host;
         self.file.write_all_at(data, host)?;
         let n = (data.len() as u64).div_ceil(cs);
         for i in 0..n {
             *self.l2_entry(first_cluster + i) = (host + i * cs) | COPIED;
         }
         self.next_free += n * cs;
+        Ok(())
+    }
+
+    /// Store guest cluster `guest_cluster` as `stream`, a raw deflate stream (window bits
+    /// -12) shorter than a cluster that inflates to it, packed right after the compressed
+    /// stream before it.
+    pub fn write_compressed(&mut self, guest_cluster: u64, stream: &[u8]) -> io::Result<()> {
+        let cs = self.cluster_size();
+        let len = stream.len() as u64;
+        if len == 0 || len >= cs {
+            return Err(io::Error::other(format!("a compressed cluster of {len} bytes (clusters are {cs})")));
+        }
+        let mut off = self.next_free;
+        // A host cluster whose refcount would overflow (16 bits) takes no more streams.
+        if touched(off, len, cs).any(|c| self.shared.get(&c) == Some(&u16::MAX)) {
+            off = off.next_multiple_of(cs);
+        }
+        if self.packed.is_empty() {
+            self.packed_at = off;
+        }
+        self.packed.resize((off - self.packed_at) as usize, 0);
+        self.packed.extend_from_slice(stream);
+        for c in touched(off, len, cs) {
+            *self.shared.entry(c).or_insert(0) += 1;
+        }
+        *self.l2_entry(guest_cluster) = compressed_descriptor(off, len, self.cluster_bits);
+        self.next_free = off + len;
+        if self.packed.len() >= PACKED_WRITE {
+            self.flush_packed()?;
+        }
+        Ok(())
+    }
+
+    fn flush_packed(&mut self) -> io::Result<()> {
+        if !self.packed.is_empty() {
+            self.file.write_all_at(&self.packed, self.packed_at)?;
+            self.packed.clear();
+        }
         Ok(())
     }
 
@@ -600,6 +586,7 @@ impl<'f> Qcow2Writer<'f> {
     /// are all mapped; the data stays a hole in the file and reads as zeros.
     pub fn preallocate_metadata(&mut self) {
         let cs = self.cluster_size();
+        self.next_free = self.next_free.next_multiple_of(cs);
         for c in 0..self.size.div_ceil(cs) {
             let host = self.next_free;
             *self.l2_entry(c) = host | COPIED;
@@ -610,7 +597,8 @@ impl<'f> Qcow2Writer<'f> {
     /// Write L2 tables, refcounts, L1 and header; returns the file length.
     pub fn finish(mut self) -> io::Result<u64> {
         let cs = self.cluster_size();
-        let data_end = self.next_free;
+        self.flush_packed()?;
+        let data_end = self.next_free.next_multiple_of(cs);
         // L2 tables, appended in one write.
         let mut l1 = vec![0u64; self.l1_entries as usize];
         let mut l2_bytes = Vec::with_capacity(self.l2.len() * cs as usize);
@@ -642,7 +630,8 @@ impl<'f> Qcow2Writer<'f> {
         }
         let mut rblocks = vec![0u8; (blocks * cs) as usize];
         for c in 0..total {
-            rblocks[(c * 2) as usize..(c * 2 + 2) as usize].copy_from_slice(&1u16.to_be_bytes());
+            let refs = self.shared.get(&c).copied().unwrap_or(1);
+            rblocks[(c * 2) as usize..(c * 2 + 2) as usize].copy_from_slice(&refs.to_be_bytes());
         }
         table.extend_from_slice(&rblocks);
         self.file.write_all_at(&table, rt_offset)?;
@@ -757,26 +746,105 @@ mod tests {
         assert_eq!(h.l1_size, 2048);
     }
 
+    /// The 16-bit refcount of every host cluster of a file this writer finished.
+    fn refcounts(p: &Path) -> Vec<u16> {
+        let b = std::fs::read(p).unwrap();
+        let cs = 1usize << be32(&b, 20);
+        let block = be64(&b, be64(&b, 48) as usize) as usize;
+        (0..b.len() / cs).map(|c| u16::from_be_bytes([b[block + 2 * c], b[block + 2 * c + 1]])).collect()
+    }
+
     #[test]
-    fn zlib_streams_must_fill_the_cluster_exactly() {
-        use flate2::{write::DeflateEncoder, Compression};
-        use std::io::Write;
-        let deflate = |data: &[u8]| {
-            let mut e = DeflateEncoder::new(Vec::new(), Compression::default());
-            e.write_all(data).unwrap();
-            e.finish().unwrap()
-        };
-        let mut out = Vec::new();
-        let mut exact = deflate(&[7u8; 4096]);
-        exact.extend_from_slice(&[0xee; 300]); // garbage up to the sector's end is allowed
-        unzlib(&exact, &mut out, 4096).unwrap();
-        assert_eq!(out, vec![7u8; 4096]);
-        let e = unzlib(&deflate(&[7u8; 4000]), &mut out, 4096).unwrap_err();
-        assert!(e.contains("inflates to 4000 bytes"), "{e}");
-        let e = unzlib(&deflate(&[7u8; 4097]), &mut out, 4096).unwrap_err();
-        assert!(e.contains("inflates past the cluster"), "{e}");
-        let e = unzlib(&[0xff; 64], &mut out, 4096).unwrap_err();
-        assert!(e.contains("does not inflate"), "{e}");
+    fn compressed_descriptor_counts_the_sectors_past_the_first() {
+        let shift = 62 - 8;
+        assert_eq!(compressed_descriptor(65536, 512, 16), L2_COMPRESSED | 65536, "one whole sector");
+        assert_eq!(compressed_descriptor(65536 + 510, 4, 16), L2_COMPRESSED | (1 << shift) | (65536 + 510));
+        assert_eq!(compressed_descriptor(65536 + 1, 65535, 16), L2_COMPRESSED | (127 << shift) | 65537);
+        assert_eq!(compressed_descriptor(65536 + 511, 65535, 16), L2_COMPRESSED | (128 << shift) | (65536 + 511));
+        assert_eq!(touched(65536 * 3 - 10, 20, 65536), 2..=3);
+        assert_eq!(touched(65536 * 3, 65535, 65536), 3..=3);
+    }
+
+    /// Streams are packed back to back across host cluster boundaries, each host cluster
+    /// counted once per stream touching it, uncompressed clusters aligned after them; every
+    /// cluster reads back through the reader.
+    #[test]
+    fn compressed_clusters_are_packed_and_refcounted_once_per_stream_touching_them() {
+        use crate::storage::codec::{Deflater, Inflater};
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.qcow2");
+        let f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&p).unwrap();
+        let mut w = Qcow2Writer::new(&f, 1 << 30, None).unwrap();
+        let cs = w.cluster_size() as usize;
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        // ~30000 random bytes then zeros: streams of about 30 KB, so the third straddles.
+        let clusters: Vec<Vec<u8>> = (0..3)
+            .map(|_| {
+                let mut c = vec![0u8; cs];
+                for b in &mut c[..30000] {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    *b = x as u8;
+                }
+                c
+            })
+            .collect();
+        let first_data = w.next_free;
+        let (mut d, mut stream) = (Deflater::new(), Vec::new());
+        let mut lens = Vec::new();
+        for (i, c) in clusters.iter().enumerate() {
+            assert!(d.deflate(c, &mut stream).unwrap());
+            w.write_compressed(10 + i as u64, &stream).unwrap();
+            lens.push(stream.len() as u64);
+        }
+        assert!(lens.iter().sum::<u64>() > cs as u64, "the streams spill into a second host cluster");
+        let plain = vec![0x5au8; cs];
+        w.write_clusters(20, &plain).unwrap();
+        w.finish().unwrap();
+        let mut r = Qcow2Reader::open(&p).unwrap();
+        let mut at = first_data;
+        let mut inf = Inflater::new();
+        for (i, c) in clusters.iter().enumerate() {
+            let Mapping::Compressed { off, len } = r.map(10 + i as u64).unwrap() else { panic!("not compressed") };
+            assert_eq!(off, at, "stream {i} right after the one before");
+            assert!(len >= lens[i], "the descriptor covers the stream");
+            let mut raw = vec![0u8; len as usize];
+            r.read_host(&mut raw, off).unwrap();
+            let mut out = vec![0u8; cs];
+            inf.inflate(COMPRESSION_ZLIB, &raw, &mut out).unwrap();
+            assert!(out == *c, "cluster {i} reads back");
+            at += lens[i];
+        }
+        let Mapping::Data(plain_at) = r.map(20).unwrap() else { panic!("not mapped") };
+        assert_eq!(plain_at, first_data + 2 * cs as u64, "aligned past the shared cluster");
+        let refs = refcounts(&p);
+        let first = (first_data / cs as u64) as usize;
+        assert_eq!(refs[first], 3, "three streams touch the first data cluster");
+        assert_eq!(refs[first + 1], 1, "only the third reaches the second");
+        assert!(refs.iter().enumerate().all(|(c, n)| *n == 1 || c == first), "{refs:?}");
+    }
+
+    #[test]
+    fn a_host_cluster_takes_no_more_streams_than_its_refcount_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = File::create(dir.path().join("o.qcow2")).unwrap();
+        let mut w = Qcow2Writer::new(&f, 8 << 30, None).unwrap();
+        let cs = w.cluster_size();
+        let start = w.next_free;
+        for g in 0..u16::MAX as u64 {
+            w.write_compressed(g, &[0x03]).unwrap();
+        }
+        assert_eq!(w.shared[&(start / cs)], u16::MAX);
+        w.write_compressed(u16::MAX as u64, &[0x03]).unwrap();
+        assert_eq!(w.shared[&(start / cs + 1)], 1, "the next stream starts a new host cluster");
+        let (g, per_l2) = (u16::MAX as u64, cs / 8);
+        let e = w.l2[&(g / per_l2)][(g % per_l2) as usize];
+        assert_eq!(e & ((1 << 54) - 1), start + cs);
+        assert!(
+            w.write_compressed(1 << 17, &vec![1u8; cs as usize]).is_err(),
+            "a stream must be shorter than a cluster"
+        );
     }
 
     #[test]

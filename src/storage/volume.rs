@@ -319,16 +319,24 @@ pub fn resize(
 }
 
 /// `vol-clone`: a full, sparse copy in the source's format, or a qcow2 overlay (`linked`).
-/// A full copy waits for the disk only with `sync` (an overlay, a few KiB, always does).
+/// A full copy waits for the disk only with `sync` (an overlay, a few KiB, always does);
+/// with `compress` (full qcow2 copies) its clusters are written compressed.
+#[allow(clippy::too_many_arguments)]
 pub fn clone(
     store: &Store,
     src: &VolRef,
     pool_name: &str,
     new_name: &str,
     linked: bool,
+    compress: bool,
     sync: bool,
     progress: Progress,
 ) -> Result<VolRef, StorageError> {
+    if linked && compress {
+        return Err(StorageError::Invalid(
+            "--compress makes a full copy; a linked clone has nothing to compress".into(),
+        ));
+    }
     check_not_in_use(&src.path, true, "shut the VM off (or pause it) before cloning its disk")?;
     let src_info = info(store, src)?;
     let src_format = src_info.format;
@@ -344,7 +352,7 @@ pub fn clone(
         let out = nv.file().try_clone().map_err(io_at(&dest))?;
         let policy = pool::backing_policy(store);
         let source = Source { path: &src.path, format: src_format, backing: &policy };
-        copy_image(source, &out, &dest, src_format, sync, "vol-clone.copy", progress)?;
+        copy_image(source, &out, &dest, src_format, compress, sync, "vol-clone.copy", progress)?;
     }
     nv.commit(sync || linked)
 }
@@ -378,12 +386,14 @@ fn format_of(recorded: &[(String, PathBuf, String)], path: &Path) -> Result<Form
 /// `vol-import`: bring an image into a pool, converting to `format` if given. An image of
 /// another hypervisor's format (vmdk, vdi, vhdx, vhd, qcow) is converted with qemu-img into
 /// `format` (qcow2 by default), named after the file with the new format's extension.
+#[allow(clippy::too_many_arguments)]
 pub fn import(
     store: &Store,
     file: &Path,
     pool_name: &str,
     name: Option<&str>,
     format: Option<Format>,
+    compress: bool,
     sync: bool,
     progress: Progress,
 ) -> Result<VolRef, StorageError> {
@@ -399,7 +409,7 @@ pub fn import(
                 Some(n) => n.to_string(),
                 None => converted_name(file, format),
             };
-            return import_foreign(store, file, driver, pool_name, &name, format, sync, progress);
+            return import_foreign(store, file, driver, pool_name, &name, format, compress, sync, progress);
         }
     }
     let name = match name {
@@ -413,7 +423,7 @@ pub fn import(
     let dest = nv.dest.clone();
     let out = nv.file().try_clone().map_err(io_at(&dest))?;
     let source = Source { path: file, format: src_fmt, backing: &policy };
-    copy_image(source, &out, &dest, format.unwrap_or(src_fmt), sync, "vol-import.copy", progress)?;
+    copy_image(source, &out, &dest, format.unwrap_or(src_fmt), compress, sync, "vol-import.copy", progress)?;
     nv.commit(sync)
 }
 
@@ -433,9 +443,13 @@ pub fn import_foreign(
     pool_name: &str,
     name: &str,
     format: Format,
+    compress: bool,
     sync: bool,
     progress: Progress,
 ) -> Result<VolRef, StorageError> {
+    if compress && format != Format::Qcow2 {
+        return Err(super::copy::CopyError::CompressNeedsQcow2 { format }.into());
+    }
     let file = fs::canonicalize(file).map_err(io_at(file))?;
     foreign::check_standalone(&file, driver)?;
     foreign::check_within_file(&file, driver)?;
@@ -443,7 +457,7 @@ pub fn import_foreign(
     check_capacity(&format!("volume '{name}' in pool '{pool_name}'"), format, qcow2::DEFAULT_CLUSTER_BITS, size)?;
     let nv = NewVolume::begin(store, pool_name, name)?;
     let tmp = nv.tmp.path().to_path_buf();
-    foreign::convert(&[(file.clone(), driver)], &tmp, foreign::driver_of(format), size, progress)?;
+    foreign::convert(&[(file.clone(), driver)], &tmp, foreign::driver_of(format), compress, size, progress)?;
     crate::fault::point("vol-import.converted");
     if format == Format::Qcow2 {
         foreign::check_qcow2(&tmp)?;
@@ -524,7 +538,7 @@ pub fn download(
         "qcow2" | "raw" => {
             let f = if format == "raw" { Format::Raw } else { Format::Qcow2 };
             let out = tmp.file().try_clone().map_err(io_at(file))?;
-            copy_image(source, &out, file, f, false, "vol-download.copy", progress)?
+            copy_image(source, &out, file, f, false, false, "vol-download.copy", progress)?
         }
         _ if foreign::EXPORT_DRIVERS.contains(&format) => {
             let mut layers = vec![(vref.path.clone(), foreign::driver_of(src_info.format))];
@@ -532,7 +546,7 @@ pub fn download(
                 layers.push((p, foreign::driver_of(f)));
             }
             let tmp_path = tmp.path().to_path_buf();
-            foreign::convert(&layers, &tmp_path, format, src_info.capacity, progress)?;
+            foreign::convert(&layers, &tmp_path, format, false, src_info.capacity, progress)?;
             src_info.capacity
         }
         _ => {

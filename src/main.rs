@@ -9,12 +9,17 @@ fn main() -> ExitCode {
     if args.get(1).is_some_and(|a| a == "__supervise") {
         kvmctl::domain::supervisor::main_from_args(&args[2..]);
     }
-    // `COMPLETE=bash kvmctl` prints the shell's registration; the shell then calls back here.
-    clap_complete::CompleteEnv::with_factory(<kvmctl::cli::Cli as clap::CommandFactory>::command).complete();
+    // The shell's completion calls back here with KVMCTL_COMPLETE set (`kvmctl completion bash`
+    // prints the registration). kvmctl's own variable: a stray COMPLETE in the environment
+    // must not turn every command into a completion.
+    clap_complete::CompleteEnv::with_factory(<kvmctl::cli::Cli as clap::CommandFactory>::command)
+        .var(kvmctl::cli::COMPLETE_VAR)
+        .complete();
     // Ctrl+C, SIGTERM and SIGHUP remove this command's temp files before it dies.
     kvmctl::state::interrupt::remove_temps_on_signals();
     // clap exits with 2 on usage errors and 0 for --help/--version.
-    let cli = kvmctl::cli::Cli::parse();
+    // virsh's named forms (`start --domain web1`) become kvmctl's positionals first.
+    let cli = kvmctl::cli::Cli::parse_from(kvmctl::cli::virsh_args::rewrite(std::env::args_os().collect()));
     kvmctl::cli::init_tracing(cli.verbose, cli.quiet);
     match kvmctl::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,

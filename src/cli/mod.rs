@@ -11,6 +11,7 @@ mod net_attach;
 mod network;
 mod output;
 mod pool;
+pub mod virsh_args;
 mod volume;
 
 use std::path::PathBuf;
@@ -72,12 +73,18 @@ pub enum Command {
     Man { dir: PathBuf },
 }
 
+/// The environment variable of the completion callback.
+pub const COMPLETE_VAR: &str = "KVMCTL_COMPLETE";
+
 /// The registration script of `shell`, calling `kvmctl` (from PATH) back for every completion.
 fn completion(shell: &str) -> anyhow::Result<()> {
     use clap::CommandFactory;
     // SAFETY: single-threaded here (before any runtime or thread starts).
-    std::env::set_var("COMPLETE", shell);
-    clap_complete::CompleteEnv::with_factory(Cli::command).completer("kvmctl").try_complete(["kvmctl"], None)?;
+    std::env::set_var(COMPLETE_VAR, shell);
+    clap_complete::CompleteEnv::with_factory(Cli::command)
+        .var(COMPLETE_VAR)
+        .completer("kvmctl")
+        .try_complete(["kvmctl"], None)?;
     Ok(())
 }
 
@@ -104,7 +111,7 @@ fn man_pages(dir: &std::path::Path) -> anyhow::Result<()> {
     write("kvmctl", cmd)
 }
 
-/// Dynamic completion (`source <(COMPLETE=bash kvmctl)`): the names of defined objects, read
+/// Dynamic completion (`source <(kvmctl completion bash)`): the names of defined objects, read
 /// from the definition directories of the root in `KVMCTL_ROOT` (or the default one) without
 /// taking a lock or creating anything.
 fn defined(kind: crate::paths::Kind) -> Vec<String> {

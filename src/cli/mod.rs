@@ -2,6 +2,7 @@
 
 mod clone;
 mod console;
+mod doctor;
 mod domain;
 mod editor;
 mod iface;
@@ -68,6 +69,8 @@ pub enum Command {
         #[arg(value_parser = ["bash", "zsh", "fish", "elvish", "powershell"])]
         shell: String,
     },
+    /// Check what this host can run (virt-host-validate, and more): ok / warn / fail with what to do.
+    Doctor,
     /// Write one man page per command into DIR (`make man`).
     #[command(hide = true, name = "__man")]
     Man { dir: PathBuf },
@@ -226,6 +229,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Domain(c) => domain::run(c, &ctx),
         Command::Iface(c) => iface::run(c, &ctx),
         Command::Image(c) => image::run(c, &ctx),
+        Command::Doctor => doctor::doctor(&ctx),
         Command::Completion { .. } | Command::Man { .. } => unreachable!("handled before the store is opened"),
     }
 }

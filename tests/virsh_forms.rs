@@ -48,6 +48,13 @@ fn named_forms_run_the_same_commands_as_positional_ones() {
     k.ok(&["-q", "autostart", "--domain", "vf1"]);
     k.ok(&["-q", "undefine", "--domain", "vf1"]);
     assert_eq!(k.ok(&["list", "--all", "--name"]).trim(), "");
+    // version, uri, nodeinfo.
+    let v = k.ok(&["version"]);
+    assert!(v.starts_with("kvmctl ") && v.contains("Running hypervisor: QEMU"), "{v}");
+    assert_eq!(k.ok(&["uri"]).trim(), format!("kvmctl://{}", k.root().display()));
+    let n = k.json(&["nodeinfo"]);
+    assert!(n["CPU(s)"].as_str().unwrap().parse::<u32>().unwrap() >= 1, "{n}");
+    assert!(n["Memory size"].as_str().unwrap().ends_with(" KiB"), "{n}");
     // A named form without its value, or one the command does not have, is a usage error.
     assert!(k.fails(2, &["start", "--domain"]).contains("--domain"));
     assert!(k.fails(2, &["start", "--network", "default"]).contains("--network"));

@@ -52,6 +52,18 @@ fn vnc_port_and_password_are_applied_and_the_password_is_kept_private() {
     };
     install("v1", "v1.qcow2", &format!("vnc,port=5907,password={pw}"));
     install("v2", "v2.qcow2", "vnc");
+    // virsh's per-boot domain ids: 1 and 2 in start order (qemu's pid goes to dominfo).
+    assert_eq!(h.ok(&["domid", "v1"]).trim(), "1");
+    assert_eq!(h.ok(&["domid", "v2"]).trim(), "2");
+    assert_eq!(h.ok(&["domname", "2"]).trim(), "v2");
+    let uuid = h.ok(&["domuuid", "v1"]);
+    assert_eq!(h.ok(&["domname", uuid.trim()]).trim(), "v1");
+    let list = h.ok(&["list"]);
+    assert!(list.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["1", "v1", "running"]), "{list}");
+    let info = h.ok(&["dominfo", "v1"]);
+    let pid = info.lines().find_map(|l| l.strip_prefix("PID:")).unwrap().trim().to_string();
+    assert!(std::path::Path::new(&format!("/proc/{pid}")).exists(), "{info}");
+    assert!(info.lines().any(|l| l.starts_with("Id:") && l.trim_end().ends_with(" 1")), "{info}");
     assert_eq!(h.ok(&["vncdisplay", "v1"]).trim(), "127.0.0.1:7");
     assert_eq!(h.ok(&["domdisplay", "v1"]).trim(), "vnc://127.0.0.1:5907");
     // The password VM asks for VNC authentication (2) only; the other offers none (1).
@@ -78,6 +90,7 @@ fn vnc_port_and_password_are_applied_and_the_password_is_kept_private() {
     for vm in ["v1", "v2"] {
         h.ok(&["destroy", vm]);
     }
+    assert_eq!(h.ok(&["domid", "v1"]).trim(), "-");
     // A stopped VM has no display to show.
     assert!(h.fails(1, &["vncdisplay", "v1"]).contains("not running"));
     // undefine removes the secret with the definition.

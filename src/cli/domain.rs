@@ -125,6 +125,18 @@ pub enum DomCmd {
         #[arg(add = super::vm_names())]
         domain: String,
     },
+    /// The running VM's domain id (`-` when it is not running).
+    Domid {
+        #[arg(add = super::vm_names())]
+        domain: String,
+    },
+    /// The VM's UUID.
+    Domuuid {
+        #[arg(add = super::vm_names())]
+        domain: String,
+    },
+    /// The name of the VM with this domain id or UUID.
+    Domname { id_or_uuid: String },
     /// Where the running VM's VNC display listens: ADDR:DISPLAY.
     Vncdisplay {
         #[arg(add = super::vm_names())]
@@ -216,6 +228,21 @@ pub fn run(cmd: DomCmd, ctx: &Ctx) -> anyhow::Result<()> {
             undefine(ctx, &domain, remove_all_storage, nvram, keep_nvram)?
         }
         DomCmd::Dominfo { domain } => dominfo(ctx, &domain)?,
+        DomCmd::Domid { domain } => {
+            lifecycle::current_def(&ctx.store, &domain)?;
+            let v = views(ctx)?.into_iter().find(|v| v.name == domain);
+            println!("{}", v.and_then(|v| v.id).map(|i| i.to_string()).unwrap_or_else(|| "-".into()));
+        }
+        DomCmd::Domuuid { domain } => println!("{}", lifecycle::current_def(&ctx.store, &domain)?.uuid),
+        DomCmd::Domname { id_or_uuid } => {
+            let v = views(ctx)?.into_iter().find(|v| {
+                v.uuid.eq_ignore_ascii_case(&id_or_uuid) || v.id.is_some_and(|i| i.to_string() == id_or_uuid)
+            });
+            match v {
+                Some(v) => println!("{}", v.name),
+                None => bail!("no domain with id or UUID '{id_or_uuid}' (ids belong to running VMs: kvmctl list)"),
+            }
+        }
         DomCmd::Domstate { domain, reason } => {
             let def = lifecycle::current_def(store, &domain)?;
             let (st, why) = runtime::observed(&RunDir::of(store, &def.name));
@@ -298,7 +325,8 @@ fn simple(ctx: &Ctx, name: &str, req: Request, what: &'static str, done: &str) -
 
 #[derive(Serialize)]
 struct DomView {
-    id: Option<i32>,
+    /// The per-boot domain id (virsh's Id); qemu's pid is in `dominfo`.
+    id: Option<u32>,
     name: String,
     uuid: String,
     state: VmState,
@@ -331,7 +359,7 @@ fn views(ctx: &Ctx) -> anyhow::Result<Vec<DomView>> {
         let (state, reason) =
             if rd.dir.exists() { runtime::observed(&rd) } else { (VmState::Shutoff, "never started".into()) };
         let id = if matches!(state, VmState::Running | VmState::Paused | VmState::Shutdown) {
-            rd.read_state().and_then(|s| s.qemu_pid)
+            rd.read_state().and_then(|s| s.domain_id)
         } else {
             None
         };
@@ -380,6 +408,14 @@ fn dominfo(ctx: &Ctx, name: &str) -> anyhow::Result<()> {
     let rows = vec![
         (
             "Id",
+            rs.as_ref()
+                .and_then(|s| s.domain_id)
+                .filter(|_| running)
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| "-".into()),
+        ),
+        (
+            "PID",
             rs.as_ref()
                 .and_then(|s| s.qemu_pid)
                 .filter(|_| running)

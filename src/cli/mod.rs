@@ -71,9 +71,72 @@ pub enum Command {
     },
     /// Check what this host can run (virt-host-validate, and more): ok / warn / fail with what to do.
     Doctor,
+    /// kvmctl's version and the versions of the programs it runs.
+    Version,
+    /// Which state root this command uses, as a URI (virsh uri).
+    Uri,
+    /// The host's CPUs and memory (virsh nodeinfo).
+    Nodeinfo,
     /// Write one man page per command into DIR (`make man`).
     #[command(hide = true, name = "__man")]
     Man { dir: PathBuf },
+}
+
+/// virsh nodeinfo's rows, from /proc/cpuinfo and /proc/meminfo.
+fn nodeinfo(ctx: &Ctx) -> anyhow::Result<()> {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |name: &str| {
+        cpuinfo.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            (k.trim() == name).then(|| v.trim().to_string())
+        })
+    };
+    let cpus = cpuinfo.lines().filter(|l| l.starts_with("processor")).count().max(1);
+    let mut sockets: Vec<&str> = cpuinfo
+        .lines()
+        .filter_map(|l| l.strip_prefix("physical id").map(|v| v.trim_start_matches([' ', '\t', ':'])))
+        .collect();
+    sockets.sort();
+    sockets.dedup();
+    let sockets = sockets.len().max(1);
+    let cores: usize = field("cpu cores").and_then(|v| v.parse().ok()).unwrap_or(cpus / sockets);
+    let siblings: usize = field("siblings").and_then(|v| v.parse().ok()).unwrap_or(cores);
+    let mem_kib: u64 = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines().find_map(|l| l.strip_prefix("MemTotal:").map(|v| v.trim().trim_end_matches(" kB").parse().ok()))
+        })
+        .flatten()
+        .unwrap_or(0);
+    let numa = std::fs::read_dir("/sys/devices/system/node")
+        .map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().starts_with("node")).count())
+        .unwrap_or(1)
+        .max(1);
+    let mhz = field("cpu MHz")
+        .and_then(|v| v.parse::<f64>().ok())
+        .map(|m| format!("{} MHz", m.round()))
+        .unwrap_or("-".into());
+    let rows = [
+        (
+            "CPU model",
+            nix::sys::utsname::uname().map(|u| u.machine().to_string_lossy().into_owned()).unwrap_or_default(),
+        ),
+        ("CPU model name", field("model name").unwrap_or_default()),
+        ("CPU(s)", cpus.to_string()),
+        ("CPU frequency", mhz),
+        ("CPU socket(s)", sockets.to_string()),
+        ("Core(s) per socket", cores.to_string()),
+        ("Thread(s) per core", (siblings / cores.max(1)).max(1).to_string()),
+        ("NUMA cell(s)", numa.to_string()),
+        ("Memory size", format!("{mem_kib} KiB")),
+    ];
+    if ctx.out.json {
+        let m: serde_json::Map<String, serde_json::Value> =
+            rows.iter().map(|(k, v)| (k.to_string(), serde_json::Value::String(v.clone()))).collect();
+        return ctx.out.json(&m);
+    }
+    print!("{}", output::info_block(&rows.iter().map(|(k, v)| (*k, v.clone())).collect::<Vec<_>>()));
+    Ok(())
 }
 
 /// The environment variable of the completion callback.
@@ -230,6 +293,26 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Iface(c) => iface::run(c, &ctx),
         Command::Image(c) => image::run(c, &ctx),
         Command::Doctor => doctor::doctor(&ctx),
+        Command::Version => {
+            println!("kvmctl {}", env!("CARGO_PKG_VERSION"));
+            for (what, program) in
+                [("Running hypervisor", "qemu-system-x86_64"), ("dnsmasq", "dnsmasq"), ("nftables", "nft")]
+            {
+                let v = crate::process::run(program, ["--version"], None).ok();
+                let line = v.as_ref().and_then(|o| o.stdout.lines().next().map(str::trim)).unwrap_or("not installed");
+                println!("{what}: {line}");
+            }
+            Ok(())
+        }
+        Command::Uri => {
+            let root = &ctx.store.paths.root;
+            match root.to_str() {
+                Some("/var/lib/kvmctl") => println!("kvmctl:///system"),
+                _ => println!("kvmctl://{}", root.display()),
+            }
+            Ok(())
+        }
+        Command::Nodeinfo => nodeinfo(&ctx),
         Command::Completion { .. } | Command::Man { .. } => unreachable!("handled before the store is opened"),
     }
 }

@@ -94,7 +94,9 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
 
 /// `Key:   value` lines, values aligned as virsh does.
 pub fn info_block(rows: &[(&str, String)]) -> String {
-    rows.iter().map(|(k, v)| format!("{:<16}{v}\n", format!("{k}:"))).collect()
+    // virsh's 16 columns, wider when a label needs it (nodeinfo's "Core(s) per socket:").
+    let w = rows.iter().map(|(k, _)| k.len() + 2).max().unwrap_or(0).max(16);
+    rows.iter().map(|(k, v)| format!("{:<w$}{v}\n", format!("{k}:"))).collect()
 }
 
 /// virsh's list filters: active objects, `--all`, or only the inactive ones.

@@ -235,7 +235,8 @@ pub fn start_phased(
     let unsafe_value =
         |source| DomainError::Definition { name: name.clone(), source: super::validate::ValidateError::Argv(source) };
     let argv = render(def, &env(&files.handed[0])).map_err(unsafe_value)?;
-    write_run_files(&rd, def, &argv, &taps, res.accel, transient)?;
+    let domain_id = super::runtime::next_domain_id(store).ok();
+    write_run_files(&rd, def, &argv, &taps, res.accel, transient, domain_id)?;
     hand_vnc_password(store, &rd, def)?;
     crate::fault::point("start.run-files");
     let _ = fs::remove_file(rd.next_boot());
@@ -262,6 +263,7 @@ fn write_run_files(
     taps: &[Option<NicTap>],
     accel: Accel,
     transient: bool,
+    domain_id: Option<u32>,
 ) -> Result<(), DomainError> {
     let def_text = toml::to_string_pretty(def).map_err(|e| invalid(&def.name, e.to_string()))?;
     runtime_write(&rd.live_def(), def_text.as_bytes()).map_err(io_at(rd.live_def()))?;
@@ -288,6 +290,7 @@ fn write_run_files(
         restarts: 0,
         stopping: None,
         adoptions: 0,
+        domain_id,
     };
     rd.write_state(&st).map_err(io_at(rd.state()))
 }

@@ -163,6 +163,26 @@ pub struct RunState {
     /// Times a new supervisor took this qemu over after its supervisor died.
     #[serde(default)]
     pub adoptions: u32,
+    /// The small per-boot domain id `list` shows (virsh's Id), given at each start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain_id: Option<u32>,
+}
+
+/// The next domain id: 1, 2, 3, ... per runtime dir (per host boot, as `/run` is), taken under
+/// a lock so two starts never share one.
+pub fn next_domain_id(store: &Store) -> std::io::Result<u32> {
+    use std::io::{Read, Seek, Write};
+    let path = store.paths.run.join("domain-ids");
+    let mut f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path)?;
+    nix::fcntl::Flock::lock(f.try_clone()?, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| std::io::Error::from(e))
+        .map(|held| {
+            let mut text = String::new();
+            let next = f.read_to_string(&mut text).ok().and_then(|_| text.trim().parse::<u32>().ok()).unwrap_or(0) + 1;
+            let _ = f.seek(std::io::SeekFrom::Start(0)).and_then(|_| f.set_len(0)).and_then(|_| write!(f, "{next}"));
+            drop(held);
+            next
+        })
 }
 
 impl RunState {

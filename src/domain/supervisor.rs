@@ -266,6 +266,7 @@ fn blank_state(transient: bool) -> RunState {
         restarts: 0,
         stopping: None,
         adoptions: 0,
+        domain_id: None,
     }
 }
 

@@ -275,3 +275,117 @@ fn install_image_boots_an_overlay_with_the_ssh_key_until_it_leases() {
     let e = w.fails(&["install", "--image", "gone", "--name", "x", "--memory", "128"]);
     assert!(e.contains("image 'gone' has not been pulled"), "{e}");
 }
+
+/// `gpg` in a home of its own (the test's keys only).
+fn gpg(home: &Path, args: &[&str]) {
+    let o = Command::new("gpg")
+        .args(["--batch", "--quiet", "--pinentry-mode", "loopback", "--passphrase", ""])
+        .args(args)
+        .env("GNUPGHOME", home)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "gpg {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// A signing key in a fresh GNUPGHOME, exported as a keyring gpgv reads.
+fn key(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let home = dir.join(format!("gnupg-{name}"));
+    std::fs::create_dir(&home).unwrap();
+    std::fs::set_permissions(&home, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    gpg(&home, &["--quick-gen-key", &format!("{name} <{name}@kvmctl.test>"), "ed25519", "sign", "1d"]);
+    let keyring = dir.join(format!("{name}.gpg"));
+    gpg(&home, &["--export", "-o", keyring.to_str().unwrap()]);
+    (home, keyring)
+}
+
+#[test]
+fn signed_sums_files_are_checked_with_gpgv() {
+    if !prereqs() || !require("gpg and gpgv (apt: gnupg, gpgv)", have_program("gpg") && have_program("gpgv")) {
+        return;
+    }
+    let w = World::new();
+    let dir = w.h.k.dir.path();
+    let (home, keyring) = key(dir, "distro");
+    let (_, other) = key(dir, "stranger");
+    let sums = w.files.join("SHA256SUMS");
+    gpg(&home, &["--detach-sign", "-o", w.files.join("SHA256SUMS.sig").to_str().unwrap(), sums.to_str().unwrap()]);
+    gpg(&home, &["--clearsign", "-o", w.files.join("SHA256SUMS.asc").to_str().unwrap(), sums.to_str().unwrap()]);
+    // A signature over another file.
+    std::fs::write(dir.join("other.txt"), "not the sums\n").unwrap();
+    gpg(
+        &home,
+        &["--detach-sign", "-o", w.files.join("wrong.sig").to_str().unwrap(), dir.join("other.txt").to_str().unwrap()],
+    );
+    let url = format!("{BASE}/tiny-cloud.qcow2");
+    let (k1, k2) = (keyring.to_str().unwrap(), other.to_str().unwrap());
+    let sums_url = format!("{BASE}/SHA256SUMS");
+    let sig = |f: &str| format!("{BASE}/{f}");
+    // A detached signature by the distribution's key.
+    let out = w.ok(&[
+        "image",
+        "pull",
+        &url,
+        "--name",
+        "a",
+        "--checksum-url",
+        &sums_url,
+        "--signature-url",
+        &sig("SHA256SUMS.sig"),
+        "--keyring",
+        k1,
+    ]);
+    assert!(out.contains(&format!("signature: gpgv with {k1}")), "{out}");
+    // A clear-signed SUMS file.
+    let out = w.ok(&["image", "pull", &url, "--name", "b", "--checksum-url", &sig("SHA256SUMS.asc"), "--keyring", k1]);
+    assert!(out.contains("signature: gpgv with"), "{out}");
+    w.ok(&["image", "rm", "a"]);
+    w.ok(&["image", "rm", "b"]);
+    // Another key, or a signature over something else: refused before the download.
+    let before = w.srv.requests().lines().filter(|l| l.contains("tiny-cloud")).count();
+    let e = w.fails(&[
+        "image",
+        "pull",
+        &url,
+        "--name",
+        "c",
+        "--checksum-url",
+        &sums_url,
+        "--signature-url",
+        &sig("SHA256SUMS.sig"),
+        "--keyring",
+        k2,
+    ]);
+    assert!(e.contains("signature does not verify") && e.contains(k2), "{e}");
+    let e = w.fails(&[
+        "image",
+        "pull",
+        &url,
+        "--name",
+        "c",
+        "--checksum-url",
+        &sums_url,
+        "--signature-url",
+        &sig("wrong.sig"),
+        "--keyring",
+        k1,
+    ]);
+    assert!(e.contains("signature does not verify"), "{e}");
+    let after = w.srv.requests().lines().filter(|l| l.contains("tiny-cloud")).count();
+    assert_eq!(before, after, "the image was not downloaded");
+    // Asked for on the command line, a check that cannot run is an error.
+    let e = w.fails(&[
+        "image",
+        "pull",
+        &url,
+        "--name",
+        "c",
+        "--checksum-url",
+        &sums_url,
+        "--signature-url",
+        &sig("SHA256SUMS.sig"),
+        "--keyring",
+        "/nonexistent.gpg",
+    ]);
+    assert!(e.contains("cannot check its signature") && e.contains("/nonexistent.gpg"), "{e}");
+    w.nothing_left();
+}

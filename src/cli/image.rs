@@ -25,6 +25,12 @@ pub enum ImageCmd {
         /// A SHA256SUMS/SHA512SUMS file listing the image's file name.
         #[arg(long)]
         checksum_url: Option<String>,
+        /// A detached signature of the --checksum-url file, checked with gpgv.
+        #[arg(long, requires = "checksum_url")]
+        signature_url: Option<String>,
+        /// The keyring gpgv checks the signature against (a clear-signed SUMS file too).
+        #[arg(long)]
+        keyring: Option<std::path::PathBuf>,
     },
     /// List the pulled images.
     List,
@@ -41,11 +47,12 @@ pub fn run(cmd: ImageCmd, ctx: &Ctx) -> anyhow::Result<()> {
     let store = &ctx.store;
     let out = &ctx.out;
     match cmd {
-        ImageCmd::Pull { source, name, pool, checksum, checksum_url } => {
-            let o = PullOpts { source, name, pool, checksum, checksum_url };
+        ImageCmd::Pull { source, name, pool, checksum, checksum_url, signature_url, keyring } => {
+            let o = PullOpts { source, name, pool, checksum, checksum_url, signature_url, keyring };
             let r = images::pull(store, &o, &mut out.progress("pull"))?;
+            let signature = r.signature.as_deref().map(|s| format!("; signature: {s}")).unwrap_or_default();
             out.done(format!(
-                "Image {} pulled into pool {} as {} ({}, {}; {} verified)",
+                "Image {} pulled into pool {} as {} ({}, {}; {} verified{signature})",
                 r.name,
                 r.pool,
                 r.volume,

@@ -126,6 +126,19 @@ impl Client {
             .map_err(|e| FetchError::Http { url: url.into(), what: e.to_string() })
     }
 
+    /// A small binary file (a detached signature), at most `limit` bytes.
+    pub fn bytes(&self, url: &str, limit: u64) -> Result<Vec<u8>, FetchError> {
+        let mut resp = self.get(url, None)?;
+        if resp.status().as_u16() == 416 {
+            return Err(FetchError::Status { url: url.into(), status: 416, hint: "" });
+        }
+        resp.body_mut()
+            .with_config()
+            .limit(limit)
+            .read_to_vec()
+            .map_err(|e| FetchError::Http { url: url.into(), what: e.to_string() })
+    }
+
     /// Download `url` into `part` (resuming what an earlier run left there, as recorded in
     /// `part`'s metadata file), retrying a broken transfer a few times where it broke off.
     /// `progress(done, total)`. Returns the length.

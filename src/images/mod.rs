@@ -41,6 +41,8 @@ pub enum ImageError {
          (kvmctl keeps no image it has not verified)"
     )]
     NoChecksum { url: String },
+    #[error("{sums}: its signature does not verify with {keyring}: {why}; nothing was downloaded")]
+    BadSignature { sums: String, keyring: String, why: String },
     #[error("{sums}: lists no checksum for '{file}'")]
     NotInSums { sums: String, file: String },
     #[error(
@@ -67,6 +69,11 @@ pub struct CatalogEntry {
     pub checksum: Option<String>,
     #[serde(default)]
     pub checksum_url: Option<String>,
+    /// A detached signature of the checksum file, checked with gpgv against `keyring`.
+    #[serde(default)]
+    pub signature_url: Option<String>,
+    #[serde(default)]
+    pub keyring: Option<PathBuf>,
     #[serde(default)]
     pub description: Option<String>,
     #[serde(default)]
@@ -133,6 +140,9 @@ pub struct ImageRecord {
     pub checksum: String,
     /// Where the digest came from: "--checksum", or the SUMS file's URL.
     pub checksum_source: String,
+    /// How the SUMS file's signature was checked ("gpgv with KEYRING"), or why it was not.
+    #[serde(default)]
+    pub signature: Option<String>,
     pub pulled_at: u64,
     #[serde(default)]
     pub osinfo: Option<String>,
@@ -161,6 +171,8 @@ pub struct PullOpts {
     pub pool: String,
     pub checksum: Option<Checksum>,
     pub checksum_url: Option<String>,
+    pub signature_url: Option<String>,
+    pub keyring: Option<PathBuf>,
 }
 
 /// The last path segment of a URL (without query or fragment).
@@ -202,18 +214,26 @@ pub fn pull(store: &Store, o: &PullOpts, progress: &mut dyn FnMut(u64, u64)) -> 
     let pool_def = pool::active(store, &o.pool)?;
     let client = Client::new()?;
     // The expected digest first: a wrong SUMS URL fails before a long download.
+    let downloads = store.paths.root.join("downloads");
+    crate::state::private_dir(&downloads).map_err(|e| ImageError::Invalid(format!("{}: {e}", downloads.display())))?;
+    let explicit = o.signature_url.is_some() || o.keyring.is_some();
+    let sig = Signature {
+        url: o.signature_url.clone().or_else(|| entry.as_ref().and_then(|e| e.signature_url.clone())),
+        keyring: o.keyring.clone().or_else(|| entry.as_ref().and_then(|e| e.keyring.clone())),
+        explicit,
+        scratch: downloads.join(format!("{name}.sums")),
+    };
+    let mut signature = None;
     let (expected, source) = match (&o.checksum, &o.checksum_url, entry.as_ref()) {
         (Some(c), _, _) => (c.clone(), "--checksum".to_string()),
-        (None, Some(u), _) => (from_sums(&client, u, &url)?, u.clone()),
+        (None, Some(u), _) => (from_sums(&client, u, &url, &sig, &mut signature)?, u.clone()),
         (None, None, Some(e)) => match (&e.checksum, &e.checksum_url) {
             (Some(c), _) => (c.parse::<Checksum>().map_err(ImageError::Invalid)?, format!("catalog ({})", e.origin)),
-            (None, Some(u)) => (from_sums(&client, u, &url)?, u.clone()),
+            (None, Some(u)) => (from_sums(&client, u, &url, &sig, &mut signature)?, u.clone()),
             (None, None) => return Err(ImageError::NoChecksum { url }),
         },
         (None, None, None) => return Err(ImageError::NoChecksum { url }),
     };
-    let downloads = store.paths.root.join("downloads");
-    crate::state::private_dir(&downloads).map_err(|e| ImageError::Invalid(format!("{}: {e}", downloads.display())))?;
     let part = downloads.join(format!("{name}.part"));
     client.download(&url, &part, progress)?;
     let got =
@@ -236,6 +256,7 @@ pub fn pull(store: &Store, o: &PullOpts, progress: &mut dyn FnMut(u64, u64)) -> 
         url,
         checksum: expected.to_string(),
         checksum_source: source,
+        signature,
         pulled_at: crate::domain::runtime::now_secs(),
         osinfo: entry.and_then(|e| e.osinfo),
     };
@@ -246,10 +267,86 @@ pub fn pull(store: &Store, o: &PullOpts, progress: &mut dyn FnMut(u64, u64)) -> 
     Ok(rec)
 }
 
-fn from_sums(client: &Client, sums_url: &str, url: &str) -> Result<Checksum, ImageError> {
+/// Where a SUMS file's signature comes from: a detached signature at `url`, or the file itself
+/// when it is PGP clear-signed; checked with gpgv against `keyring`.
+struct Signature {
+    url: Option<String>,
+    keyring: Option<PathBuf>,
+    /// Asked for on the command line: a check that cannot run is an error, not a notice.
+    explicit: bool,
+    /// Where the SUMS file is written for gpgv (removed after).
+    scratch: PathBuf,
+}
+
+fn from_sums(
+    client: &Client,
+    sums_url: &str,
+    url: &str,
+    sig: &Signature,
+    checked: &mut Option<String>,
+) -> Result<Checksum, ImageError> {
     let text = client.text(sums_url, 4 << 20)?;
+    *checked = verify_signature(client, sums_url, &text, sig)?;
     let file = url_file(url);
     sums::find_in_sums(&text, &file).ok_or_else(|| ImageError::NotInSums { sums: sums_url.into(), file })
+}
+
+/// gpgv over the SUMS file, where gpgv and the keyring are there; what was checked.
+fn verify_signature(
+    client: &Client,
+    sums_url: &str,
+    text: &str,
+    sig: &Signature,
+) -> Result<Option<String>, ImageError> {
+    let clearsigned = text.starts_with("-----BEGIN PGP SIGNED MESSAGE-----");
+    if sig.url.is_none() && !(clearsigned && sig.keyring.is_some()) {
+        return Ok(None);
+    }
+    let not_checked = |why: String| -> Result<Option<String>, ImageError> {
+        if sig.explicit {
+            return Err(ImageError::Invalid(format!("{sums_url}: cannot check its signature: {why}")));
+        }
+        eprintln!("notice: {sums_url}: signature not checked: {why}");
+        Ok(Some(format!("not checked: {why}")))
+    };
+    let Some(keyring) = &sig.keyring else { return not_checked("no keyring given (--keyring FILE)".into()) };
+    if !keyring.is_file() {
+        return not_checked(format!("keyring {} not found", keyring.display()));
+    }
+    if crate::process::find_program("gpgv").is_none() {
+        return not_checked("gpgv is not installed (apt install gpgv)".into());
+    }
+    let sig_file = sig.scratch.with_extension("sums.sig");
+    let cleanup = || {
+        let _ = std::fs::remove_file(&sig.scratch);
+        let _ = std::fs::remove_file(&sig_file);
+    };
+    let io = |p: &Path, e: std::io::Error| ImageError::Invalid(format!("{}: {e}", p.display()));
+    std::fs::write(&sig.scratch, text).map_err(|e| io(&sig.scratch, e))?;
+    let mut args = vec!["--keyring".to_string(), keyring.display().to_string()];
+    if let Some(u) = &sig.url {
+        let signature = match client.bytes(u, 1 << 20) {
+            Ok(s) => s,
+            Err(e) => {
+                cleanup();
+                return Err(e.into());
+            }
+        };
+        std::fs::write(&sig_file, signature).map_err(|e| io(&sig_file, e))?;
+        args.push(sig_file.display().to_string());
+    }
+    args.push(sig.scratch.display().to_string());
+    let r = crate::process::run("gpgv", &args, None);
+    cleanup();
+    match r {
+        Ok(_) => Ok(Some(format!("gpgv with {}", keyring.display()))),
+        Err(crate::process::ProcessError::Failed { stderr, .. }) => Err(ImageError::BadSignature {
+            sums: sums_url.into(),
+            keyring: keyring.display().to_string(),
+            why: stderr.lines().last().unwrap_or("gpgv failed").to_string(),
+        }),
+        Err(e) => Err(ImageError::Invalid(e.to_string())),
+    }
 }
 
 /// Turn a verified download into the image's volume: a standalone qcow2 or raw kept as it

@@ -405,23 +405,11 @@ fn dominfo(ctx: &Ctx, name: &str) -> anyhow::Result<()> {
         return ctx.out.json(&serde_json::json!({"definition": def, "state": state, "reason": reason, "runtime": rs}));
     }
     let running = matches!(state, VmState::Running | VmState::Paused | VmState::Shutdown);
+    // The domain id and qemu's pid, while it runs.
+    let live = |n: Option<i64>| n.filter(|_| running).map(|n| n.to_string()).unwrap_or_else(|| "-".into());
     let rows = vec![
-        (
-            "Id",
-            rs.as_ref()
-                .and_then(|s| s.domain_id)
-                .filter(|_| running)
-                .map(|p| p.to_string())
-                .unwrap_or_else(|| "-".into()),
-        ),
-        (
-            "PID",
-            rs.as_ref()
-                .and_then(|s| s.qemu_pid)
-                .filter(|_| running)
-                .map(|p| p.to_string())
-                .unwrap_or_else(|| "-".into()),
-        ),
+        ("Id", live(rs.as_ref().and_then(|s| s.domain_id).map(i64::from))),
+        ("PID", live(rs.as_ref().and_then(|s| s.qemu_pid).map(i64::from))),
         ("Name", def.name.clone()),
         ("UUID", def.uuid.to_string()),
         ("OS Type", "hvm".into()),

@@ -180,8 +180,11 @@ fn man_pages(dir: &std::path::Path) -> anyhow::Result<()> {
 /// Dynamic completion (`source <(kvmctl completion bash)`): the names of defined objects, read
 /// from the definition directories of the root in `KVMCTL_ROOT` (or the default one) without
 /// taking a lock or creating anything.
-fn defined(kind: crate::paths::Kind) -> Vec<String> {
-    let paths = Paths::resolve(std::env::var_os("KVMCTL_ROOT").map(PathBuf::from));
+fn completion_paths() -> Paths {
+    Paths::resolve(std::env::var_os("KVMCTL_ROOT").map(PathBuf::from))
+}
+
+fn defined(paths: &Paths, kind: crate::paths::Kind) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(paths.defs_dir(kind))
         .into_iter()
         .flatten()
@@ -198,23 +201,31 @@ fn candidates(names: Vec<String>) -> Vec<clap_complete::engine::CompletionCandid
 }
 
 pub(crate) fn vm_names() -> clap_complete::engine::ArgValueCandidates {
-    clap_complete::engine::ArgValueCandidates::new(|| candidates(defined(crate::paths::Kind::Domain)))
+    clap_complete::engine::ArgValueCandidates::new(|| {
+        candidates(defined(&completion_paths(), crate::paths::Kind::Domain))
+    })
 }
 pub(crate) fn network_names() -> clap_complete::engine::ArgValueCandidates {
-    clap_complete::engine::ArgValueCandidates::new(|| candidates(defined(crate::paths::Kind::Network)))
+    clap_complete::engine::ArgValueCandidates::new(|| {
+        candidates(defined(&completion_paths(), crate::paths::Kind::Network))
+    })
 }
 pub(crate) fn pool_names() -> clap_complete::engine::ArgValueCandidates {
-    clap_complete::engine::ArgValueCandidates::new(|| candidates(defined(crate::paths::Kind::Pool)))
+    clap_complete::engine::ArgValueCandidates::new(|| {
+        candidates(defined(&completion_paths(), crate::paths::Kind::Pool))
+    })
 }
 pub(crate) fn image_names() -> clap_complete::engine::ArgValueCandidates {
-    clap_complete::engine::ArgValueCandidates::new(|| candidates(defined(crate::paths::Kind::Image)))
+    clap_complete::engine::ArgValueCandidates::new(|| {
+        candidates(defined(&completion_paths(), crate::paths::Kind::Image))
+    })
 }
 /// Volume names: the image files in every defined pool's target directory.
 pub(crate) fn volume_names() -> clap_complete::engine::ArgValueCandidates {
     clap_complete::engine::ArgValueCandidates::new(|| {
-        let paths = Paths::resolve(std::env::var_os("KVMCTL_ROOT").map(PathBuf::from));
+        let paths = completion_paths();
         let mut names = Vec::new();
-        for pool in defined(crate::paths::Kind::Pool) {
+        for pool in defined(&paths, crate::paths::Kind::Pool) {
             let Ok(text) = std::fs::read_to_string(paths.def_file(crate::paths::Kind::Pool, &pool)) else { continue };
             let Ok(def) = toml::from_str::<crate::storage::PoolDef>(&text) else { continue };
             for e in std::fs::read_dir(&def.target).into_iter().flatten().flatten() {

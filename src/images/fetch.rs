@@ -115,15 +115,8 @@ impl Client {
 
     /// A small text file (a SUMS list), at most `limit` bytes.
     pub fn text(&self, url: &str, limit: u64) -> Result<String, FetchError> {
-        let mut resp = self.get(url, None)?;
-        if resp.status().as_u16() == 416 {
-            return Err(FetchError::Status { url: url.into(), status: 416, hint: "" });
-        }
-        resp.body_mut()
-            .with_config()
-            .limit(limit)
-            .read_to_string()
-            .map_err(|e| FetchError::Http { url: url.into(), what: e.to_string() })
+        String::from_utf8(self.bytes(url, limit)?)
+            .map_err(|e| FetchError::Http { url: url.into(), what: format!("not UTF-8 text: {e}") })
     }
 
     /// A small binary file (a detached signature), at most `limit` bytes.

@@ -18,3 +18,4 @@ pub mod size;
 pub mod state;
 pub mod storage;
 pub mod xml;
+pub mod xpath;

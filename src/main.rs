@@ -15,6 +15,17 @@ fn main() -> ExitCode {
     clap_complete::CompleteEnv::with_factory(<kvmctl::cli::Cli as clap::CommandFactory>::command)
         .var(kvmctl::cli::COMPLETE_VAR)
         .complete();
+    // `kvmctl capabilities | head`: print! panics once the reader has gone; that is the end
+    // of the output, not an error.
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let p = info.payload();
+        let msg = p.downcast_ref::<String>().map(String::as_str).or(p.downcast_ref::<&str>().copied()).unwrap_or("");
+        if msg.starts_with("failed printing to stdout") && msg.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        report(info)
+    }));
     // Ctrl+C, SIGTERM and SIGHUP remove this command's temp files before it dies.
     kvmctl::state::interrupt::remove_temps_on_signals();
     // clap exits with 2 on usage errors and 0 for --help/--version.

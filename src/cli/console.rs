@@ -19,6 +19,13 @@ pub struct ConsoleArgs {
     /// Watch only: any number of read-only viewers may attach.
     #[arg(long)]
     readonly: bool,
+    /// virsh's safe console handling: kvmctl's console always is (one session writes at a
+    /// time; another attaching is refused unless it takes over with --force).
+    #[arg(long)]
+    safe: bool,
+    /// The console device: serial0 (also console0), a VM's one serial console.
+    #[arg(long, value_name = "DEVICE")]
+    devname: Option<String>,
     /// Detach sequence (caret notation), default ^] as virsh.
     #[arg(long, default_value = "^]")]
     escape: String,
@@ -55,6 +62,11 @@ pub(super) fn attach(
 
 pub(super) fn console_cmd(ctx: &Ctx, a: ConsoleArgs) -> anyhow::Result<()> {
     let rd = RunDir::of(&ctx.store, &a.domain);
+    let _ = a.safe;
+    if let Some(d) = a.devname.as_deref().filter(|d| !matches!(*d, "serial0" | "console0")) {
+        lifecycle::current_def(&ctx.store, &a.domain)?;
+        bail!("domain '{}' has no console device '{d}': its one console is serial0 (console0)", a.domain);
+    }
     if !a.log {
         lifecycle::current_def(&ctx.store, &a.domain)?;
         return attach(ctx, &a.domain, a.force, a.readonly, &a.escape, a.timeout);

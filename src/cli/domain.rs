@@ -1,7 +1,7 @@
 //! Domain commands: the virsh lifecycle; install (virt-install), clone (virt-clone) and console
 //! are in their own modules.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -10,40 +10,103 @@ use serde::Serialize;
 
 use super::clone::{clone_cmd, CloneArgs};
 use super::console::{attach, console_cmd, ConsoleArgs};
+pub(super) use super::domain_info::if_addrs;
+use super::domain_info::{
+    domblkinfo, domblklist, domblkstat, domifaddr, domiflist, dominfo, dommemstat, domstats, dumpxml, vnc_listen,
+    AddrSource, StatGroups,
+};
 use super::install::{install_cmd, InstallArgs};
-use super::output::{info_block, table, yes_no};
+use super::output::{table, Filter};
 use super::Ctx;
 use crate::domain::adopt::{self, Reconciled};
 use crate::domain::define;
-use crate::domain::definition::{DomainDef, NicSource};
+use crate::domain::definition::DomainDef;
 use crate::domain::libvirt_xml;
-use crate::domain::lifecycle::{self, DomainError};
+use crate::domain::lifecycle;
 use crate::domain::runtime::{self, RunDir, VmState};
-use crate::domain::supervisor::{Request, UsernetAddr};
+use crate::domain::supervisor::Request;
 use crate::inventory::Inventory;
 use crate::paths::Kind;
+
+#[derive(Debug, clap::Args)]
+pub struct ListArgs {
+    /// Running and shut-off VMs.
+    #[arg(long)]
+    all: bool,
+    /// Only shut-off VMs.
+    #[arg(long, conflicts_with = "all")]
+    inactive: bool,
+    #[command(flatten)]
+    filter: Filter,
+    /// Only running VMs (state filters, given, select by state whatever --all says).
+    #[arg(long)]
+    state_running: bool,
+    #[arg(long)]
+    state_paused: bool,
+    #[arg(long)]
+    state_shutoff: bool,
+    /// In shutdown, crashed or another state.
+    #[arg(long)]
+    state_other: bool,
+    /// Names only.
+    #[arg(long)]
+    name: bool,
+    /// UUIDs only.
+    #[arg(long)]
+    uuid: bool,
+    /// A Title column.
+    #[arg(long)]
+    title: bool,
+}
 
 #[derive(Debug, Subcommand)]
 pub enum DomCmd {
     /// Create a VM and start it (virt-install): --import an existing disk, or --boot kernel=...
     Install(Box<InstallArgs>),
     /// List VMs (running ones unless --all): Id, Name, State.
-    List {
-        #[arg(long)]
-        all: bool,
-        /// Names only.
-        #[arg(long)]
-        name: bool,
-        /// UUIDs only.
-        #[arg(long)]
-        uuid: bool,
-    },
+    List(ListArgs),
     /// Define (or update) a VM from a kvmctl TOML definition or libvirt domain XML.
-    Define { file: PathBuf },
-    /// Print the VM as libvirt domain XML (common subset).
+    Define {
+        file: PathBuf,
+        /// Accepted for virsh's scripts: every definition is checked strictly (unknown elements,
+        /// attributes and keys are refused by name) whether or not it is given.
+        #[arg(long)]
+        validate: bool,
+    },
+    /// Print the VM as libvirt domain XML: what runs (domain id, taps, the accelerator and CPU
+    /// qemu really got), or the definition with --inactive.
     Dumpxml {
         #[arg(add = super::vm_names())]
         domain: String,
+        /// The definition, not what runs.
+        #[arg(long)]
+        inactive: bool,
+        /// Print only what this XPath selects (`//disk/source/@file`, `string(/domain/name)`).
+        #[arg(long, value_name = "EXPR")]
+        xpath: Option<String>,
+        /// With --xpath: wrap the selected nodes in one <nodes> element.
+        #[arg(long, requires = "xpath")]
+        wrap: bool,
+    },
+    /// Show or set the VM's description, or with --title its title.
+    Desc {
+        #[arg(add = super::vm_names())]
+        domain: String,
+        /// The title rather than the description.
+        #[arg(long)]
+        title: bool,
+        /// The new text (an empty string removes it); without it, print the current one.
+        #[arg(long, value_name = "TEXT")]
+        new_desc: Option<String>,
+        /// The new text, positionally (virsh's `desc VM TEXT`).
+        #[arg(conflicts_with = "new_desc")]
+        text: Option<String>,
+    },
+    /// Rename a shut-off VM (its disks keep their paths).
+    Domrename {
+        #[arg(add = super::vm_names())]
+        domain: String,
+        new_name: String,
     },
     /// Edit the VM's definition (TOML) in $EDITOR; invalid edits are refused.
     Edit {
@@ -57,6 +120,9 @@ pub enum DomCmd {
         /// Attach to the serial console once it runs.
         #[arg(long)]
         console: bool,
+        /// Leave the vCPUs paused (`resume` runs them).
+        #[arg(long)]
+        paused: bool,
     },
     /// Attach to the serial console (Ctrl+] detaches), or show its log with --log.
     Console(ConsoleArgs),
@@ -68,11 +134,17 @@ pub enum DomCmd {
         domain: String,
         #[arg(long, default_value_t = 120, value_parser = super::whole_u64)]
         timeout: u64,
+        /// How to ask the guest: acpi (the power button).
+        #[arg(long, value_name = "MODE")]
+        mode: Option<String>,
     },
     /// Reboot the guest (ACPI power button, then reset instead of power-off).
     Reboot {
         #[arg(add = super::vm_names())]
         domain: String,
+        /// How to ask the guest: acpi (the power button).
+        #[arg(long, value_name = "MODE")]
+        mode: Option<String>,
     },
     /// Hard reset.
     Reset {
@@ -83,6 +155,9 @@ pub enum DomCmd {
     Destroy {
         #[arg(add = super::vm_names())]
         domain: String,
+        /// Only ask qemu to quit (it flushes its caches); never SIGKILL it.
+        #[arg(long)]
+        graceful: bool,
     },
     /// Pause the vCPUs.
     Suspend {
@@ -101,12 +176,54 @@ pub enum DomCmd {
         /// Also delete the VM's writable disks.
         #[arg(long)]
         remove_all_storage: bool,
+        /// Also delete these disks: targets (vda) or paths, comma-separated.
+        #[arg(long, value_name = "DISKS", conflicts_with = "remove_all_storage")]
+        storage: Option<String>,
+        /// Overwrite the deleted disks with zeros first.
+        #[arg(long)]
+        wipe_storage: bool,
+        /// Also remove snapshot metadata (kvmctl keeps none yet: there is nothing to remove).
+        #[arg(long)]
+        snapshots_metadata: bool,
         /// Also delete the UEFI variable store (NVRAM) of the VM.
         #[arg(long)]
         nvram: bool,
         /// Keep the NVRAM file.
         #[arg(long, conflicts_with = "nvram")]
         keep_nvram: bool,
+    },
+    /// Capacity, allocation and physical size of a disk (or --all).
+    Domblkinfo {
+        #[arg(add = super::vm_names())]
+        domain: String,
+        /// A target (vda) or a disk's path.
+        device: Option<String>,
+        #[arg(long)]
+        all: bool,
+        /// Sizes as KiB/MiB/GiB.
+        #[arg(long)]
+        human: bool,
+    },
+    /// A running VM's disk I/O counters (one disk, or all summed).
+    Domblkstat {
+        #[arg(add = super::vm_names())]
+        domain: String,
+        device: Option<String>,
+        /// Descriptive names for the counters.
+        #[arg(long)]
+        human: bool,
+    },
+    /// A running VM's memory: balloon size and qemu's resident set (KiB).
+    Dommemstat {
+        #[arg(add = super::vm_names())]
+        domain: String,
+    },
+    /// Statistics of VMs (all without names): state, CPU time, balloon, vCPUs, NICs, disks.
+    Domstats {
+        #[arg(add = super::vm_names())]
+        domains: Vec<String>,
+        #[command(flatten)]
+        groups: StatGroups,
     },
     /// Show a VM's resources and state.
     Dominfo {
@@ -124,6 +241,12 @@ pub enum DomCmd {
     Domifaddr {
         #[arg(add = super::vm_names())]
         domain: String,
+        /// Only this NIC: its tap name or MAC.
+        #[arg(long)]
+        interface: Option<String>,
+        /// Where to look: lease (DHCP), arp (the host's neighbour table).
+        #[arg(long, value_enum, default_value = "lease")]
+        source: AddrSource,
     },
     /// The running VM's domain id (`-` when it is not running).
     Domid {
@@ -156,6 +279,12 @@ pub enum DomCmd {
     Domblklist {
         #[arg(add = super::vm_names())]
         domain: String,
+        /// Type and device columns too.
+        #[arg(long)]
+        details: bool,
+        /// The definition's disks, not the running ones.
+        #[arg(long)]
+        inactive: bool,
     },
     /// Start the VM at boot (kvmctl up).
     Autostart {
@@ -180,8 +309,8 @@ pub fn run(cmd: DomCmd, ctx: &Ctx) -> anyhow::Result<()> {
     };
     match cmd {
         DomCmd::Install(a) => install_cmd(ctx, *a)?,
-        DomCmd::List { all, name, uuid } => list(ctx, all, name, uuid)?,
-        DomCmd::Define { file } => {
+        DomCmd::List(a) => list(ctx, a)?,
+        DomCmd::Define { file, validate: _ } => {
             let text = crate::limits::read_definition(&file)?;
             let not_valid = || file.display().to_string();
             let name = define::parse(&text, None).with_context(not_valid)?.name;
@@ -192,23 +321,33 @@ pub fn run(cmd: DomCmd, ctx: &Ctx) -> anyhow::Result<()> {
             define::save(store, &def, previous.as_ref())?;
             out.done(format!("Domain '{}' defined from {}", def.name, file.display()));
         }
-        DomCmd::Dumpxml { domain } => print!("{}", libvirt_xml::to_xml(&lifecycle::current_def(store, &domain)?)),
+        DomCmd::Dumpxml { domain, inactive, xpath, wrap } => dumpxml(ctx, &domain, inactive, xpath.as_deref(), wrap)?,
+        DomCmd::Desc { domain, title, new_desc, text } => desc(ctx, &domain, title, new_desc.or(text))?,
+        DomCmd::Domrename { domain, new_name } => {
+            crate::domain::define::rename(store, &domain, &new_name)?;
+            out.done(format!("Domain '{domain}' renamed to '{new_name}'"));
+        }
         DomCmd::Edit { domain } => edit(ctx, &domain)?,
-        DomCmd::Start { domain, console } => {
+        DomCmd::Start { domain, console, paused } => {
             {
                 let _l = store.lock(Kind::Domain, &domain)?;
                 let def = define::load(store, &domain)?;
                 refuse_if_linked(store, &def, "start it for writing")?;
-                lifecycle::start(store, &def, false, &notify)?;
+                if paused {
+                    lifecycle::start_paused(store, &def, &notify)?;
+                } else {
+                    lifecycle::start(store, &def, false, &notify)?;
+                }
             }
-            out.done(format!("Domain '{domain}' started"));
+            out.done(format!("Domain '{domain}' started{}", if paused { " (paused)" } else { "" }));
             if console {
                 attach(ctx, &domain, false, false, "^]", 1.0)?;
             }
         }
         DomCmd::Console(a) => console_cmd(ctx, a)?,
         DomCmd::Clone(a) => clone_cmd(ctx, a)?,
-        DomCmd::Shutdown { domain, timeout } => {
+        DomCmd::Shutdown { domain, timeout, mode } => {
+            power_mode(ctx, &domain, mode.as_deref())?;
             let clean = lifecycle::shutdown(store, &domain, Duration::from_secs(timeout))?;
             out.done(if clean {
                 format!("Domain '{domain}' is shut down")
@@ -216,16 +355,40 @@ pub fn run(cmd: DomCmd, ctx: &Ctx) -> anyhow::Result<()> {
                 format!("Domain '{domain}' did not power off within {timeout}s: destroyed")
             });
         }
-        DomCmd::Reboot { domain } => simple(ctx, &domain, Request::Reboot, "reboot", "is being rebooted")?,
+        DomCmd::Reboot { domain, mode } => {
+            power_mode(ctx, &domain, mode.as_deref())?;
+            simple(ctx, &domain, Request::Reboot, "reboot", "is being rebooted")?
+        }
+        DomCmd::Domblkinfo { domain, device, all, human } => domblkinfo(ctx, &domain, device.as_deref(), all, human)?,
+        DomCmd::Domblkstat { domain, device, human } => domblkstat(ctx, &domain, device.as_deref(), human)?,
+        DomCmd::Dommemstat { domain } => dommemstat(ctx, &domain)?,
+        DomCmd::Domstats { domains, groups } => domstats(ctx, &domains, groups)?,
         DomCmd::Reset { domain } => simple(ctx, &domain, Request::Reset, "reset", "was reset")?,
         DomCmd::Suspend { domain } => simple(ctx, &domain, Request::Suspend, "suspend", "suspended")?,
         DomCmd::Resume { domain } => simple(ctx, &domain, Request::Resume, "resume", "resumed")?,
-        DomCmd::Destroy { domain } => {
-            lifecycle::destroy(store, &domain)?;
+        DomCmd::Destroy { domain, graceful } => {
+            if graceful {
+                lifecycle::destroy_graceful(store, &domain)?;
+            } else {
+                lifecycle::destroy(store, &domain)?;
+            }
             out.done(format!("Domain '{domain}' destroyed"));
         }
-        DomCmd::Undefine { domain, remove_all_storage, nvram, keep_nvram } => {
-            undefine(ctx, &domain, remove_all_storage, nvram, keep_nvram)?
+        DomCmd::Undefine {
+            domain,
+            remove_all_storage,
+            storage,
+            wipe_storage,
+            snapshots_metadata: _,
+            nvram,
+            keep_nvram,
+        } => {
+            let disks = match (remove_all_storage, storage) {
+                (true, _) => Storage::All,
+                (_, Some(list)) => Storage::These(list.split(',').map(str::to_string).collect()),
+                _ => Storage::None,
+            };
+            undefine(ctx, &domain, disks, wipe_storage, nvram, keep_nvram)?
         }
         DomCmd::Dominfo { domain } => dominfo(ctx, &domain)?,
         DomCmd::Domid { domain } => {
@@ -251,25 +414,14 @@ pub fn run(cmd: DomCmd, ctx: &Ctx) -> anyhow::Result<()> {
             }
             println!("{}", if reason { format!("{} ({why})", st.as_str()) } else { st.as_str().to_string() });
         }
-        DomCmd::Domifaddr { domain } => domifaddr(ctx, &domain)?,
+        DomCmd::Domifaddr { domain, interface, source } => domifaddr(ctx, &domain, source, interface.as_deref())?,
         DomCmd::Vncdisplay { domain } => println!("{}", vnc_listen(ctx, &domain)?.0),
         DomCmd::Domdisplay { domain } => {
             let (host, display) = vnc_listen(ctx, &domain)?.1;
             println!("vnc://{host}:{}", 5900 + u32::from(display));
         }
         DomCmd::Domiflist { domain } => domiflist(ctx, &domain)?,
-        DomCmd::Domblklist { domain } => {
-            let def = lifecycle::current_def(store, &domain)?;
-            let rows: Vec<Vec<String>> = libvirt_xml::target_names(&def)
-                .into_iter()
-                .zip(&def.disks)
-                .map(|(t, d)| vec![t, d.path.display().to_string()])
-                .collect();
-            if out.json {
-                return out.json(&def.disks);
-            }
-            print!("{}", table(&["Target", "Source"], &rows));
-        }
+        DomCmd::Domblklist { domain, details, inactive } => domblklist(ctx, &domain, details, inactive)?,
         DomCmd::Autostart { domain, disable } => {
             let _l = store.lock(Kind::Domain, &domain)?;
             let mut def: DomainDef = store.load(Kind::Domain, &domain)?;
@@ -324,18 +476,20 @@ fn simple(ctx: &Ctx, name: &str, req: Request, what: &'static str, done: &str) -
 }
 
 #[derive(Serialize)]
-struct DomView {
+pub(super) struct DomView {
     /// The per-boot domain id (virsh's Id); qemu's pid is in `dominfo`.
     id: Option<u32>,
-    name: String,
+    pub(super) name: String,
     uuid: String,
     state: VmState,
     reason: String,
     persistent: bool,
     autostart: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    title: Option<String>,
 }
 
-fn views(ctx: &Ctx) -> anyhow::Result<Vec<DomView>> {
+pub(super) fn views(ctx: &Ctx) -> anyhow::Result<Vec<DomView>> {
     let store = &ctx.store;
     let mut names = store.list(Kind::Domain)?;
     if let Ok(rd) = std::fs::read_dir(store.paths.run_dir(Kind::Domain)) {
@@ -371,14 +525,31 @@ fn views(ctx: &Ctx) -> anyhow::Result<Vec<DomView>> {
             reason,
             persistent,
             autostart: def.autostart,
+            title: def.title,
         });
     }
     Ok(out)
 }
 
-fn list(ctx: &Ctx, all: bool, name: bool, uuid: bool) -> anyhow::Result<()> {
-    let v: Vec<DomView> = views(ctx)?.into_iter().filter(|v| all || v.id.is_some()).collect();
-    let field: Option<fn(&DomView) -> &str> = match (name, uuid) {
+fn list(ctx: &Ctx, a: ListArgs) -> anyhow::Result<()> {
+    let by_state = a.state_running || a.state_paused || a.state_shutoff || a.state_other;
+    let v: Vec<DomView> = views(ctx)?
+        .into_iter()
+        .filter(|v| {
+            let shown = if by_state {
+                match v.state {
+                    VmState::Running => a.state_running,
+                    VmState::Paused => a.state_paused,
+                    VmState::Shutoff => a.state_shutoff,
+                    _ => a.state_other,
+                }
+            } else {
+                super::output::listed(a.all, a.inactive, v.id.is_some())
+            };
+            shown && a.filter.keeps(v.persistent, v.autostart)
+        })
+        .collect();
+    let field: Option<fn(&DomView) -> &str> = match (a.name, a.uuid) {
         (true, _) => Some(|d| d.name.as_str()),
         (_, true) => Some(|d| d.uuid.as_str()),
         _ => None,
@@ -389,164 +560,85 @@ fn list(ctx: &Ctx, all: bool, name: bool, uuid: bool) -> anyhow::Result<()> {
     let rows: Vec<Vec<String>> = v
         .iter()
         .map(|d| {
-            vec![d.id.map(|i| i.to_string()).unwrap_or_else(|| "-".into()), d.name.clone(), d.state.as_str().into()]
+            let mut r = vec![
+                d.id.map(|i| i.to_string()).unwrap_or_else(|| "-".into()),
+                d.name.clone(),
+                d.state.as_str().into(),
+            ];
+            if a.title {
+                r.push(d.title.clone().unwrap_or_default());
+            }
+            r
         })
         .collect();
-    print!("{}", table(&["Id", "Name", "State"], &rows));
+    let headers: &[&str] = if a.title { &["Id", "Name", "State", "Title"] } else { &["Id", "Name", "State"] };
+    print!("{}", table(headers, &rows));
     Ok(())
 }
 
-fn dominfo(ctx: &Ctx, name: &str) -> anyhow::Result<()> {
-    let def = lifecycle::current_def(&ctx.store, name)?;
-    let rd = RunDir::of(&ctx.store, name);
-    let (state, reason) = runtime::observed(&rd);
-    let rs = rd.read_state();
-    if ctx.out.json {
-        return ctx.out.json(&serde_json::json!({"definition": def, "state": state, "reason": reason, "runtime": rs}));
-    }
-    let running = matches!(state, VmState::Running | VmState::Paused | VmState::Shutdown);
-    // The domain id and qemu's pid, while it runs.
-    let live = |n: Option<i64>| n.filter(|_| running).map(|n| n.to_string()).unwrap_or_else(|| "-".into());
-    let rows = vec![
-        ("Id", live(rs.as_ref().and_then(|s| s.domain_id).map(i64::from))),
-        ("PID", live(rs.as_ref().and_then(|s| s.qemu_pid).map(i64::from))),
-        ("Name", def.name.clone()),
-        ("UUID", def.uuid.to_string()),
-        ("OS Type", "hvm".into()),
-        ("State", state.as_str().into()),
-        ("CPU(s)", def.vcpus.to_string()),
-        ("Max memory", format!("{} KiB", def.memory_mib * 1024)),
-        ("Used memory", format!("{} KiB", def.memory_mib * 1024)),
-        ("Persistent", yes_no(ctx.store.exists(Kind::Domain, name))),
-        ("Autostart", if def.autostart { "enable".into() } else { "disable".into() }),
-        (
-            "Accelerator",
-            rs.as_ref().filter(|_| running).map(|s| s.accel.clone()).unwrap_or_else(|| def.accel.as_str().into()),
-        ),
-    ];
-    print!("{}", info_block(&rows));
-    Ok(())
+/// Which disks `undefine` deletes.
+enum Storage {
+    None,
+    All,
+    /// Targets (vda) or paths.
+    These(Vec<String>),
 }
 
-fn domiflist(ctx: &Ctx, name: &str) -> anyhow::Result<()> {
-    let def = lifecycle::current_def(&ctx.store, name)?;
-    let rd = RunDir::of(&ctx.store, name);
-    let mut taps = if rd.alive() {
-        rd.read_state().map(|s| s.taps).unwrap_or_default().into_iter()
-    } else {
-        Vec::new().into_iter()
-    };
-    let rows: Vec<Vec<String>> = def
-        .nics
-        .iter()
-        .map(|n| {
-            let (ty, src) = match &n.source {
-                NicSource::Network { network } => ("network", network.clone()),
-                NicSource::Bridge { bridge } => ("bridge", bridge.clone()),
-                NicSource::User => ("user", "-".into()),
-            };
-            let iface =
-                if n.source == NicSource::User { "-".into() } else { taps.next().unwrap_or_else(|| "-".into()) };
-            vec![iface, ty.into(), src, format!("{:?}", n.model).to_lowercase(), n.mac.to_string()]
-        })
-        .collect();
-    if ctx.out.json {
-        return ctx.out.json(&def.nics);
-    }
-    print!("{}", table(&["Interface", "Type", "Source", "Model", "MAC"], &rows));
-    Ok(())
-}
-
-#[derive(Serialize)]
-pub(super) struct IfAddr {
-    name: String,
-    mac: String,
-    protocol: &'static str,
-    pub(super) address: String,
-    source: String,
-}
-
-/// The running VM's VNC listen address as qemu was given it (`-vnc HOST:DISPLAY[,...]`):
-/// `HOST:DISPLAY`, and the two apart.
-fn vnc_listen(ctx: &Ctx, name: &str) -> anyhow::Result<(String, (String, u16))> {
-    lifecycle::current_def(&ctx.store, name)?;
-    let rd = RunDir::of(&ctx.store, name);
-    if !rd.alive() {
-        bail!(DomainError::NotRunning(name.into()));
-    }
-    let argv: Vec<String> = serde_json::from_slice(&std::fs::read(rd.argv())?).context("the VM's recorded argv")?;
-    let Some(vnc) = argv.iter().position(|a| a == "-vnc").and_then(|i| argv.get(i + 1)) else {
-        bail!("domain '{name}' has no graphics (install it with --graphics vnc)");
-    };
-    let addr = vnc.split(',').next().unwrap_or_default();
-    let (host, display) = addr.rsplit_once(':').context("the VM's -vnc argument")?;
-    Ok((addr.to_string(), (host.to_string(), display.parse().context("the VM's VNC display")?)))
-}
-
-fn domifaddr(ctx: &Ctx, name: &str) -> anyhow::Result<()> {
-    let rows = if_addrs(ctx, name)?;
-    if ctx.out.json {
-        return ctx.out.json(&rows);
-    }
-    let t: Vec<Vec<String>> =
-        rows.iter().map(|r| vec![r.name.clone(), r.mac.clone(), r.protocol.into(), r.address.clone()]).collect();
-    print!("{}", table(&["Name", "MAC address", "Protocol", "Address"], &t));
-    Ok(())
-}
-
-/// A running VM's addresses: its leases on kvmctl networks, and user-mode DHCP's (`domifaddr`).
-pub(super) fn if_addrs(ctx: &Ctx, name: &str) -> anyhow::Result<Vec<IfAddr>> {
-    let store = &ctx.store;
-    let def = lifecycle::current_def(store, name)?;
-    let rd = RunDir::of(store, name);
-    if !rd.alive() {
-        bail!(DomainError::NotRunning(name.into()));
-    }
-    let mut taps = rd.read_state().map(|s| s.taps).unwrap_or_default().into_iter();
-    let mut rows = Vec::new();
-    let mut usernet: Option<Vec<UsernetAddr>> = None;
-    for (idx, n) in def.nics.iter().enumerate() {
-        match &n.source {
-            NicSource::Network { network } => {
-                let iface = taps.next().unwrap_or_default();
-                let Some(st) = crate::network::lifecycle::load_state(store, network) else { continue };
-                for l in crate::network::lifecycle::current_leases(store, &st)
-                    .into_iter()
-                    .filter(|l| l.mac.as_deref() == Some(n.mac.to_string().as_str()))
-                {
-                    rows.push(IfAddr {
-                        name: iface.clone(),
-                        mac: n.mac.to_string(),
-                        protocol: "ipv4",
-                        address: format!("{}/{}", l.ip, l.prefix),
-                        source: format!("lease ({network})"),
-                    });
-                }
+/// `shutdown/reboot --mode`: kvmctl asks through ACPI; the agent is not spoken to yet.
+fn power_mode(ctx: &Ctx, name: &str, mode: Option<&str>) -> anyhow::Result<()> {
+    for m in mode.unwrap_or("acpi").split(',') {
+        match m {
+            "acpi" => {}
+            "agent" => {
+                lifecycle::current_def(&ctx.store, name)?;
+                bail!("domain '{name}': --mode agent needs qemu-guest-agent, which kvmctl does not talk to yet; use --mode acpi")
             }
-            NicSource::Bridge { .. } => {
-                taps.next();
+            "initctl" | "signal" | "paravirt" => {
+                bail!("--mode {m} is for other hypervisors (LXC, Xen); a qemu guest is asked with --mode acpi")
             }
-            NicSource::User => {
-                if usernet.is_none() {
-                    let r = lifecycle::control(store, name, Request::UsernetAddrs, "domifaddr")?;
-                    usernet = Some(serde_json::from_value(r.data).context("domifaddr: the supervisor's reply")?);
-                }
-                for a in usernet.iter().flatten().filter(|a| a.nic == idx) {
-                    rows.push(IfAddr {
-                        name: "-".into(),
-                        mac: n.mac.to_string(),
-                        protocol: "ipv4",
-                        address: format!("{}/{}", a.address, a.prefix),
-                        source: "user-mode DHCP (QMP)".into(),
-                    });
-                }
-            }
+            other => bail!("--mode '{other}' is not a shutdown mode (acpi)"),
         }
     }
-    Ok(rows)
+    Ok(())
 }
 
-fn undefine(ctx: &Ctx, name: &str, remove_storage: bool, nvram: bool, keep_nvram: bool) -> anyhow::Result<()> {
+/// `desc VM [--title] [TEXT]`: print, set or (with "") remove the description or title.
+fn desc(ctx: &Ctx, name: &str, title: bool, text: Option<String>) -> anyhow::Result<()> {
+    let store = &ctx.store;
+    let what = if title { "title" } else { "description" };
+    let Some(text) = text else {
+        let def = lifecycle::current_def(store, name)?;
+        let current = if title { def.title } else { def.description };
+        match current {
+            Some(t) => println!("{t}"),
+            None if ctx.out.quiet => {}
+            None => println!("No {what} for domain: {name}"),
+        }
+        return Ok(());
+    };
+    let _l = store.lock(Kind::Domain, name)?;
+    let old: DomainDef = store.load(Kind::Domain, name)?;
+    let mut new = old.clone();
+    let value = (!text.is_empty()).then_some(text);
+    if title {
+        new.title = value;
+    } else {
+        new.description = value;
+    }
+    define::save(store, &new, Some(&old))?;
+    // Metadata only: a running VM shows it at once.
+    let rd = RunDir::of(store, name);
+    if rd.alive() {
+        if let Ok(mut live) = lifecycle::current_def(store, name) {
+            (live.title, live.description) = (new.title.clone(), new.description.clone());
+            crate::state::runtime_write(&rd.live_def(), toml::to_string_pretty(&live)?.as_bytes())?;
+        }
+    }
+    ctx.out.done(format!("Domain '{name}' {what} updated successfully"));
+    Ok(())
+}
+
+fn undefine(ctx: &Ctx, name: &str, disks: Storage, wipe: bool, nvram: bool, keep_nvram: bool) -> anyhow::Result<()> {
     let store = &ctx.store;
     let _l = store.lock(Kind::Domain, name)?;
     let def: DomainDef = store.load(Kind::Domain, name)?;
@@ -562,15 +654,39 @@ fn undefine(ctx: &Ctx, name: &str, remove_storage: bool, nvram: bool, keep_nvram
     if nvram_file.is_some() && !nvram && !keep_nvram {
         bail!("domain '{name}' has a UEFI variable store (NVRAM); pass --nvram to delete it too, or --keep-nvram");
     }
+    let targets = libvirt_xml::target_names(&def);
+    let chosen: Vec<&crate::domain::definition::DiskDef> = match &disks {
+        Storage::None => Vec::new(),
+        Storage::All => def.disks.iter().filter(|d| !d.readonly).collect(),
+        Storage::These(list) => {
+            let mut v = Vec::new();
+            for want in list {
+                let found = targets.iter().zip(&def.disks).find(|(t, d)| *t == want || d.path == Path::new(want));
+                match found {
+                    Some((_, d)) => v.push(d),
+                    None => bail!(
+                        "domain '{name}' has no disk '{want}' (--storage takes targets or paths: kvmctl domblklist {name}); nothing removed"
+                    ),
+                }
+            }
+            v
+        }
+    };
+    if wipe && chosen.is_empty() {
+        bail!("--wipe-storage wipes the disks --storage or --remove-all-storage delete: name them");
+    }
     let mut removed = Vec::new();
-    if remove_storage {
+    {
         // Each disk another VM or an overlay needs is kept and named; the rest are removed.
         let inventory = Inventory::read(store);
-        for d in def.disks.iter().filter(|d| !d.readonly) {
+        for d in chosen {
             let users = inventory.users_of(&d.path, Some(name));
             if !users.is_empty() {
                 eprintln!("warning: keeping {}: used by {users}", d.path.display());
                 continue;
+            }
+            if wipe {
+                crate::storage::volume::wipe_file(&d.path).with_context(|| format!("wiping {}", d.path.display()))?;
             }
             match std::fs::remove_file(&d.path) {
                 Ok(()) => removed.push(d.path.display().to_string()),

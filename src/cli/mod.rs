@@ -4,7 +4,9 @@ mod clone;
 mod console;
 mod doctor;
 mod domain;
+mod domain_info;
 mod editor;
+mod host;
 mod iface;
 mod image;
 mod install;
@@ -77,6 +79,9 @@ pub enum Command {
     Uri,
     /// The host's CPUs and memory (virsh nodeinfo).
     Nodeinfo,
+    /// What this host's qemu and accelerator can run: machine types, CPU models, devices,
+    /// firmware (virsh capabilities / domcapabilities); --json for scripts.
+    Capabilities,
     /// Write one man page per command into DIR (`make man`).
     #[command(hide = true, name = "__man")]
     Man { dir: PathBuf },
@@ -324,6 +329,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Nodeinfo => nodeinfo(&ctx),
+        Command::Capabilities => host::capabilities(&ctx),
         Command::Completion { .. } | Command::Man { .. } => unreachable!("handled before the store is opened"),
     }
 }

@@ -19,7 +19,13 @@ use crate::paths::Kind;
 #[derive(Debug, Subcommand)]
 pub enum NetCmd {
     /// Define a network from libvirt network XML (or kvmctl TOML).
-    NetDefine { file: PathBuf },
+    NetDefine {
+        file: PathBuf,
+        /// Accepted for virsh's scripts: every definition is checked strictly (unknown elements,
+        /// attributes and keys are refused by name) whether or not it is given.
+        #[arg(long)]
+        validate: bool,
+    },
     /// Create and start a transient network from a file (not persisted).
     NetCreate { file: PathBuf },
     /// Start a defined network: bridge, firewall, dnsmasq.
@@ -108,6 +114,11 @@ pub struct NetListArgs {
     /// Names only.
     #[arg(long)]
     name: bool,
+    /// UUIDs only.
+    #[arg(long)]
+    uuid: bool,
+    #[command(flatten)]
+    filter: super::output::Filter,
 }
 
 #[derive(Serialize)]
@@ -139,7 +150,7 @@ fn read_file(p: &std::path::Path) -> anyhow::Result<String> {
 async fn dispatch(cmd: NetCmd, ctx: &Ctx, nl: &Netlink) -> anyhow::Result<()> {
     let (store, out) = (&ctx.store, &ctx.out);
     match cmd {
-        NetCmd::NetDefine { file } => {
+        NetCmd::NetDefine { file, validate: _ } => {
             let def =
                 lifecycle::define(store, nl, &read_file(&file)?).await.with_context(|| file.display().to_string())?;
             out.done(format!("Network {} defined from {}", def.name, file.display()));
@@ -317,11 +328,16 @@ async fn list(ctx: &Ctx, nl: &Netlink, a: NetListArgs) -> anyhow::Result<()> {
     let mut views = Vec::new();
     for (name, def, st) in lifecycle::all(&ctx.store)? {
         let v = view(ctx, nl, &name, def, st).await?;
-        if listed(a.all, a.inactive, v.status.is_active()) {
+        if listed(a.all, a.inactive, v.status.is_active()) && a.filter.keeps(v.persistent, v.autostart) {
             views.push(v);
         }
     }
-    if ctx.out.short_list(&views, a.name.then_some(|v: &NetView| v.name.as_str()))? {
+    let field: Option<fn(&NetView) -> &str> = match (a.name, a.uuid) {
+        (true, _) => Some(|v| v.name.as_str()),
+        (_, true) => Some(|v| v.uuid.as_str()),
+        _ => None,
+    };
+    if ctx.out.short_list(&views, field)? {
         return Ok(());
     }
     let rows: Vec<Vec<String>> = views

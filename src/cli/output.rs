@@ -108,6 +108,31 @@ pub fn listed(all: bool, inactive: bool, active: bool) -> bool {
     }
 }
 
+/// virsh's persistence and autostart filters of `list`, `net-list` and `pool-list`: each pair
+/// given together (or neither) keeps both kinds.
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct Filter {
+    /// Only persistent (defined) objects.
+    #[arg(long)]
+    pub persistent: bool,
+    /// Only transient objects (running without a definition).
+    #[arg(long)]
+    pub transient: bool,
+    /// Only objects marked autostart.
+    #[arg(long)]
+    pub autostart: bool,
+    /// Only objects not marked autostart.
+    #[arg(long)]
+    pub no_autostart: bool,
+}
+
+impl Filter {
+    pub fn keeps(&self, persistent: bool, autostart: bool) -> bool {
+        let pair = |want_yes: bool, want_no: bool, v: bool| want_yes == want_no || (if v { want_yes } else { want_no });
+        pair(self.persistent, self.transient, persistent) && pair(self.autostart, self.no_autostart, autostart)
+    }
+}
+
 pub fn yes_no(b: bool) -> String {
     if b { "yes" } else { "no" }.to_string()
 }
@@ -115,6 +140,20 @@ pub fn yes_no(b: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn filters_keep_both_kinds_when_a_pair_is_given_together_or_not_at_all() {
+        let f =
+            |persistent, transient, autostart, no_autostart| Filter { persistent, transient, autostart, no_autostart };
+        assert!(f(false, false, false, false).keeps(false, true));
+        assert!(f(true, true, true, true).keeps(false, false));
+        assert!(f(true, false, false, false).keeps(true, false));
+        assert!(!f(true, false, false, false).keeps(false, false));
+        assert!(f(false, true, false, false).keeps(false, true));
+        assert!(!f(false, false, true, false).keeps(true, false));
+        assert!(f(false, false, false, true).keeps(true, false));
+        assert!(!f(true, false, false, true).keeps(true, true));
+    }
 
     #[test]
     fn table_looks_like_virsh() {

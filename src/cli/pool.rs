@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 use serde::Serialize;
 
-use super::output::{info_block, listed, table, yes_no};
+use super::output::{info_block, listed, table, yes_no, Filter};
 use super::Ctx;
 use crate::size::human;
 use crate::storage::pool::{self, fs_usage, FsUsage};
@@ -24,6 +24,31 @@ pub enum PoolCmd {
         #[arg(long)]
         target: PathBuf,
     },
+    /// Create a transient directory pool and start it (gone at pool-destroy or reboot):
+    /// pool-create-as NAME dir --target PATH [--build].
+    PoolCreateAs {
+        name: String,
+        #[arg(value_name = "TYPE")]
+        kind: String,
+        #[arg(long)]
+        target: PathBuf,
+        /// Create the target directory first.
+        #[arg(long)]
+        build: bool,
+    },
+    /// Print the pool as libvirt pool XML.
+    PoolDumpxml {
+        #[arg(add = super::pool_names())]
+        pool: String,
+        /// Accepted for virsh's scripts: a directory pool's XML is the same either way.
+        #[arg(long)]
+        inactive: bool,
+    },
+    /// Edit the pool's definition (TOML) in $EDITOR; invalid edits are refused.
+    PoolEdit {
+        #[arg(add = super::pool_names())]
+        pool: String,
+    },
     /// Create the pool's target directory.
     PoolBuild {
         #[arg(add = super::pool_names())]
@@ -33,6 +58,9 @@ pub enum PoolCmd {
     PoolStart {
         #[arg(add = super::pool_names())]
         pool: String,
+        /// Create the target directory first (pool-build).
+        #[arg(long)]
+        build: bool,
     },
     /// Stop (deactivate) a pool; its files stay.
     PoolDestroy {
@@ -79,6 +107,14 @@ pub struct PoolListArgs {
     /// Names only.
     #[arg(long)]
     name: bool,
+    /// UUIDs only.
+    #[arg(long)]
+    uuid: bool,
+    #[command(flatten)]
+    filter: Filter,
+    /// Only pools of these types (comma-separated): kvmctl has dir pools.
+    #[arg(long, value_name = "TYPES")]
+    r#type: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -105,7 +141,7 @@ fn view(ctx: &Ctx, def: PoolDef) -> PoolView {
         target: def.target,
         state,
         autostart: def.autostart,
-        persistent: true,
+        persistent: !def.transient,
         usage,
     }
 }
@@ -122,10 +158,24 @@ pub fn run(cmd: PoolCmd, ctx: &Ctx) -> anyhow::Result<()> {
             let def = pool::build(store, &pool)?;
             out.done(format!("Pool {pool} built ({})", def.target.display()));
         }
-        PoolCmd::PoolStart { pool } => {
+        PoolCmd::PoolStart { pool, build } => {
+            if build {
+                pool::build(store, &pool)?;
+            }
             pool::start(store, &pool)?;
             out.done(format!("Pool {pool} started"));
         }
+        PoolCmd::PoolCreateAs { name, kind, target, build } => {
+            pool::create_as(store, &name, &kind, &target, build)?;
+            out.done(format!("Pool {name} created"));
+        }
+        PoolCmd::PoolDumpxml { pool, inactive: _ } => {
+            let def = pool::load(store, &pool)?;
+            let state = pool::state(store, &def);
+            let usage = fs_usage(&def.target);
+            print!("{}", crate::storage::libvirt_xml::pool_xml(&def, state, usage));
+        }
+        PoolCmd::PoolEdit { pool } => edit(ctx, &pool)?,
         PoolCmd::PoolDestroy { pool } => {
             pool::destroy(store, &pool)?;
             out.done(format!("Pool {pool} destroyed"));
@@ -187,8 +237,20 @@ fn list(ctx: &Ctx, a: PoolListArgs) -> anyhow::Result<()> {
             Err(b) => eprintln!("warning: pool '{}': {}", b.name, b.error),
         }
     }
-    views.retain(|v| listed(a.all, a.inactive, v.state != PoolState::Inactive));
-    if ctx.out.short_list(&views, a.name.then_some(|v: &PoolView| v.name.as_str()))? {
+    if let Some(types) = &a.r#type {
+        if let Some(t) = types.split(',').find(|t| *t != "dir") {
+            anyhow::bail!("pool type '{t}' is not one kvmctl has (dir)");
+        }
+    }
+    views.retain(|v| {
+        listed(a.all, a.inactive, v.state != PoolState::Inactive) && a.filter.keeps(v.persistent, v.autostart)
+    });
+    let field: Option<fn(&PoolView) -> &str> = match (a.name, a.uuid) {
+        (true, _) => Some(|v| v.name.as_str()),
+        (_, true) => Some(|v| v.uuid.as_str()),
+        _ => None,
+    };
+    if ctx.out.short_list(&views, field)? {
         return Ok(());
     }
     let rows: Vec<Vec<String>> = views
@@ -209,5 +271,26 @@ fn list(ctx: &Ctx, a: PoolListArgs) -> anyhow::Result<()> {
         &["Name", "State", "Autostart"]
     };
     print!("{}", table(headers, &rows));
+    Ok(())
+}
+
+fn edit(ctx: &Ctx, name: &str) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let store = &ctx.store;
+    let _l = store.lock(crate::paths::Kind::Pool, name)?;
+    let old = pool::load(store, name)?;
+    let text = super::editor::edit_text(
+        store,
+        &format!("{name}.toml"),
+        &toml::to_string_pretty(&old)?,
+        &format!("pool '{name}'"),
+    )?;
+    let new: PoolDef = toml::from_str(&text).with_context(|| format!("invalid definition, pool '{name}' unchanged"))?;
+    if new == old {
+        ctx.out.done(format!("Pool {name} XML configuration not changed."));
+        return Ok(());
+    }
+    pool::redefine(store, &old, &new)?;
+    ctx.out.done(format!("Pool {name} XML configuration edited."));
     Ok(())
 }

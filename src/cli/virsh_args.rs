@@ -10,15 +10,17 @@ fn named_positionals(cmd: &str) -> &'static [&'static str] {
     match cmd {
         "start" | "shutdown" | "reboot" | "reset" | "destroy" | "suspend" | "resume" | "undefine" | "dominfo"
         | "domstate" | "domifaddr" | "domiflist" | "domblklist" | "dumpxml" | "edit" | "autostart" | "console"
-        | "vncdisplay" | "domdisplay" => &["--domain"],
+        | "vncdisplay" | "domdisplay" | "desc" | "dommemstat" | "domid" | "domuuid" => &["--domain"],
+        "domrename" => &["--domain", "--new-name"],
+        "domblkinfo" | "domblkstat" => &["--domain", "--device"],
         "define" | "net-define" | "net-create" => &["--file"],
         "net-start" | "net-destroy" | "net-undefine" | "net-autostart" | "net-info" | "net-dumpxml" | "net-edit"
         | "net-dhcp-leases" => &["--network"],
         "pool-build" | "pool-start" | "pool-destroy" | "pool-undefine" | "pool-autostart" | "pool-info"
-        | "pool-refresh" => &["--pool"],
-        "pool-define-as" => &["--name", "--type"],
+        | "pool-refresh" | "pool-dumpxml" | "pool-edit" => &["--pool"],
+        "pool-define-as" | "pool-create-as" => &["--name", "--type"],
         "vol-create-as" => &["--pool", "--name", "--capacity"],
-        "vol-info" | "vol-path" | "vol-delete" => &["--vol"],
+        "vol-info" | "vol-path" | "vol-delete" | "vol-dumpxml" | "vol-wipe" => &["--vol"],
         "vol-resize" => &["--vol", "--capacity"],
         "vol-upload" | "vol-download" => &["--vol", "--file"],
         "vol-clone" => &["--vol", "--newname"],
@@ -40,7 +42,8 @@ pub fn rewrite(args: Vec<OsString>) -> Vec<OsString> {
     }
     let Some(cmd) = a.get(i).cloned() else { return args };
     let (head, rest) = (a[..=i].to_vec(), a[i + 1..].to_vec());
-    let rest = if cmd == "pool-define-as" { pool_define_as_dashes(rest) } else { rest };
+    let rest =
+        if matches!(cmd.as_str(), "pool-define-as" | "pool-create-as") { pool_define_as_dashes(rest) } else { rest };
     let names = named_positionals(&cmd);
     if names.is_empty() {
         return head.into_iter().chain(rest).map(OsString::from).collect();

@@ -37,6 +37,31 @@ pub enum VolCmd {
         /// Allocate all qcow2 metadata up front (qemu's preallocation=metadata).
         #[arg(long)]
         prealloc_metadata: bool,
+        /// Bytes allocated at once from the start of a raw volume (at most CAPACITY).
+        #[arg(long, value_parser = capacity)]
+        allocation: Option<u64>,
+        /// Print the volume's libvirt XML and create nothing.
+        #[arg(long)]
+        print_xml: bool,
+    },
+    /// Print a volume as libvirt volume XML.
+    VolDumpxml {
+        #[arg(add = super::volume_names())]
+        vol: String,
+        #[arg(long)]
+        #[arg(add = super::pool_names())]
+        pool: Option<String>,
+    },
+    /// Overwrite a volume with zeros (a qcow2 one stays a valid, empty qcow2 of its size).
+    VolWipe {
+        #[arg(add = super::volume_names())]
+        vol: String,
+        #[arg(long)]
+        #[arg(add = super::pool_names())]
+        pool: Option<String>,
+        /// zero (the only one kvmctl has; virsh's pattern algorithms are for magnetic disks).
+        #[arg(long, default_value = "zero")]
+        algorithm: String,
     },
     /// List a pool's volumes.
     VolList {
@@ -57,6 +82,9 @@ pub enum VolCmd {
         #[arg(long)]
         #[arg(add = super::pool_names())]
         pool: Option<String>,
+        /// Sizes in bytes.
+        #[arg(long)]
+        bytes: bool,
     },
     /// Print a volume's path.
     VolPath {
@@ -99,6 +127,12 @@ pub enum VolCmd {
         #[arg(long)]
         #[arg(add = super::pool_names())]
         pool: Option<String>,
+        /// Write the file's bytes over the volume's from this byte on, in place.
+        #[arg(long, value_parser = super::whole_u64)]
+        offset: Option<u64>,
+        /// Only this many bytes of the file (in place, as --offset).
+        #[arg(long, value_parser = super::whole_u64)]
+        length: Option<u64>,
     },
     /// Copy a volume's bytes into a file; with --format, export the disk as its guest sees it.
     VolDownload {
@@ -111,6 +145,12 @@ pub enum VolCmd {
         /// qcow2 | raw | vmdk | vdi | vhdx | vpc: the whole backing chain, in this format.
         #[arg(long, value_parser = ["qcow2", "raw", "vmdk", "vdi", "vhdx", "vpc"])]
         format: Option<String>,
+        /// The volume's bytes from this byte on.
+        #[arg(long, value_parser = super::whole_u64, conflicts_with = "format")]
+        offset: Option<u64>,
+        /// Only this many bytes.
+        #[arg(long, value_parser = super::whole_u64, conflicts_with = "format")]
+        length: Option<u64>,
     },
     /// Clone a volume: a sparse full copy, or with --linked a qcow2 overlay (constant time).
     VolClone {
@@ -160,14 +200,44 @@ pub fn run(cmd: VolCmd, ctx: &Ctx) -> anyhow::Result<()> {
     let store = &ctx.store;
     let out = &ctx.out;
     match cmd {
-        VolCmd::VolCreateAs { pool, name, capacity, format, backing_vol, backing_vol_format, prealloc_metadata } => {
+        VolCmd::VolCreateAs {
+            pool,
+            name,
+            capacity,
+            format,
+            backing_vol,
+            backing_vol_format,
+            prealloc_metadata,
+            allocation,
+            print_xml,
+        } => {
             let opts =
                 CreateOpts { capacity, format, backing_vol, backing_format: backing_vol_format, prealloc_metadata };
-            volume::create_as(store, &pool, &name, &opts)?;
+            if print_xml {
+                print!("{}", volume::planned_xml(store, &pool, &name, &opts, allocation.unwrap_or(0))?);
+                return Ok(());
+            }
+            volume::create_allocated(store, &pool, &name, &opts, allocation.unwrap_or(0))?;
             out.done(format!("Vol {name} created"));
         }
+        VolCmd::VolDumpxml { vol, pool } => {
+            let v = volume::resolve(store, pool.as_deref(), &vol)?;
+            print!("{}", volume::dump_xml(store, &v)?);
+        }
+        VolCmd::VolWipe { vol, pool, algorithm } => {
+            if algorithm != "zero" {
+                anyhow::bail!(
+                    "vol-wipe --algorithm '{algorithm}': kvmctl wipes with zeros (zero); pattern algorithms are for magnetic disks"
+                );
+            }
+            let v = volume::resolve(store, pool.as_deref(), &vol)?;
+            let users = Inventory::read(store).users_of(&v.path, None);
+            volume::wipe(store, &v, &users)?;
+            out.done(format!("Vol {} wiped", v.name));
+        }
         VolCmd::VolList { pool, pool_opt, details } => list(ctx, &pool.or(pool_opt).unwrap_or_default(), details)?,
-        VolCmd::VolInfo { vol, pool } => {
+        VolCmd::VolInfo { vol, pool, bytes } => {
+            let human = |n: u64| if bytes { format!("{n} bytes") } else { human(n) };
             let v = volume::resolve(store, pool.as_deref(), &vol)?;
             let info = volume::info(store, &v)?;
             if out.json {
@@ -217,15 +287,25 @@ pub fn run(cmd: VolCmd, ctx: &Ctx) -> anyhow::Result<()> {
             let new = volume::resize(store, &v, capacity, delta, shrink, &users)?;
             out.done(format!("Size of volume '{}' successfully changed to {}", v.name, human(new)));
         }
-        VolCmd::VolUpload { vol, file, pool } => {
+        VolCmd::VolUpload { vol, file, pool, offset, length } => {
             let v = volume::resolve(store, pool.as_deref(), &vol)?;
             let users = Inventory::read(store).users_of(&v.path, None);
-            let n = volume::upload(&v, &file, &users, &mut out.progress("upload"))?;
+            let progress = &mut out.progress("upload");
+            let n = if offset.is_some() || length.is_some() {
+                volume::upload_range(&v, &file, offset.unwrap_or(0), length, &users, progress)?
+            } else {
+                volume::upload(&v, &file, &users, progress)?
+            };
             out.done(format!("Uploaded {} into {}", human(n), v.name));
         }
-        VolCmd::VolDownload { vol, file, pool, format } => {
+        VolCmd::VolDownload { vol, file, pool, format, offset, length } => {
             let v = volume::resolve(store, pool.as_deref(), &vol)?;
-            let n = volume::download(store, &v, &file, format.as_deref(), &mut out.progress("download"))?;
+            let progress = &mut out.progress("download");
+            let n = if offset.is_some() || length.is_some() {
+                volume::download_range(&v, &file, offset.unwrap_or(0), length, progress)?
+            } else {
+                volume::download(store, &v, &file, format.as_deref(), progress)?
+            };
             out.done(format!("Downloaded {} to {}", human(n), file.display()));
         }
         VolCmd::VolClone { vol, newname, pool, newpool, linked, compress, sync } => {

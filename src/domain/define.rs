@@ -75,6 +75,46 @@ pub fn load(store: &Store, name: &str) -> Result<DomainDef, DomainError> {
     Ok(def)
 }
 
+/// `domrename`: a shut-off VM gets a new name (and keeps its UUID, disks and NVRAM). The
+/// new definition is written under a journal first, so a kill before the old one is gone
+/// leaves only the old name; the VM's VNC password follows it.
+pub fn rename(store: &Store, old: &str, new: &str) -> Result<(), DomainError> {
+    crate::names::validate("domain", new)
+        .map_err(|e| DomainError::Invalid { name: old.into(), what: format!("the new name: {e}") })?;
+    if old == new {
+        return Err(DomainError::Invalid { name: old.into(), what: "the new name is its current name".into() });
+    }
+    // Both locks, in name order (two renames across each other cannot deadlock).
+    let (first, second) = if old < new { (old, new) } else { (new, old) };
+    let _a = store.lock(Kind::Domain, first)?;
+    let _b = store.lock(Kind::Domain, second)?;
+    let mut def = load(store, old)?;
+    super::adopt::reconcile_vm(store, old)?;
+    if super::runtime::RunDir::of(store, old).alive() {
+        return Err(DomainError::Invalid { name: old.into(), what: "it is running: shut it down to rename it".into() });
+    }
+    let new_rd = super::runtime::RunDir::of(store, new);
+    if store.exists(Kind::Domain, new) || new_rd.alive() {
+        return Err(DomainError::Invalid { name: old.into(), what: format!("a domain named '{new}' exists") });
+    }
+    def.name = new.into();
+    let io = |path: std::path::PathBuf| move |source| DomainError::Io { path, source };
+    let new_file = store.paths.def_file(Kind::Domain, new);
+    let mut revert =
+        crate::state::Revert::journaled(&store.paths, Kind::Domain, new, "rename").map_err(io(new_file.clone()))?;
+    revert.add(crate::state::Undo::File(new_file.clone())).map_err(io(new_file.clone()))?;
+    store.create(Kind::Domain, new, &def)?;
+    crate::fault::point("domrename.created");
+    revert.commit();
+    let (old_pw, new_pw) = (store.paths.vnc_password(old), store.paths.vnc_password(new));
+    if old_pw.exists() {
+        std::fs::rename(&old_pw, &new_pw).map_err(io(old_pw.clone()))?;
+    }
+    store.remove(Kind::Domain, old)?;
+    let _ = std::fs::remove_dir_all(super::runtime::RunDir::of(store, old).dir);
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

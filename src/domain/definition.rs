@@ -293,6 +293,12 @@ pub struct DomainDef {
     pub machine: MachineType,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub os_variant: Option<String>,
+    /// A short title (`list --title`, `desc --title`): one line of printable text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    /// A free-form description (`desc`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
     #[serde(default)]
     pub autostart: bool,
     #[serde(default = "destroy")]
@@ -347,6 +353,8 @@ impl DomainDef {
             accel: Accel::Auto,
             machine: default_machine(),
             os_variant: None,
+            title: None,
+            description: None,
             autostart: false,
             on_poweroff: Action::Destroy,
             on_reboot: Action::Restart,

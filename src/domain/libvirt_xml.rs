@@ -42,10 +42,35 @@ fn action(a: Action) -> &'static str {
     }
 }
 
+/// What a running VM adds to its XML: the domain id, the accelerator it really runs on, and
+/// its NICs' tap names.
+#[derive(Debug, Clone, Default)]
+pub struct Live {
+    pub id: Option<u32>,
+    /// Kvm or Tcg (what runs, or what a start would pick now).
+    pub accel: Option<Accel>,
+    pub taps: Vec<String>,
+}
+
+/// The definition as libvirt XML (`dumpxml --inactive`).
 pub fn to_xml(def: &DomainDef) -> String {
+    to_xml_live(def, &Live::default())
+}
+
+/// The XML of what runs (`dumpxml`): `type='qemu'` and `<cpu mode='maximum'/>` (qemu's
+/// `-cpu max`) under TCG, `host-passthrough` (`-cpu host`) under KVM.
+pub fn to_xml_live(def: &DomainDef, live: &Live) -> String {
     let mut x = String::new();
-    let virt = if def.accel == Accel::Tcg { "qemu" } else { "kvm" };
-    x += &format!("<domain type='{virt}'>\n  <name>{}</name>\n  <uuid>{}</uuid>\n", esc(&def.name), def.uuid);
+    let tcg = live.accel.unwrap_or(def.accel) == Accel::Tcg;
+    let virt = if tcg { "qemu" } else { "kvm" };
+    let id = live.id.map(|i| format!(" id='{i}'")).unwrap_or_default();
+    x += &format!("<domain type='{virt}'{id}>\n  <name>{}</name>\n  <uuid>{}</uuid>\n", esc(&def.name), def.uuid);
+    if let Some(t) = &def.title {
+        x += &format!("  <title>{}</title>\n", esc(t));
+    }
+    if let Some(d) = &def.description {
+        x += &format!("  <description>{}</description>\n", esc(d));
+    }
     x += &format!(
         "  <memory unit='MiB'>{0}</memory>\n  <currentMemory unit='MiB'>{0}</currentMemory>\n",
         def.memory_mib
@@ -78,6 +103,7 @@ pub fn to_xml(def: &DomainDef) -> String {
     x += "  </os>\n  <features>\n    <acpi/>\n  </features>\n";
     match &def.cpu {
         Some(m) => x += &format!("  <cpu mode='custom'>\n    <model>{}</model>\n  </cpu>\n", esc(m.as_str())),
+        None if tcg => x += "  <cpu mode='maximum'/>\n",
         None => x += "  <cpu mode='host-passthrough'/>\n",
     }
     x += &format!(
@@ -105,7 +131,12 @@ pub fn to_xml(def: &DomainDef) -> String {
         }
         x += "    </disk>\n";
     }
+    let mut taps = live.taps.iter();
     for n in &def.nics {
+        let target = match (&n.source, live.taps.is_empty()) {
+            (NicSource::User, _) | (_, true) => String::new(),
+            _ => taps.next().map(|t| format!("      <target dev='{}'/>\n", esc(t))).unwrap_or_default(),
+        };
         let (ty, src) = match &n.source {
             NicSource::Network { network } => ("network", format!("      <source network='{}'/>\n", esc(network))),
             NicSource::Bridge { bridge } => ("bridge", format!("      <source bridge='{}'/>\n", esc(bridge))),
@@ -116,7 +147,7 @@ pub fn to_xml(def: &DomainDef) -> String {
             NicModel::E1000 => "e1000",
             NicModel::Rtl8139 => "rtl8139",
         };
-        x += &format!("    <interface type='{ty}'>\n      <mac address='{}'/>\n{src}      <model type='{model}'/>\n    </interface>\n", n.mac);
+        x += &format!("    <interface type='{ty}'>\n      <mac address='{}'/>\n{src}{target}      <model type='{model}'/>\n    </interface>\n", n.mac);
     }
     x += "    <serial type='pty'>\n      <target port='0'/>\n    </serial>\n    <console type='pty'>\n      <target type='serial' port='0'/>\n    </console>\n";
     if let Graphics::Vnc { listen, port, .. } = &def.graphics {

@@ -152,7 +152,20 @@ pub fn read(xml: &str) -> Result<(DomainDef, bool)> {
 }
 
 fn domain(el: &Element) -> Result<DomainDef> {
-    let children = ["name", "uuid", "memory", "vcpu", "os", "cpu", "on_poweroff", "on_reboot", "on_crash", "devices"];
+    let children = [
+        "name",
+        "uuid",
+        "title",
+        "description",
+        "memory",
+        "vcpu",
+        "os",
+        "cpu",
+        "on_poweroff",
+        "on_reboot",
+        "on_crash",
+        "devices",
+    ];
     check(el, &["type", "id"], &children, IGNORED_DOMAIN)?;
     let name = text(req_child(el, "name")?, &[])?;
     let mut def = DomainDef::new(&name, memory_mib(req_child(el, "memory")?)?, 1);
@@ -172,8 +185,14 @@ fn domain(el: &Element) -> Result<DomainDef> {
     if let Some(os) = child(el, "os")? {
         read_os(os, &mut def)?;
     }
+    if let Some(t) = child(el, "title")? {
+        def.title = Some(text(t, &[])?);
+    }
+    if let Some(d) = child(el, "description")? {
+        def.description = Some(text(d, &[])?);
+    }
     if let Some(cpu) = child(el, "cpu")? {
-        def.cpu = read_cpu(cpu)?;
+        def.cpu = read_cpu(cpu, def.accel == Accel::Tcg)?;
     }
     for (tag, slot) in
         [("on_poweroff", &mut def.on_poweroff), ("on_reboot", &mut def.on_reboot), ("on_crash", &mut def.on_crash)]
@@ -254,10 +273,17 @@ fn read_os(os: &Element, def: &mut DomainDef) -> Result<()> {
 }
 
 /// `host-passthrough` (and `host-model`): kvmctl's default (`host` under KVM, `max` under TCG);
-/// `custom`: the `<model>`.
-fn read_cpu(cpu: &Element) -> Result<Option<CpuModel>> {
+/// `custom`: the `<model>`; `maximum` (`-cpu max`): the default under TCG, the `max` model
+/// under KVM.
+fn read_cpu(cpu: &Element, tcg: bool) -> Result<Option<CpuModel>> {
     check(cpu, &["mode", "match", "check", "migratable"], &["model"], &[])?;
     match cpu.attr("mode").unwrap_or("custom") {
+        "maximum" => {
+            if let Some(m) = cpu.children.first() {
+                return Err(unsupported(m, "a CPU model with mode maximum"));
+            }
+            Ok(if tcg { None } else { Some(parse_value(cpu, "max")?) })
+        }
         "host-passthrough" | "host-model" => {
             if let Some(m) = cpu.children.first() {
                 return Err(unsupported(m, "a CPU model with mode host-passthrough"));
@@ -269,7 +295,7 @@ fn read_cpu(cpu: &Element) -> Result<Option<CpuModel>> {
             let name = text(m, &["fallback", "vendor_id"])?;
             Ok(Some(parse_value(m, &name)?))
         }
-        other => Err(bad(cpu, "mode", other, "is not host-passthrough, host-model or custom")),
+        other => Err(bad(cpu, "mode", other, "is not host-passthrough, host-model, maximum or custom")),
     }
 }
 

@@ -164,7 +164,12 @@ async fn network_state(
 
 /// Start a VM: resolve the accelerator, wire taps, spawn the supervisor, wait until running.
 pub fn start(store: &Store, def: &DomainDef, transient: bool, notify: &dyn Fn(&str)) -> Result<RunState, DomainError> {
-    start_phased(store, def, None, transient, notify)
+    start_inner(store, def, None, transient, false, notify)
+}
+
+/// `start --paused`: as [`start`], with the vCPUs left stopped (`resume` runs them).
+pub fn start_paused(store: &Store, def: &DomainDef, notify: &dyn Fn(&str)) -> Result<RunState, DomainError> {
+    start_inner(store, def, None, false, true, notify)
 }
 
 /// How an install's first boot hands over to the installed system.
@@ -182,6 +187,17 @@ pub fn start_phased(
     def: &DomainDef,
     phase: Option<Phase>,
     transient: bool,
+    notify: &dyn Fn(&str),
+) -> Result<RunState, DomainError> {
+    start_inner(store, def, phase, transient, false, notify)
+}
+
+fn start_inner(
+    store: &Store,
+    def: &DomainDef,
+    phase: Option<Phase>,
+    transient: bool,
+    paused: bool,
     notify: &dyn Fn(&str),
 ) -> Result<RunState, DomainError> {
     let name = &def.name;
@@ -240,6 +256,12 @@ pub fn start_phased(
     hand_vnc_password(store, &rd, def)?;
     crate::fault::point("start.run-files");
     let _ = fs::remove_file(rd.next_boot());
+    let marker = rd.dir.join(super::runtime::START_PAUSED);
+    if paused {
+        runtime_write(&marker, b"").map_err(io_at(&marker))?;
+    } else {
+        let _ = fs::remove_file(&marker);
+    }
     if let Some(p) = phase {
         let nb = NextBoot {
             argv: render(p.next, &env(&files.handed[1])).map_err(unsafe_value)?,
@@ -486,6 +508,31 @@ pub fn destroy(store: &Store, name: &str) -> Result<(), DomainError> {
     st.stopping = None;
     rd.write_state(&st).map_err(io_at(rd.state()))?;
     adopt::remove_sockets(&rd);
+    finish_transient(store, name)
+}
+
+/// `destroy --graceful`: QMP quit only; a qemu that does not go is left running, with the
+/// reason.
+pub fn destroy_graceful(store: &Store, name: &str) -> Result<(), DomainError> {
+    let rd = RunDir::of(store, name);
+    adopt::reconcile_vm(store, name)?;
+    if !rd.alive() {
+        return Err(DomainError::NotRunning(name.into()));
+    }
+    // The supervisor exits with qemu, often before its reply is read: only a refusal counts.
+    if let Ok(reply) = supervisor::request(&rd, &Request::DestroyGraceful, Duration::from_secs(20)) {
+        if !reply.ok {
+            let reason = reply.error.unwrap_or_default();
+            return Err(DomainError::Control { name: name.into(), what: "destroy --graceful", reason });
+        }
+    }
+    if !wait_stopped(store, name, Duration::from_secs(10)) {
+        return Err(DomainError::Control {
+            name: name.into(),
+            what: "destroy --graceful",
+            reason: "the supervisor did not record the stop".into(),
+        });
+    }
     finish_transient(store, name)
 }
 

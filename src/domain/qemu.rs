@@ -40,6 +40,26 @@ fn proc_stat(pid: i32) -> Option<(char, u64)> {
     Some((state, fields.get(19)?.parse().ok()?))
 }
 
+/// What the kernel counts for a running qemu (`domstats`, `dommemstat`): CPU time (user +
+/// system, ns) and resident memory (KiB); None when `id` is no longer that process.
+pub fn usage(id: QemuId) -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{}/stat", id.pid)).ok()?;
+    let fields: Vec<&str> = text[text.rfind(')')? + 1..].split_whitespace().collect();
+    if fields.get(19)?.parse::<u64>().ok()? != id.start_time {
+        return None;
+    }
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).unwrap_or(100).max(1);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", id.pid)).ok()?;
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0);
+    Some((ticks * 1_000_000_000 / hz, rss))
+}
+
 /// Why a recorded qemu cannot be adopted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Gone {

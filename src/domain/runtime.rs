@@ -13,6 +13,8 @@ use crate::state::{bind_private, private_dir, runtime_write, try_lock_exclusive,
 /// Every file of one VM's runtime dir.
 /// The VM's VNC password, handed by `start` to its supervisor (0600 in the 0700 run dir).
 pub const VNC_PASSWORD: &str = "vnc-password";
+/// Present while a `start --paused` boot has not yet been launched: qemu is left at `-S`.
+pub const START_PAUSED: &str = "start-paused";
 
 #[derive(Debug, Clone)]
 pub struct RunDir {

@@ -41,9 +41,15 @@ pub enum Request {
     Reset,
     Suspend,
     Resume,
+    /// `destroy --graceful`: QMP quit, and no SIGKILL if qemu does not go.
+    DestroyGraceful,
     /// The addresses qemu's user-mode network (slirp) leases to the guest, one per user NIC
     /// (`data`: a list of [`UsernetAddr`]).
     UsernetAddrs,
+    /// Per-disk I/O counters (`data`: qemu's `query-blockstats` reply).
+    BlockStats,
+    /// The balloon's current size in bytes (`data`: `{"actual": N}`, null without a balloon).
+    Balloon,
     /// Turn this connection into a console session (raw bytes after the reply line).
     Console {
         #[serde(default)]
@@ -320,10 +326,12 @@ impl Supervisor {
         let mut state = rd.read_state().unwrap_or_else(|| blank_state(false));
         state.supervisor_pid = std::process::id() as i32;
         let hub = Hub::new(rd.console_log());
+        // `start --paused`: the first boot stays paused (the marker goes with that boot).
+        let paused = rd.dir.join(super::runtime::START_PAUSED).exists();
         let (qemu, qmp, events) = launch(rd, &argv, &how, &hub).await?;
         state.set_qemu(qemu.pid().and_then(QemuId::of));
-        state.state = VmState::Running;
-        state.reason = "booted".into();
+        (state.state, state.reason) =
+            if paused { (VmState::Paused, "start paused".into()) } else { (VmState::Running, "booted".into()) };
         state.started_at = now_secs();
         rd.write_state(&state).map_err(|e| e.to_string())?;
         let requests = serve_control(rd, hub.clone())?;
@@ -607,6 +615,36 @@ impl Supervisor {
                 self.set(VmState::Shutoff, "destroyed");
                 return Reply::ok(&self.state);
             }
+            Request::DestroyGraceful => {
+                self.quitting = Some("destroyed");
+                self.state.stopping = Some("destroyed".into());
+                self.save();
+                let quit = self.qmp.clone().with_timeout(Duration::from_secs(2));
+                let asked = quit.execute(qapi::qmp::quit {}).await;
+                if tokio::time::timeout(Duration::from_secs(10), self.qemu.wait()).await.is_ok() {
+                    self.set(VmState::Shutoff, "destroyed");
+                    return Reply::ok(&self.state);
+                }
+                self.quitting = None;
+                self.state.stopping = None;
+                self.save();
+                let why = asked.err().map(|e| format!(" ({e})")).unwrap_or_default();
+                return Reply::err(format!("qemu did not exit within 10 s of quit{why}; not killed (--graceful)"));
+            }
+            Request::BlockStats => {
+                return match self.qmp.execute_raw("query-blockstats", serde_json::json!({})).await {
+                    Ok(v) => Reply { data: v, ..Reply::ok(&self.state) },
+                    Err(e) => Reply::err(e.to_string()),
+                }
+            }
+            Request::Balloon => {
+                // No balloon device is an answer (null), not an error.
+                let data = match self.qmp.execute(qapi::qmp::query_balloon {}).await {
+                    Ok(b) => serde_json::json!({ "actual": b.actual }),
+                    Err(_) => Value::Null,
+                };
+                return Reply { data, ..Reply::ok(&self.state) };
+            }
             Request::Console { .. } => return Reply::err("console requests are served by the control task"),
             Request::UsernetAddrs => {
                 return match self.usernet_addrs().await {
@@ -754,7 +792,9 @@ async fn connect_and_run(rd: &RunDir, hub: &Arc<Hub>) -> Result<(QmpHandle, QmpE
         let opts = SetPasswordOptions::vnc { base, vnc: SetPasswordOptionsVnc { display: None } };
         qmp.execute(qapi::qmp::set_password(opts)).await.map_err(|e| format!("set_password: {e}"))?;
     }
-    qmp.execute(qapi::qmp::cont {}).await.map_err(|e| format!("cont: {e}"))?;
+    if std::fs::remove_file(rd.dir.join(super::runtime::START_PAUSED)).is_err() {
+        qmp.execute(qapi::qmp::cont {}).await.map_err(|e| format!("cont: {e}"))?;
+    }
     Ok((qmp, events))
 }
 

@@ -39,6 +39,8 @@ pub enum ValidateError {
     Cpu { value: String, qemu: String },
     #[error("boot_order \"{value}\" is not one of hd, cdrom, network")]
     BootOrder { value: String },
+    #[error("{field} {reason}")]
+    Text { field: &'static str, reason: &'static str },
     #[error("nic {index}: mac {mac} is {what}: a NIC needs a unicast, non-zero MAC")]
     MacKind { index: usize, mac: MacAddr, what: &'static str },
     #[error("nic {index}: mac {mac} is already used by {by}")]
@@ -114,6 +116,8 @@ pub fn check_def(def: &DomainDef, host: &HostLimits, caps: &QemuCaps) -> Result<
     if let Some(b) = def.boot_order.iter().find(|b| !BOOT_CLASSES.contains(&b.as_str())) {
         return Err(ValidateError::BootOrder { value: b.escape_debug().to_string() });
     }
+    check_text("title", def.title.as_deref(), 256, false)?;
+    check_text("description", def.description.as_deref(), 8192, true)?;
     for (i, n) in def.nics.iter().enumerate() {
         let what = if n.mac.is_zero() {
             "all zero"
@@ -140,6 +144,19 @@ pub fn others(store: &Store, name: &str) -> Vec<DomainDef> {
 /// adds is no other VM's. `users_of` answers who else uses an image (`Inventory::users_of`:
 /// every defined VM's disks, even of a definition this version cannot load). Overlays on a
 /// disk are `start`'s to refuse: a VM may be defined on a base image, not run on it.
+/// Titles and descriptions are shown in tables and on terminals: printable text only.
+fn check_text(field: &'static str, text: Option<&str>, max: usize, lines: bool) -> Result<(), ValidateError> {
+    let Some(t) = text else { return Ok(()) };
+    if t.chars().count() > max {
+        return Err(ValidateError::Text { field, reason: "is too long" });
+    }
+    if t.chars().any(|c| c.is_control() && !(lines && (c == '\n' || c == '\t'))) {
+        let reason = if lines { "holds control characters" } else { "must be one line of printable text" };
+        return Err(ValidateError::Text { field, reason });
+    }
+    Ok(())
+}
+
 pub fn check_relations(
     def: &DomainDef,
     others: &[DomainDef],

@@ -104,6 +104,30 @@ impl Netlink {
         }
     }
 
+    /// The kernel's IPv4 and IPv6 neighbours (ARP/NDP) on link `index`: (address, MAC).
+    pub async fn neighbours(&self, index: u32) -> Result<Vec<(IpAddr, [u8; 6])>, NetlinkError> {
+        use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourState};
+        let msgs: Vec<_> =
+            self.handle.neighbours().get().execute().try_collect().await.map_err(op("list neighbours"))?;
+        Ok(msgs
+            .into_iter()
+            .filter(|m| m.header.ifindex == index)
+            .filter(|m| !matches!(m.header.state, NeighbourState::Failed | NeighbourState::Incomplete))
+            .filter_map(|m| {
+                let (mut ip, mut mac) = (None, None);
+                for a in m.attributes {
+                    match a {
+                        NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => ip = Some(IpAddr::V4(v4)),
+                        NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => ip = Some(IpAddr::V6(v6)),
+                        NeighbourAttribute::LinkLayerAddress(l) => mac = <[u8; 6]>::try_from(l.as_slice()).ok(),
+                        _ => {}
+                    }
+                }
+                Some((ip?, mac?))
+            })
+            .collect())
+    }
+
     pub async fn links(&self) -> Result<Vec<Link>, NetlinkError> {
         let msgs: Vec<_> = self.handle.link().get().execute().try_collect().await.map_err(op("listing links"))?;
         Ok(msgs.iter().map(to_link).collect())

@@ -5,6 +5,7 @@ pub mod copy;
 mod error;
 pub mod foreign;
 pub mod image;
+pub mod libvirt_xml;
 pub mod pool;
 pub mod qcow2;
 pub mod volume;

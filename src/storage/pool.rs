@@ -21,6 +21,9 @@ pub struct PoolDef {
     pub target: PathBuf,
     #[serde(default)]
     pub autostart: bool,
+    /// Made by `pool-create-as`: it goes away when stopped (or when the host reboots).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub transient: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -71,6 +74,7 @@ pub fn ensure_defaults(store: &Store) -> Result<(), StorageError> {
                 kind: "dir".into(),
                 target: paths.default_pool_dir(),
                 autostart: true,
+                transient: false,
             };
             fs::create_dir_all(&def.target).map_err(io_at(&def.target))?;
             match store.create(Kind::Pool, DEFAULT_POOL, &def) {
@@ -89,6 +93,12 @@ pub fn ensure_defaults(store: &Store) -> Result<(), StorageError> {
                     continue;
                 }
             };
+            if def.transient {
+                // A transient pool does not outlive the boot it was created in.
+                let _l = store.lock(Kind::Pool, &name)?;
+                store.remove(Kind::Pool, &name)?;
+                continue;
+            }
             if def.autostart && check_target(&def).is_ok() {
                 mark_active(store, &name, true)?;
             }
@@ -162,6 +172,29 @@ pub fn active(store: &Store, name: &str) -> Result<PoolDef, StorageError> {
 }
 
 pub fn define_as(store: &Store, name: &str, kind: &str, target: &Path) -> Result<PoolDef, StorageError> {
+    new_pool(store, name, kind, target, false)
+}
+
+/// `pool-create-as [--build]`: a transient pool, started at once (built first with `build`);
+/// `pool-destroy` removes it. A failed start leaves no definition behind.
+pub fn create_as(
+    store: &Store,
+    name: &str,
+    kind: &str,
+    target: &Path,
+    build_it: bool,
+) -> Result<PoolDef, StorageError> {
+    let def = new_pool(store, name, kind, target, true)?;
+    let started = (if build_it { build(store, name).map(|_| ()) } else { Ok(()) }).and_then(|_| start(store, name));
+    if let Err(e) = started {
+        let _l = store.lock(Kind::Pool, name)?;
+        store.remove(Kind::Pool, name)?;
+        return Err(e);
+    }
+    Ok(def)
+}
+
+fn new_pool(store: &Store, name: &str, kind: &str, target: &Path, transient: bool) -> Result<PoolDef, StorageError> {
     crate::names::validate("pool", name)?;
     if kind != "dir" {
         return Err(StorageError::PoolType(kind.into()));
@@ -179,7 +212,8 @@ pub fn define_as(store: &Store, name: &str, kind: &str, target: &Path) -> Result
             }
         }
     }
-    let def = PoolDef { name: name.into(), uuid: Uuid::new_v4(), kind: kind.into(), target, autostart: false };
+    let def =
+        PoolDef { name: name.into(), uuid: Uuid::new_v4(), kind: kind.into(), target, autostart: false, transient };
     store.create(Kind::Pool, name, &def)?;
     Ok(def)
 }
@@ -211,7 +245,44 @@ pub fn destroy(store: &Store, name: &str) -> Result<(), StorageError> {
     if state(store, &def) == PoolState::Inactive {
         return Err(StorageError::PoolInactive(name.into()));
     }
-    mark_active(store, name, false)
+    mark_active(store, name, false)?;
+    if def.transient {
+        store.remove(Kind::Pool, name)?;
+    }
+    Ok(())
+}
+
+/// `pool-edit`: replace a pool's definition with an edited one. The name, UUID and type stay;
+/// the target may change only while the pool is inactive.
+pub fn redefine(store: &Store, old: &PoolDef, new: &PoolDef) -> Result<(), StorageError> {
+    let refuse = |what: &str| Err(StorageError::Invalid(format!("pool '{}': {what}; pool unchanged", old.name)));
+    if new.name != old.name {
+        return refuse("edit cannot rename a pool");
+    }
+    if new.uuid != old.uuid {
+        return refuse("edit cannot change the UUID");
+    }
+    if new.kind != "dir" {
+        return Err(StorageError::PoolType(new.kind.clone()));
+    }
+    if new.transient != old.transient {
+        return refuse("edit cannot make a pool transient or persistent");
+    }
+    if new.target != old.target {
+        if !new.target.is_absolute() {
+            return refuse("the target must be an absolute path");
+        }
+        if state(store, old) != PoolState::Inactive {
+            return refuse("its target can change only while it is inactive (pool-destroy it first)");
+        }
+        for other in store.list(Kind::Pool)?.into_iter().filter(|o| *o != old.name) {
+            if load(store, &other).is_ok_and(|o| o.target == new.target) {
+                return Err(StorageError::TargetTaken { pool: old.name.clone(), path: new.target.clone(), other });
+            }
+        }
+    }
+    store.save(Kind::Pool, &old.name, new)?;
+    Ok(())
 }
 
 pub fn undefine(store: &Store, name: &str) -> Result<(), StorageError> {
@@ -219,6 +290,9 @@ pub fn undefine(store: &Store, name: &str) -> Result<(), StorageError> {
     let def = load(store, name)?;
     if state(store, &def) != PoolState::Inactive {
         return Err(StorageError::UndefineActive(name.into()));
+    }
+    if def.transient {
+        return Err(StorageError::Invalid(format!("pool '{name}' is transient: pool-destroy removes it")));
     }
     store.remove(Kind::Pool, name)?;
     Ok(())

@@ -222,6 +222,104 @@ pub fn create_as(store: &Store, pool_name: &str, name: &str, opts: &CreateOpts) 
     nv.commit(true)
 }
 
+/// `vol-create-as --allocation N`: as [`create_as`], with the first N bytes of a raw volume
+/// allocated (fallocate) at once; a volume whose allocation fails is removed.
+pub fn create_allocated(
+    store: &Store,
+    pool_name: &str,
+    name: &str,
+    opts: &CreateOpts,
+    allocation: u64,
+) -> Result<VolRef, StorageError> {
+    check_allocation(name, opts, allocation)?;
+    let v = create_as(store, pool_name, name, opts)?;
+    if allocation > 0 {
+        let f = fs::OpenOptions::new().write(true).open(&v.path).map_err(io_at(&v.path));
+        let r = f.and_then(|f| {
+            nix::fcntl::fallocate(
+                std::os::fd::AsRawFd::as_raw_fd(&f),
+                nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE,
+                0,
+                allocation as i64,
+            )
+            .map_err(|e| io_at(&v.path)(e.into()))
+        });
+        if let Err(e) = r {
+            let _ = fs::remove_file(&v.path);
+            return Err(e);
+        }
+    }
+    Ok(v)
+}
+
+fn check_allocation(name: &str, opts: &CreateOpts, allocation: u64) -> Result<(), StorageError> {
+    if allocation > opts.capacity {
+        return Err(StorageError::Invalid(format!(
+            "volume '{name}': --allocation {allocation} is more than its capacity ({} bytes)",
+            opts.capacity
+        )));
+    }
+    if allocation > 0 && opts.format == Format::Qcow2 {
+        return Err(StorageError::Invalid(format!(
+            "volume '{name}': --allocation applies to raw volumes; a qcow2 volume grows as it is written \
+             (--prealloc-metadata allocates its metadata)"
+        )));
+    }
+    Ok(())
+}
+
+/// `vol-create-as --print-xml`: the XML of the volume `create_allocated` would make, after
+/// the same checks; nothing is created.
+pub fn planned_xml(
+    store: &Store,
+    pool_name: &str,
+    name: &str,
+    opts: &CreateOpts,
+    allocation: u64,
+) -> Result<String, StorageError> {
+    names::validate("volume", name)?;
+    check_capacity(
+        &format!("volume '{name}' in pool '{pool_name}'"),
+        opts.format,
+        qcow2::DEFAULT_CLUSTER_BITS,
+        opts.capacity,
+    )?;
+    check_allocation(name, opts, allocation)?;
+    let def = pool::active(store, pool_name)?;
+    let path = def.target.join(name);
+    if path.exists() {
+        return Err(StorageError::Invalid(format!("volume '{name}' already exists in pool '{pool_name}'")));
+    }
+    let backing = match &opts.backing_vol {
+        Some(b) if opts.format == Format::Qcow2 => Some(backing_for(store, pool_name, b, opts.backing_format)?),
+        Some(_) => return Err(StorageError::Invalid(format!("volume '{name}': --backing-vol needs --format qcow2"))),
+        None => None,
+    };
+    Ok(super::libvirt_xml::volume_xml(&super::libvirt_xml::VolXml {
+        name,
+        path: &path,
+        format: opts.format,
+        capacity: opts.capacity,
+        allocation,
+        physical: if opts.format == Format::Raw { opts.capacity } else { 0 },
+        backing: backing.as_ref().map(|b| (b.file.as_str(), b.format.as_str())),
+    }))
+}
+
+/// `vol-dumpxml`: the volume as libvirt XML, read with its recorded format.
+pub fn dump_xml(store: &Store, vref: &VolRef) -> Result<String, StorageError> {
+    let i = info(store, vref)?;
+    Ok(super::libvirt_xml::volume_xml(&super::libvirt_xml::VolXml {
+        name: &vref.name,
+        path: &vref.path,
+        format: i.format,
+        capacity: i.capacity,
+        allocation: i.allocation,
+        physical: i.physical,
+        backing: i.backing_file.as_deref().map(|f| (f, i.backing_format.as_deref().unwrap_or("raw"))),
+    }))
+}
+
 /// The backing reference for an overlay on volume `vol`: absolute path and its format.
 fn backing_for(store: &Store, pool_name: &str, vol: &str, fmt: Option<Format>) -> Result<Backing, StorageError> {
     let b = resolve(store, Some(pool_name), vol).or_else(|_| resolve(store, None, vol))?;
@@ -507,6 +605,122 @@ pub fn upload(vref: &VolRef, file: &Path, users: &Users, progress: Progress) -> 
     let n = copy_bytes(&src, tmp.file(), &vref.path, progress)?;
     tmp.commit(&vref.path).map_err(io_at(&vref.path))?;
     Ok(n)
+}
+
+/// Overwrite a file's whole length with zeros and wait for the disk (`vol-wipe`,
+/// `undefine --wipe-storage`).
+pub fn wipe_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let f = fs::OpenOptions::new().write(true).open(path)?;
+    let len = f.metadata()?.len();
+    let zeros = vec![0u8; 1 << 20];
+    let mut off = 0;
+    while off < len {
+        let n = zeros.len().min((len - off) as usize);
+        f.write_all_at(&zeros[..n], off)?;
+        off += n as u64;
+    }
+    f.sync_all()
+}
+
+/// `vol-wipe`: the volume's bytes overwritten with zeros. A qcow2 volume is then an empty
+/// qcow2 of the same capacity on the same backing file (its own data gone, still usable).
+/// Refused while qemu has it open or overlays read through it (`users`).
+pub fn wipe(store: &Store, vref: &VolRef, users: &Users) -> Result<(), StorageError> {
+    check_not_in_use(&vref.path, false, "stop the VM first")?;
+    users.refuse_overlays(&vref.path, "wipe")?;
+    let info = info(store, vref)?;
+    if let Some(p) = info.problem {
+        return Err(StorageError::Invalid(format!("volume {}: {p}", vref.path.display())));
+    }
+    wipe_file(&vref.path).map_err(io_at(&vref.path))?;
+    if info.format == Format::Qcow2 {
+        let backing = match (info.backing_file, info.backing_format) {
+            (Some(file), Some(format)) => Some(Backing { file, format }),
+            _ => None,
+        };
+        let f = fs::OpenOptions::new().write(true).open(&vref.path).map_err(io_at(&vref.path))?;
+        f.set_len(0).map_err(io_at(&vref.path))?;
+        Qcow2Writer::new(&f, info.capacity, backing)?.finish().map_err(io_at(&vref.path))?;
+        f.sync_all().map_err(io_at(&vref.path))?;
+    }
+    Ok(())
+}
+
+/// `vol-upload --offset --length`: `length` bytes of `file` (all of it without) written over
+/// the volume's bytes from `offset`, in place. Refused under overlays and while qemu has it.
+pub fn upload_range(
+    vref: &VolRef,
+    file: &Path,
+    offset: u64,
+    length: Option<u64>,
+    users: &Users,
+    progress: Progress,
+) -> Result<u64, StorageError> {
+    check_not_in_use(&vref.path, false, "stop the VM first")?;
+    users.refuse_overlays(&vref.path, "overwrite")?;
+    let src = File::open(file).map_err(io_at(file))?;
+    let avail = src.metadata().map_err(io_at(file))?.len();
+    let n = length.unwrap_or(avail);
+    if n > avail {
+        return Err(StorageError::Invalid(format!(
+            "--length {n} is more than the {avail} bytes of {}",
+            file.display()
+        )));
+    }
+    let dst = fs::OpenOptions::new().write(true).open(&vref.path).map_err(io_at(&vref.path))?;
+    copy_range(&src, 0, &dst, offset, n, (file, &vref.path), progress)?;
+    dst.sync_all().map_err(io_at(&vref.path))?;
+    Ok(n)
+}
+
+/// `vol-download --offset --length`: the volume's bytes from `offset` (to its end without
+/// `length`) into `file`, written beside it and renamed.
+pub fn download_range(
+    vref: &VolRef,
+    file: &Path,
+    offset: u64,
+    length: Option<u64>,
+    progress: Progress,
+) -> Result<u64, StorageError> {
+    let src = File::open(&vref.path).map_err(io_at(&vref.path))?;
+    let size = src.metadata().map_err(io_at(&vref.path))?.len();
+    if offset > size {
+        return Err(StorageError::Invalid(format!(
+            "--offset {offset} is past the end of volume {} ({size} bytes)",
+            vref.path.display()
+        )));
+    }
+    let n = length.unwrap_or(size - offset).min(size - offset);
+    let mut tmp = TempFile::new_beside(file, 0o644).map_err(io_at(file))?;
+    copy_range(&src, offset, tmp.file(), 0, n, (&vref.path, file), progress)?;
+    tmp.commit(file).map_err(io_at(file))?;
+    Ok(n)
+}
+
+fn copy_range(
+    src: &File,
+    from: u64,
+    dst: &File,
+    to: u64,
+    len: u64,
+    (src_path, dst_path): (&Path, &Path),
+    progress: Progress,
+) -> Result<(), StorageError> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut done = 0;
+    while done < len {
+        let want = buf.len().min((len - done) as usize);
+        let got = src.read_at(&mut buf[..want], from + done).map_err(io_at(src_path))?;
+        if got == 0 {
+            return Err(StorageError::Invalid(format!("{} ended early", src_path.display())));
+        }
+        dst.write_all_at(&buf[..got], to + done).map_err(io_at(dst_path))?;
+        done += got as u64;
+        progress(done, len);
+    }
+    Ok(())
 }
 
 /// `vol-download`: the volume's bytes into `file` (written beside it, then renamed); with

@@ -1,0 +1,89 @@
+//! `capabilities`: what this host's qemu and accelerator can run, as a table or JSON.
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use super::output::info_block;
+use super::Ctx;
+use crate::domain::accel;
+use crate::domain::qemu_caps::{self, Machine};
+
+/// UEFI firmware files kvmctl uses where they exist (`--boot uefi`).
+const FIRMWARE: [&str; 2] = ["/usr/share/OVMF/OVMF_CODE.fd", "/usr/share/OVMF/OVMF_VARS.fd"];
+
+#[derive(Serialize)]
+struct Capabilities {
+    arch: String,
+    /// What `--accel auto` picks on this host now: kvm or tcg.
+    accelerator: &'static str,
+    kvm_usable: bool,
+    kvm_reason: String,
+    qemu: String,
+    machines: Vec<Machine>,
+    cpu_models: Vec<String>,
+    /// `-cpu` under the accelerator when a definition names no model.
+    default_cpu: &'static str,
+    devices: Devices,
+    firmware: Vec<String>,
+    disk_formats: [&'static str; 2],
+    disk_buses: [&'static str; 4],
+    nic_models: [&'static str; 3],
+}
+
+#[derive(Serialize)]
+struct Devices {
+    tun: bool,
+    vhost_net: bool,
+}
+
+pub(super) fn capabilities(ctx: &Ctx) -> anyhow::Result<()> {
+    let verdict = accel::probe(&ctx.store.paths.run);
+    let caps = qemu_caps::probe(&ctx.store.paths.run)?;
+    let c = Capabilities {
+        arch: nix::sys::utsname::uname().map(|u| u.machine().to_string_lossy().into_owned()).unwrap_or_default(),
+        accelerator: if verdict.kvm_usable { "kvm" } else { "tcg" },
+        kvm_usable: verdict.kvm_usable,
+        kvm_reason: verdict.reason.clone(),
+        qemu: caps.qemu.clone(),
+        machines: caps.machines.clone(),
+        cpu_models: caps.cpus.clone(),
+        default_cpu: if verdict.kvm_usable { "host" } else { "max" },
+        devices: Devices { tun: Path::new("/dev/net/tun").exists(), vhost_net: Path::new("/dev/vhost-net").exists() },
+        firmware: FIRMWARE.iter().filter(|f| Path::new(f).exists()).map(|f| f.to_string()).collect(),
+        disk_formats: ["qcow2", "raw"],
+        disk_buses: ["virtio", "sata", "scsi", "ide"],
+        nic_models: ["virtio", "e1000", "rtl8139"],
+    };
+    if ctx.out.json {
+        return ctx.out.json(&c);
+    }
+    let machines: Vec<String> = c
+        .machines
+        .iter()
+        .map(|m| match &m.alias {
+            Some(a) => format!("{a} ({}, up to {} vCPUs)", m.name, m.cpu_max),
+            None => format!("{} (up to {} vCPUs)", m.name, m.cpu_max),
+        })
+        .collect();
+    let yes = |b: bool| if b { "yes" } else { "no" }.to_string();
+    let rows = vec![
+        ("Arch", c.arch.clone()),
+        ("Accelerator", format!("{} ({})", c.accelerator, c.kvm_reason)),
+        ("Emulator", c.qemu.clone()),
+        ("Default CPU", format!("-cpu {}", c.default_cpu)),
+        ("CPU models", c.cpu_models.len().to_string()),
+        ("Machines", machines.len().to_string()),
+        ("/dev/net/tun", yes(c.devices.tun)),
+        ("/dev/vhost-net", yes(c.devices.vhost_net)),
+        ("UEFI firmware", if c.firmware.is_empty() { "none (apt install ovmf)".into() } else { c.firmware.join(", ") }),
+        ("Disk formats", c.disk_formats.join(", ")),
+        ("Disk buses", c.disk_buses.join(", ")),
+        ("NIC models", c.nic_models.join(", ")),
+    ];
+    print!("{}", info_block(&rows));
+    println!("\nMachine types:");
+    machines.iter().for_each(|m| println!("  {m}"));
+    println!("\nCPU models:\n  {}", c.cpu_models.join(" "));
+    Ok(())
+}

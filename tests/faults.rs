@@ -230,6 +230,16 @@ fn cases() -> Vec<Case> {
             cleanup: no_clone,
         },
         Case {
+            point: "domrename.created",
+            prepare: |w| {
+                w.try_(&["domrename", "ren", "src"]);
+                no_clone(w);
+            },
+            cmd: |_| s(&["-q", "domrename", "src", "ren"]),
+            retry: Retry::Succeeds,
+            cleanup: |w| w.try_(&["domrename", "ren", "src"]),
+        },
+        Case {
             point: "vol-clone.copy",
             prepare: |w| vol_gone("vc.qcow2")(w),
             cmd: |_| s(&["-q", "vol-clone", "tiny.qcow2", "vc.qcow2", "--pool", "default"]),

@@ -76,9 +76,10 @@ pub(super) fn dumpxml(ctx: &Ctx, name: &str, inactive: bool, xpath: Option<&str>
         libvirt_xml::to_xml(&def)
     } else {
         let def = lifecycle::current_def(&ctx.store, name)?;
+        // A VM that is not running shows its definition, as virsh's does (and round-trips).
         let live = match live_state(ctx, name) {
             Some(s) => Live { id: s.domain_id, accel: s.accel.parse().ok(), taps: s.taps },
-            None => Live { accel: Some(would_run_on(ctx, &def)), ..Live::default() },
+            None => Live::default(),
         };
         libvirt_xml::to_xml_live(&def, &live)
     };
@@ -97,13 +98,6 @@ pub(super) fn dumpxml(ctx: &Ctx, name: &str, inactive: bool, xpath: Option<&str>
         crate::xpath::Selected::Nodes(nodes) => nodes.iter().for_each(|n| println!("{n}")),
     }
     Ok(())
-}
-
-/// The accelerator a start would pick now (`auto` resolved by this boot's cached probe).
-fn would_run_on(ctx: &Ctx, def: &DomainDef) -> crate::domain::definition::Accel {
-    use crate::domain::accel;
-    let verdict = accel::probe(&ctx.store.paths.run);
-    accel::resolve(def.accel, &verdict).map(|r| r.accel).unwrap_or(def.accel)
 }
 
 pub(super) fn domiflist(ctx: &Ctx, name: &str) -> anyhow::Result<()> {

@@ -350,4 +350,67 @@ mod tests {
         assert_eq!(whole_u32("-1"), Err("'-1' is not a whole number".into()));
         assert_eq!(whole_u32(""), Err("'' is not a whole number".into()));
     }
+
+    /// Every virsh spelling kvmctl takes parses, named forms included (through the same
+    /// rewrite `main` applies); what kvmctl refuses by value is a usage error.
+    #[test]
+    fn virsh_spellings_parse() {
+        let parse = |line: &str| {
+            let args = std::iter::once("kvmctl").chain(line.split(' ')).map(std::ffi::OsString::from).collect();
+            Cli::try_parse_from(virsh_args::rewrite(args))
+        };
+        for ok in [
+            "list --inactive --persistent --transient --autostart --no-autostart --title",
+            "list --state-running --state-paused --state-shutoff --state-other --uuid",
+            "start vm --paused --console",
+            "start --domain vm --paused",
+            "shutdown vm --mode acpi",
+            "reboot --domain vm --mode acpi",
+            "destroy vm --graceful",
+            "undefine vm --storage vda,vdb --wipe-storage --nvram --snapshots-metadata",
+            "undefine vm --remove-all-storage --wipe-storage",
+            "dumpxml vm --inactive --xpath //disk --wrap",
+            "define --file d.xml --validate",
+            "net-define --file n.xml --validate",
+            "domifaddr vm --source arp --interface vnet0",
+            "domifaddr --domain vm --source lease",
+            "domblklist vm --details --inactive",
+            "net-list --all --persistent --transient --autostart --no-autostart --uuid",
+            "pool-list --all --persistent --transient --autostart --no-autostart --uuid --type dir",
+            "pool-start --pool p --build",
+            "pool-create-as --name p --type dir --target /p --build",
+            "pool-create-as p dir - - - - /p",
+            "pool-dumpxml --pool p --inactive",
+            "pool-edit p",
+            "vol-create-as p v.img 1G --allocation 512M --print-xml",
+            "vol-info --vol v.img --pool p --bytes",
+            "vol-upload --vol v.img --file f --pool p --offset 512 --length 1024",
+            "vol-download v.img f --pool p --offset 512 --length 1024",
+            "vol-wipe --vol v.img --pool p --algorithm zero",
+            "vol-dumpxml --vol v.img --pool p",
+            "console vm --safe --devname serial0",
+            "desc vm --title --new-desc text",
+            "desc --domain vm",
+            "domrename --domain vm --new-name vm2",
+            "domblkinfo --domain vm --device vda --human",
+            "domblkinfo vm --all",
+            "domblkstat vm vda --human",
+            "dommemstat --domain vm",
+            "domstats vm vm2 --state --cpu-total --balloon --vcpu --interface --block",
+            "capabilities",
+        ] {
+            if let Err(e) = parse(ok) {
+                panic!("{ok}: {e}");
+            }
+        }
+        for bad in [
+            "list --all --inactive",
+            "dumpxml vm --wrap",
+            "domifaddr vm --source dns",
+            "undefine vm --remove-all-storage --storage vda",
+            "vol-download v f --format vmdk --offset 1",
+        ] {
+            assert!(parse(bad).is_err(), "{bad} must be refused");
+        }
+    }
 }

@@ -11,7 +11,27 @@ pub struct VmHost {
     pub ns: Netns,
 }
 
+/// What a booted test VM needs: root (namespaces), qemu, dnsmasq, nft and the test guest;
+/// under CI a missing one fails the test.
+pub fn vm_prereqs() -> bool {
+    super::require(
+        "root, qemu-system-x86_64, qemu-img, dnsmasq, nft and the test guest (images/build.sh)",
+        super::netns::can_netns()
+            && ["qemu-system-x86_64", "qemu-img", "dnsmasq", "nft"].iter().all(|p| super::have_program(p))
+            && super::guest_dir().join("tiny.qcow2").exists(),
+    )
+}
+
 impl VmHost {
+    /// A linked clone `name` of the tiny test guest's disk in the default pool (imported once).
+    pub fn guest_disk(&self, name: &str) {
+        if !self.k.images().join("tiny.qcow2").exists() {
+            let guest = super::guest_dir().join("tiny.qcow2");
+            self.ok(&["-q", "vol-import", guest.to_str().unwrap(), "--pool", "default"]);
+        }
+        self.ok(&["-q", "vol-clone", "tiny.qcow2", name, "--pool", "default", "--linked"]);
+    }
+
     /// `tag` names the namespace (one letter per test file keeps names apart).
     pub fn new(tag: &str) -> VmHost {
         VmHost { k: Kvm::new(), ns: Netns::new(tag) }
@@ -19,6 +39,14 @@ impl VmHost {
 
     pub fn ok(&self, args: &[&str]) -> String {
         self.k.ok_in(&self.ns, args)
+    }
+
+    /// `--json` output, parsed.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = vec!["--json"];
+        a.extend_from_slice(args);
+        let out = self.ok(&a);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("kvmctl {args:?}: not JSON ({e}): {out}"))
     }
 
     /// Require exit `code`; returns stderr.

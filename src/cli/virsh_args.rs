@@ -10,7 +10,7 @@ fn named_positionals(cmd: &str) -> &'static [&'static str] {
     match cmd {
         "start" | "shutdown" | "reboot" | "reset" | "destroy" | "suspend" | "resume" | "undefine" | "dominfo"
         | "domstate" | "domifaddr" | "domiflist" | "domblklist" | "dumpxml" | "edit" | "autostart" | "console"
-        | "vncdisplay" | "domdisplay" => &["--domain"],
+        | "vncdisplay" | "domdisplay" | "events" | "event" => &["--domain"],
         "define" | "net-define" | "net-create" => &["--file"],
         "net-start" | "net-destroy" | "net-undefine" | "net-autostart" | "net-info" | "net-dumpxml" | "net-edit"
         | "net-dhcp-leases" => &["--network"],

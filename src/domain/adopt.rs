@@ -135,6 +135,7 @@ pub(super) fn remove_sockets(rd: &RunDir) {
 /// Record the end of a qemu that exited while no supervisor watched it: shut off if it was
 /// being stopped (or had powered off), crashed otherwise; sockets and lock file removed.
 pub(super) fn unsupervised_end(rd: &RunDir, mut st: RunState, lock: ObjectLock) -> RunState {
+    let prev = st.state;
     match st.state {
         VmState::Shutoff | VmState::Crashed if st.reason == "starting" => {
             st.state = VmState::Shutoff;
@@ -155,6 +156,7 @@ pub(super) fn unsupervised_end(rd: &RunDir, mut st: RunState, lock: ObjectLock) 
     if let Err(e) = rd.write_state(&st) {
         tracing::error!(error = %e, "cannot write state.json");
     }
+    super::journal::transition(rd, prev, st.state, &st.reason, false);
     let _ = lock.remove_file(&rd.lock());
     st
 }

@@ -480,11 +480,13 @@ pub fn destroy(store: &Store, name: &str) -> Result<(), DomainError> {
         return Err(DomainError::Control { name: name.into(), what: "destroy", reason: "qemu does not stop".into() });
     }
     let mut st = rd.read_state().unwrap_or_else(|| panic!("state.json"));
+    let prev = st.state;
     st.state = VmState::Shutoff;
     st.reason = "destroyed".into();
     st.set_qemu(None);
     st.stopping = None;
     rd.write_state(&st).map_err(io_at(rd.state()))?;
+    super::journal::transition(&rd, prev, VmState::Shutoff, "destroyed", false);
     adopt::remove_sockets(&rd);
     finish_transient(store, name)
 }

@@ -301,6 +301,8 @@ struct Supervisor {
     fake_reboot: bool,
     /// We asked qemu to go away (destroy/shutdown/policy): its exit is not a crash.
     quitting: Option<&'static str>,
+    /// The host asked the guest to power off (`shutdown`): its poweroff event says so.
+    powerdown_asked: bool,
     /// Set during an install's first boot.
     next: Option<NextBoot>,
     hub: Arc<Hub>,
@@ -326,6 +328,7 @@ impl Supervisor {
         state.reason = "booted".into();
         state.started_at = now_secs();
         rd.write_state(&state).map_err(|e| e.to_string())?;
+        super::journal::emit(rd, crate::events::What::Started, "booted");
         let requests = serve_control(rd, hub.clone())?;
         Ok(Supervisor {
             rd: rd.clone(),
@@ -338,6 +341,7 @@ impl Supervisor {
             state,
             fake_reboot: false,
             quitting: None,
+            powerdown_asked: false,
             next: std::fs::read_to_string(rd.next_boot()).ok().and_then(|t| serde_json::from_str(&t).ok()),
             hub,
             launch: Some(how),
@@ -405,6 +409,7 @@ impl Supervisor {
                 state,
                 fake_reboot: false,
                 quitting: None,
+                powerdown_asked: false,
                 next: std::fs::read_to_string(rd.next_boot()).ok().and_then(|t| serde_json::from_str(&t).ok()),
                 hub,
                 launch: None,
@@ -421,6 +426,8 @@ impl Supervisor {
     }
 
     fn set(&mut self, state: VmState, reason: &str) {
+        let prev = self.state.state;
+        super::journal::transition(&self.rd, prev, state, reason, self.powerdown_asked);
         self.state.state = state;
         self.state.reason = reason.to_string();
         self.save();
@@ -591,6 +598,7 @@ impl Supervisor {
         let r = match req {
             Request::Status => Ok(()),
             Request::Shutdown => {
+                self.powerdown_asked = true;
                 self.state.stopping = Some("shutdown".into());
                 self.save();
                 self.qmp.execute(qapi::qmp::system_powerdown {}).await.map(|_| ())

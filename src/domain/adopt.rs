@@ -156,7 +156,7 @@ pub(super) fn unsupervised_end(rd: &RunDir, mut st: RunState, lock: ObjectLock) 
     if let Err(e) = rd.write_state(&st) {
         tracing::error!(error = %e, "cannot write state.json");
     }
-    super::journal::transition(rd, prev, st.state, &st.reason, false);
     let _ = lock.remove_file(&rd.lock());
+    super::journal::transition(rd, prev, st.state, &st.reason, false);
     st
 }

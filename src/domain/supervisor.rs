@@ -303,6 +303,10 @@ struct Supervisor {
     quitting: Option<&'static str>,
     /// The host asked the guest to power off (`shutdown`): its poweroff event says so.
     powerdown_asked: bool,
+    /// The event of the VM's stop, recorded once its end is (`finish`).
+    stop_event: Option<(crate::events::What, String)>,
+    /// qemu is gone for good: what `set` records is the VM's end.
+    ending: bool,
     /// Set during an install's first boot.
     next: Option<NextBoot>,
     hub: Arc<Hub>,
@@ -342,6 +346,8 @@ impl Supervisor {
             fake_reboot: false,
             quitting: None,
             powerdown_asked: false,
+            stop_event: None,
+            ending: false,
             next: std::fs::read_to_string(rd.next_boot()).ok().and_then(|t| serde_json::from_str(&t).ok()),
             hub,
             launch: Some(how),
@@ -410,6 +416,8 @@ impl Supervisor {
                 fake_reboot: false,
                 quitting: None,
                 powerdown_asked: false,
+                stop_event: None,
+                ending: false,
                 next: std::fs::read_to_string(rd.next_boot()).ok().and_then(|t| serde_json::from_str(&t).ok()),
                 hub,
                 launch: None,
@@ -427,7 +435,15 @@ impl Supervisor {
 
     fn set(&mut self, state: VmState, reason: &str) {
         let prev = self.state.state;
-        super::journal::transition(&self.rd, prev, state, reason, self.powerdown_asked);
+        let event = super::journal::event_of(prev, state, reason, self.powerdown_asked);
+        match event {
+            // A stop is told once it is recorded and the sockets are gone (`finish`).
+            Some(e) if state == VmState::Shutoff || self.ending => {
+                self.stop_event.get_or_insert(e);
+            }
+            Some((what, detail)) => super::journal::emit(&self.rd, what, &detail),
+            None => {}
+        }
         self.state.state = state;
         self.state.reason = reason.to_string();
         self.save();
@@ -590,6 +606,7 @@ impl Supervisor {
         self.state.set_qemu(None);
         let not_restarted =
             if restart && self.launch.is_none() { "; adopted, not restarted: start it again" } else { "" };
+        self.ending = true;
         self.set(VmState::Crashed, &format!("crashed: qemu {detail}{not_restarted}"));
         true
     }
@@ -607,7 +624,13 @@ impl Supervisor {
                 self.fake_reboot = true;
                 self.qmp.execute(qapi::qmp::system_powerdown {}).await.map(|_| ())
             }
-            Request::Reset => self.qmp.execute(qapi::qmp::system_reset {}).await.map(|_| ()),
+            Request::Reset => {
+                let r = self.qmp.execute(qapi::qmp::system_reset {}).await.map(|_| ());
+                if r.is_ok() {
+                    super::journal::emit(&self.rd, crate::events::What::Rebooted, "reset");
+                }
+                r
+            }
             Request::Suspend => self.qmp.execute(qapi::qmp::stop {}).await.map(|_| ()),
             Request::Resume => self.qmp.execute(qapi::qmp::cont {}).await.map(|_| ()),
             Request::Destroy => {
@@ -655,6 +678,10 @@ impl Supervisor {
         self.state.set_qemu(None);
         self.state.stopping = None;
         self.save();
+        // Before the lock goes: a command that waited for the VM to stop finds it told.
+        if let Some((what, detail)) = self.stop_event.take() {
+            super::journal::emit(&self.rd, what, &detail);
+        }
     }
 }
 

@@ -448,11 +448,7 @@ impl Follower {
     }
 
     /// The next event; `Timeout` once `deadline` passes, `Woken(i)` when `extra[i]` is ready.
-    pub fn next(
-        &mut self,
-        deadline: Option<Instant>,
-        extra: &[(BorrowedFd, PollFlags)],
-    ) -> Result<Next, EventsError> {
+    pub fn next(&mut self, deadline: Option<Instant>, extra: &[(BorrowedFd, PollFlags)]) -> Result<Next, EventsError> {
         loop {
             if let Some(ev) = self.pending.pop_front() {
                 return Ok(Next::Event(ev));

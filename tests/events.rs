@@ -132,7 +132,19 @@ fn disk(h: &VmHost, name: &str) {
 fn install(h: &VmHost, name: &str, net: &str) {
     let vol = format!("vol=default/{name}.qcow2");
     disk(h, &format!("{name}.qcow2"));
-    h.ok(&["install", "--name", name, "--memory", "256", "--disk", &vol, "--network", net, "--import", "--noautoconsole"]);
+    h.ok(&[
+        "install",
+        "--name",
+        name,
+        "--memory",
+        "256",
+        "--disk",
+        &vol,
+        "--network",
+        net,
+        "--import",
+        "--noautoconsole",
+    ]);
 }
 
 fn qemu_pids(h: &VmHost) -> Vec<i32> {
@@ -179,7 +191,8 @@ fn events_follow_a_vm_and_its_network_through_their_lifecycle_in_order() {
     let (code, lines) = by_vm.ended(60);
     assert_eq!(code, 0);
     let evs: Vec<Value> = lines.iter().map(|l| serde_json::from_str(l).unwrap()).collect();
-    let words: Vec<(&str, &str)> = evs.iter().map(|v| (v["kind"].as_str().unwrap(), v["event"].as_str().unwrap())).collect();
+    let words: Vec<(&str, &str)> =
+        evs.iter().map(|v| (v["kind"].as_str().unwrap(), v["event"].as_str().unwrap())).collect();
     assert_eq!(words, [("domain", "defined"), ("domain", "started"), ("lease", "acquired")], "{lines:?}");
     let (code, lines) = by_net.ended(60);
     assert_eq!(code, 0);
@@ -304,7 +317,8 @@ fn journal_is_private_and_lease_hostnames_reach_no_terminal_raw() {
     let (code, lines) = human.ended(30);
     assert_eq!(code, 0);
     assert!(lines.iter().all(|l| !l.chars().any(|c| c.is_control())), "{lines:?}");
-    assert!(lines[0].contains("event 'lease' for network 'evil': Acquired 10.9.9.9 mac 52:54:00:11:22:33 hostname 'pwn\\u{1b}"));
+    assert!(lines[0]
+        .contains("event 'lease' for network 'evil': Acquired 10.9.9.9 mac 52:54:00:11:22:33 hostname 'pwn\\u{1b}"));
     assert!(lines[1].contains("Released 10.9.9.9"), "{lines:?}");
     let mode = std::fs::metadata(k.root().join("run/events.ndjson")).map(|m| m.permissions().mode() & 0o777);
     // The only writer so far was the first command (the default network's definition).

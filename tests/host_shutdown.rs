@@ -22,7 +22,19 @@ fn install(h: &VmHost, name: &str) {
     }
     h.ok(&["-q", "vol-clone", "tiny.qcow2", &format!("{name}.qcow2"), "--pool", "default", "--linked"]);
     let vol = format!("vol=default/{name}.qcow2");
-    h.ok(&["install", "--name", name, "--memory", "256", "--disk", &vol, "--network", "none", "--import", "--noautoconsole"]);
+    h.ok(&[
+        "install",
+        "--name",
+        name,
+        "--memory",
+        "256",
+        "--disk",
+        &vol,
+        "--network",
+        "none",
+        "--import",
+        "--noautoconsole",
+    ]);
 }
 
 fn state(h: &VmHost, vm: &str) -> String {
@@ -65,7 +77,19 @@ fn down_powers_off_forces_the_rest_records_them_and_up_starts_them_again() {
     // --json: one object per VM; a transient VM stops but is not recorded.
     let g = guest_dir();
     let boot = format!("kernel={},initrd={}", g.join("vmlinuz").display(), g.join("initramfs.cpio.gz").display());
-    h.ok(&["install", "--name", "t1", "--memory", "256", "--boot", &boot, "--network", "none", "--transient", "--noautoconsole"]);
+    h.ok(&[
+        "install",
+        "--name",
+        "t1",
+        "--memory",
+        "256",
+        "--boot",
+        &boot,
+        "--network",
+        "none",
+        "--transient",
+        "--noautoconsole",
+    ]);
     let v: serde_json::Value = serde_json::from_str(&h.ok(&["--json", "down", "--timeout", "1"])).unwrap();
     let rows = v.as_array().unwrap();
     assert_eq!(rows.len(), 3, "{v}");
@@ -114,10 +138,8 @@ fn the_units_verify_and_stop_vms_only_from_the_guests_unit() {
     if !require("systemd-analyze", have_program("systemd-analyze")) {
         return;
     }
-    let paths: Vec<String> = ["kvmctl.service", "kvmctl-guests.service"]
-        .iter()
-        .map(|u| dir.path().join(u).display().to_string())
-        .collect();
+    let paths: Vec<String> =
+        ["kvmctl.service", "kvmctl-guests.service"].iter().map(|u| dir.path().join(u).display().to_string()).collect();
     let o = std::process::Command::new("systemd-analyze").args(["verify", "--man=no"]).args(&paths).bounded();
     assert!(
         o.status.success() && o.stderr.is_empty(),

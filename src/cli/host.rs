@@ -39,10 +39,9 @@ pub fn down(a: DownArgs, ctx: &Ctx) -> anyhow::Result<()> {
         };
         match (outcome, &error) {
             ("poweroff", _) => ctx.out.done(format!("Domain '{}' is shut down", s.name)),
-            ("forced", _) => ctx.out.done(format!(
-                "Domain '{}' did not power off within {}s: destroyed",
-                s.name, a.timeout
-            )),
+            ("forced", _) => {
+                ctx.out.done(format!("Domain '{}' did not power off within {}s: destroyed", s.name, a.timeout))
+            }
             ("already-stopped", _) => ctx.out.done(format!("Domain '{}' had stopped already", s.name)),
             (_, e) => {
                 eprintln!("error: {}", e.as_deref().unwrap_or_default());

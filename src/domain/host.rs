@@ -92,7 +92,8 @@ fn running(store: &Store) -> Result<Vec<String>, DomainError> {
     let mut names = Vec::new();
     for (name, _) in super::adopt::recover(store)? {
         let rd = RunDir::of(store, &name);
-        let live = rd.read_state().is_some_and(|s| matches!(s.state, VmState::Running | VmState::Paused | VmState::Shutdown));
+        let live =
+            rd.read_state().is_some_and(|s| matches!(s.state, VmState::Running | VmState::Paused | VmState::Shutdown));
         if rd.alive() && live {
             names.push(name);
         }

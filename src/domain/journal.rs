@@ -87,7 +87,7 @@ mod tests {
 
     #[test]
     fn state_changes_are_virsh_events() {
-        let e = |p, n, r| event_of(p, n, r, false).map(|(w, d)| (w, d));
+        let e = |p, n, r| event_of(p, n, r, false);
         assert_eq!(e(Shutoff, Running, "booted"), Some((What::Started, "booted".into())));
         assert_eq!(e(Running, Paused, "user"), Some((What::Paused, "user".into())));
         assert_eq!(e(Paused, Running, "unpaused"), Some((What::Resumed, "unpaused".into())));

@@ -260,8 +260,9 @@ pub fn start_phased(
 /// A supervisor that has recorded its VM's end (stopped, no qemu) is about to exit: give it a
 /// moment to let go of the VM (a `start` right after the VM's stop event, or its state).
 fn wait_exiting(rd: &RunDir) {
-    let ending =
-        || rd.read_state().is_some_and(|s| matches!(s.state, VmState::Shutoff | VmState::Crashed) && s.qemu_pid.is_none());
+    let ending = || {
+        rd.read_state().is_some_and(|s| matches!(s.state, VmState::Shutoff | VmState::Crashed) && s.qemu_pid.is_none())
+    };
     let t0 = Instant::now();
     while rd.alive() && ending() && t0.elapsed() < Duration::from_secs(10) {
         std::thread::sleep(Duration::from_millis(10));

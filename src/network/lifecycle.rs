@@ -456,7 +456,12 @@ pub async fn start_or_repair(
     match start_steps(store, nl, &def, transient, &dir, &mut revert).await {
         Ok(st) => {
             revert.commit();
-            crate::events::network(&store.paths.run, name, crate::events::What::Started, format!("bridge {}", st.bridge));
+            crate::events::network(
+                &store.paths.run,
+                name,
+                crate::events::What::Started,
+                format!("bridge {}", st.bridge),
+            );
             Ok((st, StartReport { repaired: vec![], cleaned }))
         }
         Err(e) => {

@@ -72,8 +72,8 @@ pub fn remove_temps_on_signals() {
 /// SIGHUP no longer end the process but make the returned pipe readable, so that the command
 /// ends on its own terms (exit 0, its output whole). It must hold no temp file.
 pub fn signals_to_pipe() -> std::io::Result<std::os::fd::OwnedFd> {
-    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
     use nix::fcntl::OFlag;
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
     let (rd, wr) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
     SIGNAL_PIPE.store(std::os::fd::IntoRawFd::into_raw_fd(wr), std::sync::atomic::Ordering::Relaxed);
     let action = SigAction::new(SigHandler::Handler(on_signal), SaFlags::SA_RESTART, SigSet::empty());

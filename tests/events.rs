@@ -299,7 +299,7 @@ fn journal_is_private_and_lease_hostnames_reach_no_terminal_raw() {
     let k = Kvm::new();
     k.ok(&["-q", "pool-list"]);
     let mut f = Follow::start(&k, None, &["--json"]);
-    let human = Follow::start(&k, None, &["--count", "2"]);
+    let mut human = Follow::start(&k, None, &["--count", "2"]);
     // A network's lease file as dnsmasq writes it, with what a hostile guest might send as
     // its hostname (dnsmasq's own checks aside).
     let net = k.root().join("run/networks/evil");
@@ -312,6 +312,10 @@ fn journal_is_private_and_lease_hostnames_reach_no_terminal_raw() {
     assert!(host.starts_with("pwn\\u{1b}]0;owned"), "{host:?}");
     assert_eq!((v["ip"].as_str(), v["mac"].as_str()), (Some("10.9.9.9"), Some("52:54:00:11:22:33")));
     assert!(v["domain"].is_null());
+    // Released once both followers have seen it (a lease shorter than their settling time
+    // would be no event at all).
+    let first = human.lines.recv_timeout(Duration::from_secs(30)).expect("the human line of the lease");
+    human.seen.push(first);
     std::fs::write(net.join("leases"), "").unwrap();
     f.expect("lease", "evil", "released", 30);
     let (code, lines) = human.ended(30);
@@ -323,4 +327,22 @@ fn journal_is_private_and_lease_hostnames_reach_no_terminal_raw() {
     let mode = std::fs::metadata(k.root().join("run/events.ndjson")).map(|m| m.permissions().mode() & 0o777);
     // The only writer so far was the first command (the default network's definition).
     assert_eq!(mode.unwrap(), 0o600);
+}
+
+#[test]
+fn sigterm_ctrl_c_and_a_reader_that_goes_away_end_the_stream_with_exit_zero() {
+    use nix::sys::signal::{kill, Signal};
+    let k = Kvm::new();
+    k.ok(&["-q", "pool-list"]);
+    for sig in [Signal::SIGTERM, Signal::SIGINT] {
+        let f = Follow::start(&k, None, &["--json"]);
+        kill(nix::unistd::Pid::from_raw(f.child.id() as i32), sig).unwrap();
+        let (code, lines) = f.ended(30);
+        assert_eq!((code, lines.len()), (0, 0), "{sig}");
+    }
+    // `kvmctl events | true`: the reader is gone before any event; events notices and ends.
+    let script =
+        format!("set -o pipefail; {} --root {} events --json | true", env!("CARGO_BIN_EXE_kvmctl"), k.root().display());
+    let o = bounded_output_within(Command::new("bash").args(["-c", &script]), Duration::from_secs(60));
+    assert!(o.status.success() && o.stderr.is_empty(), "{o:?}");
 }

@@ -261,7 +261,9 @@ pub fn start_phased(
 /// moment to let go of the VM (a `start` right after the VM's stop event, or its state).
 fn wait_exiting(rd: &RunDir) {
     let ending = || {
-        rd.read_state().is_some_and(|s| matches!(s.state, VmState::Shutoff | VmState::Crashed) && s.qemu_pid.is_none())
+        rd.read_state().is_some_and(|s| {
+            matches!(s.state, VmState::Shutoff | VmState::Crashed) && s.qemu_pid.is_none() && s.reason != "starting"
+        })
     };
     let t0 = Instant::now();
     while rd.alive() && ending() && t0.elapsed() < Duration::from_secs(10) {

@@ -133,6 +133,8 @@ fn the_units_verify_and_stop_vms_only_from_the_guests_unit() {
     assert!(stop_sec > timeout + 30, "TimeoutStopSec={stop_sec} leaves no room after --timeout {timeout}");
     assert!(line(&units[1], "After")[0].split_whitespace().any(|u| u == "kvmctl.service"));
     assert_eq!(line(&units[1], "KillMode"), ["process"]);
+    // A failed start must leave the unit active, or its ExecStop would not run at shutdown.
+    assert!(line(&units[1], "ExecStart").iter().all(|l| l.starts_with('-')), "{:?}", line(&units[1], "ExecStart"));
     let makefile = std::fs::read_to_string(root.join("Makefile")).unwrap();
     assert!(makefile.contains("templates/kvmctl-guests.service"), "make install installs it");
     if !require("systemd-analyze", have_program("systemd-analyze")) {

@@ -87,38 +87,51 @@ pub fn settle(store: &Store) -> Result<(), DomainError> {
     write_record(store, &r)
 }
 
-/// The VMs running now (a dead supervisor's VM is adopted first, so that it counts).
-fn running(store: &Store) -> Result<Vec<String>, DomainError> {
-    let mut names = Vec::new();
-    for (name, _) in super::adopt::recover(store)? {
+/// The VMs running now (a dead supervisor's VM is adopted first, so that it counts), each
+/// with the error that kept its qemu from being adopted, if one did (it may still run).
+fn running(store: &Store) -> Result<Vec<(String, Option<DomainError>)>, DomainError> {
+    let mut found = Vec::new();
+    for (name, reconciled) in super::adopt::recover(store)? {
         let rd = RunDir::of(store, &name);
         let live =
             rd.read_state().is_some_and(|s| matches!(s.state, VmState::Running | VmState::Paused | VmState::Shutdown));
-        if rd.alive() && live {
-            names.push(name);
+        match reconciled {
+            Err(e) => found.push((name, Some(e))),
+            Ok(_) if rd.alive() && live => found.push((name, None)),
+            Ok(_) => {}
         }
     }
-    Ok(names)
+    Ok(found)
 }
 
 /// `down`: record the running VMs, power them all off at once, force off what still runs
 /// after `timeout`. Every VM is tried, whatever happens to the others.
 pub fn down(store: &Store, timeout: Duration) -> Result<Vec<Stopped>, DomainError> {
     let _l = record_lock(store)?;
-    let names = running(store)?;
+    let found = running(store)?;
+    let names: Vec<String> = found.iter().map(|(n, _)| n.clone()).collect();
     let mut record = read_record(store)?;
     let persistent: Vec<bool> = names.iter().map(|n| store.exists(Kind::Domain, n)).collect();
     record.domains.extend(names.iter().zip(&persistent).filter(|(_, p)| **p).map(|(n, _)| n.clone()));
     write_record(store, &record)?;
     let outcomes: Vec<Outcome> = std::thread::scope(|s| {
-        let handles: Vec<_> = names.iter().map(|n| s.spawn(move || stop_one(store, n, timeout))).collect();
-        handles
+        let stopping: Vec<_> = found
             .into_iter()
-            .zip(&names)
-            .map(|(h, n)| {
-                h.join().unwrap_or_else(|_| {
-                    Outcome::Failed(DomainError::Invalid { name: n.clone(), what: "stopping it panicked".into() })
-                })
+            .map(|(n, failed)| match failed {
+                Some(e) => Err(Outcome::Failed(e)),
+                None => {
+                    let name = n.clone();
+                    Ok((s.spawn(move || stop_one(store, &name, timeout)), n))
+                }
+            })
+            .collect();
+        stopping
+            .into_iter()
+            .map(|h| match h {
+                Err(failed) => failed,
+                Ok((h, n)) => h.join().unwrap_or_else(|_| {
+                    Outcome::Failed(DomainError::Invalid { name: n, what: "stopping it panicked".into() })
+                }),
             })
             .collect()
     });

@@ -53,6 +53,7 @@ install: build man
 	$(BIN) completion fish > $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d/kvmctl.fish
 	install -d $(DESTDIR)/etc/systemd/system
 	sed 's|/usr/local/bin/kvmctl|$(PREFIX)/bin/kvmctl|g' templates/kvmctl.service > $(DESTDIR)/etc/systemd/system/kvmctl.service
+	sed 's|/usr/local/bin/kvmctl|$(PREFIX)/bin/kvmctl|g' templates/kvmctl-guests.service > $(DESTDIR)/etc/systemd/system/kvmctl-guests.service
 
 clean:
 	$(CARGO) clean

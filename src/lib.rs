@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod console;
 pub mod domain;
+pub mod events;
 pub mod fault;
 pub mod images;
 pub mod inventory;

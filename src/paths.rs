@@ -89,6 +89,10 @@ impl Paths {
     pub fn boot_marker(&self) -> PathBuf {
         self.run.join("booted")
     }
+    /// The VMs that ran at host shutdown (`down`), for the next `up` to start again.
+    pub fn resume_record(&self) -> PathBuf {
+        self.root.join("resume-on-boot.toml")
+    }
     /// Present once the built-in objects (default pool) were first defined in this root.
     pub fn init_marker(&self) -> PathBuf {
         self.root.join(".initialized")

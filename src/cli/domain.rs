@@ -293,7 +293,8 @@ pub enum DomCmd {
         #[arg(long)]
         disable: bool,
     },
-    /// Start every autostart pool, network and VM (run at boot by templates/kvmctl.service).
+    /// Start every autostart pool, network and VM, and the VMs `down` recorded at host shutdown
+    /// (run at boot by templates/kvmctl.service).
     Up,
     /// Give every VM whose supervisor died a new one: its running qemu is re-adopted (same
     /// pid), a qemu that died meanwhile is recorded as crashed and cleaned up.
@@ -696,6 +697,7 @@ fn undefine(ctx: &Ctx, name: &str, disks: Storage, wipe: bool, nvram: bool, keep
         }
     }
     store.remove(Kind::Domain, name)?;
+    crate::events::domain(&store.paths.run, name, crate::events::What::Undefined, "removed");
     let _ = std::fs::remove_dir_all(&rd.dir);
     let _ = std::fs::remove_file(store.paths.vnc_password(name));
     if let (Some(f), true) = (&nvram_file, nvram) {
@@ -772,12 +774,15 @@ fn up(ctx: &Ctx) -> anyhow::Result<()> {
     }
     drop(nl);
     drop(rt);
+    // The VMs that ran at host shutdown (`down`) start too, as libvirt-guests' ON_BOOT=start.
+    let resume = crate::domain::host::to_resume(store)?;
     for name in store.list(Kind::Domain)? {
         let Ok(def) = define::load(store, &name) else { continue };
-        if def.autostart {
+        let wanted = def.autostart || resume.contains(&name);
+        if wanted {
             adopt::ensure_supervised(store, &name);
         }
-        if !def.autostart || RunDir::of(store, &name).alive() {
+        if !wanted || RunDir::of(store, &name).alive() {
             continue;
         }
         let _l = store.lock(Kind::Domain, &name)?;
@@ -794,6 +799,7 @@ fn up(ctx: &Ctx) -> anyhow::Result<()> {
             }
         }
     }
+    crate::domain::host::settle(store)?;
     if failures > 0 {
         bail!("{failures} autostart object(s) failed to start");
     }

@@ -332,6 +332,12 @@ fn install_steps(ctx: &Ctx, opts: &InstallOpts, src: &Sources, dry_run: bool, tr
     if !transient {
         revert.add(Undo::File(store.paths.def_file(Kind::Domain, &def.name)))?;
         store.create(Kind::Domain, &def.name, &def)?;
+        crate::events::domain(&store.paths.run, &def.name, crate::events::What::Defined, "added");
+        let (run, name) = (store.paths.run.clone(), def.name.clone());
+        revert.on_fail("record the undefine", move || {
+            crate::events::domain(&run, &name, crate::events::What::Undefined, "install failed");
+            Ok(())
+        });
         crate::fault::point("install.defined");
     }
     revert.add(Undo::Dir(rd.dir.clone()))?;

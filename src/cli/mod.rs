@@ -6,6 +6,7 @@ mod doctor;
 mod domain;
 mod domain_info;
 mod editor;
+mod events;
 mod host;
 mod iface;
 mod image;
@@ -62,6 +63,15 @@ pub enum Command {
     Domain(domain::DomCmd),
     #[command(flatten)]
     Iface(iface::IfaceCmd),
+    /// Stream lifecycle events as they happen (virsh event --all --loop): domains defined,
+    /// started, paused, stopped, crashed, ...; networks; DHCP leases. One line each (NDJSON
+    /// with --json) until --count, --timeout, Ctrl+C or SIGTERM.
+    #[command(alias = "event")]
+    Events(events::EventsArgs),
+    /// Host shutdown (libvirt-guests): ACPI power-off to every running VM at once, a forced
+    /// stop after --timeout seconds; the VMs that ran are recorded and the next `kvmctl up`
+    /// starts them again (templates/kvmctl-guests.service runs it at shutdown).
+    Down(host::DownArgs),
     /// Cloud images: pull, list, rm, catalog.
     #[command(subcommand)]
     Image(image::ImageCmd),
@@ -308,6 +318,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Domain(c) => domain::run(c, &ctx),
         Command::Iface(c) => iface::run(c, &ctx),
         Command::Image(c) => image::run(c, &ctx),
+        Command::Events(a) => events::events(a, &ctx),
+        Command::Down(a) => host::down(a, &ctx),
         Command::Doctor => doctor::doctor(&ctx),
         Command::Version => {
             println!("kvmctl {}", env!("CARGO_PKG_VERSION"));

@@ -294,6 +294,7 @@ fn undefine(ctx: &Ctx, name: &str) -> anyhow::Result<()> {
     let store = &ctx.store;
     let _l = store.lock(Kind::Network, name)?;
     store.remove(Kind::Network, name)?;
+    crate::events::network(&store.paths.run, name, crate::events::What::Undefined, "removed");
     if let Some(mut st) = lifecycle::load_state(store, name) {
         st.transient = true;
         lifecycle::reload_hosts(store, &st)?;
@@ -393,6 +394,7 @@ fn edit(ctx: &Ctx, name: &str) -> anyhow::Result<()> {
         return Ok(());
     }
     store.save(Kind::Network, name, &new)?;
+    crate::events::network(&store.paths.run, name, crate::events::What::Defined, "updated");
     let note = if lifecycle::load_state(store, name).is_some() { " (takes effect at the next net-start)" } else { "" };
     ctx.out.done(format!("Network {name} XML configuration edited{note}."));
     Ok(())

@@ -10,7 +10,9 @@ fn named_positionals(cmd: &str) -> &'static [&'static str] {
     match cmd {
         "start" | "shutdown" | "reboot" | "reset" | "destroy" | "suspend" | "resume" | "undefine" | "dominfo"
         | "domstate" | "domifaddr" | "domiflist" | "domblklist" | "dumpxml" | "edit" | "autostart" | "console"
-        | "vncdisplay" | "domdisplay" | "desc" | "dommemstat" | "domid" | "domuuid" => &["--domain"],
+        | "vncdisplay" | "domdisplay" | "desc" | "dommemstat" | "domid" | "domuuid" | "events" | "event" => {
+            &["--domain"]
+        }
         "domrename" => &["--domain", "--new-name"],
         "domblkinfo" | "domblkstat" => &["--domain", "--device"],
         "define" | "net-define" | "net-create" => &["--file"],

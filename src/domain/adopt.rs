@@ -135,6 +135,7 @@ pub(super) fn remove_sockets(rd: &RunDir) {
 /// Record the end of a qemu that exited while no supervisor watched it: shut off if it was
 /// being stopped (or had powered off), crashed otherwise; sockets and lock file removed.
 pub(super) fn unsupervised_end(rd: &RunDir, mut st: RunState, lock: ObjectLock) -> RunState {
+    let prev = st.state;
     match st.state {
         VmState::Shutoff | VmState::Crashed if st.reason == "starting" => {
             st.state = VmState::Shutoff;
@@ -156,5 +157,6 @@ pub(super) fn unsupervised_end(rd: &RunDir, mut st: RunState, lock: ObjectLock) 
         tracing::error!(error = %e, "cannot write state.json");
     }
     let _ = lock.remove_file(&rd.lock());
+    super::journal::transition(rd, prev, st.state, &st.reason, false);
     st
 }

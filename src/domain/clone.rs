@@ -165,6 +165,7 @@ pub fn execute(
     }
     revert.add(Undo::File(store.paths.def_file(Kind::Domain, &def.name))).map_err(journal)?;
     store.create(Kind::Domain, &def.name, def)?;
+    crate::events::domain(&store.paths.run, &def.name, crate::events::What::Defined, "cloned");
     crate::fault::point("clone.defined");
     revert.commit();
     Ok(())

@@ -59,6 +59,8 @@ pub fn save(store: &Store, def: &DomainDef, previous: Option<&DomainDef>) -> Res
     };
     validate::check(store, def, purpose)?;
     store.save(Kind::Domain, &def.name, def)?;
+    let detail = if previous.is_some() { "updated" } else { "added" };
+    crate::events::domain(&store.paths.run, &def.name, crate::events::What::Defined, detail);
     Ok(())
 }
 

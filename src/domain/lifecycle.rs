@@ -203,6 +203,7 @@ fn start_inner(
     let name = &def.name;
     let rd = RunDir::of(store, name);
     adopt::reconcile_vm(store, name)?;
+    wait_exiting(&rd);
     if rd.alive() {
         return Err(DomainError::Running(name.clone()));
     }
@@ -276,6 +277,20 @@ fn start_inner(
     revert.commit();
     drop((taps, socks, files));
     Ok(reply)
+}
+
+/// A supervisor that has recorded its VM's end (stopped, no qemu) is about to exit: give it a
+/// moment to let go of the VM (a `start` right after the VM's stop event, or its state).
+fn wait_exiting(rd: &RunDir) {
+    let ending = || {
+        rd.read_state().is_some_and(|s| {
+            matches!(s.state, VmState::Shutoff | VmState::Crashed) && s.qemu_pid.is_none() && s.reason != "starting"
+        })
+    };
+    let t0 = Instant::now();
+    while rd.alive() && ending() && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 fn write_run_files(
@@ -502,11 +517,13 @@ pub fn destroy(store: &Store, name: &str) -> Result<(), DomainError> {
         return Err(DomainError::Control { name: name.into(), what: "destroy", reason: "qemu does not stop".into() });
     }
     let mut st = rd.read_state().unwrap_or_else(|| panic!("state.json"));
+    let prev = st.state;
     st.state = VmState::Shutoff;
     st.reason = "destroyed".into();
     st.set_qemu(None);
     st.stopping = None;
     rd.write_state(&st).map_err(io_at(rd.state()))?;
+    super::journal::transition(&rd, prev, VmState::Shutoff, "destroyed", false);
     adopt::remove_sockets(&rd);
     finish_transient(store, name)
 }

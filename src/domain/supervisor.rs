@@ -307,6 +307,12 @@ struct Supervisor {
     fake_reboot: bool,
     /// We asked qemu to go away (destroy/shutdown/policy): its exit is not a crash.
     quitting: Option<&'static str>,
+    /// The host asked the guest to power off (`shutdown`): its poweroff event says so.
+    powerdown_asked: bool,
+    /// The event of the VM's stop, recorded once its end is (`finish`).
+    stop_event: Option<(crate::events::What, String)>,
+    /// qemu is gone for good: what `set` records is the VM's end.
+    ending: bool,
     /// Set during an install's first boot.
     next: Option<NextBoot>,
     hub: Arc<Hub>,
@@ -334,6 +340,7 @@ impl Supervisor {
             if paused { (VmState::Paused, "start paused".into()) } else { (VmState::Running, "booted".into()) };
         state.started_at = now_secs();
         rd.write_state(&state).map_err(|e| e.to_string())?;
+        super::journal::emit(rd, crate::events::What::Started, "booted");
         let requests = serve_control(rd, hub.clone())?;
         Ok(Supervisor {
             rd: rd.clone(),
@@ -346,6 +353,9 @@ impl Supervisor {
             state,
             fake_reboot: false,
             quitting: None,
+            powerdown_asked: false,
+            stop_event: None,
+            ending: false,
             next: std::fs::read_to_string(rd.next_boot()).ok().and_then(|t| serde_json::from_str(&t).ok()),
             hub,
             launch: Some(how),
@@ -413,6 +423,9 @@ impl Supervisor {
                 state,
                 fake_reboot: false,
                 quitting: None,
+                powerdown_asked: false,
+                stop_event: None,
+                ending: false,
                 next: std::fs::read_to_string(rd.next_boot()).ok().and_then(|t| serde_json::from_str(&t).ok()),
                 hub,
                 launch: None,
@@ -429,6 +442,16 @@ impl Supervisor {
     }
 
     fn set(&mut self, state: VmState, reason: &str) {
+        let prev = self.state.state;
+        let event = super::journal::event_of(prev, state, reason, self.powerdown_asked);
+        match event {
+            // A stop is told once it is recorded and the sockets are gone (`finish`).
+            Some(e) if state == VmState::Shutoff || self.ending => {
+                self.stop_event.get_or_insert(e);
+            }
+            Some((what, detail)) => super::journal::emit(&self.rd, what, &detail),
+            None => {}
+        }
         self.state.state = state;
         self.state.reason = reason.to_string();
         self.save();
@@ -591,6 +614,7 @@ impl Supervisor {
         self.state.set_qemu(None);
         let not_restarted =
             if restart && self.launch.is_none() { "; adopted, not restarted: start it again" } else { "" };
+        self.ending = true;
         self.set(VmState::Crashed, &format!("crashed: qemu {detail}{not_restarted}"));
         true
     }
@@ -599,6 +623,7 @@ impl Supervisor {
         let r = match req {
             Request::Status => Ok(()),
             Request::Shutdown => {
+                self.powerdown_asked = true;
                 self.state.stopping = Some("shutdown".into());
                 self.save();
                 self.qmp.execute(qapi::qmp::system_powerdown {}).await.map(|_| ())
@@ -607,7 +632,13 @@ impl Supervisor {
                 self.fake_reboot = true;
                 self.qmp.execute(qapi::qmp::system_powerdown {}).await.map(|_| ())
             }
-            Request::Reset => self.qmp.execute(qapi::qmp::system_reset {}).await.map(|_| ()),
+            Request::Reset => {
+                let r = self.qmp.execute(qapi::qmp::system_reset {}).await.map(|_| ());
+                if r.is_ok() {
+                    super::journal::emit(&self.rd, crate::events::What::Rebooted, "reset");
+                }
+                r
+            }
             Request::Suspend => self.qmp.execute(qapi::qmp::stop {}).await.map(|_| ()),
             Request::Resume => self.qmp.execute(qapi::qmp::cont {}).await.map(|_| ()),
             Request::Destroy => {
@@ -685,6 +716,10 @@ impl Supervisor {
         self.state.set_qemu(None);
         self.state.stopping = None;
         self.save();
+        // Before the lock goes: a command that waited for the VM to stop finds it told.
+        if let Some((what, detail)) = self.stop_event.take() {
+            super::journal::emit(&self.rd, what, &detail);
+        }
     }
 }
 

@@ -321,10 +321,11 @@ pub async fn define(store: &Store, nl: &Netlink, text: &str) -> Result<NetworkDe
     let old = store.load::<NetworkDef>(Kind::Network, &name).ok();
     let def = prepare_as(store, text, old.as_ref())?;
     preflight(store, nl, &def).await?;
-    match old {
-        Some(_) => store.save(Kind::Network, &def.name, &def)?,
-        None => store.create(Kind::Network, &def.name, &def)?,
-    }
+    let detail = match old {
+        Some(_) => store.save(Kind::Network, &def.name, &def).map(|()| "updated")?,
+        None => store.create(Kind::Network, &def.name, &def).map(|()| "added")?,
+    };
+    crate::events::network(&store.paths.run, &def.name, crate::events::What::Defined, detail);
     Ok(def)
 }
 
@@ -359,7 +360,10 @@ pub fn ensure_default(store: &Store) -> Result<(), LifecycleError> {
         def.complete(&used);
         def.validate()?;
         match store.create(Kind::Network, "default", &def) {
-            Ok(()) => return atomic_write(&marker, def.uuid.to_string().as_bytes()).map_err(io_at(&marker)),
+            Ok(()) => {
+                crate::events::network(&store.paths.run, "default", crate::events::What::Defined, "added");
+                return atomic_write(&marker, def.uuid.to_string().as_bytes()).map_err(io_at(&marker));
+            }
             Err(StoreError::AlreadyExists { .. }) => {}
             Err(e) => return Err(e.into()),
         }
@@ -452,6 +456,12 @@ pub async fn start_or_repair(
     match start_steps(store, nl, &def, transient, &dir, &mut revert).await {
         Ok(st) => {
             revert.commit();
+            crate::events::network(
+                &store.paths.run,
+                name,
+                crate::events::What::Started,
+                format!("bridge {}", st.bridge),
+            );
             Ok((st, StartReport { repaired: vec![], cleaned }))
         }
         Err(e) => {
@@ -840,6 +850,7 @@ pub async fn destroy(
     r?;
     crate::fault::point("net-destroy.rundir");
     fs::remove_dir_all(&dir).map_err(io_at(&dir))?;
+    crate::events::network(&store.paths.run, name, crate::events::What::Stopped, "destroyed");
     Ok(DestroyReport { problems, cleaned: vec![] })
 }
 

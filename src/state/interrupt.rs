@@ -68,6 +68,23 @@ pub fn remove_temps_on_signals() {
     }
 }
 
+/// For a command that waits until it is stopped (`events`): from now on SIGINT, SIGTERM and
+/// SIGHUP no longer end the process but make the returned pipe readable, so that the command
+/// ends on its own terms (exit 0, its output whole). It must hold no temp file.
+pub fn signals_to_pipe() -> std::io::Result<std::os::fd::OwnedFd> {
+    use nix::fcntl::OFlag;
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let (rd, wr) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
+    SIGNAL_PIPE.store(std::os::fd::IntoRawFd::into_raw_fd(wr), std::sync::atomic::Ordering::Relaxed);
+    let action = SigAction::new(SigHandler::Handler(on_signal), SaFlags::SA_RESTART, SigSet::empty());
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        // SAFETY: the handler only calls write(2). The pipe it wrote to before (the temp-file
+        // thread's) is no longer written: that thread waits on it forever.
+        unsafe { sigaction(s, &action) }?;
+    }
+    Ok(rd)
+}
+
 /// This process's start time (field 22 of /proc/PID/stat, clock ticks since boot).
 fn start_time(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

@@ -30,7 +30,7 @@ fn disk(path: &str, format: &str, bus: DiskBus, device: DiskDevice) -> DiskDef {
 }
 
 fn nic(source: NicSource, model: NicModel, mac: &str) -> NicDef {
-    NicDef { source, model, mac: mac.parse().unwrap() }
+    NicDef { source, model, mac: mac.parse().unwrap(), hostfwd: vec![] }
 }
 
 fn base(name: &str) -> DomainDef {

@@ -140,6 +140,14 @@ fn domain_options_filter_pause_inspect_rename_and_remove() {
     assert!(h.fails(1, &["domrename", "b", "a"]).contains("a domain named 'a' exists"));
     h.ok(&["-q", "domrename", "b", "c"]);
     assert_eq!(names(&h, &["--all"]), ["a", "c"]);
+    // The event journal tells of the paused start and the rename.
+    let journal = std::fs::read_to_string(h.k.root().join("run/events.ndjson")).unwrap();
+    let events: Vec<serde_json::Value> = journal.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let has = |name: &str, event: &str, detail: &str| {
+        events.iter().any(|e| e["name"] == name && e["event"] == event && e["detail"] == detail)
+    };
+    assert!(has("b", "paused", "start paused"), "{journal}");
+    assert!(has("b", "undefined", "renamed to c") && has("c", "defined", "renamed from b"), "{journal}");
     assert_eq!(h.ok(&["domblklist", "c"]).matches("b.qcow2").count(), 1, "disks keep their paths");
 
     // undefine --storage: an unknown disk removes nothing; --wipe-storage zeroes first.

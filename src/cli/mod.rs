@@ -15,6 +15,7 @@ mod net_attach;
 mod network;
 mod output;
 mod pool;
+mod ssh;
 pub mod virsh_args;
 mod volume;
 
@@ -89,6 +90,9 @@ pub enum Command {
     Uri,
     /// The host's CPUs and memory (virsh nodeinfo).
     Nodeinfo,
+    /// Log in to a running VM with the system ssh: through its user-mode NIC's forward of port
+    /// 22, or at its DHCP lease.
+    Ssh(ssh::SshArgs),
     /// What this host's qemu and accelerator can run: machine types, CPU models, devices,
     /// firmware (virsh capabilities / domcapabilities); --json for scripts.
     Capabilities,
@@ -342,6 +346,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Nodeinfo => nodeinfo(&ctx),
         Command::Capabilities => host::capabilities(&ctx),
+        Command::Ssh(a) => ssh::ssh(&ctx, a),
         Command::Completion { .. } | Command::Man { .. } => unreachable!("handled before the store is opened"),
     }
 }

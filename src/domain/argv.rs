@@ -341,7 +341,11 @@ fn disks(def: &DomainDef, files: &Handed, a: &mut Args) {
 fn nics(def: &DomainDef, env: &RenderEnv, a: &mut Args) {
     for (i, n) in def.nics.iter().enumerate() {
         let netdev = match (&n.source, env.tap_fds.get(i).copied().flatten()) {
-            (NicSource::User, _) => format!("user,id=net{i}"),
+            (NicSource::User, _) => {
+                // Each part is rendered from validated numbers and addresses: no comma in it.
+                let fwd: String = n.hostfwd.iter().map(|f| format!(",hostfwd={f}")).collect();
+                format!("user,id=net{i}{fwd}")
+            }
             (_, Some(fd)) => match env.files.vhost.get(i).copied().flatten() {
                 Some(v) => format!("tap,id=net{i},fd={fd},vhost=on,vhostfd={v}"),
                 None => format!("tap,id=net{i},fd={fd},vhost=off"),

@@ -114,6 +114,9 @@ pub fn rename(store: &Store, old: &str, new: &str) -> Result<(), DomainError> {
     }
     store.remove(Kind::Domain, old)?;
     let _ = std::fs::remove_dir_all(super::runtime::RunDir::of(store, old).dir);
+    let run = &store.paths.run;
+    crate::events::domain(run, old, crate::events::What::Undefined, format!("renamed to {new}"));
+    crate::events::domain(run, new, crate::events::What::Defined, format!("renamed from {old}"));
     Ok(())
 }
 

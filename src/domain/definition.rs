@@ -236,6 +236,76 @@ pub struct NicDef {
     #[serde(default)]
     pub model: NicModel,
     pub mac: MacAddr,
+    /// Port forwards of a user-mode NIC (`hostfwd=tcp::2222-:22`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hostfwd: Vec<HostFwd>,
+}
+
+/// One user-mode port forward: connections to `host_addr:host_port` on the host reach
+/// `guest_port` at the guest's DHCP address (qemu's `hostfwd=`). The host side listens on
+/// 127.0.0.1 unless another address is given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostFwd {
+    pub udp: bool,
+    pub host_addr: std::net::Ipv4Addr,
+    pub host_port: u16,
+    pub guest_port: u16,
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error("hostfwd '{value}': {reason} (as tcp:[HOSTADDR]:HOSTPORT-:GUESTPORT, e.g. tcp::2222-:22)")]
+pub struct HostFwdError {
+    pub value: String,
+    pub reason: &'static str,
+}
+
+impl FromStr for HostFwd {
+    type Err = HostFwdError;
+
+    fn from_str(s: &str) -> Result<HostFwd, HostFwdError> {
+        let bad = |reason| HostFwdError { value: s.escape_debug().to_string(), reason };
+        let (proto, rest) = s.split_once(':').ok_or_else(|| bad("no protocol"))?;
+        let udp = match proto {
+            "tcp" | "" => false,
+            "udp" => true,
+            _ => return Err(bad("the protocol is tcp or udp")),
+        };
+        let (host, guest) = rest.split_once('-').ok_or_else(|| bad("no '-' between the host and guest sides"))?;
+        let side = |part: &str| -> Result<(Option<std::net::Ipv4Addr>, u16), HostFwdError> {
+            let (addr, port) = part.rsplit_once(':').ok_or_else(|| bad("a side is ADDR:PORT (ADDR may be empty)"))?;
+            let addr = match addr {
+                "" => None,
+                a => Some(a.parse().map_err(|_| bad("an address is not an IPv4 address"))?),
+            };
+            let port = port.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| bad("a port is 1 to 65535"))?;
+            Ok((addr, port))
+        };
+        let (host_addr, host_port) = side(host)?;
+        let (guest_addr, guest_port) = side(guest)?;
+        if guest_addr.is_some() {
+            return Err(bad("the guest side is its DHCP address: leave GUESTADDR empty"));
+        }
+        Ok(HostFwd { udp, host_addr: host_addr.unwrap_or(std::net::Ipv4Addr::LOCALHOST), host_port, guest_port })
+    }
+}
+
+impl fmt::Display for HostFwd {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        let proto = if self.udp { "udp" } else { "tcp" };
+        write!(f, "{proto}:{}:{}-:{}", self.host_addr, self.host_port, self.guest_port)
+    }
+}
+
+impl Serialize for HostFwd {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for HostFwd {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<HostFwd, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 /// Direct kernel boot.
@@ -371,6 +441,31 @@ impl DomainDef {
 }
 
 #[cfg(test)]
+mod hostfwd_tests {
+    use super::HostFwd;
+
+    #[test]
+    fn forwards_listen_on_loopback_unless_told_and_bad_ones_say_why() {
+        let f: HostFwd = "tcp::2222-:22".parse().unwrap();
+        assert_eq!(f.to_string(), "tcp:127.0.0.1:2222-:22");
+        assert_eq!("udp:0.0.0.0:53-:53".parse::<HostFwd>().unwrap().to_string(), "udp:0.0.0.0:53-:53");
+        for (bad, why) in [
+            ("sctp::1-:2", "tcp or udp"),
+            ("tcp::2222:22", "no '-'"),
+            ("tcp::0-:22", "1 to 65535"),
+            ("tcp::70000-:22", "1 to 65535"),
+            ("tcp:host:1-:22", "not an IPv4"),
+            ("tcp::1-,guestfwd=x:22", "1 to 65535"),
+            ("tcp", "no protocol"),
+            ("tcp::1-10.0.2.15:22", "leave GUESTADDR empty"),
+        ] {
+            let e = bad.parse::<HostFwd>().unwrap_err().to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -391,14 +486,17 @@ mod tests {
             source: NicSource::Network { network: "default".into() },
             model: NicModel::Virtio,
             mac: "52:54:00:12:34:56".parse().unwrap(),
+            hostfwd: vec![],
         });
         let mac = "52:54:00:12:34:57".parse().unwrap();
-        d.nics.push(NicDef { source: NicSource::User, model: NicModel::E1000, mac });
+        let hostfwd = vec!["tcp::2222-:22".parse().unwrap(), "udp:0.0.0.0:5353-:53".parse().unwrap()];
+        d.nics.push(NicDef { source: NicSource::User, model: NicModel::E1000, mac, hostfwd });
         d.machine = "pc-q35-7.2".parse().unwrap();
         d.cpu = Some("Opteron_G5".parse().unwrap());
         d.graphics = Graphics::Vnc { listen: "::1".parse().unwrap(), port: None, password: false };
         let text = toml::to_string_pretty(&d).unwrap();
         assert!(text.contains("[[disks]]") && text.contains("type = \"network\""), "{text}");
+        assert!(text.contains(r#"hostfwd = ["tcp:127.0.0.1:2222-:22", "udp:0.0.0.0:5353-:53"]"#), "{text}");
         assert_eq!(toml::from_str::<DomainDef>(&text).unwrap(), d);
     }
 

@@ -124,7 +124,7 @@ fn nic(store: &Store, vm: &str, spec: &NetSpec, used: &mut HashSet<MacAddr>) -> 
         None => random_mac(used),
     };
     used.insert(mac);
-    Ok(Some(NicDef { source, model: spec.model, mac }))
+    Ok(Some(NicDef { source, model: spec.model, mac, hostfwd: vec![] }))
 }
 
 /// `52:54:00:xx:xx:xx`, unique among the MACs given.

@@ -147,7 +147,18 @@ pub fn to_xml_live(def: &DomainDef, live: &Live) -> String {
             NicModel::E1000 => "e1000",
             NicModel::Rtl8139 => "rtl8139",
         };
-        x += &format!("    <interface type='{ty}'>\n      <mac address='{}'/>\n{src}{target}      <model type='{model}'/>\n    </interface>\n", n.mac);
+        let fwd: String = n
+            .hostfwd
+            .iter()
+            .map(|f| {
+                let proto = if f.udp { "udp" } else { "tcp" };
+                format!(
+                    "      <portForward proto='{proto}' address='{}'>\n        <range start='{}' to='{}'/>\n      </portForward>\n",
+                    f.host_addr, f.host_port, f.guest_port
+                )
+            })
+            .collect();
+        x += &format!("    <interface type='{ty}'>\n      <mac address='{}'/>\n{src}{target}      <model type='{model}'/>\n{fwd}    </interface>\n", n.mac);
     }
     x += "    <serial type='pty'>\n      <target port='0'/>\n    </serial>\n    <console type='pty'>\n      <target type='serial' port='0'/>\n    </console>\n";
     if let Graphics::Vnc { listen, port, .. } = &def.graphics {

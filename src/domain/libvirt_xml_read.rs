@@ -385,7 +385,7 @@ fn disk(el: &Element) -> Result<DiskDef> {
 }
 
 fn interface(el: &Element, used: &std::collections::HashSet<MacAddr>) -> Result<NicDef> {
-    check(el, &["type"], &["mac", "source", "model", "target"], IGNORED_IN_DEVICE)?;
+    check(el, &["type"], &["mac", "source", "model", "target", "portForward"], IGNORED_IN_DEVICE)?;
     let src = child(el, "source")?;
     let source_attr = |name: &'static str| -> Result<String> {
         let s =
@@ -422,7 +422,33 @@ fn interface(el: &Element, used: &std::collections::HashSet<MacAddr>) -> Result<
     if let Some(t) = child(el, "target")? {
         check(t, &["dev", "managed"], &[], &[])?;
     }
-    Ok(NicDef { source, model, mac })
+    let mut hostfwd = Vec::new();
+    for f in el.children.iter().filter(|c| c.name == "portForward") {
+        if source != NicSource::User {
+            return Err(unsupported(f, "a <portForward> on an interface that is not type='user'"));
+        }
+        hostfwd.extend(port_forward(f)?);
+    }
+    Ok(NicDef { source, model, mac, hostfwd })
+}
+
+/// libvirt's `<portForward proto='tcp' address='A'><range start='H' to='G'/></portForward>`:
+/// one forward per range (a range of several ports, `end=`, is refused).
+fn port_forward(f: &Element) -> Result<Vec<HostFwd>> {
+    check(f, &["proto", "address"], &["range"], &[])?;
+    let proto = req_attr(f, "proto")?;
+    let addr = f.attr("address").unwrap_or("");
+    let mut out = Vec::new();
+    for r in f.children.iter().filter(|c| c.name == "range") {
+        check(r, &["start", "to"], &[], &[])?;
+        let start = req_attr(r, "start")?;
+        let to = r.attr("to").unwrap_or(start);
+        out.push(parse_value(r, &format!("{proto}:{addr}:{start}-:{to}"))?);
+    }
+    if out.is_empty() {
+        return Err(DomainXmlError::MissingElement { parent: f.name.clone(), element: "range", line: f.line });
+    }
+    Ok(out)
 }
 
 fn graphics(el: &Element) -> Result<Graphics> {
@@ -476,7 +502,7 @@ mod tests {
         d.disks.push(disk("/v/i.iso", DiskBus::Ide, DiskDevice::Cdrom, DiskFormat::Raw));
         d.disks[1].cache = Some(CacheMode::Writeback);
         d.disks[1].shareable = true;
-        let nic = |source, model, mac: &str| NicDef { source, model, mac: mac.parse().unwrap() };
+        let nic = |source, model, mac: &str| NicDef { source, model, mac: mac.parse().unwrap(), hostfwd: vec![] };
         d.nics.push(nic(NicSource::Network { network: "default".into() }, NicModel::Virtio, "52:54:00:00:00:01"));
         d.nics.push(nic(NicSource::Bridge { bridge: "br0".into() }, NicModel::E1000, "52:54:00:00:00:02"));
         d.nics.push(nic(NicSource::User, NicModel::Rtl8139, "52:54:00:00:00:03"));

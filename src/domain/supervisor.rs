@@ -341,6 +341,9 @@ impl Supervisor {
         state.started_at = now_secs();
         rd.write_state(&state).map_err(|e| e.to_string())?;
         super::journal::emit(rd, crate::events::What::Started, "booted");
+        if paused {
+            super::journal::emit(rd, crate::events::What::Paused, "start paused");
+        }
         let requests = serve_control(rd, hub.clone())?;
         Ok(Supervisor {
             rd: rd.clone(),

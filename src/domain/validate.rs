@@ -10,7 +10,7 @@ use thiserror::Error;
 use uuid::Uuid;
 
 use super::argv::{self, ArgvError};
-use super::definition::{DiskDef, DomainDef, MacAddr};
+use super::definition::{DiskDef, DomainDef, MacAddr, NicSource};
 use super::lifecycle::DomainError;
 use super::qemu_caps::{self, CapsError, QemuCaps};
 use super::runtime::RunDir;
@@ -41,6 +41,8 @@ pub enum ValidateError {
     BootOrder { value: String },
     #[error("{field} {reason}")]
     Text { field: &'static str, reason: &'static str },
+    #[error("nic {index}: {reason}")]
+    HostFwd { index: usize, reason: String },
     #[error("nic {index}: mac {mac} is {what}: a NIC needs a unicast, non-zero MAC")]
     MacKind { index: usize, mac: MacAddr, what: &'static str },
     #[error("nic {index}: mac {mac} is already used by {by}")]
@@ -130,6 +132,7 @@ pub fn check_def(def: &DomainDef, host: &HostLimits, caps: &QemuCaps) -> Result<
         };
         return Err(ValidateError::MacKind { index: i + 1, mac: n.mac, what });
     }
+    check_hostfwd(def)?;
     argv::check(def)?;
     Ok(())
 }
@@ -140,10 +143,26 @@ pub fn others(store: &Store, name: &str) -> Vec<DomainDef> {
     names.iter().filter(|n| *n != name).filter_map(|n| store.load::<DomainDef>(Kind::Domain, n).ok()).collect()
 }
 
-/// The checks against the other VMs: MACs and UUIDs are unique; a writable disk the definition
-/// adds is no other VM's. `users_of` answers who else uses an image (`Inventory::users_of`:
-/// every defined VM's disks, even of a definition this version cannot load). Overlays on a
-/// disk are `start`'s to refuse: a VM may be defined on a base image, not run on it.
+/// Port forwards belong to user-mode NICs, one per host port and protocol.
+fn check_hostfwd(def: &DomainDef) -> Result<(), ValidateError> {
+    let mut seen = std::collections::HashSet::new();
+    for (i, n) in def.nics.iter().enumerate() {
+        if !n.hostfwd.is_empty() && n.source != NicSource::User {
+            let reason = "hostfwd is for user-mode NICs (a tap NIC is reached at its address)".to_string();
+            return Err(ValidateError::HostFwd { index: i + 1, reason });
+        }
+        for f in &n.hostfwd {
+            if !seen.insert((f.udp, f.host_addr, f.host_port)) {
+                return Err(ValidateError::HostFwd {
+                    index: i + 1,
+                    reason: format!("host port of {f} is forwarded twice"),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Titles and descriptions are shown in tables and on terminals: printable text only.
 fn check_text(field: &'static str, text: Option<&str>, max: usize, lines: bool) -> Result<(), ValidateError> {
     let Some(t) = text else { return Ok(()) };
@@ -157,6 +176,10 @@ fn check_text(field: &'static str, text: Option<&str>, max: usize, lines: bool) 
     Ok(())
 }
 
+/// The checks against the other VMs: MACs and UUIDs are unique; a writable disk the definition
+/// adds is no other VM's. `users_of` answers who else uses an image (`Inventory::users_of`:
+/// every defined VM's disks, even of a definition this version cannot load). Overlays on a
+/// disk are `start`'s to refuse: a VM may be defined on a base image, not run on it.
 pub fn check_relations(
     def: &DomainDef,
     others: &[DomainDef],
@@ -266,7 +289,7 @@ mod tests {
     }
 
     fn nic(mac: &str) -> NicDef {
-        NicDef { source: NicSource::User, model: NicModel::Virtio, mac: mac.parse().unwrap() }
+        NicDef { source: NicSource::User, model: NicModel::Virtio, mac: mac.parse().unwrap(), hostfwd: vec![] }
     }
 
     fn err(d: &DomainDef) -> String {

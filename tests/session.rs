@@ -1,0 +1,93 @@
+//! User-mode networking with port forwards (`hostfwd`), and `kvmctl ssh`: a forward reaches
+//! the guest for real (inside a namespace the test owns), and ssh is pointed at the forward
+//! or at the lease.
+
+mod common;
+
+use std::io::Write;
+
+use common::vmhost::{vm_prereqs, VmHost};
+
+const DEF: &str = r#"name = "s1"
+memory_mib = 128
+vcpus = 1
+
+[[disks]]
+path = "@DISK@"
+format = "qcow2"
+
+[[nics]]
+type = "user"
+mac = "52:54:00:5e:00:01"
+hostfwd = ["tcp::2222-:22", "tcp:127.0.0.1:8022-:8022"]
+"#;
+
+#[test]
+fn a_port_forward_reaches_the_guest_and_ssh_uses_it() {
+    if !vm_prereqs() {
+        return;
+    }
+    let h = VmHost::new("u");
+    h.guest_disk("s1.qcow2");
+    let f = h.k.dir.path().join("s1.toml");
+    std::fs::write(&f, DEF.replace("@DISK@", h.k.images().join("s1.qcow2").to_str().unwrap())).unwrap();
+    h.ok(&["-q", "define", f.to_str().unwrap()]);
+    // Kept as written, in the definition and its XML (libvirt's <portForward>).
+    let xml = h.ok(&["dumpxml", "s1"]);
+    assert!(
+        xml.contains("<portForward proto='tcp' address='127.0.0.1'>\n        <range start='2222' to='22'/>"),
+        "{xml}"
+    );
+    assert!(h.fails(1, &["ssh", "s1"]).contains("is not running"));
+    h.ok(&["-q", "start", "s1"]);
+    let argv: Vec<String> =
+        serde_json::from_str(&std::fs::read_to_string(h.k.root().join("run/domains/s1/qemu.argv")).unwrap()).unwrap();
+    assert!(argv.iter().any(|a| a == "user,id=net0,hostfwd=tcp:127.0.0.1:2222-:22,hostfwd=tcp:127.0.0.1:8022-:8022"));
+    h.wait_console("s1", "KVMCTL-GUEST-READY", 1, 300);
+    // A connection to the host side of the forward arrives in the guest.
+    h.guest_ok("s1", "{ nc -l -p 8022 </dev/null >/tmp/in.8022 2>&1 & }", 30);
+    h.guest_ok("s1", "sleep 1; netstat -tln | grep -q ':8022 '", 30);
+    let send =
+        "import socket; s = socket.create_connection(('127.0.0.1', 8022), 10); s.sendall(b'via-hostfwd\\n'); s.close()";
+    h.ns.ok(&["python3", "-c", send]);
+    let got = h.guest_ok("s1", "sleep 1; cat /tmp/in.8022", 30);
+    assert!(got.contains("via-hostfwd"), "{got}");
+    // ssh goes through the forward of port 22, with the VM's own host-key alias.
+    assert_eq!(h.ok(&["ssh", "s1", "--print"]).trim(), "ssh -p 2222 -o HostKeyAlias=kvmctl-s1 127.0.0.1");
+    let cmd = h.ok(&["ssh", "s1", "-l", "root", "--print", "--", "uname", "-a"]);
+    assert_eq!(cmd.trim(), "ssh -p 2222 -o HostKeyAlias=kvmctl-s1 -l root 127.0.0.1 uname -a");
+    h.ok(&["-q", "destroy", "s1"]);
+}
+
+#[test]
+fn forwards_are_checked_before_anything_runs() {
+    if !vm_prereqs() {
+        return;
+    }
+    let h = VmHost::new("u");
+    h.guest_disk("x.qcow2");
+    let disk = h.k.images().join("x.qcow2");
+    let cases = [
+        (r#"hostfwd = ["tcp::2222-:22", "tcp::2222-:23"]"#, "is forwarded twice"),
+        (r#"hostfwd = ["tcp::2222-10.0.2.15:22"]"#, "leave GUESTADDR empty"),
+        (r#"hostfwd = ["tcp::99999-:22"]"#, "a port is 1 to 65535"),
+        (r#"hostfwd = ["tcp::22,guestfwd=tcp:1.2.3.4:1-cmd:sh-:22"]"#, "hostfwd"),
+    ];
+    for (line, why) in cases {
+        let text = DEF
+            .replace("@DISK@", disk.to_str().unwrap())
+            .replace(r#"hostfwd = ["tcp::2222-:22", "tcp:127.0.0.1:8022-:8022"]"#, line);
+        let f = h.k.dir.path().join("bad.toml");
+        std::fs::File::create(&f).unwrap().write_all(text.as_bytes()).unwrap();
+        let err = h.fails(1, &["define", f.to_str().unwrap()]);
+        assert!(err.contains(why), "{line}: {err}");
+    }
+    // On a tap NIC a forward means nothing: refused.
+    let text = DEF
+        .replace("@DISK@", disk.to_str().unwrap())
+        .replace("type = \"user\"", "type = \"network\"\nnetwork = \"default\"");
+    let f = h.k.dir.path().join("tap.toml");
+    std::fs::write(&f, text).unwrap();
+    assert!(h.fails(1, &["define", f.to_str().unwrap()]).contains("hostfwd is for user-mode NICs"));
+    assert_eq!(h.ok(&["list", "--all", "--name"]).trim(), "", "nothing defined");
+}

@@ -10,6 +10,7 @@ pub mod console_hub;
 pub mod define;
 pub mod definition;
 pub mod install;
+pub mod install_spec;
 pub mod libvirt_xml;
 pub mod libvirt_xml_read;
 pub mod lifecycle;

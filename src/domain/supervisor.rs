@@ -319,7 +319,7 @@ impl Supervisor {
         let (def, argv) = read_run_files(rd)?;
         let mut state = rd.read_state().unwrap_or_else(|| blank_state(false));
         state.supervisor_pid = std::process::id() as i32;
-        let hub = Hub::new(rd.console_log());
+        let hub = Hub::with_copy(rd.console_log(), def.console_file.as_deref(), false);
         let (qemu, qmp, events) = launch(rd, &argv, &how, &hub).await?;
         state.set_qemu(qemu.pid().and_then(QemuId::of));
         state.state = VmState::Running;
@@ -373,7 +373,7 @@ impl Supervisor {
         tracing::info!(pid, "adopting qemu");
         // A dead supervisor's control socket may still be on disk: nobody answers it.
         let _ = std::fs::remove_file(rd.control());
-        let hub = Hub::resume(rd.console_log());
+        let hub = Hub::resume(rd.console_log(), def.console_file.as_deref());
         let (qmp, events) = tokio::time::timeout(STARTUP, connect_qemu(rd, &hub)).await.unwrap_or_else(|_| {
             Err(format!("qemu (pid {pid}) did not answer on QMP within {} s", STARTUP.as_secs()))
         })?;

@@ -127,3 +127,31 @@ pub(super) fn clone_cmd(ctx: &Ctx, a: CloneArgs) -> anyhow::Result<()> {
     ctx.out.done(format!("Domain '{name}' created as a {how} of '{original}'"));
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{domain::DomCmd, Cli, Command};
+    use clap::Parser;
+
+    fn parse(args: &[&str]) -> Result<CloneArgs, clap::Error> {
+        let argv = ["kvmctl", "clone"].iter().chain(args).copied();
+        match Cli::try_parse_from(argv)?.command {
+            Command::Domain(DomCmd::Clone(a)) => Ok(a),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn virt_clone_spellings() {
+        let a = parse(&["-o", "src", "-n", "new", "--print-xml", "--replace", "--reflink", "--check", "all=off"]).unwrap();
+        assert!(a.print_xml && a.replace && a.reflink && !a.print_definition);
+        assert_eq!(crate::domain::install_spec::Checks::from_specs(&a.check).disk_size, false);
+        for bad in [["--reflink", "--linked"], ["--reflink", "--compress"], ["--print-xml", "--print-definition"]] {
+            let e = parse(&[&["src", "new"][..], &bad[..]].concat()).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{e}");
+        }
+        let e = parse(&["src", "new", "--check", "disk_space=off"]).unwrap_err();
+        assert!(e.to_string().contains("names check 'disk_space'"), "{e}");
+    }
+}

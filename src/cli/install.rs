@@ -328,6 +328,10 @@ pub(super) fn install_cmd(ctx: &Ctx, mut a: InstallArgs) -> anyhow::Result<()> {
     if a.extra_args.is_some() && boot.kernel.is_none() && a.location.is_none() {
         bail!("--extra-args needs a kernel to pass them to (--location or --boot kernel=...)");
     }
+    if !a.initrd_inject.is_empty() && a.location.is_none() {
+        // clap's `requires` stands aside when another install source conflicts with --location.
+        bail!("--initrd-inject adds files to the initrd of --location: give --location");
+    }
     let kernel = boot.kernel.clone();
     let (graphics, vnc_password) = parse_graphics(&a.graphics)?;
     let max_memory = memory_of(&a.memory)?;
@@ -719,3 +723,93 @@ fn apply_firmware(
 
 const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE.fd";
 const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS.fd";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{domain::DomCmd, Cli, Command};
+    use clap::Parser;
+
+    fn parse(args: &[&str]) -> Result<InstallArgs, clap::Error> {
+        let argv = ["kvmctl", "install", "--name", "v"].iter().chain(args).copied();
+        match Cli::try_parse_from(argv)?.command {
+            Command::Domain(DomCmd::Install(a)) => Ok(*a),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    fn usage_error(args: &[&str]) -> String {
+        let e = parse(args).unwrap_err();
+        assert_eq!(e.exit_code(), 2, "{e}");
+        e.to_string()
+    }
+
+    #[test]
+    fn short_spellings_of_virt_install() {
+        let a = parse(&["-r", "512", "-l", "/srv/tree,kernel=k,initrd=i", "-x", "console=ttyS0", "-u", "3e3fce45-4f53-4fa7-bb32-11f34168b82b"]).unwrap();
+        assert_eq!(a.memory.memory, 512);
+        assert_eq!(a.location.as_deref(), Some("/srv/tree,kernel=k,initrd=i"));
+        assert_eq!(a.extra_args.as_deref(), Some("console=ttyS0"));
+        assert_eq!(a.uuid.unwrap().to_string(), "3e3fce45-4f53-4fa7-bb32-11f34168b82b");
+        let a = parse(&["--ram", "256", "--location", "https://h/t/", "--extra-args", "x"]).unwrap();
+        assert_eq!((a.memory.memory, a.location.as_deref()), (256, Some("https://h/t/")));
+        assert!(usage_error(&["-r", "512", "-u", "not-a-uuid"]).contains("--uuid"));
+    }
+
+    #[test]
+    fn memory_and_vcpus_forms() {
+        let a = parse(&["--memory", "memory=512,currentMemory=512,maxmemory=2048,maxMemory.slots=2"]).unwrap();
+        assert_eq!(memory_of(&a.memory).unwrap(), Some(crate::domain::definition::MaxMemory { mib: 2048, slots: 2 }));
+        let a = parse(&["--memory", "memory=512,currentMemory=256"]).unwrap();
+        let e = memory_of(&a.memory).unwrap_err().to_string();
+        assert!(e.contains("currentMemory=256: less than memory=512 needs a memory balloon"), "{e}");
+        let a = parse(&["--memory", "memory=512,maxmemory=1024"]).unwrap();
+        assert!(memory_of(&a.memory).unwrap_err().to_string().contains("needs maxMemory.slots=N"));
+        assert!(usage_error(&["--memory", "512,hugepages=on"]).contains("key 'hugepages'"));
+        let a = parse(&["-r", "64", "--vcpus", "2,maxvcpus=4,sockets=1,cores=2,threads=2"]).unwrap();
+        let v = a.vcpus.unwrap().resolve();
+        assert_eq!((v.vcpus, v.max), (2, Some(4)));
+        assert!(usage_error(&["-r", "64", "--vcpus", "2,placement=static"]).contains("key 'placement'"));
+        assert!(parse(&["--vcpus", "2"]).is_err(), "--memory is required");
+    }
+
+    #[test]
+    fn boot_firmware_check_console_autoconsole_print_xml() {
+        assert!(parse_boot("firmware=efi", None).unwrap().uefi);
+        assert!(parse_boot("uefi", None).unwrap().uefi);
+        assert!(!parse_boot("firmware=bios,hd", None).unwrap().uefi);
+        let e = parse_boot("firmware=coreboot", None).unwrap_err().to_string();
+        assert!(e.contains("firmware=coreboot is not offered"), "{e}");
+        let a = parse(&["-r", "64", "--check", "all=off", "--check", "mac_in_use=on"]).unwrap();
+        let c = Checks::from_specs(&a.check);
+        assert!(!c.path_in_use && !c.disk_size && c.mac_in_use);
+        assert!(usage_error(&["-r", "64", "--check", "path_exists=off"]).contains("names check 'path_exists'"));
+        let a = parse(&["-r", "64", "--console", "pty", "--serial", "file,path=/tmp/c.log"]).unwrap();
+        assert_eq!(console_file(&a.console, &a.serial).unwrap(), Some(PathBuf::from("/tmp/c.log")));
+        let e = usage_error(&["-r", "64", "--console", "unix,path=/tmp/s"]);
+        assert!(e.contains("the supervisor holds the serial console"), "{e}");
+        let e = console_file(&[ConsoleSpec::File("/tmp/a".into())], &[ConsoleSpec::File("/tmp/b".into())]);
+        assert!(e.unwrap_err().to_string().contains("one serial console"));
+        let e = console_file(&[ConsoleSpec::File("/nonexistent-dir/c.log".into())], &[]).unwrap_err().to_string();
+        assert!(e.contains("its directory does not exist"), "{e}");
+        assert_eq!(parse(&["-r", "64", "--autoconsole", "text"]).unwrap().autoconsole, Some(AutoConsole::Text));
+        assert!(usage_error(&["-r", "64", "--autoconsole", "graphical"]).contains("no viewer"));
+        assert!(usage_error(&["-r", "64", "--autoconsole", "none", "--noautoconsole"]).contains("cannot be used with"));
+        assert!(parse(&["-r", "64", "--print-xml", "--import"]).unwrap().print_xml);
+        // --initrd-inject goes with --location.
+        assert!(usage_error(&["-r", "64", "--initrd-inject", "/x"]).contains("--location"));
+        let a = parse(&["-r", "64", "-l", "/t", "--initrd-inject", "/a", "--initrd-inject", "/b"]).unwrap();
+        assert_eq!(a.initrd_inject, vec![PathBuf::from("/a"), PathBuf::from("/b")]);
+        let a = parse(&["-r", "64", "--cloud-init", "clouduser-ssh-key=/k.pub"]).unwrap();
+        assert_eq!(a.cloud_init.as_deref(), Some("clouduser-ssh-key=/k.pub"));
+    }
+
+    #[test]
+    fn location_spec_names_its_keys() {
+        let l = LocationSpec::parse("http://h/t,kernel=a/k,initrd=a/i").unwrap();
+        assert_eq!((l.url(), l.kernel.as_deref(), l.initrd.as_deref()), (Some("http://h/t"), Some("a/k"), Some("a/i")));
+        assert!(LocationSpec::parse("/t").unwrap().url().is_none());
+        let e = LocationSpec::parse("/t,kernal=x").err().unwrap().to_string();
+        assert!(e.contains("unknown key 'kernal'"), "{e}");
+    }
+}

@@ -331,6 +331,40 @@ mod tests {
     }
 
     #[test]
+    fn topology_product_must_equal_maxvcpus_and_maxmemory_needs_room_and_slots() {
+        use crate::domain::definition::{CpuTopology, MaxMemory};
+        let mut d = def("t");
+        d.vcpus = 2;
+        d.max_vcpus = Some(4);
+        d.topology = Some(CpuTopology { sockets: 1, cores: 2, threads: 2 });
+        check_def(&d, &HOST, &caps()).unwrap();
+        d.topology = Some(CpuTopology { sockets: 2, cores: 2, threads: 2 });
+        assert_eq!(
+            err(&d),
+            "cpu topology sockets=2 * cores=2 * threads=2 = 8 must equal maxvcpus 4 (qemu requires the product of \
+             the topology to match maxcpus)"
+        );
+        d.max_vcpus = None;
+        d.vcpus = 4;
+        d.topology = Some(CpuTopology { sockets: 1, cores: 2, threads: 1 });
+        assert_eq!(err(&d), "vcpus 4 is more than the topology's sockets * cores * threads = 2");
+        d.topology = Some(CpuTopology { sockets: 0, cores: 2, threads: 1 });
+        assert!(err(&d).ends_with("each must be at least 1"));
+        d.topology = None;
+        d.max_vcpus = Some(2);
+        assert_eq!(err(&d), "vcpus 4 is more than maxvcpus 2");
+        d.max_vcpus = Some(300);
+        assert_eq!(err(&d), "vcpus 300: machine type 'pc' takes at most 255");
+        let mut d = def("m");
+        d.max_memory = Some(MaxMemory { mib: 128, slots: 2 });
+        assert_eq!(err(&d), "maxmemory 128 MiB is below memory 256 MiB");
+        d.max_memory = Some(MaxMemory { mib: 1024, slots: 0 });
+        assert!(err(&d).starts_with("maxMemory.slots 0: must be between 1 and 256"));
+        d.max_memory = Some(MaxMemory { mib: 1024, slots: 4 });
+        check_def(&d, &HOST, &caps()).unwrap();
+    }
+
+    #[test]
     fn machine_and_cpu_come_from_qemus_lists() {
         let mut d = def("m");
         d.machine = "pc-i440fx-7.2".parse().unwrap();

@@ -96,6 +96,10 @@ pub(super) fn clone_cmd(ctx: &Ctx, a: CloneArgs) -> anyhow::Result<()> {
         reflink: a.reflink,
         checks: crate::domain::install_spec::Checks::from_specs(&a.check),
     };
+    if name == original {
+        // (Before the locks: the second lock on one name would wait for the first forever.)
+        bail!("clone: '{name}' is the source; a VM cannot be its own clone (name another, or --replace another VM)");
+    }
     let _src = store.lock(Kind::Domain, &original)?;
     let _new = store.lock(Kind::Domain, &name)?;
     let plan = clone::plan(store, &o)?;
@@ -144,7 +148,8 @@ mod tests {
 
     #[test]
     fn virt_clone_spellings() {
-        let a = parse(&["-o", "src", "-n", "new", "--print-xml", "--replace", "--reflink", "--check", "all=off"]).unwrap();
+        let a =
+            parse(&["-o", "src", "-n", "new", "--print-xml", "--replace", "--reflink", "--check", "all=off"]).unwrap();
         assert!(a.print_xml && a.replace && a.reflink && !a.print_definition);
         assert_eq!(crate::domain::install_spec::Checks::from_specs(&a.check).disk_size, false);
         for bad in [["--reflink", "--linked"], ["--reflink", "--compress"], ["--print-xml", "--print-definition"]] {

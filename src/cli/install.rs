@@ -746,7 +746,17 @@ mod tests {
 
     #[test]
     fn short_spellings_of_virt_install() {
-        let a = parse(&["-r", "512", "-l", "/srv/tree,kernel=k,initrd=i", "-x", "console=ttyS0", "-u", "3e3fce45-4f53-4fa7-bb32-11f34168b82b"]).unwrap();
+        let a = parse(&[
+            "-r",
+            "512",
+            "-l",
+            "/srv/tree,kernel=k,initrd=i",
+            "-x",
+            "console=ttyS0",
+            "-u",
+            "3e3fce45-4f53-4fa7-bb32-11f34168b82b",
+        ])
+        .unwrap();
         assert_eq!(a.memory.memory, 512);
         assert_eq!(a.location.as_deref(), Some("/srv/tree,kernel=k,initrd=i"));
         assert_eq!(a.extra_args.as_deref(), Some("console=ttyS0"));

@@ -75,7 +75,10 @@ fn replaceable(store: &Store, o: &CloneOpts) -> Result<DomainDef, DomainError> {
     super::adopt::ensure_supervised(store, &o.name);
     let (state, _) = observed(&RunDir::of(store, &o.name));
     if !matches!(state, VmState::Shutoff | VmState::Crashed) {
-        return Err(bad(&o.name, format!("--replace: it is {}; shut it off first (it is not replaced while it runs)", state.as_str())));
+        return Err(bad(
+            &o.name,
+            format!("--replace: it is {}; shut it off first (it is not replaced while it runs)", state.as_str()),
+        ));
     }
     let inventory = crate::inventory::Inventory::read(store);
     for d in old.disks.iter().filter(|d| own_disk(d)) {
@@ -159,7 +162,10 @@ pub fn plan(store: &Store, o: &CloneOpts) -> Result<ClonePlan, DomainError> {
                     return Err(bad(&o.name, format!("--mac {m}: given to two NICs")));
                 }
                 if taken.contains(&p) && o.checks.mac_in_use {
-                    return Err(bad(&o.name, format!("--mac {m}: is used by another VM (--check mac_in_use=off allows it)")));
+                    return Err(bad(
+                        &o.name,
+                        format!("--mac {m}: is used by another VM (--check mac_in_use=off allows it)"),
+                    ));
                 }
                 p
             }

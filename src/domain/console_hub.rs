@@ -34,12 +34,7 @@ pub struct Hub {
 /// The console copy file: 0600 whatever the umask or an earlier mode, never through a symlink.
 fn open_copy(p: &std::path::Path, append: bool) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::PermissionsExt;
-    let f = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(p)?;
+    let f = OpenOptions::new().create(true).append(true).mode(0o600).custom_flags(libc::O_NOFOLLOW).open(p)?;
     if !append {
         f.set_len(0)?;
     }

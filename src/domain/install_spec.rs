@@ -13,7 +13,11 @@ fn bad(opt: &'static str, key: &str, value: &str, why: impl Into<String>) -> Opt
 }
 
 fn unsupported(opt: &'static str, key: &str, input: &str, known: &'static str) -> OptionError {
-    OptionError::Invalid { opt, input: input.into(), why: format!("has key '{key}', which kvmctl does not take (it takes {known})") }
+    OptionError::Invalid {
+        opt,
+        input: input.into(),
+        why: format!("has key '{key}', which kvmctl does not take (it takes {known})"),
+    }
 }
 
 fn number<T: FromStr>(opt: &'static str, key: &str, v: Option<&str>, what: &str) -> Result<T, OptionError> {
@@ -50,8 +54,11 @@ impl FromStr for MemorySpec {
                 _ => return Err(unsupported(O, &k, input, KNOWN)),
             }
         }
-        let memory = memory
-            .ok_or_else(|| OptionError::Invalid { opt: O, input: input.into(), why: "names no memory= (MiB)".into() })?;
+        let memory = memory.ok_or_else(|| OptionError::Invalid {
+            opt: O,
+            input: input.into(),
+            why: "names no memory= (MiB)".into(),
+        })?;
         Ok(MemorySpec { memory, current, max, slots })
     }
 }

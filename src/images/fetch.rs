@@ -110,7 +110,8 @@ impl Client {
     /// one, else `Some(0)`); `None` for 404 and 410; other answers are errors.
     pub fn head(&self, url: &str) -> Result<Option<u64>, FetchError> {
         self.check_scheme(url)?;
-        let resp = self.agent.head(url).call().map_err(|e| FetchError::Http { url: url.into(), what: e.to_string() })?;
+        let resp =
+            self.agent.head(url).call().map_err(|e| FetchError::Http { url: url.into(), what: e.to_string() })?;
         let status = resp.status().as_u16();
         match status {
             200..=299 => Ok(Some(
@@ -121,7 +122,11 @@ impl Client {
                     .unwrap_or(0),
             )),
             404 | 410 => Ok(None),
-            _ => Err(FetchError::Status { url: url.into(), status, hint: if status == 403 { " (access denied)" } else { "" } }),
+            _ => Err(FetchError::Status {
+                url: url.into(),
+                status,
+                hint: if status == 403 { " (access denied)" } else { "" },
+            }),
         }
     }
 

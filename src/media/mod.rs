@@ -1,11 +1,11 @@
 //! Install media: ISO 9660 images read and written in Rust (no loop mounts), the kernel and
 //! initrd of an installer tree or ISO (`--location`), and NoCloud seeds (`--cloud-init`).
 
+pub mod initrd_inject;
 pub mod iso9660;
 mod iso_writer;
 pub mod location;
 pub mod nocloud;
-pub mod initrd_inject;
 pub mod remote;
 
 use std::path::PathBuf;

@@ -406,7 +406,11 @@ mod tests {
         let o: CloudInitOpts = format!("clouduser-ssh-key={}", k.display()).parse().unwrap();
         assert_eq!(o.clouduser_ssh_key.as_deref(), Some(k.as_path()));
         let (seed, _) = NoCloudSeed::from_opts(&o, "vm1", "i-1").unwrap();
-        assert!(seed.user_data.contains("ssh_authorized_keys:\n  - \"ssh-ed25519 AAAAuser u@h\""), "{}", seed.user_data);
+        assert!(
+            seed.user_data.contains("ssh_authorized_keys:\n  - \"ssh-ed25519 AAAAuser u@h\""),
+            "{}",
+            seed.user_data
+        );
         let u = d.path().join("user-data");
         std::fs::write(&u, "#cloud-config\n").unwrap();
         let e = format!("user-data={},clouduser-ssh-key={}", u.display(), k.display()).parse::<CloudInitOpts>();

@@ -127,7 +127,12 @@ pub fn probe(client: &Client, url: &str, kernel: Option<&str>, initrd: Option<&s
 
 /// Download what `probe` found into `dir`: a tree's kernel and initrd (as `vmlinuz` and
 /// `initrd`), or the ISO (as `location.iso`). Returns the paths; on failure nothing is left.
-pub fn fetch(client: &Client, found: &Remote, dir: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<Vec<PathBuf>, MediaError> {
+pub fn fetch(
+    client: &Client,
+    found: &Remote,
+    dir: &Path,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Vec<PathBuf>, MediaError> {
     let pairs: Vec<(&str, &str)> = match found {
         Remote::Iso { url, .. } => vec![(url, "location.iso")],
         Remote::Tree { kernel, initrd, .. } => vec![(kernel, "vmlinuz"), (initrd, "initrd")],
@@ -136,9 +141,10 @@ pub fn fetch(client: &Client, found: &Remote, dir: &Path, progress: &mut dyn FnM
     for (url, name) in pairs {
         let dest = dir.join(name);
         let part = dir.join(format!("{name}.part"));
-        let r = client.download(url, &part, progress).map_err(MediaError::from).and_then(|_| {
-            std::fs::rename(&part, &dest).map_err(|e| MediaError::io(&dest, e))
-        });
+        let r = client
+            .download(url, &part, progress)
+            .map_err(MediaError::from)
+            .and_then(|_| std::fs::rename(&part, &dest).map_err(|e| MediaError::io(&dest, e)));
         crate::images::fetch::discard(&part);
         if let Err(e) = r {
             for p in &done {

@@ -151,7 +151,7 @@ mod tests {
         let a =
             parse(&["-o", "src", "-n", "new", "--print-xml", "--replace", "--reflink", "--check", "all=off"]).unwrap();
         assert!(a.print_xml && a.replace && a.reflink && !a.print_definition);
-        assert_eq!(crate::domain::install_spec::Checks::from_specs(&a.check).disk_size, false);
+        assert!(!crate::domain::install_spec::Checks::from_specs(&a.check).disk_size);
         for bad in [["--reflink", "--linked"], ["--reflink", "--compress"], ["--print-xml", "--print-definition"]] {
             let e = parse(&[&["src", "new"][..], &bad[..]].concat()).unwrap_err();
             assert_eq!(e.exit_code(), 2, "{e}");

@@ -53,7 +53,7 @@ pub fn read_members(files: &[PathBuf]) -> Result<Vec<Member>, MediaError> {
 }
 
 fn pad4(buf: &mut Vec<u8>) {
-    while buf.len() % 4 != 0 {
+    while !buf.len().is_multiple_of(4) {
         buf.push(0);
     }
 }

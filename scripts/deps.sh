@@ -7,6 +7,7 @@ pkgs=(
   qemu-utils qemu-system-x86 dnsmasq-base nftables iproute2 util-linux procps
   busybox-static udhcpc syslinux syslinux-common isolinux mtools dosfstools xorriso cpio kmod
   python3 ca-certificates openssl gnupg gpgv man-db ovmf genisoimage pxelinux systemd-boot-efi fdisk strace
+  xfsprogs
 )
 [[ "${1:-}" == "--bench" ]] && pkgs+=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-daemon-system libvirt-clients virtinst)
 

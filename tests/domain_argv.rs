@@ -103,6 +103,15 @@ fn cases() -> Vec<(&'static str, DomainDef, Accel)> {
     d.disks.push(disk("@D/vm.qcow2", "qcow2", DiskBus::Virtio, DiskDevice::Disk));
     v.push(("kvm-accel", d, Accel::Kvm));
 
+    // --memory maxmemory=,maxMemory.slots= and --vcpus N,maxvcpus=,sockets=,cores=,threads=.
+    let mut d = base("topology");
+    d.memory_mib = 256;
+    d.max_memory = Some(MaxMemory { mib: 1024, slots: 2 });
+    d.vcpus = 2;
+    d.max_vcpus = Some(4);
+    d.topology = Some(CpuTopology { sockets: 2, cores: 2, threads: 1 });
+    d.disks.push(disk("@D/vm.qcow2", "qcow2", DiskBus::Virtio, DiskDevice::Disk));
+    v.push(("smp-topology-maxmem", d, Accel::Tcg));
     v.push(("commas-in-every-free-form-field", commas(), Accel::Tcg));
     v
 }

@@ -746,8 +746,11 @@ fn err_of(s: &str) -> String {
 
 #[test]
 fn cloud_init_unknown_key_is_refused_naming_it() {
-    let e = err_of("root-password-generate=on,clouduser-ssh-key=/x");
-    assert!(e.contains("unknown option 'clouduser-ssh-key'") && e.contains("root-ssh-key"), "{e}");
+    let e = err_of("root-password-generate=on,root-ssh-keys=/x");
+    assert!(e.contains("unknown option 'root-ssh-keys'") && e.contains("clouduser-ssh-key"), "{e}");
+    // clouduser-ssh-key is known (virt-install 4.1): its file is checked.
+    let e = err_of("clouduser-ssh-key=/nonexistent/id.pub");
+    assert!(e.contains("clouduser-ssh-key=/nonexistent/id.pub"), "{e}");
 }
 
 #[test]

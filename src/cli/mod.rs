@@ -277,10 +277,6 @@ pub(crate) fn whole_u64(s: &str) -> Result<u64, String> {
     whole(s, u64::MAX)
 }
 
-pub(crate) fn whole_u32(s: &str) -> Result<u32, String> {
-    whole(s, u32::MAX.into())
-}
-
 /// What every command gets: the store and the output settings.
 pub struct Ctx {
     pub store: Store,
@@ -362,10 +358,6 @@ mod tests {
             whole_u64("184467440737095516150"),
             Err("'184467440737095516150' is too large (at most 18446744073709551615)".into())
         );
-        assert_eq!(whole_u32("4294967296"), Err("'4294967296' is too large (at most 4294967295)".into()));
-        assert_eq!(whole_u32("12"), Ok(12));
-        assert_eq!(whole_u32("-1"), Err("'-1' is not a whole number".into()));
-        assert_eq!(whole_u32(""), Err("'' is not a whole number".into()));
     }
 
     /// Every virsh spelling kvmctl takes parses, named forms included (through the same

@@ -206,8 +206,8 @@ pub fn render(def: &DomainDef, env: &RenderEnv) -> Result<Vec<String>, ArgvError
     a.push(["-machine", &escape(def.machine.as_str())]);
     a.push(["-accel", accel]);
     a.push(["-cpu", cpu]);
-    a.push(["-m", &format!("{}M", def.memory_mib)]);
-    a.push(["-smp", &def.vcpus.to_string()]);
+    a.push(["-m", &memory(def)]);
+    a.push(["-smp", &smp(def)]);
     a.flag("-nodefaults");
     a.flag("-no-user-config");
     a.flag("-S");
@@ -258,6 +258,26 @@ pub fn render(def: &DomainDef, env: &RenderEnv) -> Result<Vec<String>, ArgvError
     disks(def, env.files, &mut a);
     nics(def, env, &mut a);
     Ok(a.0)
+}
+
+/// `-m`: the size, and the hotplug room (`slots=`, `maxmem=`) when there is one.
+fn memory(def: &DomainDef) -> String {
+    match def.max_memory {
+        None => format!("{}M", def.memory_mib),
+        Some(m) => format!("size={}M,slots={},maxmem={}M", def.memory_mib, m.slots, m.mib),
+    }
+}
+
+/// `-smp`: the vCPUs at boot, with the topology and the maximum when given.
+fn smp(def: &DomainDef) -> String {
+    let mut s = def.vcpus.to_string();
+    if let Some(t) = def.topology {
+        s.push_str(&format!(",sockets={},cores={},threads={}", t.sockets, t.cores, t.threads));
+    }
+    if def.topology.is_some() || def.max_vcpus.is_some() {
+        s.push_str(&format!(",maxcpus={}", def.vcpus_max()));
+    }
+    s
 }
 
 #[derive(Default)]

@@ -33,6 +33,13 @@ pub struct CloneOpts {
     pub compress: bool,
     /// Full copies: fsync them before they are linked into place.
     pub sync: bool,
+    /// `--replace`: a shut-off VM of the new name is replaced (it and its own disks removed
+    /// once the clone is made).
+    pub replace: bool,
+    /// `--reflink`: full copies share the source's extents (FICLONE), or the clone fails.
+    pub reflink: bool,
+    /// `--check`.
+    pub checks: super::install_spec::Checks,
 }
 
 fn bad(name: &str, what: impl Into<String>) -> DomainError {
@@ -49,16 +56,72 @@ pub struct DiskPlan {
     pub to: Option<PathBuf>,
 }
 
+/// What `plan` decided: the new definition, the disk work, the VM it replaces.
+#[derive(Debug, Clone)]
+pub struct ClonePlan {
+    pub def: DomainDef,
+    pub disks: Vec<DiskPlan>,
+    /// `--replace`: the definition of the shut-off VM the clone replaces.
+    pub replaced: Option<DomainDef>,
+}
+
+/// `--replace`: the VM of the new name, which must be shut off and whose writable disks no
+/// other VM or overlay uses (they are removed with it).
+fn replaceable(store: &Store, o: &CloneOpts) -> Result<DomainDef, DomainError> {
+    if o.name == o.original {
+        return Err(bad(&o.name, "--replace: a VM cannot replace itself with its clone"));
+    }
+    let old: DomainDef = store.load(Kind::Domain, &o.name)?;
+    super::adopt::ensure_supervised(store, &o.name);
+    let (state, _) = observed(&RunDir::of(store, &o.name));
+    if !matches!(state, VmState::Shutoff | VmState::Crashed) {
+        return Err(bad(
+            &o.name,
+            format!("--replace: it is {}; shut it off first (it is not replaced while it runs)", state.as_str()),
+        ));
+    }
+    let inventory = crate::inventory::Inventory::read(store);
+    for d in old.disks.iter().filter(|d| own_disk(d)) {
+        let users = inventory.users_of(&d.path, Some(&o.name));
+        if !users.is_empty() {
+            return Err(bad(
+                &o.name,
+                format!("--replace: its disk {} is also used by {users}; it is not replaced", d.path.display()),
+            ));
+        }
+    }
+    Ok(old)
+}
+
+/// A disk that goes with its VM when `--replace` removes it: writable and not shared.
+fn own_disk(d: &DiskDef) -> bool {
+    !d.readonly && !d.shareable && d.device != super::definition::DiskDevice::Cdrom
+}
+
 /// The new definition and the disk work it needs (nothing is created here).
-pub fn plan(store: &Store, o: &CloneOpts) -> Result<(DomainDef, Vec<DiskPlan>), DomainError> {
+pub fn plan(store: &Store, o: &CloneOpts) -> Result<ClonePlan, DomainError> {
     crate::names::validate("domain", &o.name).map_err(|e| bad(&o.name, e.to_string()))?;
     if o.compress && (o.linked || o.preserve_data) {
         return Err(bad(&o.name, "--compress is for full copies (not with --linked or --preserve-data)"));
     }
-    let src: DomainDef = store.load(Kind::Domain, &o.original)?;
-    if store.exists(Kind::Domain, &o.name) {
-        return Err(bad(&o.name, "is already defined"));
+    if o.reflink && (o.linked || o.preserve_data || o.compress) {
+        return Err(bad(&o.name, "--reflink is for full copies (not with --linked, --preserve-data or --compress)"));
     }
+    let src: DomainDef = store.load(Kind::Domain, &o.original)?;
+    let replaced = match (store.exists(Kind::Domain, &o.name), o.replace) {
+        (false, _) => None,
+        (true, true) => Some(replaceable(store, o)?),
+        (true, false) => return Err(bad(&o.name, "is already defined (--replace replaces a shut-off VM)")),
+    };
+    // Paths the replaced VM owns may be written again by the clone.
+    let reusable: Vec<PathBuf> = replaced
+        .iter()
+        .flat_map(|r| r.disks.iter().filter(|d| own_disk(d)).map(|d| d.path.clone()))
+        .chain(replaced.iter().filter_map(|r| match &r.firmware {
+            super::definition::Firmware::Uefi { nvram, .. } => Some(nvram.clone()),
+            _ => None,
+        }))
+        .collect();
     super::adopt::ensure_supervised(store, &o.original);
     let (state, _) = observed(&RunDir::of(store, &o.original));
     match state {
@@ -78,24 +141,50 @@ pub fn plan(store: &Store, o: &CloneOpts) -> Result<(DomainDef, Vec<DiskPlan>), 
     def.name = o.name.clone();
     def.uuid = o.uuid.unwrap_or_else(Uuid::new_v4);
     def.autostart = false;
-    let mut used = super::install::defined_macs(store);
+    // The replaced VM's MACs are free again.
+    let mut used: std::collections::HashSet<_> = super::install::defined_macs(store);
+    if let Some(r) = &replaced {
+        for n in &r.nics {
+            used.remove(&n.mac);
+        }
+    }
+    let taken = used.clone();
+    let mut assigned = std::collections::HashSet::new();
     for (i, nic) in def.nics.iter_mut().enumerate() {
         nic.mac = match o.macs.get(i).map(String::as_str) {
             None | Some("RANDOM") => super::install::random_mac(&used),
             Some(m) => {
                 let p: crate::network::MacAddr = m.parse().map_err(|e| bad(&o.name, format!("--mac {m}: {e}")))?;
-                if p.is_multicast() || p.is_zero() || used.contains(&p) {
-                    return Err(bad(&o.name, format!("--mac {m}: must be unicast, non-zero and unused")));
+                if p.is_multicast() || p.is_zero() {
+                    return Err(bad(&o.name, format!("--mac {m}: must be unicast and non-zero")));
+                }
+                if assigned.contains(&p) {
+                    return Err(bad(&o.name, format!("--mac {m}: given to two NICs")));
+                }
+                if taken.contains(&p) && o.checks.mac_in_use {
+                    return Err(bad(
+                        &o.name,
+                        format!("--mac {m}: is used by another VM (--check mac_in_use=off allows it)"),
+                    ));
                 }
                 p
             }
         };
         used.insert(nic.mac);
+        assigned.insert(nic.mac);
     }
+    if !o.checks.mac_in_use && def.nics.iter().any(|n| taken.contains(&n.mac)) {
+        def.checks_off.push("mac_in_use".into());
+    }
+    if !o.checks.path_in_use && o.preserve_data {
+        def.checks_off.push("path_in_use".into());
+    }
+    def.checks_off.sort();
+    def.checks_off.dedup();
     // A UEFI VM's variable store is copied for the clone (execute copies it).
     if let super::definition::Firmware::Uefi { nvram, .. } = &mut def.firmware {
         let new = nvram.with_file_name(format!("{}_VARS.fd", o.name));
-        if new.exists() {
+        if new.exists() && !reusable.contains(&new) {
             return Err(bad(&o.name, format!("NVRAM {} already exists", new.display())));
         }
         *nvram = new;
@@ -120,7 +209,20 @@ pub fn plan(store: &Store, o: &CloneOpts) -> Result<(DomainDef, Vec<DiskPlan>), 
             if !to.is_file() {
                 return Err(bad(&o.name, format!("--preserve-data: {} does not exist", to.display())));
             }
-        } else if to.exists() {
+            if o.checks.path_in_use {
+                let users = crate::inventory::Inventory::read(store).users_of(&to, Some(&o.name));
+                if !users.domains.is_empty() {
+                    return Err(bad(
+                        &o.name,
+                        format!(
+                            "--preserve-data: {} is used by {} (--check path_in_use=off allows it)",
+                            to.display(),
+                            users.domains.join(", ")
+                        ),
+                    ));
+                }
+            }
+        } else if to.exists() && !reusable.contains(&to) {
             return Err(bad(&o.name, format!("disk {} already exists (name another with --file)", to.display())));
         }
         if o.compress && format != Format::Qcow2 && !o.preserve_data {
@@ -129,7 +231,43 @@ pub fn plan(store: &Store, o: &CloneOpts) -> Result<(DomainDef, Vec<DiskPlan>), 
         plans.push(DiskPlan { target, from: d.path.clone(), format, to: Some(to.clone()) });
         *d = DiskDef { path: to, created: true, format: if o.linked { Format::Qcow2 } else { d.format }, ..d.clone() };
     }
-    Ok((def, plans))
+    if o.checks.disk_size && !o.preserve_data && !o.linked {
+        check_space(store, &o.name, &plans)?;
+    }
+    Ok(ClonePlan { def, disks: plans, replaced })
+}
+
+/// virt-clone's disk_size check: the full copies fit in the free space where they go (their
+/// sources' allocated bytes; a reflinked copy is counted too, as the filesystem may need it).
+fn check_space(store: &Store, vm: &str, plans: &[DiskPlan]) -> Result<(), DomainError> {
+    use std::os::unix::fs::MetadataExt;
+    let _ = store;
+    let mut per_dev: Vec<(u64, PathBuf, u64)> = Vec::new();
+    for p in plans {
+        let Some(to) = &p.to else { continue };
+        let dir = to.parent().unwrap_or(Path::new("/")).to_path_buf();
+        let Ok(meta) = std::fs::metadata(&dir) else { continue };
+        let need = std::fs::metadata(&p.from).map(|m| m.blocks() * 512).unwrap_or(0);
+        match per_dev.iter_mut().find(|(dev, _, _)| *dev == meta.dev()) {
+            Some(e) => e.2 += need,
+            None => per_dev.push((meta.dev(), dir, need)),
+        }
+    }
+    for (_, dir, need) in per_dev {
+        let Some(u) = crate::storage::pool::fs_usage(&dir) else { continue };
+        if need > u.available {
+            return Err(bad(
+                vm,
+                format!(
+                    "the copies need {} in {}, which has {} free (--check disk_size=off to try anyway)",
+                    crate::size::human(need),
+                    dir.display(),
+                    crate::size::human(u.available)
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn absolute(p: &Path) -> PathBuf {
@@ -149,26 +287,60 @@ fn derived_path(src: &Path, new: &str, n: usize) -> PathBuf {
 
 /// Make the disks (all at once, one thread each) and write the definition; on any failure,
 /// or after a kill (journaled: the next command on the new name undoes it), every file this
-/// clone made is removed and nothing is defined. The caller holds the new name's lock.
+/// clone made is removed and nothing is defined. With `--replace`, the replaced VM is touched
+/// only once every copy is made: its definition is overwritten, then its own disks and NVRAM
+/// that the clone does not reuse are removed. The caller holds the new name's lock.
 pub fn execute(
     store: &Store,
     o: &CloneOpts,
-    def: &DomainDef,
-    plans: &[DiskPlan],
+    plan: &ClonePlan,
     progress: &(dyn Fn(u64, u64) + Sync),
 ) -> Result<(), DomainError> {
+    let def = &plan.def;
     let journal = |e: std::io::Error| bad(&def.name, format!("cannot write the clone journal: {e}"));
     let mut revert = Revert::journaled(&store.paths, Kind::Domain, &def.name, "clone").map_err(journal)?;
-    copy_nvram(store, o, def, &mut revert)?;
     if !o.preserve_data {
-        place_disks(store, o, def, plans, progress, &mut revert)?;
+        place_disks(store, o, def, &plan.disks, progress, &mut revert)?;
     }
-    revert.add(Undo::File(store.paths.def_file(Kind::Domain, &def.name))).map_err(journal)?;
-    store.create(Kind::Domain, &def.name, def)?;
+    copy_nvram(store, o, def, &mut revert)?;
+    match &plan.replaced {
+        None => {
+            revert.add(Undo::File(store.paths.def_file(Kind::Domain, &def.name))).map_err(journal)?;
+            store.create(Kind::Domain, &def.name, def)?;
+        }
+        Some(_) => store.save(Kind::Domain, &def.name, def)?,
+    }
     crate::events::domain(&store.paths.run, &def.name, crate::events::What::Defined, "cloned");
     crate::fault::point("clone.defined");
     revert.commit();
+    if let Some(old) = &plan.replaced {
+        remove_replaced(store, old, def);
+    }
     Ok(())
+}
+
+/// What `--replace` leaves of the replaced VM: nothing its clone does not use.
+fn remove_replaced(store: &Store, old: &DomainDef, new: &DomainDef) {
+    let kept: Vec<&Path> = new.disks.iter().map(|d| d.path.as_path()).collect();
+    let mut gone: Vec<PathBuf> = old.disks.iter().filter(|d| own_disk(d)).map(|d| d.path.clone()).collect();
+    if let (super::definition::Firmware::Uefi { nvram, .. }, new_fw) = (&old.firmware, &new.firmware) {
+        if !matches!(new_fw, super::definition::Firmware::Uefi { nvram: n, .. } if n == nvram) {
+            gone.push(nvram.clone());
+        }
+    }
+    for p in gone.iter().filter(|p| !kept.contains(&p.as_path())) {
+        match std::fs::remove_file(p) {
+            Ok(()) => tracing::info!(path = %p.display(), "removed a disk of the replaced VM"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => eprintln!("warning: --replace: cannot remove {} of the replaced VM: {e}", p.display()),
+        }
+    }
+    // Its runtime dir (state of its last run) and VNC secret go with it; the VM is shut off.
+    let rd = RunDir::of(store, &old.name);
+    if !rd.alive() {
+        let _ = std::fs::remove_dir_all(&rd.dir);
+    }
+    let _ = std::fs::remove_file(store.paths.vnc_password(&old.name));
 }
 
 /// The source's NVRAM, copied to the clone's path.
@@ -202,7 +374,8 @@ fn place_disks(
                 s.spawn(move || {
                     let to = p.to.as_ref().expect("planned");
                     let src = Source { path: &p.from, format: p.format, backing: policy };
-                    make_disk(src, to, o, &|d| {
+                    let place = place_label(store, to);
+                    make_disk(src, to, &place, o, &|d| {
                         progress(done.fetch_add(d, std::sync::atomic::Ordering::Relaxed) + d, total)
                     })
                 })
@@ -227,7 +400,14 @@ fn place_disks(
         revert
             .add(Undo::File(to.clone()))
             .map_err(|e| bad(&def.name, format!("cannot write the clone journal: {e}")))?;
-        let linked_in = if o.sync || o.linked { t.commit_new(&to) } else { t.link_new(&to) };
+        // A path of the VM being replaced is written over (rename); any other must be new.
+        let linked_in = if o.replace && to.exists() {
+            t.commit(&to)
+        } else if o.sync || o.linked {
+            t.commit_new(&to)
+        } else {
+            t.link_new(&to)
+        };
         if let Err(e) = linked_in {
             // Not ours: a file that appeared there meanwhile stays.
             let _ = revert.forget(&to);
@@ -240,7 +420,7 @@ fn place_disks(
 
 /// One new disk, written to a temp file beside its destination; the source is read with the
 /// format its definition records.
-fn make_disk(src: Source, to: &Path, o: &CloneOpts, progress: &dyn Fn(u64)) -> Result<TempFile, String> {
+fn make_disk(src: Source, to: &Path, place: &str, o: &CloneOpts, progress: &dyn Fn(u64)) -> Result<TempFile, String> {
     let (linked, nonsparse, sync) = (o.linked, o.nonsparse, o.sync);
     let from = src.path;
     let info = image::inspect_as(from, src.format).map_err(|e| format!("{}: {e}", from.display()))?;
@@ -257,6 +437,18 @@ fn make_disk(src: Source, to: &Path, o: &CloneOpts, progress: &dyn Fn(u64)) -> R
             .map_err(|e| e.to_string())?
             .finish()
             .map_err(|e| e.to_string())?;
+    } else if o.reflink {
+        if info.backing_file.is_some() {
+            return Err(format!(
+                "--reflink copies {} as it is, and it has a backing file: clone without --reflink to flatten it",
+                from.display()
+            ));
+        }
+        reflink(from, tmp.file(), to, place)?;
+        progress(std::fs::metadata(from).map(|m| m.len()).unwrap_or(0));
+        if sync {
+            tmp.file().sync_all().map_err(|e| e.to_string())?;
+        }
     } else {
         let out = tmp.file().try_clone().map_err(|e| e.to_string())?;
         let mut last = 0u64;
@@ -277,4 +469,39 @@ fn make_disk(src: Source, to: &Path, o: &CloneOpts, progress: &dyn Fn(u64)) -> R
         }
     }
     Ok(tmp)
+}
+
+/// Where a new disk goes, for messages: "pool 'NAME'" when its directory is a pool's.
+fn place_label(store: &Store, to: &Path) -> String {
+    let dir = to.parent().unwrap_or(Path::new("/"));
+    let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let pools = crate::storage::pool::list(store).unwrap_or_default();
+    match pools.into_iter().flatten().find(|p| canon(&p.target) == canon(dir)) {
+        Some(p) => format!("pool '{}'", p.name),
+        None => dir.display().to_string(),
+    }
+}
+
+/// FICLONE: `out` shares `from`'s extents (copy-on-write), in constant time, or an error that
+/// says the filesystem cannot.
+fn reflink(from: &Path, out: &std::fs::File, to: &Path, place: &str) -> Result<(), String> {
+    use std::os::fd::AsRawFd;
+    let src = std::fs::File::open(from).map_err(|e| format!("{}: {e}", from.display()))?;
+    // SAFETY: FICLONE takes the source fd as its argument; both fds are open for the call.
+    let rc = unsafe { libc::ioctl(out.as_raw_fd(), libc::FICLONE as _, src.as_raw_fd()) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    let dir = place;
+    Err(match e.raw_os_error() {
+        Some(libc::EOPNOTSUPP | libc::ENOTTY | libc::EINVAL) => {
+            format!("--reflink: the filesystem of {dir} cannot reflink ({e}); clone without --reflink to copy")
+        }
+        Some(libc::EXDEV) => format!(
+            "--reflink: {} and {dir} are on different filesystems, which cannot share extents ({e})",
+            from.display()
+        ),
+        _ => format!("--reflink: FICLONE {} -> {}: {e}", from.display(), to.display()),
+    })
 }

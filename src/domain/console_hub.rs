@@ -22,6 +22,8 @@ pub const LOG_LIMIT: u64 = 16 << 20;
 
 pub struct Hub {
     log: PathBuf,
+    /// `--console file,path=`: a copy of the output, written as it comes (0600).
+    copy: Mutex<Option<std::fs::File>>,
     ring: Mutex<VecDeque<u8>>,
     tx: broadcast::Sender<Arc<Vec<u8>>>,
     serial: tokio::sync::Mutex<Option<OwnedWriteHalf>>,
@@ -29,11 +31,35 @@ pub struct Hub {
     next_id: AtomicU64,
 }
 
+/// The console copy file: 0600 whatever the umask or an earlier mode, never through a symlink.
+fn open_copy(p: &std::path::Path, append: bool) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::PermissionsExt;
+    let f = OpenOptions::new().create(true).append(true).mode(0o600).custom_flags(libc::O_NOFOLLOW).open(p)?;
+    if !append {
+        f.set_len(0)?;
+    }
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    Ok(f)
+}
+
 impl Hub {
     pub fn new(log: PathBuf) -> Arc<Hub> {
+        Hub::with_copy(log, None, false)
+    }
+
+    /// A hub that also copies the output to `copy` (truncated first, unless `append`).
+    pub fn with_copy(log: PathBuf, copy: Option<&std::path::Path>, append: bool) -> Arc<Hub> {
         let (tx, _) = broadcast::channel(256);
+        let copy = copy.and_then(|p| match open_copy(p, append) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                tracing::warn!(path = %p.display(), "cannot open the console copy file: {e}");
+                None
+            }
+        });
         Arc::new(Hub {
             log,
+            copy: Mutex::new(copy),
             ring: Mutex::new(VecDeque::with_capacity(REPLAY)),
             tx,
             serial: tokio::sync::Mutex::new(None),
@@ -44,9 +70,9 @@ impl Hub {
 
     /// A hub for an adopted VM: console.log goes on (appended to), and the replay buffer
     /// starts with what the log ends with, so a client attaching at once sees the last screen.
-    pub fn resume(log: PathBuf) -> Arc<Hub> {
+    pub fn resume(log: PathBuf, copy: Option<&std::path::Path>) -> Arc<Hub> {
         use std::io::{Read, Seek, SeekFrom};
-        let hub = Hub::new(log);
+        let hub = Hub::with_copy(log, copy, true);
         if let Ok(mut f) = std::fs::File::open(&hub.log) {
             let len = f.metadata().map(|m| m.len()).unwrap_or(0);
             let mut tail = Vec::new();
@@ -80,6 +106,9 @@ impl Hub {
             if f.metadata().map(|m| m.len() > LOG_LIMIT).unwrap_or(false) {
                 let _ = std::fs::rename(&self.log, self.log.with_extension("log.1"));
             }
+        }
+        if let Some(f) = self.copy.lock().expect("copy lock").as_mut() {
+            let _ = f.write_all(data);
         }
         {
             let mut ring = self.ring.lock().expect("ring lock");

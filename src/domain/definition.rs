@@ -346,6 +346,22 @@ pub enum Firmware {
     },
 }
 
+/// Room for memory hotplug (`-m SIZE,slots=N,maxmem=M`; libvirt's `<maxMemory slots=>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MaxMemory {
+    pub mib: u64,
+    pub slots: u32,
+}
+
+/// The guest's CPU topology (`-smp sockets=,cores=,threads=`): their product is the maximum
+/// vCPU count, as qemu requires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CpuTopology {
+    pub sockets: u32,
+    pub cores: u32,
+    pub threads: u32,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DomainDef {
     pub name: String,
@@ -353,7 +369,24 @@ pub struct DomainDef {
     #[serde(default = "Uuid::new_v4")]
     pub uuid: Uuid,
     pub memory_mib: u64,
+    /// Memory hotplug room above `memory_mib`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_memory: Option<MaxMemory>,
+    /// vCPUs at boot.
     pub vcpus: u32,
+    /// Hotpluggable maximum (`-smp maxcpus=`); none: `vcpus`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_vcpus: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topology: Option<CpuTopology>,
+    /// A copy of the serial console's output, written by the supervisor (0600) besides
+    /// console.log (`--console file,path=P`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub console_file: Option<PathBuf>,
+    /// Checks turned off at install (`--check path_in_use=off`, `mac_in_use=off`): define,
+    /// edit and start honour them for this VM.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks_off: Vec<String>,
     /// qemu -cpu model; None: `host` under KVM, `max` under TCG.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu: Option<CpuModel>,
@@ -412,13 +445,28 @@ fn default_boot_order() -> Vec<String> {
 }
 
 impl DomainDef {
+    /// The vCPU maximum qemu is given (`maxcpus`): the topology's product, else `max_vcpus`,
+    /// else `vcpus`.
+    pub fn vcpus_max(&self) -> u32 {
+        match (self.topology, self.max_vcpus) {
+            (Some(t), _) => t.sockets.saturating_mul(t.cores).saturating_mul(t.threads),
+            (None, Some(m)) => m,
+            (None, None) => self.vcpus,
+        }
+    }
+
     /// A definition with the defaults `install` starts from.
     pub fn new(name: &str, memory_mib: u64, vcpus: u32) -> DomainDef {
         DomainDef {
             name: name.into(),
             uuid: Uuid::new_v4(),
             memory_mib,
+            max_memory: None,
             vcpus,
+            max_vcpus: None,
+            topology: None,
+            console_file: None,
+            checks_off: Vec::new(),
             cpu: None,
             accel: Accel::Auto,
             machine: default_machine(),

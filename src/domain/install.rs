@@ -30,6 +30,17 @@ pub struct InstallOpts {
     pub autostart: bool,
     pub accel: Accel,
     pub machine: Option<MachineType>,
+    /// `--memory maxmemory=,maxMemory.slots=`.
+    pub max_memory: Option<MaxMemory>,
+    /// `--vcpus maxvcpus=` and `sockets=,cores=,threads=`.
+    pub max_vcpus: Option<u32>,
+    pub topology: Option<CpuTopology>,
+    /// `--uuid`.
+    pub uuid: Option<uuid::Uuid>,
+    /// `--check`.
+    pub checks: super::install_spec::Checks,
+    /// `--console file,path=`.
+    pub console_file: Option<std::path::PathBuf>,
 }
 
 fn bad(name: &str, what: impl Into<String>) -> DomainError {
@@ -55,6 +66,21 @@ pub fn build(store: &Store, o: &InstallOpts, dry_run: bool, revert: &mut Revert)
         ));
     }
     let mut def = DomainDef::new(&o.name, o.memory_mib, o.vcpus);
+    if let Some(u) = o.uuid {
+        if u.is_nil() {
+            return Err(bad(&o.name, "--uuid 00000000-0000-0000-0000-000000000000: the nil UUID names no VM"));
+        }
+        def.uuid = u;
+    }
+    def.max_memory = o.max_memory;
+    def.max_vcpus = o.max_vcpus;
+    def.topology = o.topology;
+    def.console_file = o.console_file.clone();
+    def.checks_off = [("path_in_use", o.checks.path_in_use), ("mac_in_use", o.checks.mac_in_use)]
+        .into_iter()
+        .filter(|(_, on)| !on)
+        .map(|(c, _)| c.to_string())
+        .collect();
     def.cpu = o.cpu.clone();
     def.accel = o.accel;
     def.graphics = o.graphics.clone();
@@ -82,7 +108,7 @@ pub fn build(store: &Store, o: &InstallOpts, dry_run: bool, revert: &mut Revert)
         })
         .map_err(invalid)?;
     for (i, spec) in o.disks.iter().enumerate() {
-        def.disks.push(disk(store, &o.name, i, spec, dry_run, revert)?);
+        def.disks.push(disk(store, &o.name, i, spec, o.checks.disk_size, dry_run, revert)?);
     }
     validate::check(store, &def, validate::Purpose::New)?;
     Ok(def)
@@ -143,6 +169,7 @@ fn disk(
     vm: &str,
     index: usize,
     spec: &DiskSpec,
+    check_size: bool,
     dry_run: bool,
     revert: &mut Revert,
 ) -> Result<DiskDef, DomainError> {
@@ -162,6 +189,9 @@ fn disk(
                 let format = spec.format.unwrap_or(DiskFormat::Qcow2);
                 volume::check_capacity(&format!("--disk path={}", p.display()), format, DEFAULT_CLUSTER_BITS, size)
                     .map_err(|e| bad(vm, e.to_string()))?;
+                if check_size {
+                    fits(vm, &format!("--disk path={}", p.display()), p.parent().unwrap_or(Path::new("/")), size)?;
+                }
                 if !dry_run {
                     revert.add(Undo::File(p.clone())).map_err(journal)?;
                     crate::fault::point("install.disk-file");
@@ -197,6 +227,9 @@ fn disk(
                 capacity,
             )
             .map_err(|e| bad(vm, e.to_string()))?;
+            if check_size {
+                fits(vm, &format!("--disk pool={pool},size=...: pool '{pool}'"), &def.target, capacity)?;
+            }
             if !dry_run {
                 if path.exists() {
                     return Err(bad(vm, format!("--disk pool={pool}: volume '{name}' already exists in pool '{pool}' (use vol={pool}/{name} to boot from it, or pick another --name)")));
@@ -235,6 +268,23 @@ fn disk(
         shareable: spec.shareable,
         created: was_created,
     })
+}
+
+/// virt-install's disk_size check: a new disk of `size` bytes fits in the free space of the
+/// filesystem holding `dir` (`--check disk_size=off` skips it: sparse images may still fit).
+fn fits(vm: &str, what: &str, dir: &Path, size: u64) -> Result<(), DomainError> {
+    let Some(u) = crate::storage::pool::fs_usage(dir) else { return Ok(()) };
+    if size > u.available {
+        return Err(bad(
+            vm,
+            format!(
+                "{what}: the disk of {} is larger than the {} free there (--check disk_size=off to create it anyway)",
+                crate::size::human(size),
+                crate::size::human(u.available)
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// A vmdk, vdi, vhdx, vhd or qcow given as `--disk path=`: its qemu driver and its name.

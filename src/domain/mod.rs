@@ -11,6 +11,7 @@ pub mod define;
 pub mod definition;
 pub mod host;
 pub mod install;
+pub mod install_spec;
 pub mod journal;
 pub mod libvirt_xml;
 pub mod libvirt_xml_read;

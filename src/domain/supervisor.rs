@@ -331,7 +331,7 @@ impl Supervisor {
         let (def, argv) = read_run_files(rd)?;
         let mut state = rd.read_state().unwrap_or_else(|| blank_state(false));
         state.supervisor_pid = std::process::id() as i32;
-        let hub = Hub::new(rd.console_log());
+        let hub = Hub::with_copy(rd.console_log(), def.console_file.as_deref(), false);
         // `start --paused`: the first boot stays paused (the marker goes with that boot).
         let paused = rd.dir.join(super::runtime::START_PAUSED).exists();
         let (qemu, qmp, events) = launch(rd, &argv, &how, &hub).await?;
@@ -394,7 +394,7 @@ impl Supervisor {
         tracing::info!(pid, "adopting qemu");
         // A dead supervisor's control socket may still be on disk: nobody answers it.
         let _ = std::fs::remove_file(rd.control());
-        let hub = Hub::resume(rd.console_log());
+        let hub = Hub::resume(rd.console_log(), def.console_file.as_deref());
         let (qmp, events) = tokio::time::timeout(STARTUP, connect_qemu(rd, &hub)).await.unwrap_or_else(|_| {
             Err(format!("qemu (pid {pid}) did not answer on QMP within {} s", STARTUP.as_secs()))
         })?;

@@ -33,6 +33,21 @@ pub enum ValidateError {
     VcpusHost { value: u32, host: u32 },
     #[error("vcpus {value}: machine type '{machine}' takes at most {max}")]
     VcpusMachine { value: u32, machine: String, max: u32 },
+    #[error("maxmemory {max} MiB is below memory {memory} MiB")]
+    MaxMemory { max: u64, memory: u64 },
+    #[error("maxMemory.slots {slots}: must be between 1 and 256 (qemu's limit of memory slots)")]
+    MemorySlots { slots: u32 },
+    #[error("vcpus {vcpus} is more than maxvcpus {max}")]
+    VcpusAboveMax { vcpus: u32, max: u32 },
+    #[error("vcpus {vcpus} is more than the topology's sockets * cores * threads = {product}")]
+    VcpusAboveTopology { vcpus: u32, product: u64 },
+    #[error("cpu topology sockets={sockets},cores={cores},threads={threads}: each must be at least 1")]
+    TopologyZero { sockets: u32, cores: u32, threads: u32 },
+    #[error(
+        "cpu topology sockets={sockets} * cores={cores} * threads={threads} = {product} must equal maxvcpus {max} \
+         (qemu requires the product of the topology to match maxcpus)"
+    )]
+    Topology { sockets: u32, cores: u32, threads: u32, product: u64, max: u32 },
     #[error("machine \"{value}\" is not a machine type of {qemu} (`{} -machine help` lists them)", qemu_caps::QEMU)]
     Machine { value: String, qemu: String },
     #[error("cpu \"{value}\" is not a CPU model of {qemu} (`{} -cpu help` lists them)", qemu_caps::QEMU)]
@@ -105,9 +120,10 @@ pub fn check_def(def: &DomainDef, host: &HostLimits, caps: &QemuCaps) -> Result<
     let machine = caps
         .machine(def.machine.as_str())
         .ok_or_else(|| ValidateError::Machine { value: def.machine.to_string(), qemu: caps.qemu.clone() })?;
-    if def.vcpus > machine.cpu_max {
+    check_topology(def)?;
+    if def.vcpus_max() > machine.cpu_max {
         return Err(ValidateError::VcpusMachine {
-            value: def.vcpus,
+            value: def.vcpus_max(),
             machine: def.machine.to_string(),
             max: machine.cpu_max,
         });
@@ -134,6 +150,40 @@ pub fn check_def(def: &DomainDef, host: &HostLimits, caps: &QemuCaps) -> Result<
     }
     check_hostfwd(def)?;
     argv::check(def)?;
+    Ok(())
+}
+
+/// maxmemory and its slots; maxvcpus and the topology, whose product qemu requires to be the
+/// maximum.
+fn check_topology(def: &DomainDef) -> Result<(), ValidateError> {
+    if let Some(m) = def.max_memory {
+        if m.mib < def.memory_mib {
+            return Err(ValidateError::MaxMemory { max: m.mib, memory: def.memory_mib });
+        }
+        if m.slots == 0 || m.slots > 256 {
+            return Err(ValidateError::MemorySlots { slots: m.slots });
+        }
+    }
+    if let Some(t) = def.topology {
+        let (sockets, cores, threads) = (t.sockets, t.cores, t.threads);
+        if sockets == 0 || cores == 0 || threads == 0 {
+            return Err(ValidateError::TopologyZero { sockets, cores, threads });
+        }
+        let product = sockets as u64 * cores as u64 * threads as u64;
+        match def.max_vcpus {
+            Some(max) if product != max as u64 => {
+                return Err(ValidateError::Topology { sockets, cores, threads, product, max })
+            }
+            _ if product < def.vcpus as u64 => {
+                return Err(ValidateError::VcpusAboveTopology { vcpus: def.vcpus, product })
+            }
+            _ => {}
+        }
+    }
+    let max = def.vcpus_max();
+    if def.vcpus > max {
+        return Err(ValidateError::VcpusAboveMax { vcpus: def.vcpus, max });
+    }
     Ok(())
 }
 
@@ -189,10 +239,13 @@ pub fn check_relations(
     if let Some(o) = others.iter().find(|o| o.uuid == def.uuid) {
         return Err(ValidateError::UuidUsed { uuid: def.uuid, other: o.name.clone() });
     }
+    let off = |check: &str| def.checks_off.iter().any(|c| c == check);
     let mut seen: HashSet<MacAddr> = HashSet::new();
     for (i, n) in def.nics.iter().enumerate() {
         let by = if !seen.insert(n.mac) {
             "another NIC of this domain".to_string()
+        } else if off("mac_in_use") {
+            continue;
         } else if let Some(o) = others.iter().find(|o| o.nics.iter().any(|m| m.mac == n.mac)) {
             format!("domain '{}'", o.name)
         } else {
@@ -206,6 +259,9 @@ pub fn check_relations(
         Purpose::Update { previous } => previous.disks.iter().map(|d| canon(&d.path)).collect(),
         Purpose::Start => return Ok(()),
     };
+    if off("path_in_use") {
+        return Ok(());
+    }
     for (i, d) in def.disks.iter().enumerate().filter(|(_, d)| writable(d) && !had.contains(&canon(&d.path))) {
         let domains = users_of(&d.path).domains;
         if !domains.is_empty() {
@@ -312,6 +368,40 @@ mod tests {
         d.vcpus = 2;
         d.machine = "isapc".parse().unwrap();
         assert_eq!(err(&d), "vcpus 2: machine type 'isapc' takes at most 1");
+    }
+
+    #[test]
+    fn topology_product_must_equal_maxvcpus_and_maxmemory_needs_room_and_slots() {
+        use crate::domain::definition::{CpuTopology, MaxMemory};
+        let mut d = def("t");
+        d.vcpus = 2;
+        d.max_vcpus = Some(4);
+        d.topology = Some(CpuTopology { sockets: 1, cores: 2, threads: 2 });
+        check_def(&d, &HOST, &caps()).unwrap();
+        d.topology = Some(CpuTopology { sockets: 2, cores: 2, threads: 2 });
+        assert_eq!(
+            err(&d),
+            "cpu topology sockets=2 * cores=2 * threads=2 = 8 must equal maxvcpus 4 (qemu requires the product of \
+             the topology to match maxcpus)"
+        );
+        d.max_vcpus = None;
+        d.vcpus = 4;
+        d.topology = Some(CpuTopology { sockets: 1, cores: 2, threads: 1 });
+        assert_eq!(err(&d), "vcpus 4 is more than the topology's sockets * cores * threads = 2");
+        d.topology = Some(CpuTopology { sockets: 0, cores: 2, threads: 1 });
+        assert!(err(&d).ends_with("each must be at least 1"));
+        d.topology = None;
+        d.max_vcpus = Some(2);
+        assert_eq!(err(&d), "vcpus 4 is more than maxvcpus 2");
+        d.max_vcpus = Some(300);
+        assert_eq!(err(&d), "vcpus 300: machine type 'pc' takes at most 255");
+        let mut d = def("m");
+        d.max_memory = Some(MaxMemory { mib: 128, slots: 2 });
+        assert_eq!(err(&d), "maxmemory 128 MiB is below memory 256 MiB");
+        d.max_memory = Some(MaxMemory { mib: 1024, slots: 0 });
+        assert!(err(&d).starts_with("maxMemory.slots 0: must be between 1 and 256"));
+        d.max_memory = Some(MaxMemory { mib: 1024, slots: 4 });
+        check_def(&d, &HOST, &caps()).unwrap();
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //!
 //! Trusted roots are the system's (`SSL_CERT_FILE`, else Debian's
 //! `/etc/ssl/certs/ca-certificates.crt`), else Mozilla's built into the binary. Plain `http://`
-//! is refused, on the first request and on every redirect.
+//! is refused, on the first request and on every redirect, except by the client `install
+//! --location URL` makes ([`Client::allowing_http`]): install trees are served over http as
+//! often as not, and virt-install takes them.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -59,6 +61,7 @@ fn roots() -> Result<RootCerts, FetchError> {
 
 pub struct Client {
     agent: ureq::Agent,
+    https_only: bool,
 }
 
 fn check_https(url: &str) -> Result<(), FetchError> {
@@ -71,10 +74,19 @@ fn check_https(url: &str) -> Result<(), FetchError> {
 
 impl Client {
     pub fn new() -> Result<Client, FetchError> {
+        Client::with(true)
+    }
+
+    /// A client that also fetches plain `http://` URLs (and follows redirects to them).
+    pub fn allowing_http() -> Result<Client, FetchError> {
+        Client::with(false)
+    }
+
+    fn with(https_only: bool) -> Result<Client, FetchError> {
         let tls = TlsConfig::builder().root_certs(roots()?).build();
         let config = ureq::Agent::config_builder()
             .tls_config(tls)
-            .https_only(true)
+            .https_only(https_only)
             .http_status_as_error(false)
             .max_redirects(10)
             .timeout_connect(Some(Duration::from_secs(30)))
@@ -83,7 +95,39 @@ impl Client {
             .timeout_recv_body(None)
             .user_agent(concat!("kvmctl/", env!("CARGO_PKG_VERSION")))
             .build();
-        Ok(Client { agent: ureq::Agent::new_with_config(config) })
+        Ok(Client { agent: ureq::Agent::new_with_config(config), https_only })
+    }
+
+    fn check_scheme(&self, url: &str) -> Result<(), FetchError> {
+        let http = url.len() > 7 && url[..7].eq_ignore_ascii_case("http://");
+        if self.https_only || !http {
+            check_https(url)?;
+        }
+        Ok(())
+    }
+
+    /// Whether `url` names a file (HEAD answered 2xx: `Some(length)` when the server gives
+    /// one, else `Some(0)`); `None` for 404 and 410; other answers are errors.
+    pub fn head(&self, url: &str) -> Result<Option<u64>, FetchError> {
+        self.check_scheme(url)?;
+        let resp =
+            self.agent.head(url).call().map_err(|e| FetchError::Http { url: url.into(), what: e.to_string() })?;
+        let status = resp.status().as_u16();
+        match status {
+            200..=299 => Ok(Some(
+                resp.headers()
+                    .get("content-length")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0),
+            )),
+            404 | 410 => Ok(None),
+            _ => Err(FetchError::Status {
+                url: url.into(),
+                status,
+                hint: if status == 403 { " (access denied)" } else { "" },
+            }),
+        }
     }
 
     fn get(
@@ -91,7 +135,7 @@ impl Client {
         url: &str,
         range_from: Option<(u64, &Validator)>,
     ) -> Result<ureq::http::Response<ureq::Body>, FetchError> {
-        check_https(url)?;
+        self.check_scheme(url)?;
         let mut req = self.agent.get(url);
         if let Some((from, v)) = range_from {
             req = req.header("Range", format!("bytes={from}-"));

@@ -1,10 +1,12 @@
 //! Install media: ISO 9660 images read and written in Rust (no loop mounts), the kernel and
 //! initrd of an installer tree or ISO (`--location`), and NoCloud seeds (`--cloud-init`).
 
+pub mod initrd_inject;
 pub mod iso9660;
 mod iso_writer;
 pub mod location;
 pub mod nocloud;
+pub mod remote;
 
 use std::path::PathBuf;
 
@@ -40,6 +42,12 @@ pub enum MediaError {
     NoBootFiles { location: PathBuf, tried: Vec<String> },
     #[error("{location}: {key}={path}: no such file in the location")]
     BootFileMissing { location: PathBuf, key: &'static str, path: String },
+    #[error("{url}: not found (the server answered 404)")]
+    RemoteMissing { url: String },
+    #[error(transparent)]
+    Fetch(#[from] crate::images::fetch::FetchError),
+    #[error("--initrd-inject {path}: {reason}")]
+    Inject { path: PathBuf, reason: String },
     #[error("--cloud-init: unknown option '{key}' (known: {known})")]
     CloudInitKey { key: String, known: &'static str },
     #[error("--cloud-init: {key}={value}: {reason}")]

@@ -16,8 +16,8 @@ pub const PASSWORD_LEN: usize = 16;
 /// The volume label cloud-init looks for.
 pub const SEED_LABEL: &str = "cidata";
 
-const KNOWN: &str =
-    "root-password-generate, root-password-file, root-ssh-key, user-data, meta-data, network-config, disable";
+const KNOWN: &str = "root-password-generate, root-password-file, root-ssh-key, clouduser-ssh-key, user-data, \
+                     meta-data, network-config, disable";
 
 /// The parsed `--cloud-init` value (virt-install's keys).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -28,6 +28,9 @@ pub struct CloudInitOpts {
     pub root_password_file: Option<PathBuf>,
     /// Authorize the public key(s) in this file for root.
     pub root_ssh_key: Option<PathBuf>,
+    /// Authorize the public key(s) in this file for the image's default user (`ubuntu`,
+    /// `debian`, `fedora`, ...: cloud-init's top-level `ssh_authorized_keys`).
+    pub clouduser_ssh_key: Option<PathBuf>,
     /// Use this file as `user-data`, as it is.
     pub user_data: Option<PathBuf>,
     /// Use this file as `meta-data`, as it is.
@@ -134,6 +137,7 @@ impl FromStr for CloudInitOpts {
                 "disable" => o.disable = parse_bool(&key, value.as_deref())?,
                 "root-password-file" => o.root_password_file = file("root-password-file")?,
                 "root-ssh-key" => o.root_ssh_key = file("root-ssh-key")?,
+                "clouduser-ssh-key" => o.clouduser_ssh_key = file("clouduser-ssh-key")?,
                 "user-data" => o.user_data = file("user-data")?,
                 "meta-data" => o.meta_data = file("meta-data")?,
                 "network-config" => o.network_config = file("network-config")?,
@@ -163,6 +167,9 @@ impl CloudInitOpts {
             }
             if self.root_ssh_key.is_some() {
                 with.push("root-ssh-key");
+            }
+            if self.clouduser_ssh_key.is_some() {
+                with.push("clouduser-ssh-key");
             }
             if self.disable {
                 with.push("disable");
@@ -211,10 +218,9 @@ pub fn generate_password() -> String {
 }
 
 /// The OpenSSH public keys of a file: one per non-empty, non-comment line.
-fn ssh_keys(path: &Path) -> Result<Vec<String>, MediaError> {
-    let bad =
-        |reason: &str| MediaError::CloudInitFile { key: "root-ssh-key", path: path.into(), reason: reason.into() };
-    let text = read_file("root-ssh-key", path)?;
+fn ssh_keys(key: &'static str, path: &Path) -> Result<Vec<String>, MediaError> {
+    let bad = |reason: &str| MediaError::CloudInitFile { key, path: path.into(), reason: reason.into() };
+    let text = read_file(key, path)?;
     if text.contains("PRIVATE KEY") {
         return Err(bad("is a private key; give the public key (the .pub file)"));
     }
@@ -242,11 +248,25 @@ fn q(s: &str) -> String {
     serde_json::to_string(s).expect("a string serializes")
 }
 
-/// A `#cloud-config` for the options (no user-data file given).
-fn cloud_config(vm_name: &str, password: Option<(&str, bool)>, keys: &[String], disable: bool) -> String {
+/// A `#cloud-config` for the options (no user-data file given). Root's keys go on a `root`
+/// entry of `users` (after `default`, so the image's own user is still made); the default
+/// user's keys are cloud-init's top-level `ssh_authorized_keys`, which it gives that user.
+fn cloud_config(
+    vm_name: &str,
+    password: Option<(&str, bool)>,
+    keys: &[String],
+    user_keys: &[String],
+    disable: bool,
+) -> String {
     let mut c = format!("#cloud-config\nhostname: {}\n", q(vm_name));
     if let Some((pw, expire)) = password {
         c.push_str(&format!("chpasswd:\n  list: |\n    root:{pw}\n  expire: {expire}\n"));
+    }
+    if !user_keys.is_empty() {
+        c.push_str("ssh_authorized_keys:\n");
+        for k in user_keys {
+            c.push_str(&format!("  - {}\n", q(k)));
+        }
     }
     if !keys.is_empty() {
         c.push_str("disable_root: false\nusers:\n  - default\n  - name: root\n    ssh_authorized_keys:\n");
@@ -277,7 +297,14 @@ impl NoCloudSeed {
         let user_data = match &opts.user_data {
             Some(p) => read_file("user-data", p)?,
             None => {
-                let keys = opts.root_ssh_key.as_deref().map(ssh_keys).transpose()?.unwrap_or_default();
+                let keys =
+                    opts.root_ssh_key.as_deref().map(|p| ssh_keys("root-ssh-key", p)).transpose()?.unwrap_or_default();
+                let user_keys = opts
+                    .clouduser_ssh_key
+                    .as_deref()
+                    .map(|p| ssh_keys("clouduser-ssh-key", p))
+                    .transpose()?
+                    .unwrap_or_default();
                 let password = if opts.root_password_generate {
                     generated = Some(generate_password());
                     generated.clone().map(|p| (p, true))
@@ -285,7 +312,7 @@ impl NoCloudSeed {
                     opts.root_password_file.as_deref().map(password_from_file).transpose()?.map(|p| (p, false))
                 };
                 let pw = password.as_ref().map(|(p, e)| (p.as_str(), *e));
-                cloud_config(vm_name, pw, &keys, opts.disable)
+                cloud_config(vm_name, pw, &keys, &user_keys, opts.disable)
             }
         };
         Ok((NoCloudSeed { meta_data, user_data, network_config }, generated))
@@ -351,13 +378,43 @@ mod tests {
     #[test]
     fn default_user_data_sets_hostname_password_keys_and_disable() {
         let keys = vec!["ssh-ed25519 AAAAC3Nza me@host".to_string()];
-        let c = cloud_config("vm1", Some(("Secret123", true)), &keys, true);
+        let c = cloud_config("vm1", Some(("Secret123", true)), &keys, &[], true);
         assert_eq!(
             c,
             "#cloud-config\nhostname: \"vm1\"\nchpasswd:\n  list: |\n    root:Secret123\n  expire: true\n\
              disable_root: false\nusers:\n  - default\n  - name: root\n    ssh_authorized_keys:\n      - \
              \"ssh-ed25519 AAAAC3Nza me@host\"\nruncmd:\n  - [touch, /etc/cloud/cloud-init.disabled]\n"
         );
+    }
+
+    #[test]
+    fn clouduser_keys_go_to_the_default_user_root_keys_to_root() {
+        let user = vec!["ssh-ed25519 AAAAuser u@h".to_string()];
+        let root = vec!["ssh-ed25519 AAAAroot r@h".to_string()];
+        let c = cloud_config("vm1", None, &root, &user, false);
+        assert_eq!(
+            c,
+            "#cloud-config\nhostname: \"vm1\"\nssh_authorized_keys:\n  - \"ssh-ed25519 AAAAuser u@h\"\n\
+             disable_root: false\nusers:\n  - default\n  - name: root\n    ssh_authorized_keys:\n      - \
+             \"ssh-ed25519 AAAAroot r@h\"\n"
+        );
+        let c = cloud_config("vm1", None, &[], &user, false);
+        assert!(!c.contains("users:") && !c.contains("disable_root"), "{c}");
+        let d = tempfile::tempdir().unwrap();
+        let k = d.path().join("id.pub");
+        std::fs::write(&k, "ssh-ed25519 AAAAuser u@h\n").unwrap();
+        let o: CloudInitOpts = format!("clouduser-ssh-key={}", k.display()).parse().unwrap();
+        assert_eq!(o.clouduser_ssh_key.as_deref(), Some(k.as_path()));
+        let (seed, _) = NoCloudSeed::from_opts(&o, "vm1", "i-1").unwrap();
+        assert!(
+            seed.user_data.contains("ssh_authorized_keys:\n  - \"ssh-ed25519 AAAAuser u@h\""),
+            "{}",
+            seed.user_data
+        );
+        let u = d.path().join("user-data");
+        std::fs::write(&u, "#cloud-config\n").unwrap();
+        let e = format!("user-data={},clouduser-ssh-key={}", u.display(), k.display()).parse::<CloudInitOpts>();
+        assert!(e.unwrap_err().to_string().contains("clouduser-ssh-key would be ignored"));
     }
 
     #[test]

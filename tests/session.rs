@@ -7,6 +7,7 @@ mod common;
 use std::io::Write;
 
 use common::vmhost::{vm_prereqs, VmHost};
+use common::{bounded_output, guest_dir, have_program, require};
 
 const DEF: &str = r#"name = "s1"
 memory_mib = 128
@@ -90,4 +91,60 @@ fn forwards_are_checked_before_anything_runs() {
     std::fs::write(&f, text).unwrap();
     assert!(h.fails(1, &["define", f.to_str().unwrap()]).contains("hostfwd is for user-mode NICs"));
     assert_eq!(h.ok(&["list", "--all", "--name"]).trim(), "", "nothing defined");
+}
+
+/// Session mode: as an unprivileged user, install defaults to a user-mode NIC, a bridge or
+/// network NIC is refused with what to do instead (never a raw EPERM), and the VM runs.
+#[test]
+fn an_unprivileged_install_uses_user_networking_and_says_why_not_a_network() {
+    if !vm_prereqs() || !require("setpriv", have_program("setpriv")) {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let h = VmHost::new("u");
+    // A root owned by nobody, and a copy of the guest disk nobody can read.
+    let home = h.k.dir.path().join("home");
+    std::fs::create_dir(&home).unwrap();
+    std::os::unix::fs::chown(&home, Some(65534), Some(65534)).unwrap();
+    let disk = home.join("tiny.qcow2");
+    std::fs::copy(guest_dir().join("tiny.qcow2"), &disk).unwrap();
+    std::fs::set_permissions(&disk, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let root = home.join("k");
+    let user = |args: &[&str]| {
+        let mut c = std::process::Command::new("ip");
+        c.args(["netns", "exec", &h.ns.name, "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(env!("CARGO_BIN_EXE_kvmctl"))
+            .arg("--root")
+            .arg(&root)
+            .args(args)
+            .env("HOME", &home)
+            .env_remove("KVMCTL_ROOT");
+        bounded_output(&mut c)
+    };
+    let ok = |args: &[&str]| {
+        let o = user(args);
+        assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    ok(&["-q", "vol-import", disk.to_str().unwrap(), "--pool", "default", "--name", "u.qcow2"]);
+    let base =
+        ["install", "-n", "u1", "--memory", "128", "--disk", "vol=default/u.qcow2", "--import", "--noautoconsole"];
+    for net in ["network=default", "bridge=br0"] {
+        let mut a = base.to_vec();
+        a.extend(["--network", net]);
+        let o = user(&a);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert!(err.contains("needs root; as a user, use --network user") && !err.contains("os error 1)"), "{err}");
+    }
+    assert_eq!(ok(&["list", "--all", "--name"]).trim(), "", "a refused install leaves nothing");
+    ok(&base[..].iter().copied().chain(["-q"]).collect::<Vec<_>>());
+    assert_eq!(ok(&["dumpxml", "u1", "--xpath", "string(//interface/@type)"]).trim(), "user");
+    let log = root.join("run/domains/u1/console.log");
+    let t0 = std::time::Instant::now();
+    while !std::fs::read_to_string(&log).unwrap_or_default().contains("KVMCTL-GUEST-READY eth0=10.0.2.15/24") {
+        assert!(t0.elapsed().as_secs() < 300, "{}", std::fs::read_to_string(&log).unwrap_or_default());
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    ok(&["-q", "destroy", "u1"]);
 }

@@ -503,7 +503,7 @@ mod hostfwd_tests {
             ("tcp::0-:22", "1 to 65535"),
             ("tcp::70000-:22", "1 to 65535"),
             ("tcp:host:1-:22", "not an IPv4"),
-            ("tcp::1-,guestfwd=x:22", "1 to 65535"),
+            ("tcp::1-,guestfwd=x:22", "not an IPv4"),
             ("tcp", "no protocol"),
             ("tcp::1-10.0.2.15:22", "leave GUESTADDR empty"),
         ] {
@@ -544,7 +544,8 @@ mod tests {
         d.graphics = Graphics::Vnc { listen: "::1".parse().unwrap(), port: None, password: false };
         let text = toml::to_string_pretty(&d).unwrap();
         assert!(text.contains("[[disks]]") && text.contains("type = \"network\""), "{text}");
-        assert!(text.contains(r#"hostfwd = ["tcp:127.0.0.1:2222-:22", "udp:0.0.0.0:5353-:53"]"#), "{text}");
+        assert!(text.contains("hostfwd = [") && text.contains(r#""tcp:127.0.0.1:2222-:22""#), "{text}");
+        assert!(text.contains(r#""udp:0.0.0.0:5353-:53""#), "{text}");
         assert_eq!(toml::from_str::<DomainDef>(&text).unwrap(), d);
     }
 

@@ -114,10 +114,19 @@ pub fn build(store: &Store, o: &InstallOpts, dry_run: bool, revert: &mut Revert)
     Ok(def)
 }
 
-/// virt-install's default: the `default` network if defined, else user-mode networking.
+/// virt-install's default: the `default` network if defined (and kvmctl runs as root: a
+/// network needs bridges and taps), else user-mode networking.
 fn default_nic(store: &Store) -> NetSpec {
-    let kind = if store.exists(Kind::Network, "default") { NetKind::Network("default".into()) } else { NetKind::User };
-    NetSpec { kind, model: NicModel::Virtio, mac: None }
+    let kind = if is_root() && store.exists(Kind::Network, "default") {
+        NetKind::Network("default".into())
+    } else {
+        NetKind::User
+    };
+    NetSpec { kind, model: NicModel::Virtio, mac: None, hostfwd: vec![] }
+}
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
 }
 
 /// The MACs of every defined VM, to keep new ones unique.
@@ -133,6 +142,20 @@ pub(crate) fn defined_macs(store: &Store) -> HashSet<MacAddr> {
 
 /// A NIC for `spec`; its MAC is checked (unicast, unused) with the rest of the definition.
 fn nic(store: &Store, vm: &str, spec: &NetSpec, used: &mut HashSet<MacAddr>) -> Result<Option<NicDef>, DomainError> {
+    if !is_root() && matches!(spec.kind, NetKind::Bridge(_) | NetKind::Network(_)) {
+        let (what, name) = match &spec.kind {
+            NetKind::Bridge(b) => ("bridge", b.as_str()),
+            NetKind::Network(n) => ("network", n.as_str()),
+            _ => unreachable!(),
+        };
+        return Err(bad(
+            vm,
+            format!(
+                "--network {what}={name}: a tap on a bridge needs root; as a user, use --network user \
+                 (with hostfwd=tcp::2222-:22 to reach the guest)"
+            ),
+        ));
+    }
     let source = match &spec.kind {
         NetKind::None => return Ok(None),
         NetKind::User => NicSource::User,
@@ -150,7 +173,7 @@ fn nic(store: &Store, vm: &str, spec: &NetSpec, used: &mut HashSet<MacAddr>) -> 
         None => random_mac(used),
     };
     used.insert(mac);
-    Ok(Some(NicDef { source, model: spec.model, mac, hostfwd: vec![] }))
+    Ok(Some(NicDef { source, model: spec.model, mac, hostfwd: spec.hostfwd.clone() }))
 }
 
 /// `52:54:00:xx:xx:xx`, unique among the MACs given.

@@ -209,13 +209,16 @@ pub struct NetSpec {
     pub kind: NetKind,
     pub model: NicModel,
     pub mac: Option<String>,
+    /// `hostfwd=tcp::2222-:22` (repeatable; user-mode NICs).
+    pub hostfwd: Vec<super::definition::HostFwd>,
 }
 
 impl FromStr for NetSpec {
     type Err = OptionError;
     fn from_str(input: &str) -> Result<Self, OptionError> {
         const O: &str = "network";
-        let mut spec = NetSpec { kind: NetKind::Network("default".into()), model: NicModel::Virtio, mac: None };
+        let mut spec =
+            NetSpec { kind: NetKind::Network("default".into()), model: NicModel::Virtio, mac: None, hostfwd: vec![] };
         let mut kind = None;
         for (k, v) in split_kv(input) {
             let val = || v.clone().ok_or_else(|| bad(O, &k, "", "needs a value"));
@@ -237,6 +240,11 @@ impl FromStr for NetSpec {
                     }
                 }
                 ("mac" | "mac.address", true) => spec.mac = Some(val()?),
+                ("hostfwd", true) => {
+                    let v = val()?;
+                    spec.hostfwd
+                        .push(v.parse().map_err(|e: super::definition::HostFwdError| bad(O, &k, &v, e.reason))?);
+                }
                 _ => return Err(OptionError::UnknownKey { opt: O, key: k, input: input.into() }),
             }
         }
@@ -322,6 +330,12 @@ mod tests {
         );
         assert_eq!("bridge=br0,model.type=virtio".parse::<NetSpec>().unwrap().kind, NetKind::Bridge("br0".into()));
         assert_eq!("user".parse::<NetSpec>().unwrap().kind, NetKind::User);
+        let f = "user,hostfwd=tcp::2222-:22,hostfwd=udp:0.0.0.0:53-:53".parse::<NetSpec>().unwrap().hostfwd;
+        assert_eq!(
+            f.iter().map(|f| f.to_string()).collect::<Vec<_>>(),
+            ["tcp:127.0.0.1:2222-:22", "udp:0.0.0.0:53-:53"]
+        );
+        assert!("user,hostfwd=tcp::0-:22".parse::<NetSpec>().unwrap_err().to_string().contains("1 to 65535"));
         assert_eq!("none".parse::<NetSpec>().unwrap().kind, NetKind::None);
         let e = "network=default,model=ne2k".parse::<NetSpec>().unwrap_err().to_string();
         assert!(e.contains("model='ne2k'"), "{e}");

@@ -32,6 +32,7 @@ pub fn parse(text: &str, previous: Option<&DomainDef>) -> Result<DomainDef, Pars
             }
             def.autostart = p.autostart;
             def.os_variant.clone_from(&p.os_variant);
+            def.checks_off.clone_from(&p.checks_off);
             for d in &mut def.disks {
                 d.created = p.disks.iter().any(|o| o.path == d.path && o.created);
             }

@@ -71,13 +71,17 @@ pub fn to_xml_live(def: &DomainDef, live: &Live) -> String {
     if let Some(d) = &def.description {
         x += &format!("  <description>{}</description>\n", esc(d));
     }
+    if let Some(m) = &def.max_memory {
+        x += &format!("  <maxMemory slots='{}' unit='MiB'>{}</maxMemory>\n", m.slots, m.mib);
+    }
     x += &format!(
         "  <memory unit='MiB'>{0}</memory>\n  <currentMemory unit='MiB'>{0}</currentMemory>\n",
         def.memory_mib
     );
+    let current = if def.vcpus_max() != def.vcpus { format!(" current='{}'", def.vcpus) } else { String::new() };
     x += &format!(
-        "  <vcpu placement='static'>{}</vcpu>\n  <os>\n    <type arch='x86_64' machine='{}'>hvm</type>\n",
-        def.vcpus,
+        "  <vcpu placement='static'{current}>{}</vcpu>\n  <os>\n    <type arch='x86_64' machine='{}'>hvm</type>\n",
+        def.vcpus_max(),
         esc(def.machine.as_str())
     );
     if let Firmware::Uefi { code, nvram } = &def.firmware {
@@ -101,10 +105,21 @@ pub fn to_xml_live(def: &DomainDef, live: &Live) -> String {
         x += "    <bootmenu enable='yes'/>\n";
     }
     x += "  </os>\n  <features>\n    <acpi/>\n  </features>\n";
-    match &def.cpu {
-        Some(m) => x += &format!("  <cpu mode='custom'>\n    <model>{}</model>\n  </cpu>\n", esc(m.as_str())),
-        None if tcg => x += "  <cpu mode='maximum'/>\n",
-        None => x += "  <cpu mode='host-passthrough'/>\n",
+    let (mode, model) = match &def.cpu {
+        Some(m) => ("custom", format!("    <model>{}</model>\n", esc(m.as_str()))),
+        None if tcg => ("maximum", String::new()),
+        None => ("host-passthrough", String::new()),
+    };
+    let topology = def
+        .topology
+        .map(|t| {
+            format!("    <topology sockets='{}' dies='1' cores='{}' threads='{}'/>\n", t.sockets, t.cores, t.threads)
+        })
+        .unwrap_or_default();
+    if model.is_empty() && topology.is_empty() {
+        x += &format!("  <cpu mode='{mode}'/>\n");
+    } else {
+        x += &format!("  <cpu mode='{mode}'>\n{model}{topology}  </cpu>\n");
     }
     x += &format!(
         "  <on_poweroff>{}</on_poweroff>\n  <on_reboot>{}</on_reboot>\n  <on_crash>{}</on_crash>\n  <devices>\n    <emulator>/usr/bin/qemu-system-x86_64</emulator>\n",
@@ -160,7 +175,13 @@ pub fn to_xml_live(def: &DomainDef, live: &Live) -> String {
             .collect();
         x += &format!("    <interface type='{ty}'>\n      <mac address='{}'/>\n{src}{target}      <model type='{model}'/>\n{fwd}    </interface>\n", n.mac);
     }
-    x += "    <serial type='pty'>\n      <target port='0'/>\n    </serial>\n    <console type='pty'>\n      <target type='serial' port='0'/>\n    </console>\n";
+    let log = def
+        .console_file
+        .as_ref()
+        .map(|p| format!("      <log file='{}' append='off'/>\n", esc(&p.display().to_string())))
+        .unwrap_or_default();
+    x += &format!("    <serial type='pty'>\n{log}      <target port='0'/>\n    </serial>\n");
+    x += "    <console type='pty'>\n      <target type='serial' port='0'/>\n    </console>\n";
     if let Graphics::Vnc { listen, port, .. } = &def.graphics {
         match port {
             Some(p) => x += &format!("    <graphics type='vnc' port='{p}' autoport='no' listen='{listen}'/>\n"),

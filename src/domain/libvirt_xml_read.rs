@@ -3,7 +3,7 @@
 //!
 //! Each element and attribute kvmctl does not model is refused with an error naming it and its
 //! line, except those that change nothing for kvmctl, which are accepted and not kept:
-//! `<metadata>`, `<title>`, `<description>`, `<currentMemory>`, `<features>`, `<clock>`,
+//! `<metadata>`, `<currentMemory>`, `<features>`, `<clock>`,
 //! `<pm>`, `<resource>`, `<seclabel>`, `<sysinfo>`, `<emulator>` (kvmctl finds qemu itself),
 //! `<serial>` and `<console>` of type `pty` (every VM has one serial console), the devices qemu
 //! or kvmctl adds by itself (`<controller>`, `<input>`, `<memballoon>`, `<video>`, `<audio>`,
@@ -48,18 +48,8 @@ pub enum DomainXmlError {
 type Result<T> = std::result::Result<T, DomainXmlError>;
 
 /// Elements accepted anywhere under their parent and not kept (see the module comment).
-const IGNORED_DOMAIN: &[&str] = &[
-    "metadata",
-    "title",
-    "description",
-    "currentMemory",
-    "features",
-    "clock",
-    "pm",
-    "resource",
-    "seclabel",
-    "sysinfo",
-];
+const IGNORED_DOMAIN: &[&str] =
+    &["metadata", "currentMemory", "features", "clock", "pm", "resource", "seclabel", "sysinfo"];
 const IGNORED_DEVICES: &[&str] =
     &["emulator", "controller", "input", "memballoon", "video", "audio", "sound", "rng", "channel"];
 const IGNORED_IN_DEVICE: &[&str] = &["address", "alias"];
@@ -158,6 +148,7 @@ fn domain(el: &Element) -> Result<DomainDef> {
         "title",
         "description",
         "memory",
+        "maxMemory",
         "vcpu",
         "os",
         "cpu",
@@ -179,8 +170,22 @@ fn domain(el: &Element) -> Result<DomainDef> {
         def.uuid = Uuid::parse_str(&t).map_err(|e| bad(u, "", &t, format!("is not a UUID: {e}")))?;
     }
     if let Some(v) = child(el, "vcpu")? {
-        let t = text(v, &["placement"])?;
-        def.vcpus = t.parse().map_err(|_| bad(v, "", &t, "is not a number of vCPUs (0 to 4294967295)"))?;
+        let t = text(v, &["placement", "current"])?;
+        let max: u32 = t.parse().map_err(|_| bad(v, "", &t, "is not a number of vCPUs (0 to 4294967295)"))?;
+        def.vcpus = max;
+        if let Some(c) = v.attr("current") {
+            def.vcpus = c.parse().map_err(|_| bad(v, "current", c, "is not a number of vCPUs"))?;
+            if def.vcpus != max {
+                def.max_vcpus = Some(max);
+            }
+        }
+    }
+    if let Some(m) = child(el, "maxMemory")? {
+        let slots = req_attr(m, "slots")?;
+        let slots = slots.parse().map_err(|_| bad(m, "slots", slots, "is not a number of slots"))?;
+        let mut plain = m.clone();
+        plain.attrs.retain(|(k, _)| k != "slots");
+        def.max_memory = Some(MaxMemory { mib: memory_mib(&plain)?, slots });
     }
     if let Some(os) = child(el, "os")? {
         read_os(os, &mut def)?;
@@ -193,6 +198,9 @@ fn domain(el: &Element) -> Result<DomainDef> {
     }
     if let Some(cpu) = child(el, "cpu")? {
         def.cpu = read_cpu(cpu, def.accel == Accel::Tcg)?;
+        if let Some(t) = child(cpu, "topology")? {
+            def.topology = Some(topology(t)?);
+        }
     }
     for (tag, slot) in
         [("on_poweroff", &mut def.on_poweroff), ("on_reboot", &mut def.on_reboot), ("on_crash", &mut def.on_crash)]
@@ -276,16 +284,17 @@ fn read_os(os: &Element, def: &mut DomainDef) -> Result<()> {
 /// `custom`: the `<model>`; `maximum` (`-cpu max`): the default under TCG, the `max` model
 /// under KVM.
 fn read_cpu(cpu: &Element, tcg: bool) -> Result<Option<CpuModel>> {
-    check(cpu, &["mode", "match", "check", "migratable"], &["model"], &[])?;
+    check(cpu, &["mode", "match", "check", "migratable"], &["model", "topology"], &[])?;
+    let model = cpu.children.iter().find(|c| c.name != "topology");
     match cpu.attr("mode").unwrap_or("custom") {
         "maximum" => {
-            if let Some(m) = cpu.children.first() {
+            if let Some(m) = model {
                 return Err(unsupported(m, "a CPU model with mode maximum"));
             }
             Ok(if tcg { None } else { Some(parse_value(cpu, "max")?) })
         }
         "host-passthrough" | "host-model" => {
-            if let Some(m) = cpu.children.first() {
+            if let Some(m) = model {
                 return Err(unsupported(m, "a CPU model with mode host-passthrough"));
             }
             Ok(None)
@@ -297,6 +306,21 @@ fn read_cpu(cpu: &Element, tcg: bool) -> Result<Option<CpuModel>> {
         }
         other => Err(bad(cpu, "mode", other, "is not host-passthrough, host-model, maximum or custom")),
     }
+}
+
+/// `<topology sockets= dies='1' cores= threads=/>`.
+fn topology(t: &Element) -> Result<CpuTopology> {
+    check(t, &["sockets", "dies", "clusters", "cores", "threads"], &[], &[])?;
+    let n = |name: &'static str| -> Result<u32> {
+        let v = req_attr(t, name)?;
+        v.parse().ok().filter(|n: &u32| *n > 0).ok_or_else(|| bad(t, name, v, "is not a positive number"))
+    };
+    for one in ["dies", "clusters"] {
+        if let Some(v) = t.attr(one).filter(|v| *v != "1") {
+            return Err(bad(t, one, v, "must be 1 (kvmctl models sockets, cores and threads)"));
+        }
+    }
+    Ok(CpuTopology { sockets: n("sockets")?, cores: n("cores")?, threads: n("threads")? })
 }
 
 fn action(el: &Element) -> Result<Action> {
@@ -324,6 +348,11 @@ fn read_devices(devs: &Element, def: &mut DomainDef) -> Result<()> {
         check(c, &["type", "tty"], &["target", "source", "log"], IGNORED_IN_DEVICE)?;
         if req_attr(c, "type")? != "pty" {
             return Err(unsupported(c, "a serial port other than a pty (every VM has one serial console)"));
+        }
+        // `<log file='P'/>`: a copy of the console's output (install --console file,path=P).
+        if let (Some(l), "serial") = (child(c, "log")?, c.name.as_str()) {
+            check(l, &["file", "append"], &[], &[])?;
+            def.console_file = Some(PathBuf::from(req_attr(l, "file")?));
         }
     }
     if let Some(g) = child(devs, "graphics")? {
@@ -513,6 +542,25 @@ mod tests {
     fn dumpxml_reads_back_as_the_same_definition() {
         let d = full();
         assert_eq!(from_xml(&to_xml(&d)).unwrap(), d);
+        // What install's virt-install spellings add, and what only kvmctl has.
+        let mut e = full();
+        e.title = Some("web & co".into());
+        e.description = Some("two\nlines".into());
+        e.max_memory = Some(MaxMemory { mib: 4096, slots: 4 });
+        e.vcpus = 2;
+        e.max_vcpus = Some(4);
+        e.topology = Some(CpuTopology { sockets: 1, cores: 2, threads: 2 });
+        e.console_file = Some("/var/log/web1 & co.log".into());
+        e.nics[2].hostfwd = vec!["tcp::2222-:22".parse().unwrap(), "udp:0.0.0.0:53-:5353".parse().unwrap()];
+        let x = to_xml(&e);
+        assert!(
+            x.contains("<vcpu placement='static' current='2'>4</vcpu>") && x.contains("<maxMemory slots='4'"),
+            "{x}"
+        );
+        assert_eq!(from_xml(&x).unwrap(), e);
+        e.cpu = None;
+        e.accel = Accel::Tcg;
+        assert_eq!(from_xml(&to_xml(&e)).unwrap(), e, "mode='maximum' with a topology");
         let mut k = DomainDef::new("k", 64, 1);
         k.kernel =
             Some(KernelBoot { kernel: "/b/vmlinuz".into(), initrd: Some("/b/initrd".into()), cmdline: "a=1 b".into() });

@@ -25,7 +25,9 @@ fn number<T: FromStr>(opt: &'static str, key: &str, v: Option<&str>, what: &str)
     if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
         return Err(bad(opt, key, v, format!("is not {what}")));
     }
-    v.parse().map_err(|_| bad(opt, key, v, format!("is not {what}")))
+    // All digits, yet not a T: too large for it (T is u32 or u64 here).
+    let max = if std::mem::size_of::<T>() == 4 { u64::from(u32::MAX) } else { u64::MAX };
+    v.parse().map_err(|_| bad(opt, key, v, format!("is too large (at most {max})")))
 }
 
 /// `--memory N` or `--memory memory=N,currentMemory=N,maxmemory=N,maxMemory.slots=N` (MiB).
@@ -280,6 +282,11 @@ mod tests {
             e,
             "--memory: 'memory=512,hugepages=on' has key 'hugepages', which kvmctl does not take (it takes memory=, \
              currentMemory=, maxmemory=, maxMemory.slots=)"
+        );
+        let e = "99999999999999999999".parse::<MemorySpec>().unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "--memory: memory='99999999999999999999' is not valid: is too large (at most 18446744073709551615)"
         );
         let e = "memory=1G".parse::<MemorySpec>().unwrap_err().to_string();
         assert_eq!(e, "--memory: memory='1G' is not valid: is not a whole number of MiB");
